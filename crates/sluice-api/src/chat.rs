@@ -1,0 +1,737 @@
+//! OpenAI chat completions: request, response, stream chunk, usage.
+//!
+//! The request is parsed *leniently*: the fields sluice acts on are typed and validated with
+//! errors that name the field (`messages[2].role`), and every other field — `tools`'
+//! vendor extras, `response_format`, `logprobs`, anything a provider adds tomorrow — is kept in
+//! [`ChatCompletionRequest::extra`] and written back unchanged when the request is forwarded.
+//! Responses are typed strictly enough to produce them (the mock engine does) and to read
+//! `usage` out of them (the gateway does); unknown response fields are ignored on read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A request field that is missing or has the wrong type. `param` is the JSON path of the
+/// field (`messages[0].content`), as OpenAI reports it in `error.param`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl RequestError {
+    fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        RequestError {
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Map<String, Value>", into = "Map<String, Value>")]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Legacy name of the output cap; still what most engines read.
+    pub max_tokens: Option<u32>,
+    /// Current OpenAI name of the output cap.
+    pub max_completion_tokens: Option<u32>,
+    pub seed: Option<i64>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<Value>,
+    /// Every other top-level field, forwarded as received.
+    pub extra: Map<String, Value>,
+}
+
+/// `stream_options`; unknown keys are kept.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+    pub extra: Map<String, Value>,
+}
+
+/// One chat message. `content` is a string, an array of content parts, or absent/null
+/// (an assistant turn that only calls tools). Other keys (`name`, `tool_calls`,
+/// `tool_call_id`, ...) are kept in `extra`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageContent {
+    Text(String),
+    /// Content parts (`{"type": "text", "text": ...}`, images, audio), kept as received.
+    Parts(Vec<Value>),
+}
+
+/// A tool offered to the model. Only `function` tools are typed; others pass through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub kind: String,
+    pub function: Option<FunctionDefinition>,
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionDefinition {
+    pub name: String,
+    /// JSON schema of the arguments, when given.
+    pub parameters: Option<Value>,
+    pub extra: Map<String, Value>,
+}
+
+impl ChatCompletionRequest {
+    /// Parses a request body. Malformed JSON and wrong field types are both reported as a
+    /// [`RequestError`] whose message says what to change.
+    pub fn from_slice(body: &[u8]) -> Result<Self, RequestError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| RequestError {
+            param: None,
+            message: format!("request body is not valid JSON: {e}"),
+        })?;
+        match value {
+            Value::Object(map) => Self::try_from(map),
+            other => Err(RequestError {
+                param: None,
+                message: format!(
+                    "request body must be a JSON object, got {}",
+                    json_type_name(&other)
+                ),
+            }),
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the client asked for a final usage chunk on a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The output cap the client set, preferring the current field name.
+    pub fn output_cap(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn to_json_vec(&self) -> Vec<u8> {
+        let map: Map<String, Value> = self.clone().into();
+        // A map of JSON values always serialises.
+        serde_json::to_vec(&map).unwrap_or_default()
+    }
+}
+
+impl MessageContent {
+    /// The text a model reads from this content: the string, or the `text` of every text part
+    /// joined by newlines. Non-text parts contribute nothing.
+    pub fn text(&self) -> String {
+        match self {
+            MessageContent::Text(s) => s.clone(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(path: &str, expected: &str, got: &Value) -> RequestError {
+    RequestError::field(
+        path,
+        format!("`{path}` must be {expected}, got {}", json_type_name(got)),
+    )
+}
+
+fn take_string(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<String, RequestError> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(wrong_type(path, "a string", &other)),
+        None => Err(RequestError::field(
+            path,
+            format!("`{path}` is required"),
+        )),
+    }
+}
+
+fn take_opt_bool(map: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, RequestError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(wrong_type(key, "a boolean", &other)),
+    }
+}
+
+fn take_opt_u32(map: &mut Map<String, Value>, key: &str) -> Result<Option<u32>, RequestError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+            Some(v) => Ok(Some(v)),
+            None => Err(RequestError::field(
+                key,
+                format!("`{key}` must be a non-negative integer below 2^32, got {n}"),
+            )),
+        },
+        Some(other) => Err(wrong_type(key, "an integer", &other)),
+    }
+}
+
+fn take_opt_i64(map: &mut Map<String, Value>, key: &str) -> Result<Option<i64>, RequestError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) => Ok(Some(v)),
+            None => Err(RequestError::field(
+                key,
+                format!("`{key}` must be a 64-bit integer, got {n}"),
+            )),
+        },
+        Some(other) => Err(wrong_type(key, "an integer", &other)),
+    }
+}
+
+impl TryFrom<Map<String, Value>> for ChatCompletionRequest {
+    type Error = RequestError;
+
+    fn try_from(mut map: Map<String, Value>) -> Result<Self, RequestError> {
+        let model = take_string(&mut map, "model", "model")?;
+        let messages = match map.remove("messages") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_message(i, v))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => return Err(wrong_type("messages", "an array of messages", &other)),
+            None => {
+                return Err(RequestError::field(
+                    "messages",
+                    "`messages` is required: an array of {\"role\", \"content\"} objects",
+                ))
+            }
+        };
+        if messages.is_empty() {
+            return Err(RequestError::field(
+                "messages",
+                "`messages` must hold at least one message",
+            ));
+        }
+        let stream = take_opt_bool(&mut map, "stream")?;
+        let stream_options = match map.remove("stream_options") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(mut o)) => {
+                let include_usage = match o.remove("include_usage") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(b),
+                    Some(other) => {
+                        return Err(wrong_type(
+                            "stream_options.include_usage",
+                            "a boolean",
+                            &other,
+                        ))
+                    }
+                };
+                Some(StreamOptions {
+                    include_usage,
+                    extra: o,
+                })
+            }
+            Some(other) => return Err(wrong_type("stream_options", "an object", &other)),
+        };
+        let max_tokens = take_opt_u32(&mut map, "max_tokens")?;
+        let max_completion_tokens = take_opt_u32(&mut map, "max_completion_tokens")?;
+        let seed = take_opt_i64(&mut map, "seed")?;
+        let tools = match map.remove("tools") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| parse_tool(i, v))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(other) => return Err(wrong_type("tools", "an array of tools", &other)),
+        };
+        let tool_choice = match map.remove("tool_choice") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        };
+        Ok(ChatCompletionRequest {
+            model,
+            messages,
+            stream,
+            stream_options,
+            max_tokens,
+            max_completion_tokens,
+            seed,
+            tools,
+            tool_choice,
+            extra: map,
+        })
+    }
+}
+
+fn parse_message(index: usize, value: Value) -> Result<ChatMessage, RequestError> {
+    let path = format!("messages[{index}]");
+    let Value::Object(mut map) = value else {
+        return Err(wrong_type(&path, "an object", &value));
+    };
+    let role = take_string(&mut map, "role", &format!("{path}.role"))?;
+    let content = match map.remove("content") {
+        None => None,
+        // An explicit null is meaningful to some providers (assistant turns with tool calls):
+        // keep it so the forwarded message is the one received.
+        Some(Value::Null) => {
+            map.insert("content".into(), Value::Null);
+            None
+        }
+        Some(Value::String(s)) => Some(MessageContent::Text(s)),
+        Some(Value::Array(parts)) => Some(MessageContent::Parts(parts)),
+        Some(other) => {
+            return Err(wrong_type(
+                &format!("{path}.content"),
+                "a string or an array of content parts",
+                &other,
+            ))
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        content,
+        extra: map,
+    })
+}
+
+fn parse_tool(index: usize, value: Value) -> Result<Tool, RequestError> {
+    let path = format!("tools[{index}]");
+    let Value::Object(mut map) = value else {
+        return Err(wrong_type(&path, "an object", &value));
+    };
+    let kind = take_string(&mut map, "type", &format!("{path}.type"))?;
+    let function = match map.remove("function") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mut f)) => {
+            let name = take_string(&mut f, "name", &format!("{path}.function.name"))?;
+            let parameters = f.remove("parameters").filter(|p| !p.is_null());
+            Some(FunctionDefinition {
+                name,
+                parameters,
+                extra: f,
+            })
+        }
+        Some(other) => return Err(wrong_type(&format!("{path}.function"), "an object", &other)),
+    };
+    Ok(Tool {
+        kind,
+        function,
+        extra: map,
+    })
+}
+
+fn insert_opt<T: Into<Value>>(map: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        map.insert(key.to_owned(), v.into());
+    }
+}
+
+impl From<ChatCompletionRequest> for Map<String, Value> {
+    fn from(r: ChatCompletionRequest) -> Self {
+        let mut map = Map::new();
+        map.insert("model".into(), Value::String(r.model));
+        map.insert(
+            "messages".into(),
+            Value::Array(r.messages.into_iter().map(Value::from).collect()),
+        );
+        insert_opt(&mut map, "stream", r.stream);
+        if let Some(o) = r.stream_options {
+            let mut m = o.extra;
+            insert_opt(&mut m, "include_usage", o.include_usage);
+            map.insert("stream_options".into(), Value::Object(m));
+        }
+        insert_opt(&mut map, "max_tokens", r.max_tokens);
+        insert_opt(&mut map, "max_completion_tokens", r.max_completion_tokens);
+        insert_opt(&mut map, "seed", r.seed);
+        if let Some(tools) = r.tools {
+            map.insert(
+                "tools".into(),
+                Value::Array(tools.into_iter().map(Value::from).collect()),
+            );
+        }
+        insert_opt(&mut map, "tool_choice", r.tool_choice);
+        for (k, v) in r.extra {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+impl From<ChatMessage> for Value {
+    fn from(m: ChatMessage) -> Self {
+        let mut map = Map::new();
+        map.insert("role".into(), Value::String(m.role));
+        match m.content {
+            Some(MessageContent::Text(s)) => {
+                map.insert("content".into(), Value::String(s));
+            }
+            Some(MessageContent::Parts(p)) => {
+                map.insert("content".into(), Value::Array(p));
+            }
+            None => {}
+        }
+        map.extend(m.extra);
+        Value::Object(map)
+    }
+}
+
+impl From<Tool> for Value {
+    fn from(t: Tool) -> Self {
+        let mut map = Map::new();
+        map.insert("type".into(), Value::String(t.kind));
+        if let Some(f) = t.function {
+            let mut fm = Map::new();
+            fm.insert("name".into(), Value::String(f.name));
+            insert_opt(&mut fm, "parameters", f.parameters);
+            fm.extend(f.extra);
+            map.insert("function".into(), Value::Object(fm));
+        }
+        map.extend(t.extra);
+        Value::Object(map)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+/// Token accounting. Unknown fields from a provider are ignored on read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// A non-streaming `chat.completion` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub system_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (a string holding JSON, not a JSON object).
+    pub arguments: String,
+}
+
+/// One `chat.completion.chunk` of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    /// OpenAI sends `"usage": null` on every chunk when usage was requested and the usage
+    /// object on the last, choice-less chunk; absent otherwise.
+    #[serde(default, skip_serializing_if = "UsageField::is_absent")]
+    pub usage: UsageField,
+    #[serde(default)]
+    pub system_fingerprint: Option<String>,
+}
+
+/// The three states of a chunk's `usage` key: absent, `null`, or present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UsageField {
+    #[default]
+    Absent,
+    Null,
+    Present(Usage),
+}
+
+impl UsageField {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, UsageField::Absent)
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            UsageField::Present(u) => Some(*u),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for UsageField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            UsageField::Present(u) => u.serialize(s),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<Usage>::deserialize(d)? {
+            Some(u) => UsageField::Present(u),
+            None => UsageField::Null,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCallDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+impl Delta {
+    /// Whether this delta carries a token: non-empty content or a tool-call fragment.
+    /// This is the event TTFT is measured to (see the LLM metric definitions).
+    pub fn carries_token(&self) -> bool {
+        self.content.as_deref().is_some_and(|c| !c.is_empty())
+            || self.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+    }
+}
+
+/// What the gateway reads from a stream chunk it forwards: whether it carries a token, and
+/// its usage. Parsing only this much keeps per-chunk cost low; every other field is ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkSummary {
+    #[serde(default)]
+    pub choices: Vec<ChunkChoiceSummary>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkChoiceSummary {
+    #[serde(default)]
+    pub delta: Option<Delta>,
+}
+
+impl ChunkSummary {
+    pub fn carries_token(&self) -> bool {
+        self.choices
+            .iter()
+            .any(|c| c.delta.as_ref().is_some_and(Delta::carries_token))
+    }
+
+    /// The last chunk of a stream with `include_usage`: usage and no choices.
+    pub fn is_usage_only(&self) -> bool {
+        self.choices.is_empty() && self.usage.is_some()
+    }
+}
+
+/// Reads just `usage` from a non-streaming response body.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageSummary {
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ChatCompletionRequest, RequestError> {
+        ChatCompletionRequest::from_slice(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let body = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi", "name": "bob"},
+                         {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}],
+            "response_format": {"type": "json_object"},
+            "logprobs": true,
+            "vendor_extra": {"deep": [1, 2, 3]},
+            "stream": true,
+            "stream_options": {"include_usage": true, "continuous_usage_stats": false},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}}],
+            "tool_choice": "auto",
+            "max_tokens": 7,
+            "seed": -3
+        });
+        let req = parse(body.clone()).unwrap();
+        assert_eq!(req.model, "m");
+        assert!(req.is_stream());
+        assert!(req.wants_stream_usage());
+        assert_eq!(req.output_cap(), Some(7));
+        assert_eq!(req.seed, Some(-3));
+        let back: Value = serde_json::from_slice(&req.to_json_vec()).unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(json!({"messages": []})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = parse(json!({"model": "m"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = parse(json!({"model": "m", "messages": [{"content": "x"}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        let e = parse(json!({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream"));
+        assert!(e.message.contains("boolean"), "{}", e.message);
+        let e = parse(json!({"model": "m", "messages": [{"role": "user"}], "max_tokens": -1}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let e = ChatCompletionRequest::from_slice(b"{not json").unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = ChatCompletionRequest::from_slice(b"[1]").unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+    }
+
+    #[test]
+    fn content_parts_give_their_text() {
+        let req = parse(json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "b"}]}]}))
+        .unwrap();
+        assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "a\nb");
+    }
+
+    #[test]
+    fn chunk_usage_field_has_three_states() {
+        let absent: ChatCompletionChunk = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []
+        }))
+        .unwrap();
+        assert_eq!(absent.usage, UsageField::Absent);
+        assert!(!serde_json::to_string(&absent).unwrap().contains("usage"));
+        let null: ChatCompletionChunk = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": null
+        }))
+        .unwrap();
+        assert_eq!(null.usage, UsageField::Null);
+        assert!(serde_json::to_string(&null).unwrap().contains("\"usage\":null"));
+    }
+
+    #[test]
+    fn chunk_summary_finds_tokens_and_usage() {
+        let s: ChunkSummary = serde_json::from_str(
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        )
+        .unwrap();
+        assert!(!s.carries_token());
+        let s: ChunkSummary =
+            serde_json::from_str(r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#).unwrap();
+        assert!(s.carries_token());
+        let s: ChunkSummary = serde_json::from_str(
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        )
+        .unwrap();
+        assert!(s.is_usage_only());
+        assert_eq!(s.usage.unwrap().completion_tokens, 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! Wire formats spoken by sluice, as plain types with serde and no I/O.
+//!
+//! Everything that crosses a socket in sluice is described here once, so the gateway, the mock
+//! engine and the tools agree on one definition:
+//! - [`chat`]: OpenAI chat completions — the request (parsed leniently, unknown fields kept),
+//!   the response, stream chunks and usage.
+//! - [`error`]: the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
+//! - [`models`]: the `GET /v1/models` list.
+//! - [`sse`]: server-sent-event framing, an incremental parser and an encoder.
+
+pub mod chat;
+pub mod error;
+pub mod models;
+pub mod sse;
+
+pub use chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, RequestError, Usage};
+pub use error::{ErrorObject, ErrorResponse};
