@@ -164,14 +164,15 @@ fn wrong_type(path: &str, expected: &str, got: &Value) -> RequestError {
     )
 }
 
-fn take_string(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<String, RequestError> {
+fn take_string(
+    map: &mut Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<String, RequestError> {
     match map.remove(key) {
         Some(Value::String(s)) => Ok(s),
         Some(other) => Err(wrong_type(path, "a string", &other)),
-        None => Err(RequestError::field(
-            path,
-            format!("`{path}` is required"),
-        )),
+        None => Err(RequestError::field(path, format!("`{path}` is required"))),
     }
 }
 
@@ -676,8 +677,8 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages"));
         let e = parse(json!({"model": "m", "messages": [{"content": "x"}]})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-        let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]}))
-            .unwrap_err();
+        let e =
+            parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
         let e = parse(json!({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}))
             .unwrap_err();
@@ -694,9 +695,11 @@ mod tests {
 
     #[test]
     fn content_parts_give_their_text() {
-        let req = parse(json!({"model": "m", "messages": [{"role": "user", "content": [
+        let req = parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}},
-            {"type": "text", "text": "b"}]}]}))
+            {"type": "text", "text": "b"}]}]}),
+        )
         .unwrap();
         assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "a\nb");
     }
@@ -714,7 +717,9 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(null.usage, UsageField::Null);
-        assert!(serde_json::to_string(&null).unwrap().contains("\"usage\":null"));
+        assert!(serde_json::to_string(&null)
+            .unwrap()
+            .contains("\"usage\":null"));
     }
 
     #[test]

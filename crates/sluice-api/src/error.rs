@@ -41,7 +41,9 @@ impl ErrorResponse {
     /// Serialises to JSON. Infallible for this type: every field is a string or null.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| {
-            String::from(r#"{"error":{"message":"error","type":"api_error","param":null,"code":null}}"#)
+            String::from(
+                r#"{"error":{"message":"error","type":"api_error","param":null,"code":null}}"#,
+            )
         })
     }
 }

@@ -18,7 +18,10 @@ pub struct ModelObject {
 
 impl ModelList {
     pub fn new(data: Vec<ModelObject>) -> Self {
-        ModelList { object: "list".into(), data }
+        ModelList {
+            object: "list".into(),
+            data,
+        }
     }
 }
 

@@ -51,7 +51,11 @@ impl SseParser {
     }
 
     /// Feeds bytes; appends every event completed by them to `out`.
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseLineTooLong> {
+    pub fn push(
+        &mut self,
+        mut chunk: &[u8],
+        out: &mut Vec<SseEvent>,
+    ) -> Result<(), SseLineTooLong> {
         if self.skip_lf {
             if let Some(rest) = chunk.strip_prefix(b"\n") {
                 chunk = rest;
@@ -186,7 +190,8 @@ mod tests {
 
     #[test]
     fn parses_fields_comments_and_line_endings() {
-        let evs = parse_all(&[b": keep-alive\r\nevent: error\rdata: a\r\ndata:b\n\ndata: [DONE]\n\n"]);
+        let evs =
+            parse_all(&[b": keep-alive\r\nevent: error\rdata: a\r\ndata:b\n\ndata: [DONE]\n\n"]);
         assert_eq!(
             evs,
             vec![
@@ -222,7 +227,8 @@ mod tests {
     fn unfinished_event_is_reported_not_dispatched() {
         let mut p = SseParser::new();
         let mut out = Vec::new();
-        p.push(b"data: {\"a\":1}\n\ndata: {\"trunc", &mut out).unwrap();
+        p.push(b"data: {\"a\":1}\n\ndata: {\"trunc", &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert!(p.has_partial_event());
         let mut q = SseParser::new();
@@ -233,7 +239,10 @@ mod tests {
     #[test]
     fn encode_splits_lines() {
         assert_eq!(encode_event(None, "a\nb"), "data: a\ndata: b\n\n");
-        assert_eq!(encode_event(Some("error"), "{}"), "event: error\ndata: {}\n\n");
+        assert_eq!(
+            encode_event(Some("error"), "{}"),
+            "event: error\ndata: {}\n\n"
+        );
     }
 
     proptest! {

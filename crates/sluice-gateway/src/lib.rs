@@ -1,1 +1,18 @@
+//! `sluice serve`: an OpenAI-compatible LLM gateway.
+//!
+//! The request path lives in [`chat`] as named phases; [`config`] is the typed, validated TOML
+//! file; [`upstream`] the pooled clients; [`metrics`] the Prometheus registry; [`server`] wires
+//! them into a router with graceful shutdown.
 
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod ops;
+pub mod request_id;
+pub mod server;
+pub mod upstream;
+
+pub use config::{Config, ConfigError, ResolvedConfig};
+pub use error::GatewayError;
+pub use server::{Gateway, StartError};

@@ -1,0 +1,67 @@
+//! Accounting for one request from the moment its model is known until its answer ends —
+//! or the client goes away, which drops this guard unfinished and is recorded as 499.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::{GatewayMetrics, CLIENT_CLOSED};
+
+pub struct InFlight {
+    metrics: Arc<GatewayMetrics>,
+    pub model: String,
+    pub received: Instant,
+    /// Time spent waiting on the upstream: for the response head, for the body, for each
+    /// stream chunk. The rest of the request's duration is the gateway's own overhead.
+    pub upstream_wait: Duration,
+    finished: bool,
+}
+
+impl InFlight {
+    pub fn start(metrics: Arc<GatewayMetrics>, model: String, received: Instant) -> Self {
+        metrics.request_started(&model);
+        InFlight {
+            metrics,
+            model,
+            received,
+            upstream_wait: Duration::ZERO,
+            finished: false,
+        }
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// Waits for `fut`, counting the time as upstream wait.
+    pub async fn wait_upstream<F: std::future::Future>(&mut self, fut: F) -> F::Output {
+        let t = Instant::now();
+        let out = fut.await;
+        self.upstream_wait += t.elapsed();
+        out
+    }
+
+    pub fn finish(mut self, status: u16) {
+        self.record(status);
+    }
+
+    fn record(&mut self, status: u16) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.metrics.request_finished(
+            &self.model,
+            status,
+            self.received.elapsed(),
+            Some(self.upstream_wait),
+        );
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.record(CLIENT_CLOSED);
+    }
+}

@@ -1,0 +1,242 @@
+//! `POST /v1/chat/completions`: the hot path, as named phases over one request.
+//!
+//! parse → resolve model → upstream call (round robin, next endpoint on connect failure)
+//! → respond (unary, or a stream relayed event by event) → account (metrics, in `InFlight`).
+
+mod in_flight;
+mod relay;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use sluice_api::chat::UsageSummary;
+use sluice_api::ChatCompletionRequest;
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+use crate::metrics::UNKNOWN_MODEL;
+use crate::request_id::RequestId;
+use crate::server::GatewayState;
+use crate::upstream::{ModelRoute, UpstreamEndpoint};
+
+pub use in_flight::InFlight;
+
+/// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
+/// this a request is more likely a mistake than a prompt.
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+pub async fn chat_completions(
+    State(gw): State<Arc<GatewayState>>,
+    Extension(request_id): Extension<RequestId>,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+
+    // Phase: parse.
+    let request = match read_request(body).await {
+        Ok(r) => r,
+        Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
+    };
+
+    // Phase: resolve the model.
+    let Some(route) = gw.models.get(&request.model) else {
+        let e = GatewayError::ModelNotFound {
+            model: request.model.clone(),
+            available: gw.model_names.clone(),
+        };
+        return reject(&gw, UNKNOWN_MODEL, e);
+    };
+    let mut flight = InFlight::start(gw.metrics.clone(), route.name.clone(), received);
+
+    // Phase: upstream call.
+    let prepared = PreparedRequest::new(request);
+    let (endpoint, response) = match call_upstream(route, &prepared, &request_id, &mut flight).await
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            flight.finish(e.status().as_u16());
+            return e.into_response();
+        }
+    };
+
+    // Phase: respond (and account, when the answer ends).
+    if prepared.stream {
+        relay::stream_response(endpoint, response, flight, prepared.client_wants_usage)
+    } else {
+        unary_response(endpoint, response, flight).await
+    }
+}
+
+fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
+    gw.metrics
+        .request_rejected(model_label, e.status().as_u16());
+    e.into_response()
+}
+
+async fn read_request(body: Body) -> Result<ChatCompletionRequest, GatewayError> {
+    let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|e| {
+            GatewayError::invalid_request(
+                format!(
+                    "could not read the request body (limit {} MiB): {e}",
+                    MAX_REQUEST_BYTES / (1024 * 1024)
+                ),
+                None,
+            )
+        })?;
+    ChatCompletionRequest::from_slice(&bytes)
+        .map_err(|e| GatewayError::invalid_request(e.message, e.param))
+}
+
+/// The request as it goes upstream. Streams always ask the upstream for usage, so the gateway
+/// can count tokens; the usage chunk is dropped again if the client did not ask for it.
+struct PreparedRequest {
+    request: ChatCompletionRequest,
+    stream: bool,
+    client_wants_usage: bool,
+    /// The body for endpoints that keep the client's model name (the common case), serialised
+    /// once for all attempts.
+    default_body: Bytes,
+}
+
+impl PreparedRequest {
+    fn new(mut request: ChatCompletionRequest) -> Self {
+        let stream = request.is_stream();
+        let client_wants_usage = request.wants_stream_usage();
+        if stream && !client_wants_usage {
+            request
+                .stream_options
+                .get_or_insert_with(Default::default)
+                .include_usage = Some(true);
+        }
+        let default_body = Bytes::from(request.to_json_vec());
+        PreparedRequest {
+            request,
+            stream,
+            client_wants_usage,
+            default_body,
+        }
+    }
+
+    fn body_for(&self, endpoint: &UpstreamEndpoint) -> Bytes {
+        match endpoint.upstream_model() {
+            Some(m) if m != self.request.model => {
+                let mut r = self.request.clone();
+                r.model = m.to_owned();
+                Bytes::from(r.to_json_vec())
+            }
+            _ => self.default_body.clone(),
+        }
+    }
+}
+
+/// Sends to the endpoint round robin picks; when an endpoint cannot be reached (the request
+/// provably never arrived) moves on to the next. Non-2xx answers become errors here.
+async fn call_upstream(
+    route: &ModelRoute,
+    prepared: &PreparedRequest,
+    request_id: &RequestId,
+    flight: &mut InFlight,
+) -> Result<(Arc<UpstreamEndpoint>, reqwest::Response), GatewayError> {
+    let mut last_error = None;
+    for endpoint in route.attempt_order() {
+        let body = prepared.body_for(endpoint);
+        let result = flight
+            .wait_upstream(endpoint.send(body, request_id.as_str()))
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(kind) = e.upstream_kind() {
+                    flight
+                        .metrics()
+                        .upstream_error(&route.name, &endpoint.label, kind);
+                }
+                tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream call failed");
+                if e.retry_safe() {
+                    last_error = Some(e);
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        if response.status().is_success() {
+            return Ok((endpoint.clone(), response));
+        }
+        let e = flight.wait_upstream(endpoint.rejection(response)).await;
+        if let Some(kind) = e.upstream_kind() {
+            flight
+                .metrics()
+                .upstream_error(&route.name, &endpoint.label, kind);
+        }
+        return Err(e);
+    }
+    Err(
+        last_error.unwrap_or_else(|| GatewayError::UpstreamUnreachable {
+            endpoint: route.name.clone(),
+            reason: "the model has no endpoint".into(),
+        }),
+    )
+}
+
+async fn unary_response(
+    endpoint: Arc<UpstreamEndpoint>,
+    response: reqwest::Response,
+    mut flight: InFlight,
+) -> Response {
+    let deadline = flight.received + endpoint.timeouts().total;
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match flight
+        .wait_upstream(tokio::time::timeout_at(deadline, response.bytes()))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return fail(flight, &endpoint, endpoint.classify(&e)),
+        Err(_) => {
+            let e = GatewayError::UpstreamTimeout {
+                endpoint: endpoint.label.clone(),
+                phase: crate::error::TimeoutPhase::Total,
+                limit: endpoint.timeouts().total,
+            };
+            return fail(flight, &endpoint, e);
+        }
+    };
+    match serde_json::from_slice::<UsageSummary>(&body) {
+        Ok(summary) => {
+            if let Some(usage) = summary.usage {
+                flight.metrics().usage(&flight.model, &usage);
+            }
+        }
+        Err(e) => {
+            let e = GatewayError::UpstreamProtocol {
+                endpoint: endpoint.label.clone(),
+                reason: format!("the response body is not a chat completion: {e}"),
+            };
+            return fail(flight, &endpoint, e);
+        }
+    }
+    flight.finish(StatusCode::OK.as_u16());
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    resp
+}
+
+fn fail(flight: InFlight, endpoint: &UpstreamEndpoint, e: GatewayError) -> Response {
+    if let Some(kind) = e.upstream_kind() {
+        flight
+            .metrics()
+            .upstream_error(&flight.model, &endpoint.label, kind);
+    }
+    tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream response failed");
+    flight.finish(e.status().as_u16());
+    e.into_response()
+}

@@ -1,0 +1,245 @@
+//! Relays an upstream SSE stream to the client event by event.
+//!
+//! Each upstream event is re-framed as it arrives (no buffering beyond one network read), and
+//! read just enough to time the first token and pick up usage. A stream that breaks — the
+//! connection drops, the total timeout expires, or the upstream ends without `[DONE]` — ends
+//! with an OpenAI-style error event, never a silent truncation. Dropping the response body
+//! (client gone) drops the upstream stream with it, which closes the upstream connection: the
+//! engine sees the cancellation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sluice_api::chat::ChunkSummary;
+use sluice_api::sse::{SseEvent, SseParser, DONE_EVENT};
+use sluice_api::{ErrorResponse, Usage};
+use tokio::time::Instant;
+
+use super::InFlight;
+use crate::error::{GatewayError, TimeoutPhase};
+use crate::upstream::{error_chain, UpstreamEndpoint};
+
+/// How long to wait for the upstream to end its response after `[DONE]`.
+const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub fn stream_response(
+    endpoint: Arc<UpstreamEndpoint>,
+    response: reqwest::Response,
+    flight: InFlight,
+    client_wants_usage: bool,
+) -> Response {
+    let timeouts = endpoint.timeouts();
+    let relay = StreamRelay {
+        upstream: Box::pin(response.bytes_stream()),
+        parser: SseParser::new(),
+        events: Vec::new(),
+        total_deadline: flight.received + timeouts.total,
+        first_event_deadline: Some(flight.received + timeouts.first_byte),
+        endpoint,
+        flight: Some(flight),
+        client_wants_usage,
+        saw_done: false,
+        seen_token: false,
+        usage: None,
+    };
+    let body = futures_util::stream::unfold(relay, |mut relay| async move {
+        relay
+            .next_output()
+            .await
+            .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), relay))
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of the gateway not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+struct StreamRelay {
+    upstream: ByteStream,
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    total_deadline: Instant,
+    /// Until the first event arrives, the first-byte timeout applies too.
+    first_event_deadline: Option<Instant>,
+    endpoint: Arc<UpstreamEndpoint>,
+    /// `None` once the request is accounted for.
+    flight: Option<InFlight>,
+    client_wants_usage: bool,
+    saw_done: bool,
+    seen_token: bool,
+    usage: Option<Usage>,
+}
+
+enum Next {
+    Chunk(Bytes),
+    End,
+    Timeout(TimeoutPhase),
+    Broken(String),
+}
+
+impl StreamRelay {
+    /// The next bytes for the client, or `None` when the response is complete.
+    async fn next_output(&mut self) -> Option<Bytes> {
+        loop {
+            let flight = self.flight.as_mut()?;
+            if self.saw_done {
+                // Read the upstream to its end, briefly, so its connection can go back to the
+                // pool; nothing after `[DONE]` is relayed.
+                let upstream = &mut self.upstream;
+                let drain = async { while let Some(Ok(_)) = upstream.next().await {} };
+                let _ = flight
+                    .wait_upstream(tokio::time::timeout(DRAIN_AFTER_DONE, drain))
+                    .await;
+                self.finish(None);
+                return None;
+            }
+            let (deadline, phase) = match self.first_event_deadline {
+                Some(d) if d < self.total_deadline => (d, TimeoutPhase::FirstByte),
+                _ => (self.total_deadline, TimeoutPhase::Total),
+            };
+            let next = flight
+                .wait_upstream(tokio::time::timeout_at(deadline, self.upstream.next()))
+                .await;
+            let next = match next {
+                Err(_) => Next::Timeout(phase),
+                Ok(None) => Next::End,
+                Ok(Some(Err(e))) => Next::Broken(error_chain(&e)),
+                Ok(Some(Ok(bytes))) => Next::Chunk(bytes),
+            };
+            match next {
+                Next::Chunk(bytes) => {
+                    if let Some(out) = self.relay_chunk(&bytes) {
+                        return Some(out);
+                    }
+                }
+                Next::End => {
+                    let reason = if self.parser.has_partial_event() {
+                        "the upstream closed the stream in the middle of an event"
+                    } else {
+                        "the upstream closed the stream before `data: [DONE]`"
+                    };
+                    return Some(self.break_stream(reason.to_owned()));
+                }
+                Next::Broken(reason) => return Some(self.break_stream(reason)),
+                Next::Timeout(phase) => {
+                    let e = GatewayError::UpstreamTimeout {
+                        endpoint: self.endpoint.label.clone(),
+                        phase,
+                        limit: match phase {
+                            TimeoutPhase::FirstByte => self.endpoint.timeouts().first_byte,
+                            _ => self.endpoint.timeouts().total,
+                        },
+                    };
+                    return Some(self.fail_with(e.to_body(), e.upstream_kind()));
+                }
+            }
+        }
+    }
+
+    /// Parses one network read and frames every complete event in it for the client.
+    fn relay_chunk(&mut self, bytes: &[u8]) -> Option<Bytes> {
+        if self.saw_done {
+            return None;
+        }
+        if self.parser.push(bytes, &mut self.events).is_err() {
+            let reason = "an event-stream line exceeded the size limit".to_owned();
+            return Some(self.break_stream(reason));
+        }
+        if self.events.is_empty() {
+            return None;
+        }
+        self.first_event_deadline = None;
+        let mut out = String::new();
+        for event in std::mem::take(&mut self.events) {
+            if self.saw_done {
+                break;
+            }
+            if event.data == "[DONE]" {
+                self.saw_done = true;
+                out.push_str(DONE_EVENT);
+                continue;
+            }
+            if !self.inspect(&event) {
+                continue;
+            }
+            out.push_str(&sluice_api::sse::encode_event(
+                event.event.as_deref(),
+                &event.data,
+            ));
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// Reads what the gateway needs from one event; false when the event is to be dropped
+    /// (the usage chunk the gateway asked for on the client's behalf).
+    fn inspect(&mut self, event: &SseEvent) -> bool {
+        let Ok(summary) = serde_json::from_str::<ChunkSummary>(&event.data) else {
+            // Not a chunk sluice understands: pass it on untouched.
+            return true;
+        };
+        let Some(flight) = &self.flight else {
+            return true;
+        };
+        if summary.error.is_some() {
+            flight
+                .metrics()
+                .upstream_error(&flight.model, &self.endpoint.label, "stream_error");
+        }
+        if !self.seen_token && summary.carries_token() {
+            self.seen_token = true;
+            flight
+                .metrics()
+                .first_token(&flight.model, flight.received.elapsed());
+        }
+        if let Some(u) = summary.usage {
+            self.usage = Some(u);
+        }
+        self.client_wants_usage || !summary.is_usage_only()
+    }
+
+    fn break_stream(&mut self, reason: String) -> Bytes {
+        let e = GatewayError::UpstreamProtocol {
+            endpoint: self.endpoint.label.clone(),
+            reason: format!("stream broken: {reason}"),
+        };
+        let mut body = e.to_body();
+        body.error.code = Some("upstream_stream_broken".into());
+        self.fail_with(body, Some("stream_broken"))
+    }
+
+    fn fail_with(&mut self, body: ErrorResponse, kind: Option<&'static str>) -> Bytes {
+        tracing::warn!(endpoint = %self.endpoint.label, error = %body.error.message, "stream ended with an error");
+        self.finish(kind);
+        Bytes::from(sluice_api::sse::encode_event(None, &body.to_json()))
+    }
+
+    fn finish(&mut self, error_kind: Option<&'static str>) {
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        if let Some(kind) = error_kind {
+            flight
+                .metrics()
+                .upstream_error(&flight.model, &self.endpoint.label, kind);
+        }
+        if let Some(u) = &self.usage {
+            flight.metrics().usage(&flight.model, u);
+        }
+        // The head went out as 200; a broken stream is counted by its upstream error.
+        flight.finish(StatusCode::OK.as_u16());
+    }
+}

@@ -1,0 +1,594 @@
+//! The gateway's configuration: one TOML file, deserialised into typed structs with
+//! `deny_unknown_fields`, then checked by [`Config::validate`], which reports every problem at
+//! once, each naming the key and the fix. Secrets never live in the file: an endpoint names the
+//! environment variable that holds its key (`api_key_env`), read once at load.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Model name as clients send it → where it is served.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `"127.0.0.1:8080"`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_drain() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// Upstream timeouts. In `[defaults.timeouts]` every field has a built-in default; on an
+/// endpoint each field overrides the default when set.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP (and TLS) connection set-up.
+    pub connect: Option<ConfigDuration>,
+    /// From sending the request to the first byte of the answer: the response head, and for
+    /// streams also the first event. Providers that hold the head of a non-streaming answer
+    /// until generation ends make this bound the whole generation.
+    pub first_byte: Option<ConfigDuration>,
+    /// The whole exchange, including reading a stream to its end.
+    pub total: Option<ConfigDuration>,
+}
+
+/// Timeouts with every field resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+impl Timeouts {
+    pub const BUILT_IN: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(120),
+        total: Duration::from_secs(600),
+    };
+
+    fn overridden_by(self, o: &TimeoutsConfig) -> Timeouts {
+        Timeouts {
+            connect: o.connect.map_or(self.connect, |d| d.0),
+            first_byte: o.first_byte.map_or(self.first_byte, |d| d.0),
+            total: o.total.map_or(self.total, |d| d.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Base URL of an OpenAI-compatible API, up to and including `/v1`
+    /// (`https://api.openai.com/v1`, `http://vllm-0:8000/v1`).
+    pub url: String,
+    /// Name of the environment variable holding the API key sent as `Authorization: Bearer`.
+    pub api_key_env: Option<String>,
+    /// Model name to send upstream, when it differs from the name clients use.
+    pub model: Option<String>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Present only so that a key pasted into the file gets a message saying where it belongs.
+    #[serde(default)]
+    pub api_key: Option<toml::Value>,
+}
+
+/// A duration written as a string with a unit: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a duration; write e.g. \"250ms\", \"5s\", \"2m\"")
+        })?;
+        let secs = match unit.trim() {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit; write e.g. \"{s}s\" or \"{s}ms\""
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit; use ms, s, m or h"
+                ))
+            }
+        };
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(format!("`{s}` is out of range"));
+        }
+        Ok(ConfigDuration(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ConfigDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One thing wrong with a configuration: the key, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A configuration that passed validation, with environment lookups done and every default
+/// applied. This is what the server runs on.
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    pub listen: SocketAddr,
+    pub drain_timeout: Duration,
+    pub models: BTreeMap<String, ResolvedModel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub endpoints: Vec<ResolvedEndpoint>,
+}
+
+#[derive(Clone)]
+pub struct ResolvedEndpoint {
+    /// `{url}/chat/completions`.
+    pub chat_url: reqwest::Url,
+    /// The configured base URL, for logs, metrics and readiness.
+    pub base_url: reqwest::Url,
+    pub api_key: Option<String>,
+    pub upstream_model: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+impl fmt::Debug for ResolvedEndpoint {
+    // Hand-written so the API key can never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolvedEndpoint")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("upstream_model", &self.upstream_model)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<ResolvedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)?.resolve(path, &|name| std::env::var(name).ok())
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Validates and resolves. `env` looks up environment variables (injected for tests).
+    pub fn resolve(
+        &self,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ResolvedConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let problem = |problems: &mut Vec<ConfigProblem>, key: String, message: String| {
+            problems.push(ConfigProblem { key, message })
+        };
+
+        let listen = match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problem(
+                    &mut problems,
+                    "server.listen".into(),
+                    format!(
+                        "`{}` is not an IP address and port; write e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+                        self.server.listen
+                    ),
+                );
+                None
+            }
+        };
+
+        let defaults = Timeouts::BUILT_IN.overridden_by(&self.defaults.timeouts);
+        check_timeouts(&mut problems, "defaults.timeouts", &defaults);
+
+        if self.models.is_empty() {
+            problem(
+                &mut problems,
+                "models".into(),
+                "no model is configured; add a [models.NAME] table with at least one \
+                 [[models.NAME.endpoints]] entry holding a `url`"
+                    .into(),
+            );
+        }
+
+        let mut models = BTreeMap::new();
+        for (name, model) in &self.models {
+            let key = format!("models.{}", toml_key(name));
+            if model.endpoints.is_empty() {
+                problem(
+                    &mut problems,
+                    format!("{key}.endpoints"),
+                    format!("model `{name}` has no endpoint; add [[{key}.endpoints]] with a `url`"),
+                );
+            }
+            let mut endpoints = Vec::new();
+            for (i, ep) in model.endpoints.iter().enumerate() {
+                let ekey = format!("{key}.endpoints[{i}]");
+                if let Some(resolved) = resolve_endpoint(&mut problems, &ekey, ep, defaults, env) {
+                    endpoints.push(resolved);
+                }
+            }
+            models.insert(
+                name.clone(),
+                ResolvedModel {
+                    name: name.clone(),
+                    endpoints,
+                },
+            );
+        }
+
+        match (problems.is_empty(), listen) {
+            (true, Some(listen)) => Ok(ResolvedConfig {
+                listen,
+                drain_timeout: self.server.drain_timeout.0,
+                models,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn toml_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_owned()
+    } else {
+        format!("\"{name}\"")
+    }
+}
+
+fn check_timeouts(problems: &mut Vec<ConfigProblem>, key: &str, t: &Timeouts) {
+    for (field, d) in [
+        ("connect", t.connect),
+        ("first_byte", t.first_byte),
+        ("total", t.total),
+    ] {
+        if d.is_zero() {
+            problems.push(ConfigProblem {
+                key: format!("{key}.{field}"),
+                message: "must be greater than zero".into(),
+            });
+        }
+    }
+    if t.first_byte > t.total {
+        problems.push(ConfigProblem {
+            key: format!("{key}.first_byte"),
+            message: format!(
+                "({:?}) is longer than total ({:?}); it would never fire — lower it or raise total",
+                t.first_byte, t.total
+            ),
+        });
+    }
+}
+
+fn resolve_endpoint(
+    problems: &mut Vec<ConfigProblem>,
+    key: &str,
+    ep: &EndpointConfig,
+    defaults: Timeouts,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ResolvedEndpoint> {
+    let before = problems.len();
+    let mut push = |k: &str, m: String| {
+        problems.push(ConfigProblem {
+            key: format!("{key}{k}"),
+            message: m,
+        })
+    };
+    if ep.api_key.is_some() {
+        push(
+            ".api_key",
+            "secrets never live in the config file; put the key in an environment variable \
+             and name that variable with `api_key_env = \"OPENAI_API_KEY\"`"
+                .into(),
+        );
+    }
+    let base_url = match reqwest::Url::parse(ep.url.trim_end_matches('/')) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if u.query().is_some() || u.fragment().is_some() {
+                push(
+                    ".url",
+                    format!("`{}` must not carry a query or fragment", ep.url),
+                );
+            }
+            Some(u)
+        }
+        Ok(u) => {
+            push(
+                ".url",
+                format!(
+                    "`{}` must be an http:// or https:// URL with a host (got scheme `{}`)",
+                    ep.url,
+                    u.scheme()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            push(
+                ".url",
+                format!(
+                    "`{}` is not a URL ({e}); write the API base, e.g. \"https://api.openai.com/v1\"",
+                    ep.url
+                ),
+            );
+            None
+        }
+    };
+    let api_key = match &ep.api_key_env {
+        None => None,
+        Some(var) if var.is_empty() || var.contains('=') || var.contains('\0') => {
+            push(
+                ".api_key_env",
+                format!("`{var}` is not an environment variable name"),
+            );
+            None
+        }
+        Some(var) => match env(var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                push(
+                    ".api_key_env",
+                    format!(
+                        "environment variable `{var}` is not set (or empty); export it before \
+                         starting sluice, or remove `api_key_env` if the endpoint needs no key"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if ep.model.as_deref().is_some_and(str::is_empty) {
+        push(
+            ".model",
+            "must not be empty; remove it to send the client's model name".into(),
+        );
+    }
+    let timeouts = defaults.overridden_by(&ep.timeouts);
+    check_timeouts(problems, &format!("{key}.timeouts"), &timeouts);
+    if problems.len() > before {
+        return None;
+    }
+    let base_url = base_url?;
+    let mut chat_url = base_url.clone();
+    chat_url.set_path(&format!(
+        "{}/chat/completions",
+        base_url.path().trim_end_matches('/')
+    ));
+    Some(ResolvedEndpoint {
+        chat_url,
+        base_url,
+        api_key,
+        upstream_model: ep.model.clone(),
+        timeouts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<ResolvedConfig, ConfigError> {
+        let env = |name: &str| (name == "SET_KEY").then(|| "sk-test".to_string());
+        Config::from_toml(text, Path::new("t.toml"))?.resolve(Path::new("t.toml"), &env)
+    }
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match resolve(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_config_resolves_with_overrides() {
+        let c = resolve(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            drain_timeout = "5s"
+            [defaults.timeouts]
+            connect = "2s"
+            [models.gpt]
+            [[models.gpt.endpoints]]
+            url = "https://api.example.com/v1/"
+            api_key_env = "SET_KEY"
+            model = "gpt-4o-mini"
+            timeouts = { total = "30s", first_byte = "10s" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        let ep = &c.models["gpt"].endpoints[0];
+        assert_eq!(
+            ep.chat_url.as_str(),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert_eq!(ep.api_key.as_deref(), Some("sk-test"));
+        assert_eq!(ep.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(ep.timeouts.first_byte, Duration::from_secs(10));
+        assert_eq!(ep.timeouts.total, Duration::from_secs(30));
+        assert!(!format!("{ep:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let p = problems(
+            r#"
+            [server]
+            listen = "localhost"
+            [models.a]
+            [[models.a.endpoints]]
+            url = "ftp://x"
+            api_key_env = "UNSET_KEY"
+            [models.b]
+            [[models.b.endpoints]]
+            url = "http://h:1/v1"
+            api_key = "sk-oops"
+            timeouts = { first_byte = "20m" }
+            [models.c]
+            "#,
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "server.listen",
+            "models.a.endpoints[0].url",
+            "models.a.endpoints[0].api_key_env",
+            "models.b.endpoints[0].api_key",
+            "models.b.endpoints[0].timeouts.first_byte",
+            "models.c.endpoints",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+        let msg = p.iter().find(|p| p.key.ends_with("api_key")).unwrap();
+        assert!(msg.message.contains("api_key_env"));
+        assert!(!p.iter().any(|p| p.message.contains("sk-oops")));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_parse_errors_naming_them() {
+        let e = resolve("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n").unwrap_err();
+        assert!(e.to_string().contains("lissten"), "{e}");
+        let e = resolve("[server]\ndrain_timeout = \"5 parsecs\"\n").unwrap_err();
+        assert!(e.to_string().contains("parsecs"), "{e}");
+        let e = resolve("[server]\ndrain_timeout = \"5\"\n").unwrap_err();
+        assert!(e.to_string().contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn empty_config_says_to_add_a_model() {
+        let p = problems("");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "models");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            ConfigDuration::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            ConfigDuration::parse("1.5s").unwrap().0,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            ConfigDuration::parse("2m").unwrap().0,
+            Duration::from_secs(120)
+        );
+        assert!(ConfigDuration::parse("s").is_err());
+        assert!(ConfigDuration::parse("-1s").is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! Prometheus metrics. One registry per gateway instance, so several gateways in one process
+//! (tests) keep separate counts. Names follow Prometheus conventions: `sluice_` prefix, base
+//! units (seconds), `_total` on counters.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub model: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    /// `input`, `output` or `cached_input`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub model: String,
+    pub endpoint: String,
+    pub kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The model label for requests whose model is not configured: bounded cardinality no matter
+/// what clients send.
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+/// Status label for requests the client abandoned before the answer was complete (nginx's
+/// convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+pub struct GatewayMetrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    in_flight: Family<ModelLabels, Gauge>,
+    duration: HistogramFamily<ModelLabels>,
+    ttft: HistogramFamily<ModelLabels>,
+    overhead: HistogramFamily<ModelLabels>,
+    tokens: Family<TokenLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 10 µs .. ~160 ms: the gateway's own time is small, so the buckets start small.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 15))
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Chat completion requests by model and response status (499: client went away)",
+            requests.clone(),
+        );
+        let in_flight = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "requests_in_flight",
+            "Chat completion requests being served",
+            in_flight.clone(),
+        );
+        let duration: HistogramFamily<ModelLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its response",
+            duration.clone(),
+        );
+        let ttft: HistogramFamily<ModelLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "time_to_first_token_seconds",
+            "Streaming requests: time from receiving the request to relaying the first chunk carrying a token",
+            ttft.clone(),
+        );
+        let overhead: HistogramFamily<ModelLabels> =
+            Family::new_with_constructor(overhead_histogram);
+        registry.register(
+            "gateway_overhead_seconds",
+            "Time the gateway itself added: request duration minus time spent waiting on the upstream",
+            overhead.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by upstream usage, by kind (input, cached_input, output)",
+            tokens.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges by endpoint and kind (connect, timeout_*, status_4xx, status_5xx, protocol, stream_broken)",
+            upstream_errors.clone(),
+        );
+        GatewayMetrics {
+            registry,
+            requests,
+            in_flight,
+            duration,
+            ttft,
+            overhead,
+            tokens,
+            upstream_errors,
+        }
+    }
+
+    /// Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn request_started(&self, model: &str) {
+        self.in_flight
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a finished request. `upstream_wait` is the part of `total` spent waiting on
+    /// the upstream; the rest is the gateway's overhead.
+    pub fn request_finished(
+        &self,
+        model: &str,
+        status: u16,
+        total: Duration,
+        upstream_wait: Option<Duration>,
+    ) {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        self.in_flight.get_or_create(&labels).dec();
+        self.requests
+            .get_or_create(&StatusLabels {
+                model: model.to_owned(),
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(total.as_secs_f64());
+        if let Some(wait) = upstream_wait {
+            self.overhead
+                .get_or_create(&labels)
+                .observe(total.saturating_sub(wait).as_secs_f64());
+        }
+    }
+
+    /// A request refused before it was counted in flight (bad JSON, unknown model).
+    pub fn request_rejected(&self, model: &str, status: u16) {
+        self.requests
+            .get_or_create(&StatusLabels {
+                model: model.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn first_token(&self, model: &str, ttft: Duration) {
+        self.ttft
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .observe(ttft.as_secs_f64());
+    }
+
+    pub fn usage(&self, model: &str, usage: &sluice_api::Usage) {
+        let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+        for (kind, n) in [
+            ("input", usage.prompt_tokens),
+            ("cached_input", cached),
+            ("output", usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn upstream_error(&self, model: &str, endpoint: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                model: model.to_owned(),
+                endpoint: endpoint.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,662 @@
+//! The gateway over real HTTP: `sluice serve` (in process) in front of real mock engines on
+//! ephemeral loopback ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_testkit::{
+    assert_eventually, gateway_toml, metric_value, read_stream, start_mock, MockOptions,
+    MockServer, TestGateway,
+};
+
+fn zero() -> MockOptions {
+    MockOptions::zero_timing()
+}
+
+fn slow_decode(ms: u64) -> MockOptions {
+    let mut o = MockOptions::zero_timing();
+    o.timing.decode_interval = Duration::from_millis(ms);
+    o
+}
+
+async fn gateway_for(mocks: &[&MockServer], extra: &str) -> TestGateway {
+    let urls: Vec<String> = mocks.iter().map(|m| m.base_url()).collect();
+    TestGateway::start_toml(&gateway_toml("m", &urls, extra)).await
+}
+
+fn hello(extra: Value) -> Value {
+    let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "Hello there"}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+async fn post(gw: &TestGateway, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn set_faults(mock: &MockServer, faults: Value) {
+    let url = mock.base_url().replace("/v1", "/admin/faults");
+    let resp = reqwest::Client::new()
+        .patch(url)
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+}
+
+async fn mock_requests(mock: &MockServer) -> Vec<Value> {
+    let url = mock.base_url().replace("/v1", "/admin/requests");
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn non_streaming_round_trip_matches_the_engine() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let body = hello(json!({"max_tokens": 12}));
+
+    let resp = post(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let via_gateway: Value = resp.json().await.unwrap();
+
+    let direct: Value = reqwest::Client::new()
+        .post(format!("{}/chat/completions", mock.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(via_gateway["object"], "chat.completion");
+    assert_eq!(via_gateway["choices"], direct["choices"]);
+    assert_eq!(
+        via_gateway["usage"]["completion_tokens"],
+        direct["usage"]["completion_tokens"]
+    );
+    assert!(via_gateway["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
+}
+
+#[tokio::test]
+async fn streaming_relays_every_chunk_in_order_then_done() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+
+    // Without include_usage the client gets no usage chunk, though the gateway asked for one.
+    let resp = post(&gw, &hello(json!({"stream": true, "max_tokens": 8}))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let t = read_stream(resp).await;
+    assert!(t.transport_error.is_none(), "{:?}", t.transport_error);
+    assert!(t.ended_with_done(), "{:?}", t.datas());
+    let chunks = t.chunks();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c.get("usage").is_none_or(Value::is_null)));
+    let last = chunks.last().unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string());
+    let plain_content = t.content();
+
+    // With include_usage: a final usage chunk whose completion_tokens counts the content chunks.
+    let resp = post(
+        &gw,
+        &hello(json!({"stream": true, "max_tokens": 8, "stream_options": {"include_usage": true}})),
+    )
+    .await;
+    let t = read_stream(resp).await;
+    assert!(t.ended_with_done());
+    let chunks = t.chunks();
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let content_chunks = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count() as u64;
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], content_chunks);
+    assert_eq!(
+        t.content(),
+        plain_content,
+        "same request, same deterministic text"
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_are_forwarded_unchanged_and_models_renamed() {
+    let mock = start_mock(zero()).await;
+    let extra = "";
+    let urls = [mock.base_url()];
+    let toml = gateway_toml("m", &urls, extra).replace(
+        &format!("url = \"{}\"\n", urls[0]),
+        &format!("url = \"{}\"\nmodel = \"engine-name\"\n", urls[0]),
+    );
+    let gw = TestGateway::start_toml(&toml).await;
+    let body = hello(json!({
+        "response_format": {"type": "json_object"},
+        "logprobs": true,
+        "top_logprobs": 2,
+        "vendor_extension": {"nested": [1, {"x": null}]},
+        "messages": [{"role": "user", "content": "hi", "name": "alice"}],
+    }));
+    let resp = post(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let seen = mock_requests(&mock).await;
+    let got = &seen.last().unwrap()["body"];
+    assert_eq!(got["model"], "engine-name");
+    for key in [
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "vendor_extension",
+        "messages",
+    ] {
+        assert_eq!(got[key], body[key], "field {key}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_naming_the_field() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let client = reqwest::Client::new();
+
+    let resp = client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{\"model\": \"m\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+
+    let resp = post(&gw, &json!({"model": "m"})).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "messages");
+
+    let resp = post(&gw, &json!({"model": "m", "messages": [{"content": "x"}]})).await;
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "messages[0].role");
+
+    let resp = client
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let e: Value = resp.json().await.unwrap();
+    assert!(e["error"]["message"].is_string());
+
+    assert_eq!(
+        mock.engine().stats().requests_total,
+        0,
+        "nothing reached the engine"
+    );
+}
+
+#[tokio::test]
+async fn unknown_model_is_404_listing_the_models() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let resp = post(
+        &gw,
+        &json!({"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "model_not_found");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("gpt-nope") && msg.contains("available models: m"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_4xx_passes_through_with_status_body_and_retry_after() {
+    let mut opts = zero();
+    opts.require_api_key = Some("sk-right".into());
+    let mock = start_mock(opts).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 401);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(
+        e["error"]["code"], "invalid_api_key",
+        "the engine's own body: {e}"
+    );
+
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    set_faults(
+        &mock,
+        json!({"error_rate": 1.0, "error_status": 429, "retry_after_secs": 7}),
+    )
+    .await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let e: Value = resp.json().await.unwrap();
+    assert!(e["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn upstream_key_comes_from_the_environment() {
+    let mut opts = zero();
+    opts.require_api_key = Some("sk-from-env".into());
+    let mock = start_mock(opts).await;
+    // The variable name is unique to this test; nothing else in the process reads it.
+    std::env::set_var("SLUICE_TEST_UPSTREAM_KEY_1", "sk-from-env");
+    let urls = [mock.base_url()];
+    let toml = gateway_toml("m", &urls, "").replace(
+        &format!("url = \"{}\"\n", urls[0]),
+        &format!(
+            "url = \"{}\"\napi_key_env = \"SLUICE_TEST_UPSTREAM_KEY_1\"\n",
+            urls[0]
+        ),
+    );
+    let gw = TestGateway::start_toml(&toml).await;
+    assert_eq!(post(&gw, &hello(json!({}))).await.status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_5xx_is_502_and_refused_is_502_and_slow_is_504() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    set_faults(&mock, json!({"error_rate": 1.0, "error_status": 500})).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_error");
+    assert!(e["error"]["message"].as_str().unwrap().contains("500"));
+
+    // A port nothing listens on: bind one, note it, close it.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[dead], "")).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_unreachable");
+
+    let mock = start_mock(zero()).await;
+    set_faults(&mock, json!({"added_latency_ms": 3000})).await;
+    let gw = gateway_for(&[&mock], "[defaults.timeouts]\nfirst_byte = \"200ms\"\n").await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 504);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_timeout");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("first_byte"));
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_errors_total",
+            &[("kind", "timeout_first_byte")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_stream_broken_midway_ends_with_an_error_event() {
+    let mock = start_mock(zero()).await;
+    set_faults(
+        &mock,
+        json!({"disconnect_rate": 1.0, "disconnect_after_chunks": 3}),
+    )
+    .await;
+    let gw = gateway_for(&[&mock], "").await;
+    let resp = post(&gw, &hello(json!({"stream": true, "max_tokens": 20}))).await;
+    assert_eq!(resp.status(), 200);
+    let t = read_stream(resp).await;
+    assert!(
+        !t.ended_with_done(),
+        "a broken stream must not look complete"
+    );
+    let last: Value = serde_json::from_str(&t.events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_broken", "{last}");
+    assert!(
+        t.events.len() >= 3,
+        "the chunks before the break were relayed"
+    );
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_errors_total",
+            &[("kind", "stream_broken")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn stream_total_timeout_ends_with_an_error_event() {
+    let mock = start_mock(slow_decode(100)).await;
+    let gw = gateway_for(
+        &[&mock],
+        "[defaults.timeouts]\nfirst_byte = \"300ms\"\ntotal = \"400ms\"\n",
+    )
+    .await;
+    let resp = post(
+        &gw,
+        &hello(json!({"stream": true, "max_tokens": 50, "ignore_eos": true})),
+    )
+    .await;
+    let t = read_stream(resp).await;
+    assert!(!t.ended_with_done());
+    let last: Value = serde_json::from_str(&t.events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
+}
+
+#[tokio::test]
+async fn round_robin_spreads_and_connect_failures_move_on() {
+    let a = start_mock(zero()).await;
+    let b = start_mock(zero()).await;
+    let gw = gateway_for(&[&a, &b], "").await;
+    for _ in 0..10 {
+        assert_eq!(post(&gw, &hello(json!({}))).await.status(), 200);
+    }
+    assert_eq!(a.engine().stats().requests_total, 5);
+    assert_eq!(b.engine().stats().requests_total, 5);
+
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let live = start_mock(zero()).await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[dead, live.base_url()], "")).await;
+    for _ in 0..6 {
+        assert_eq!(post(&gw, &hello(json!({}))).await.status(), 200);
+    }
+    assert_eq!(live.engine().stats().requests_total, 6);
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
+        3.0,
+        "every other request tried the dead endpoint first"
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_stream() {
+    let mock = start_mock(slow_decode(50)).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let resp = post(
+        &gw,
+        &hello(json!({"stream": true, "max_tokens": 200, "ignore_eos": true})),
+    )
+    .await;
+    let mut body = resp.bytes_stream();
+    use futures_util::StreamExt;
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(body);
+    assert_eventually!(mock.engine().stats().cancelled == 1);
+    assert_eq!(mock.engine().stats().completed, 0);
+    assert_eventually!(
+        metric_value(
+            &gw.metrics_text().await,
+            "sluice_requests_total",
+            &[("status", "499")]
+        ) == 1.0
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_a_waiting_unary_request() {
+    let mut opts = zero();
+    opts.timing.ttft_base = Duration::from_secs(5);
+    let mock = start_mock(opts).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let result = client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&hello(json!({})))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client gave up");
+    assert_eventually!(mock.engine().stats().cancelled == 1);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_generated_and_forwarded() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "trace-abc-123")
+        .json(&hello(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc-123");
+    assert!(mock
+        .engine()
+        .stats()
+        .recent_request_ids
+        .contains(&"trace-abc-123".to_string()));
+
+    let resp = post(&gw, &hello(json!({}))).await;
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    assert!(mock
+        .engine()
+        .stats()
+        .recent_request_ids
+        .contains(&generated));
+
+    // Error answers carry it too.
+    let resp = post(&gw, &json!({"model": "nope", "messages": []})).await;
+    assert!(resp.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let mut output_tokens = 0;
+    for _ in 0..3 {
+        let v: Value = post(&gw, &hello(json!({"max_tokens": 5})))
+            .await
+            .json()
+            .await
+            .unwrap();
+        output_tokens += v["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    let t = read_stream(post(&gw, &hello(json!({"stream": true, "max_tokens": 4}))).await).await;
+    assert!(t.ended_with_done());
+    let streamed = t
+        .chunks()
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count() as u64;
+    output_tokens += streamed;
+    post(
+        &gw,
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+
+    let m = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_requests_total",
+            &[("model", "m"), ("status", "200")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(&m, "sluice_requests_total", &[("status", "404")]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_tokens_total",
+            &[("model", "m"), ("kind", "output")]
+        ),
+        output_tokens as f64
+    );
+    assert!(
+        metric_value(
+            &m,
+            "sluice_tokens_total",
+            &[("model", "m"), ("kind", "input")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_request_duration_seconds_count",
+            &[("model", "m")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_gateway_overhead_seconds_count",
+            &[("model", "m")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_time_to_first_token_seconds_count",
+            &[("model", "m")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "sluice_requests_in_flight", &[("model", "m")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
+    let mock = start_mock(slow_decode(20)).await;
+    let mut gw = gateway_for(&[&mock], "").await;
+    let resp = post(
+        &gw,
+        &hello(json!({"stream": true, "max_tokens": 25, "ignore_eos": true})),
+    )
+    .await;
+    let addr = gw.addr;
+    gw.begin_shutdown();
+    let t = read_stream(resp).await;
+    assert!(t.ended_with_done(), "the stream finished during the drain");
+    let tokens = t
+        .chunks()
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count();
+    assert_eq!(tokens, 25, "every token of the answer arrived");
+    gw.shutdown().await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_cuts_streams_that_run_too_long() {
+    let mock = start_mock(slow_decode(100)).await;
+    let urls = [mock.base_url()];
+    let toml =
+        gateway_toml("m", &urls, "").replace("drain_timeout = \"5s\"", "drain_timeout = \"300ms\"");
+    let gw = TestGateway::start_toml(&toml).await;
+    let resp = post(
+        &gw,
+        &hello(json!({"stream": true, "max_tokens": 100, "ignore_eos": true})),
+    )
+    .await;
+    let reader = tokio::spawn(read_stream(resp));
+    gw.shutdown().await.unwrap();
+    drop(mock);
+    let t = reader.await.unwrap();
+    assert!(
+        !t.ended_with_done(),
+        "a 10 s stream cannot finish in a 300 ms drain"
+    );
+}
+
+#[tokio::test]
+async fn models_health_and_readiness() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let models: Value = reqwest::get(gw.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "m");
+    assert_eq!(reqwest::get(gw.url("/health")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(gw.url("/ready")).await.unwrap().status(), 200);
+    let missing = reqwest::get(gw.url("/v2/nothing")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.json::<Value>().await.unwrap()["error"]["message"].is_string());
+
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[dead], "")).await;
+    let resp = reqwest::get(gw.url("/ready")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["models_without_reachable_endpoint"], json!(["m"]));
+    assert_eq!(reqwest::get(gw.url("/health")).await.unwrap().status(), 200);
+}

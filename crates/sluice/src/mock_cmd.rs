@@ -1,0 +1,276 @@
+//! `sluice mock`: run the mock LLM engine (see `docs/mock.md`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sluice_mock::{Faults, KvCacheOptions, MockEngine, MockOptions, OutputOptions, TimingModel};
+
+/// Flags of `sluice mock`. Defaults equal `MockOptions::default()`.
+#[derive(clap::Args, Debug)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Seed mixed into every answer: mocks with different seeds answer differently.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Fixed part of the time to first token, in milliseconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub ttft_base_ms: f64,
+
+    /// Prefill time per prompt token not served from the prefix cache, in microseconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub prefill_us_per_token: f64,
+
+    /// Time between two output tokens of one stream when it runs alone, in milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub decode_interval_ms: f64,
+
+    /// Fractional slowdown of the decode interval per additional request in flight.
+    #[arg(long, default_value_t = 0.02)]
+    pub batch_slowdown: f64,
+
+    /// Tokens per prefix-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+
+    /// Prefix-cache capacity in blocks; least recently used blocks are evicted beyond it.
+    #[arg(long, default_value_t = 8192)]
+    pub kv_capacity_blocks: usize,
+
+    /// Shortest natural answer, in tokens.
+    #[arg(long, default_value_t = 16)]
+    pub min_output_tokens: u32,
+
+    /// Longest natural answer, in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_output_tokens: u32,
+
+    /// A model name listed by /v1/models; repeatable. Default: "mock". Requests naming any
+    /// model are served.
+    #[arg(long = "model", value_name = "NAME")]
+    pub models: Vec<String>,
+
+    /// Require `Authorization: Bearer <key>` on /v1/*, with the key read from the
+    /// environment variable NAME.
+    #[arg(long, value_name = "NAME")]
+    pub require_api_key_env: Option<String>,
+
+    /// Make every delay zero: the fastest possible target, for benchmarking a gateway.
+    #[arg(
+        long,
+        conflicts_with_all = ["ttft_base_ms", "prefill_us_per_token", "decode_interval_ms", "batch_slowdown"]
+    )]
+    pub zero_timing: bool,
+
+    /// Share of chat requests answered with an injected error (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// Status of injected errors: 429, 500, 502 or 503.
+    #[arg(long, default_value_t = 500)]
+    pub error_status: u16,
+
+    /// `retry-after` seconds on an injected 429; 0 sends no header.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+
+    /// Delay before anything of a chat answer is sent, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub added_latency_ms: u64,
+
+    /// Share of requests that pause mid-answer (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub stall_rate: f64,
+
+    /// Length of a stall, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub stall_ms: u64,
+
+    /// A stalled stream pauses after this many SSE events.
+    #[arg(long, default_value_t = 2)]
+    pub stall_after_chunks: u32,
+
+    /// Share of requests whose connection is cut before the answer is complete (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub disconnect_rate: f64,
+
+    /// A cut stream is cut after this many SSE events.
+    #[arg(long, default_value_t = 2)]
+    pub disconnect_after_chunks: u32,
+
+    /// Share of tool-call answers whose arguments are not valid JSON (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_tool_args_rate: f64,
+
+    /// Seed of the fault draws: the same seed fails the same requests.
+    #[arg(long, default_value_t = 0)]
+    pub fault_seed: u64,
+}
+
+impl MockArgs {
+    pub fn to_options(&self) -> anyhow::Result<MockOptions> {
+        let timing = if self.zero_timing {
+            TimingModel::ZERO
+        } else {
+            if !self.batch_slowdown.is_finite() || self.batch_slowdown < 0.0 {
+                bail!(
+                    "--batch-slowdown must be a non-negative number, got {}",
+                    self.batch_slowdown
+                );
+            }
+            TimingModel {
+                ttft_base: duration("ttft-base-ms", self.ttft_base_ms, 1e-3)?,
+                prefill_per_token: duration(
+                    "prefill-us-per-token",
+                    self.prefill_us_per_token,
+                    1e-6,
+                )?,
+                decode_interval: duration("decode-interval-ms", self.decode_interval_ms, 1e-3)?,
+                batch_slowdown: self.batch_slowdown,
+            }
+        };
+        if self.block_size == 0 {
+            bail!("--block-size must be at least 1");
+        }
+        if self.min_output_tokens == 0 || self.min_output_tokens > self.max_output_tokens {
+            bail!(
+                "need 1 <= --min-output-tokens <= --max-output-tokens, got {} and {}",
+                self.min_output_tokens,
+                self.max_output_tokens
+            );
+        }
+        let faults = Faults {
+            error_rate: self.error_rate,
+            error_status: self.error_status,
+            retry_after_secs: self.retry_after_secs,
+            added_latency_ms: self.added_latency_ms,
+            stall_rate: self.stall_rate,
+            stall_ms: self.stall_ms,
+            stall_after_chunks: self.stall_after_chunks,
+            disconnect_rate: self.disconnect_rate,
+            disconnect_after_chunks: self.disconnect_after_chunks,
+            invalid_tool_args_rate: self.invalid_tool_args_rate,
+            seed: self.fault_seed,
+        };
+        // The knobs are named in the message as JSON fields; map them back to flags.
+        faults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
+        let require_api_key = match &self.require_api_key_env {
+            None => None,
+            Some(name) => match std::env::var(name) {
+                Ok(key) if !key.is_empty() => Some(key),
+                Ok(_) => bail!("--require-api-key-env: environment variable {name} is empty"),
+                Err(_) => bail!("--require-api-key-env: environment variable {name} is not set"),
+            },
+        };
+        let served_models = if self.models.is_empty() {
+            MockOptions::default().served_models
+        } else {
+            self.models.clone()
+        };
+        Ok(MockOptions {
+            timing,
+            kv_cache: KvCacheOptions {
+                block_size: self.block_size,
+                capacity_blocks: self.kv_capacity_blocks,
+            },
+            output: OutputOptions {
+                min_tokens: self.min_output_tokens,
+                max_tokens: self.max_output_tokens,
+            },
+            faults,
+            seed: self.seed,
+            served_models,
+            require_api_key,
+        })
+    }
+}
+
+/// `value` in units of `unit` seconds, as a duration; negative or non-finite values are
+/// refused with the flag's name.
+fn duration(flag: &str, value: f64, unit: f64) -> anyhow::Result<Duration> {
+    match Duration::try_from_secs_f64(value * unit) {
+        Ok(d) if value.is_finite() => Ok(d),
+        _ => bail!("--{flag} must be a non-negative number, got {value}"),
+    }
+}
+
+/// Serves the mock until ctrl-c or SIGTERM, then lets answers in progress finish.
+pub async fn run(args: MockArgs) -> anyhow::Result<()> {
+    let options = args.to_options()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("listening socket has no address")?;
+    let engine = MockEngine::new(options);
+    println!(
+        "sluice mock: OpenAI-compatible API at http://{addr}/v1, admin at http://{addr}/admin"
+    );
+    sluice_mock::serve(listener, engine, crate::shutdown_signal())
+        .await
+        .context("mock server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mock: MockArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<MockArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mock").chain(args.iter().copied())).map(|c| c.mock)
+    }
+
+    #[test]
+    fn defaults_match_the_library() {
+        let options = parse(&[]).unwrap().to_options().unwrap();
+        assert_eq!(options, MockOptions::default());
+    }
+
+    #[test]
+    fn flags_reach_the_options() {
+        let options = parse(&[
+            "--decode-interval-ms",
+            "2.5",
+            "--model",
+            "a",
+            "--model",
+            "b",
+            "--error-rate",
+            "0.25",
+            "--error-status",
+            "429",
+        ])
+        .unwrap()
+        .to_options()
+        .unwrap();
+        assert_eq!(options.timing.decode_interval, Duration::from_micros(2500));
+        assert_eq!(options.served_models, ["a", "b"]);
+        assert_eq!(options.faults.error_rate, 0.25);
+        assert_eq!(options.faults.error_status, 429);
+        let zero = parse(&["--zero-timing"]).unwrap().to_options().unwrap();
+        assert_eq!(zero.timing, TimingModel::ZERO);
+    }
+
+    #[test]
+    fn bad_values_are_refused_clearly() {
+        let err = |args: &[&str]| parse(args).unwrap().to_options().unwrap_err().to_string();
+        assert!(err(&["--error-rate", "2"]).contains("--error-rate"));
+        assert!(err(&["--error-status", "404"]).contains("--error-status"));
+        assert!(err(&["--decode-interval-ms=-1"]).contains("--decode-interval-ms"));
+        assert!(err(&["--require-api-key-env", "SLUICE_SURELY_UNSET_VAR"]).contains("not set"));
+        assert!(parse(&["--zero-timing", "--ttft-base-ms", "5"]).is_err());
+    }
+}

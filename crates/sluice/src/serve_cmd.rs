@@ -1,0 +1,82 @@
+//! `sluice serve` and `sluice check-config`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sluice_gateway::{Config, Gateway};
+
+use crate::embedded;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Gateway config file (TOML). Without it, the embedded default runs.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address; overrides `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn read_config(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            Ok((Config::from_toml(&text, p)?, p.to_owned()))
+        }
+        None => {
+            let p = PathBuf::from("<embedded default: examples/quickstart.toml>");
+            Ok((Config::from_toml(embedded::DEFAULT_CONFIG, &p)?, p))
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut config, path) = read_config(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen.to_string();
+    }
+    let engines = embedded::start_engines(&mut config).await?;
+    let resolved = config.resolve(&path, &env)?;
+    let gateway = Gateway::bind(&resolved).await?;
+    let addr = gateway.local_addr()?;
+    let models: Vec<&str> = resolved.models.keys().map(String::as_str).collect();
+    println!(
+        "sluice serve: listening on http://{addr} (models: {})",
+        models.join(", ")
+    );
+    for (name, engine) in &engines {
+        println!("  embedded mock engine `{name}` at {}", engine.base_url());
+    }
+    if let Some(model) = models.first() {
+        println!("try:");
+        println!(
+            "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+        );
+    }
+    gateway.serve(crate::shutdown_signal()).await?;
+    for (_, engine) in engines {
+        engine.shutdown().await;
+    }
+    Ok(())
+}
+
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let (mut config, path) = read_config(Some(path))?;
+    embedded::rewrite_for_check(&mut config);
+    let resolved = config.resolve(&path, &env)?;
+    let endpoints: usize = resolved.models.values().map(|m| m.endpoints.len()).sum();
+    println!(
+        "{}: ok ({} model(s), {} endpoint(s), listen {})",
+        path.display(),
+        resolved.models.len(),
+        endpoints,
+        resolved.listen
+    );
+    Ok(())
+}

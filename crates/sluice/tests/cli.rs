@@ -1,0 +1,202 @@
+//! The `sluice` binary as a user runs it: the embedded default, SIGTERM, check-config, mock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+/// A child process killed on drop, whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first `http://127.0.0.1:PORT` printed, as the base address.
+    fn wait_for_url(&self) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the command printed its URL");
+            if let Some(i) = line.find("http://127.0.0.1:") {
+                let rest = &line[i..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == ')' || c == ',')
+                    .unwrap_or(rest.len());
+                return rest[..end].trim_end_matches("/v1").to_owned();
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "exited after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_with_no_config_runs_the_embedded_default_and_stops_on_sigterm() {
+    let mut serve = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
+    let base = serve.wait_for_url();
+    let client = reqwest::Client::new();
+
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "mock");
+
+    let resp = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(!v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "both embedded engines are reachable"
+    );
+
+    let status = serve.terminate();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
+#[tokio::test]
+async fn mock_command_serves_chat_completions() {
+    let _mock = Running::start(&["mock", "--listen", "127.0.0.1:0", "--zero-timing"]);
+    let base = _mock.wait_for_url();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "any", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 3);
+}
+
+fn check_config(file: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config")
+        .arg(file)
+        .env_remove("OPENAI_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_config_accepts_the_examples_and_names_broken_keys() {
+    let (ok, text) = check_config(&repo_file("examples/quickstart.toml"), &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok (1 model(s), 2 endpoint(s)"), "{text}");
+
+    let (ok, text) = check_config(&repo_file("examples/openai.toml"), &[]);
+    assert!(!ok);
+    assert!(
+        text.contains("models.gpt-4o-mini.endpoints[0].api_key_env")
+            && text.contains("OPENAI_API_KEY"),
+        "{text}"
+    );
+    let (ok, text) = check_config(
+        &repo_file("examples/openai.toml"),
+        &[("OPENAI_API_KEY", "sk-x")],
+    );
+    assert!(ok, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[server]\nlisten = \"nowhere\"\n[models.a]\n[[models.a.endpoints]]\nurl = \"not a url\"\n",
+    )
+    .unwrap();
+    let (ok, text) = check_config(&broken, &[]);
+    assert!(!ok);
+    assert!(text.contains("server.listen"), "{text}");
+    assert!(text.contains("models.a.endpoints[0].url"), "{text}");
+
+    std::fs::write(&broken, "[models.a]\nendpionts = []\n").unwrap();
+    let (ok, text) = check_config(&broken, &[]);
+    assert!(!ok);
+    assert!(text.contains("endpionts"), "{text}");
+
+    let (ok, text) = check_config(&dir.path().join("missing.toml"), &[]);
+    assert!(!ok);
+    assert!(text.contains("missing.toml"), "{text}");
+}
