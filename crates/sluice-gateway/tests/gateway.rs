@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_testkit::{
-    assert_eventually, gateway_toml, metric_value, read_stream, start_mock, MockOptions,
-    MockServer, TestGateway,
+    assert_eventually, gateway_toml, metric_value, read_stream, refused_url, start_mock,
+    MockOptions, MockServer, TestGateway,
 };
 
 fn zero() -> MockOptions {
@@ -124,14 +124,7 @@ async fn streaming_relays_every_chunk_in_order_then_done() {
     let chunks = t.chunks();
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
-    let content_chunks = chunks
-        .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|s| !s.is_empty())
-        })
-        .count() as u64;
+    let content_chunks = t.token_chunks() as u64;
     assert_eq!(usage_chunk["usage"]["completion_tokens"], content_chunks);
     assert_eq!(
         t.content(),
@@ -297,10 +290,7 @@ async fn upstream_5xx_is_502_and_refused_is_502_and_slow_is_504() {
     assert!(e["error"]["message"].as_str().unwrap().contains("500"));
 
     // A port nothing listens on: bind one, note it, close it.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/v1", l.local_addr().unwrap())
-    };
+    let dead = refused_url();
     let gw = TestGateway::start_toml(&gateway_toml("m", &[dead], "")).await;
     let resp = post(&gw, &hello(json!({}))).await;
     assert_eq!(resp.status(), 502);
@@ -392,10 +382,7 @@ async fn round_robin_spreads_and_connect_failures_move_on() {
     assert_eq!(a.engine().stats().requests_total, 5);
     assert_eq!(b.engine().stats().requests_total, 5);
 
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/v1", l.local_addr().unwrap())
-    };
+    let dead = refused_url();
     let live = start_mock(zero()).await;
     let gw = TestGateway::start_toml(&gateway_toml("m", &[dead, live.base_url()], "")).await;
     for _ in 0..6 {
@@ -505,15 +492,7 @@ async fn metrics_count_what_happened() {
     }
     let t = read_stream(post(&gw, &hello(json!({"stream": true, "max_tokens": 4}))).await).await;
     assert!(t.ended_with_done());
-    let streamed = t
-        .chunks()
-        .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|s| !s.is_empty())
-        })
-        .count() as u64;
+    let streamed = t.token_chunks() as u64;
     output_tokens += streamed;
     post(
         &gw,
@@ -592,15 +571,7 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     gw.begin_shutdown();
     let t = read_stream(resp).await;
     assert!(t.ended_with_done(), "the stream finished during the drain");
-    let tokens = t
-        .chunks()
-        .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|s| !s.is_empty())
-        })
-        .count();
+    let tokens = t.token_chunks();
     assert_eq!(tokens, 25, "every token of the answer arrived");
     gw.shutdown().await.unwrap();
     assert!(
@@ -649,10 +620,7 @@ async fn models_health_and_readiness() {
     assert_eq!(missing.status(), 404);
     assert!(missing.json::<Value>().await.unwrap()["error"]["message"].is_string());
 
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/v1", l.local_addr().unwrap())
-    };
+    let dead = refused_url();
     let gw = TestGateway::start_toml(&gateway_toml("m", &[dead], "")).await;
     let resp = reqwest::get(gw.url("/ready")).await.unwrap();
     assert_eq!(resp.status(), 503);

@@ -47,6 +47,13 @@ pub async fn start_mock(opts: MockOptions) -> MockServer {
         .expect("mock engine starts")
 }
 
+/// The base URL of a loopback port nothing listens on (bound, then released): connections
+/// to it are refused.
+pub fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    format!("http://{}/v1", listener.local_addr().expect("local addr"))
+}
+
 /// A gateway config in TOML with one model served by `urls`, listening on a free port, with
 /// `extra` appended (more tables, `[defaults.timeouts]`, ...).
 pub fn gateway_toml(model: &str, urls: &[String], extra: &str) -> String {
@@ -179,6 +186,18 @@ impl StreamTranscript {
             .filter(|e| e.data != "[DONE]")
             .map(|e| serde_json::from_str(&e.data).expect("event data is JSON"))
             .collect()
+    }
+
+    /// How many chunks carry a token (non-empty `choices[0].delta.content`).
+    pub fn token_chunks(&self) -> usize {
+        self.chunks()
+            .iter()
+            .filter(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .count()
     }
 
     /// Concatenated `choices[0].delta.content` of all chunks.
