@@ -164,6 +164,12 @@ async fn unknown_fields_are_forwarded_unchanged_and_models_renamed() {
     ] {
         assert_eq!(got[key], body[key], "field {key}");
     }
+
+    // Without a rename, a non-streaming request goes upstream exactly as the client sent it.
+    let direct = gateway_for(&[&mock], "").await;
+    assert_eq!(post(&direct, &body).await.status(), 200);
+    let seen = mock_requests(&mock).await;
+    assert_eq!(seen.last().unwrap()["body"], body);
 }
 
 #[tokio::test]

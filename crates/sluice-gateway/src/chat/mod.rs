@@ -38,7 +38,7 @@ pub async fn chat_completions(
     let received = Instant::now();
 
     // Phase: parse.
-    let request = match read_request(body).await {
+    let (request, raw) = match read_request(body).await {
         Ok(r) => r,
         Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
     };
@@ -54,7 +54,7 @@ pub async fn chat_completions(
     let mut flight = InFlight::start(gw.metrics.clone(), route.name.clone(), received);
 
     // Phase: upstream call.
-    let prepared = PreparedRequest::new(request);
+    let prepared = PreparedRequest::new(request, raw);
     let (endpoint, response) = match call_upstream(route, &prepared, &request_id, &mut flight).await
     {
         Ok(ok) => ok,
@@ -78,7 +78,8 @@ fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
     e.into_response()
 }
 
-async fn read_request(body: Body) -> Result<ChatCompletionRequest, GatewayError> {
+/// The parsed request and the bytes it was parsed from.
+async fn read_request(body: Body) -> Result<(ChatCompletionRequest, Bytes), GatewayError> {
     let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
         .await
         .map_err(|e| {
@@ -90,8 +91,9 @@ async fn read_request(body: Body) -> Result<ChatCompletionRequest, GatewayError>
                 None,
             )
         })?;
-    ChatCompletionRequest::from_slice(&bytes)
-        .map_err(|e| GatewayError::invalid_request(e.message, e.param))
+    let request = ChatCompletionRequest::from_slice(&bytes)
+        .map_err(|e| GatewayError::invalid_request(e.message, e.param))?;
+    Ok((request, bytes))
 }
 
 /// The request as it goes upstream. Streams always ask the upstream for usage, so the gateway
@@ -100,22 +102,24 @@ struct PreparedRequest {
     request: ChatCompletionRequest,
     stream: bool,
     client_wants_usage: bool,
-    /// The body for endpoints that keep the client's model name (the common case), serialised
-    /// once for all attempts.
+    /// The body for endpoints that keep the client's model name (the common case): the
+    /// client's own bytes when nothing needs changing, else serialised once for all attempts.
     default_body: Bytes,
 }
 
 impl PreparedRequest {
-    fn new(mut request: ChatCompletionRequest) -> Self {
+    fn new(mut request: ChatCompletionRequest, raw: Bytes) -> Self {
         let stream = request.is_stream();
         let client_wants_usage = request.wants_stream_usage();
-        if stream && !client_wants_usage {
+        let default_body = if stream && !client_wants_usage {
             request
                 .stream_options
                 .get_or_insert_with(Default::default)
                 .include_usage = Some(true);
-        }
-        let default_body = Bytes::from(request.to_json_vec());
+            Bytes::from(request.to_json_vec())
+        } else {
+            raw
+        };
         PreparedRequest {
             request,
             stream,
