@@ -2,6 +2,7 @@
 //! crates.
 
 mod embedded;
+mod load_cmd;
 mod mock_cmd;
 mod serve_cmd;
 
@@ -25,6 +26,9 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Run the mock OpenAI-compatible engine.
     Mock(mock_cmd::MockArgs),
+    /// Generate LLM load against any OpenAI-compatible server and report TTFT, TPOT, ITL,
+    /// throughput and goodput; gate on SLOs; compare reports.
+    Load(load_cmd::LoadArgs),
     /// Validate a gateway config file without serving.
     CheckConfig {
         /// The TOML file to check.
@@ -46,14 +50,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let done = std::process::ExitCode::SUCCESS;
         match cli.command {
-            Command::Serve(args) => serve_cmd::run(args).await,
-            Command::Mock(args) => mock_cmd::run(args).await,
-            Command::CheckConfig { file } => serve_cmd::check_config(&file),
+            Command::Serve(args) => serve_cmd::run(args).await.map(|()| done),
+            Command::Mock(args) => mock_cmd::run(args).await.map(|()| done),
+            Command::Load(args) => load_cmd::run(args).await,
+            Command::CheckConfig { file } => serve_cmd::check_config(&file).map(|()| done),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

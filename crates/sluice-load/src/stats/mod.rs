@@ -1,0 +1,13 @@
+//! From per-request records to the numbers a report shows: latency distributions,
+//! throughput, goodput, errors, the per-second time series, and the generator's own health.
+
+mod histogram;
+mod summary;
+mod timeseries;
+
+pub use histogram::{exact_quantile, LatencyHistogram, LatencyStats};
+pub use summary::{
+    analyze, ErrorSummary, GeneratorSummary, Latencies, MetricSet, RequestCounts, RunAnalysis,
+    RunSummary, Throughput, TokenSummary,
+};
+pub use timeseries::TimeBucket;

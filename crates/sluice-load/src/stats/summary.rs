@@ -1,0 +1,462 @@
+//! The summary of one run (one rate or concurrency): what `compare` reads back, so its
+//! field names are part of the report schema.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::histogram::{LatencyHistogram, LatencyStats};
+use super::timeseries::{buckets, TimeBucket};
+use crate::record::{RequestRecord, TokenSource};
+use crate::run::RunOutput;
+use crate::slo::{LatencyMetric, Slo};
+
+/// Lateness above this at p99 means requests left late enough to matter at millisecond
+/// latencies: the generator, not the target, may be what was measured.
+const LATENESS_P99_LIMIT_US: f64 = 1000.0;
+/// The runtime noticing arriving data later than this at p90 (the probe samples every
+/// 10 ms, so its p99 rests on few samples) means a typical timestamp is that late.
+const DELAY_P90_LIMIT_US: f64 = 1000.0;
+/// CPU use above this share of all cores means the generator was competing for CPU.
+const CPU_SHARE_LIMIT: f64 = 0.9;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub requests: RequestCounts,
+    /// The measured interval: from the end of warm-up to the last measured response.
+    pub duration_s: f64,
+    pub throughput: Throughput,
+    pub latency: Latencies,
+    pub tokens: TokenSummary,
+    pub errors: ErrorSummary,
+    pub generator: GeneratorSummary,
+    pub timeseries: Vec<TimeBucket>,
+    /// Caveats a reader must know to read the numbers right.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// Measured requests (warm-up excluded).
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub warmup_excluded: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Successful requests per second over the measured interval.
+    pub requests_per_s: f64,
+    pub output_tokens_per_s: f64,
+    /// Prompt + output tokens per second (prompt tokens as reported by usage).
+    pub total_tokens_per_s: f64,
+    /// Highest output tokens in any one-second bucket.
+    pub peak_output_tokens_per_s: f64,
+    /// Requests per second that met every latency SLO; present when SLOs were given.
+    pub goodput_requests_per_s: Option<f64>,
+    /// Measured sends per second, between the first and the last actual send (open loop:
+    /// how close the generator came to the schedule).
+    pub achieved_send_rate_per_s: Option<f64>,
+    /// The same over the scheduled send times: the rate the seeded arrival process realised
+    /// (a Poisson schedule of n requests deviates from the target by about 1/√n).
+    pub scheduled_rate_per_s: Option<f64>,
+    /// The rate asked for (open loop).
+    pub target_rate_per_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    pub ttft: Option<LatencyStats>,
+    pub ttst: Option<LatencyStats>,
+    pub tpot: Option<LatencyStats>,
+    pub itl: Option<LatencyStats>,
+    pub e2e: Option<LatencyStats>,
+    /// Scheduled send → actual send (open loop): time requests waited in the client.
+    pub queue: Option<LatencyStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenSummary {
+    pub output_total: u64,
+    pub prompt_total: u64,
+    /// Requests whose output count came from usage / counted chunks / nowhere.
+    pub output_from_usage: u64,
+    pub output_from_chunks: u64,
+    pub output_unknown: u64,
+    /// Requests with a known `max_tokens` whose output had another length.
+    pub output_length_mismatches: u64,
+    pub requested_output_mean: Option<f64>,
+    pub output_mean: Option<f64>,
+    /// Mean prompt length aimed for (words ≈ tokens), synthetic workloads.
+    pub approx_input_mean: Option<f64>,
+    /// Mean prompt length as the server counted it.
+    pub prompt_mean: Option<f64>,
+    /// Mean share of prompt tokens served from the server's prefix cache, when reported.
+    pub cached_prompt_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorSummary {
+    /// Failed / total measured requests.
+    pub error_rate: f64,
+    pub by_class: BTreeMap<String, u64>,
+    /// One message per class, as the server or the socket put it.
+    pub examples: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorSummary {
+    pub cores: usize,
+    pub cpu_seconds: Option<f64>,
+    /// CPU time / wall time: 100 = one core busy all the time.
+    pub cpu_percent_of_one_core: Option<f64>,
+    pub cpu_percent_of_all_cores: Option<f64>,
+    /// Scheduled send → a worker took the request up (open loop only).
+    pub lateness: Option<LatencyStats>,
+    /// How late the generator's runtime noticed data arriving on a socket, sampled every
+    /// 10 ms over loopback: timestamps are late by about this much.
+    pub scheduling_delay: Option<LatencyStats>,
+    pub connections_opened: u64,
+    pub peak_connections: u64,
+    pub max_connections: u64,
+    /// Open loop needed more connections than allowed: requests waited for one, and that
+    /// wait counts in their latency.
+    pub connection_cap_hit: bool,
+    pub likely_bottleneck: bool,
+    pub bottleneck_reasons: Vec<String>,
+}
+
+/// Distributions of the measured requests, kept next to the summary for SLO gates that ask
+/// for a percentile the summary does not list.
+#[derive(Debug, Clone, Default)]
+pub struct MetricSet {
+    pub ttft: LatencyHistogram,
+    pub ttst: LatencyHistogram,
+    pub tpot: LatencyHistogram,
+    pub itl: LatencyHistogram,
+    pub e2e: LatencyHistogram,
+}
+
+impl MetricSet {
+    pub fn get(&self, m: LatencyMetric) -> &LatencyHistogram {
+        match m {
+            LatencyMetric::Ttft => &self.ttft,
+            LatencyMetric::Ttst => &self.ttst,
+            LatencyMetric::Tpot => &self.tpot,
+            LatencyMetric::Itl => &self.itl,
+            LatencyMetric::E2e => &self.e2e,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunAnalysis {
+    pub summary: RunSummary,
+    pub metrics: MetricSet,
+}
+
+pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
+    let measured: Vec<&RequestRecord> = out.records.iter().filter(|r| !r.warmup).collect();
+    let total = measured.len() as u64;
+    let succeeded = measured.iter().filter(|r| r.ok()).count() as u64;
+    let failed = total - succeeded;
+
+    let mut metrics = MetricSet {
+        itl: out.itl.clone(),
+        ..MetricSet::default()
+    };
+    let mut queue = LatencyHistogram::new();
+    let mut lateness = LatencyHistogram::new();
+    for r in &measured {
+        if let Some(v) = r.ttft_us() {
+            metrics.ttft.record(v);
+        }
+        if let Some(v) = r.ttst_us() {
+            metrics.ttst.record(v);
+        }
+        if let Some(v) = r.tpot_us() {
+            metrics.tpot.record_f64(v);
+        }
+        if let Some(v) = r.e2e_us() {
+            metrics.e2e.record(v);
+        }
+        if out.open_loop {
+            queue.record(r.queue_us());
+            lateness.record(r.lateness_us());
+        }
+    }
+
+    let start_us = out
+        .warmup_end_us
+        .or_else(|| measured.iter().map(|r| r.scheduled_us).min())
+        .unwrap_or(0);
+    let end_us = measured.iter().map(|r| r.end_us).max().unwrap_or(start_us);
+    let duration_s = end_us.saturating_sub(start_us) as f64 / 1e6;
+    let per_s = |x: f64| {
+        if duration_s > 0.0 {
+            x / duration_s
+        } else {
+            0.0
+        }
+    };
+
+    let tokens = token_summary(&measured);
+    let goodput = goodput(&measured, slos).map(|n| per_s(n as f64));
+    let achieved = out
+        .open_loop
+        .then(|| span_rate(measured.iter().map(|r| r.sent_us)))
+        .flatten();
+    let scheduled = out
+        .open_loop
+        .then(|| span_rate(measured.iter().map(|r| r.scheduled_us)))
+        .flatten();
+    let throughput = Throughput {
+        requests_per_s: per_s(succeeded as f64),
+        output_tokens_per_s: per_s(tokens.output_total as f64),
+        total_tokens_per_s: per_s((tokens.output_total + tokens.prompt_total) as f64),
+        peak_output_tokens_per_s: out.token_timeline.iter().copied().fold(0.0, f64::max),
+        goodput_requests_per_s: goodput,
+        achieved_send_rate_per_s: achieved,
+        scheduled_rate_per_s: scheduled,
+        target_rate_per_s: out.target_rate,
+    };
+
+    let mut by_class = BTreeMap::new();
+    for r in &measured {
+        if let Some(e) = r.error {
+            *by_class.entry(e.key()).or_insert(0) += 1;
+        }
+    }
+    let errors = ErrorSummary {
+        error_rate: if total > 0 {
+            failed as f64 / total as f64
+        } else {
+            0.0
+        },
+        examples: out
+            .error_examples
+            .iter()
+            .filter(|(k, _)| by_class.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        by_class,
+    };
+
+    let generator = generator_summary(out, lateness.stats());
+    let latency = Latencies {
+        ttft: metrics.ttft.stats(),
+        ttst: metrics.ttst.stats(),
+        tpot: metrics.tpot.stats(),
+        itl: metrics.itl.stats(),
+        e2e: metrics.e2e.stats(),
+        queue: queue.stats(),
+    };
+    let notes = notes(out, &tokens, &measured, &generator);
+    RunAnalysis {
+        summary: RunSummary {
+            requests: RequestCounts {
+                total,
+                succeeded,
+                failed,
+                warmup_excluded: out.records.len() as u64 - total,
+            },
+            duration_s,
+            throughput,
+            latency,
+            tokens,
+            errors,
+            generator,
+            timeseries: buckets(&measured, &out.token_timeline),
+            notes,
+        },
+        metrics,
+    }
+}
+
+fn token_summary(measured: &[&RequestRecord]) -> TokenSummary {
+    let ok: Vec<&&RequestRecord> = measured.iter().filter(|r| r.ok()).collect();
+    let count = |s: TokenSource| ok.iter().filter(|r| r.token_source == s).count() as u64;
+    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    TokenSummary {
+        output_total: ok.iter().filter_map(|r| r.output_tokens).sum(),
+        prompt_total: ok.iter().filter_map(|r| r.prompt_tokens).sum(),
+        output_from_usage: count(TokenSource::Usage),
+        output_from_chunks: count(TokenSource::Chunks),
+        output_unknown: count(TokenSource::Unknown),
+        output_length_mismatches: ok
+            .iter()
+            .filter(|r| match (r.requested_output_tokens, r.output_tokens) {
+                (Some(want), Some(got)) => u64::from(want) != got,
+                _ => false,
+            })
+            .count() as u64,
+        requested_output_mean: mean(
+            ok.iter()
+                .filter_map(|r| r.requested_output_tokens.map(f64::from))
+                .collect(),
+        ),
+        output_mean: mean(
+            ok.iter()
+                .filter_map(|r| r.output_tokens.map(|t| t as f64))
+                .collect(),
+        ),
+        approx_input_mean: mean(
+            ok.iter()
+                .filter_map(|r| r.approx_input_tokens.map(f64::from))
+                .collect(),
+        ),
+        prompt_mean: mean(
+            ok.iter()
+                .filter_map(|r| r.prompt_tokens.map(|t| t as f64))
+                .collect(),
+        ),
+        cached_prompt_share: mean(
+            ok.iter()
+                .filter_map(|r| match (r.cached_prompt_tokens, r.prompt_tokens) {
+                    (Some(c), Some(p)) if p > 0 => Some(c as f64 / p as f64),
+                    _ => None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Requests that met every latency SLO; `None` when no latency SLO was given (goodput is
+/// then not defined rather than equal to throughput).
+fn goodput(measured: &[&RequestRecord], slos: &[Slo]) -> Option<u64> {
+    let latency: Vec<&Slo> = slos.iter().filter(|s| s.is_latency()).collect();
+    if latency.is_empty() {
+        return None;
+    }
+    Some(
+        measured
+            .iter()
+            .filter(|r| r.ok() && latency.iter().all(|s| s.request_meets(r) == Some(true)))
+            .count() as u64,
+    )
+}
+
+/// Events per second between the first and the last of `times_us`: (n − 1) / span.
+fn span_rate(times_us: impl Iterator<Item = u64>) -> Option<f64> {
+    let (mut n, mut first, mut last) = (0u64, u64::MAX, 0u64);
+    for t in times_us {
+        n += 1;
+        first = first.min(t);
+        last = last.max(t);
+    }
+    (n > 1 && last > first).then(|| (n - 1) as f64 / ((last - first) as f64 / 1e6))
+}
+
+fn generator_summary(out: &RunOutput, lateness: Option<LatencyStats>) -> GeneratorSummary {
+    let cores = out.cores.max(1);
+    let one = out
+        .cpu_seconds
+        .filter(|_| out.wall_s > 0.0)
+        .map(|c| c / out.wall_s * 100.0);
+    let all = one.map(|p| p / cores as f64);
+    let mut reasons = Vec::new();
+    if let Some(l) = &lateness {
+        if l.p99_ms * 1000.0 > LATENESS_P99_LIMIT_US {
+            reasons.push(format!(
+                "send lateness p99 is {:.2} ms (over {:.0} ms): requests left later than scheduled",
+                l.p99_ms,
+                LATENESS_P99_LIMIT_US / 1000.0
+            ));
+        }
+    }
+    let scheduling_delay = out.scheduling_delay.stats();
+    if let Some(d) = &scheduling_delay {
+        if d.p90_ms * 1000.0 > DELAY_P90_LIMIT_US {
+            reasons.push(format!(
+                "the generator noticed arriving data {:.2} ms late at p90 (over {:.0} ms): its timestamps are late by about as much",
+                d.p90_ms,
+                DELAY_P90_LIMIT_US / 1000.0
+            ));
+        }
+    }
+    if let Some(a) = all {
+        if a > CPU_SHARE_LIMIT * 100.0 {
+            reasons.push(format!("the generator used {a:.0} % of all {cores} cores"));
+        }
+    }
+    if out.connection_cap_hit {
+        reasons.push(format!(
+            "all {} connections (--max-connections) were busy: requests waited for one",
+            out.max_connections
+        ));
+    }
+    GeneratorSummary {
+        cores,
+        cpu_seconds: out.cpu_seconds,
+        cpu_percent_of_one_core: one,
+        cpu_percent_of_all_cores: all,
+        lateness,
+        scheduling_delay,
+        connections_opened: out.connections_opened,
+        peak_connections: out.peak_connections,
+        max_connections: out.max_connections as u64,
+        connection_cap_hit: out.connection_cap_hit,
+        likely_bottleneck: !reasons.is_empty(),
+        bottleneck_reasons: reasons,
+    }
+}
+
+fn notes(
+    out: &RunOutput,
+    tokens: &TokenSummary,
+    measured: &[&RequestRecord],
+    generator: &GeneratorSummary,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let unary = measured.iter().filter(|r| r.ok() && !r.stream).count();
+    if unary > 0 {
+        notes.push(format!(
+            "{unary} answers were not streamed: TTFT, TTST, TPOT and ITL are undefined for them (only E2E is measured)"
+        ));
+    }
+    let sources: Vec<String> = [
+        (tokens.output_from_usage, "server usage"),
+        (
+            tokens.output_from_chunks,
+            "counted stream chunks (usage absent; one token per chunk assumed)",
+        ),
+        (
+            tokens.output_unknown,
+            "nowhere (no usage in the answer): not counted",
+        ),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} from {what}"))
+    .collect();
+    if !sources.is_empty() {
+        notes.push(format!("output token counts: {}", sources.join(", ")));
+    }
+    if tokens.output_length_mismatches > 0 {
+        notes.push(format!(
+            "{} answers had another length than the max_tokens sent: the target may not honour `ignore_eos` (output length is then not controlled)",
+            tokens.output_length_mismatches
+        ));
+    }
+    if out.open_loop {
+        notes.push(
+            "open loop: TTFT and E2E are measured from each request's scheduled send time, so client-side queueing counts against latency".into(),
+        );
+    }
+    if let Some(n) = out.distinct_requests {
+        if (out.records.len() as u64) > n as u64 {
+            notes.push(format!(
+                "the dataset has {n} requests and was replayed cyclically ({} sent)",
+                out.records.len()
+            ));
+        }
+    }
+    if generator.likely_bottleneck {
+        notes.push(format!(
+            "the load generator was likely a bottleneck: {}",
+            generator.bottleneck_reasons.join("; ")
+        ));
+    }
+    notes
+}

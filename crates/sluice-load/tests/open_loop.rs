@@ -1,0 +1,243 @@
+//! Open-loop behaviour: the achieved arrival rate equals the target, and latency is measured
+//! from the scheduled send time, so a target that cannot keep up shows its queueing instead
+//! of hiding it (no coordinated omission).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, zero_mock};
+use sluice_load::{Arrival, Bound, LengthDist, Mode, Warmup, WorkloadSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Runs open loop against a zero-latency mock; returns the achieved and the scheduled rate.
+async fn achieved_rate(arrival: Arrival, rate: f64, requests: u64) -> (f64, f64) {
+    let _serial = common::SERIAL.lock().await;
+    let mock = zero_mock().await;
+    let mut c = config(mock.base_url(), 4);
+    c.stream = false;
+    c.mode = Mode::Rate { rate, arrival };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(requests),
+    };
+    c.warmup = Warmup::Requests(100);
+    let result = sluice_load::run(c).await.unwrap();
+    let s = &result.report.runs[0].summary;
+    assert_eq!(s.requests.failed, 0, "{:?}", s.errors);
+    let achieved = s.throughput.achieved_send_rate_per_s.unwrap();
+    let scheduled = s.throughput.scheduled_rate_per_s.unwrap();
+    let lateness = s.generator.lateness.unwrap();
+    eprintln!(
+        "{arrival}: target {rate}/s, schedule {scheduled:.2}/s, achieved {achieved:.2}/s; lateness p50 {:.3} p99 {:.3} ms; CPU {:.0} % of all cores",
+        lateness.p50_ms,
+        lateness.p99_ms,
+        s.generator.cpu_percent_of_all_cores.unwrap_or(f64::NAN)
+    );
+    (achieved, scheduled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constant_rate_is_achieved_within_2_percent() {
+    let (achieved, scheduled) = achieved_rate(Arrival::Constant, 1000.0, 3000).await;
+    assert!((scheduled - 1000.0).abs() < 1e-6, "{scheduled}");
+    assert!((achieved - 1000.0).abs() / 1000.0 < 0.02, "{achieved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisson_rate_is_achieved_within_2_percent() {
+    // Poisson gaps are drawn in blocks scaled to the exact rate (see `arrival::BLOCK`), so
+    // the schedule itself is on target up to one partial block; the generator must then
+    // follow it.
+    let (achieved, scheduled) = achieved_rate(Arrival::Poisson, 1500.0, 6000).await;
+    assert!(
+        (scheduled - 1500.0).abs() / 1500.0 < 0.02,
+        "schedule {scheduled}"
+    );
+    assert!(
+        (achieved - scheduled).abs() / scheduled < 0.01,
+        "{achieved} vs {scheduled}"
+    );
+    assert!((achieved - 1500.0).abs() / 1500.0 < 0.02, "{achieved}");
+}
+
+/// A deliberately slow target: HTTP/1.1 on raw TCP, answering one request at a time with a
+/// fixed service time, whatever the number of connections — capacity 1/service.
+async fn serial_server(service: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let gate = one_at_a_time.clone();
+            tokio::spawn(serve_connection(sock, gate, service));
+        }
+    });
+    addr
+}
+
+async fn serve_connection(
+    mut sock: TcpStream,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    service: Duration,
+) {
+    let body = r#"{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Read one request: headers, then content-length bytes of body.
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + len);
+        {
+            let _serving = gate.lock().await;
+            tokio::time::sleep(service).await;
+        }
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if sock.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn slow_config(addr: SocketAddr) -> sluice_load::LoadConfig {
+    let mut c = config(format!("http://{addr}/v1"), 1);
+    c.stream = false;
+    c.workload = WorkloadSpec::Synthetic {
+        input_tokens: LengthDist::Fixed(4),
+        output_tokens: LengthDist::Fixed(1),
+    };
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_counts_from_the_schedule_when_the_target_falls_behind() {
+    let _serial = common::SERIAL.lock().await;
+    // Capacity 50 req/s, offered 100 req/s for 2 s: request i waits behind i/2 others.
+    let service = Duration::from_millis(20);
+    let addr = serial_server(service).await;
+    let mut c = slow_config(addr);
+    c.mode = Mode::Rate {
+        rate: 100.0,
+        arrival: Arrival::Constant,
+    };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(200),
+    };
+    let result = sluice_load::run(c).await.unwrap();
+    let s = &result.report.runs[0].summary;
+    assert_eq!(s.requests.failed, 0, "{:?}", s.errors);
+    let e2e = s.latency.e2e.unwrap();
+    let queue = s.latency.queue.unwrap();
+    let lateness = s.generator.lateness.unwrap();
+    eprintln!(
+        "open loop over capacity: E2E p50 {:.1} max {:.1} ms; client queue p50 {:.3} ms; lateness p99 {:.3} ms; peak connections {}",
+        e2e.p50_ms, e2e.max_ms, queue.p50_ms, lateness.p99_ms, s.generator.peak_connections
+    );
+    // The backlog grows by 10 ms per request: the median waits ~1 s, the last ~2 s. A
+    // closed-loop (coordinated-omission) measurement would report ~20 ms throughout.
+    assert!(e2e.p50_ms > 25.0 * 20.0, "E2E p50 {}", e2e.p50_ms);
+    assert!(e2e.max_ms > 1.5 * e2e.p50_ms, "latency grows over the run");
+    // Request by request: the last 50 waited far longer than the first 50 (~0.1 s against
+    // ~1.9 s on average).
+    let e2e_ms: Vec<f64> = result.records[0]
+        .1
+        .iter()
+        .map(|r| r.e2e_us().unwrap() as f64 / 1000.0)
+        .collect();
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (early, late) = (mean(&e2e_ms[..50]), mean(&e2e_ms[150..]));
+    assert!(late > 3.0 * early, "E2E grows: {early} → {late}");
+    // The per-second series shows the same climb.
+    let series: Vec<f64> = s.timeseries.iter().filter_map(|b| b.e2e_p50_ms).collect();
+    assert!(series[series.len() - 1] > series[0], "{series:?}");
+    // The wait was in the target, not in the generator: requests left on time (the pool
+    // grew instead of holding them back) and the report says how late they left.
+    assert!(
+        queue.p50_ms * 20.0 < e2e.p50_ms,
+        "client queue {}",
+        queue.p50_ms
+    );
+    assert!(!s.generator.connection_cap_hit);
+    assert!(
+        s.generator.peak_connections > 20,
+        "the pool grew with the backlog"
+    );
+    assert!(s.notes.iter().any(|n| n.contains("scheduled send time")));
+
+    // The same target, closed loop at concurrency 1: no backlog, ~20 ms each.
+    let mut c = slow_config(addr);
+    c.bound.requests = Some(20);
+    let closed = sluice_load::run(c).await.unwrap();
+    let closed_p50 = closed.report.runs[0].summary.latency.e2e.unwrap().p50_ms;
+    assert!(
+        closed_p50 * 10.0 < e2e.p50_ms,
+        "closed {closed_p50} vs open {}",
+        e2e.p50_ms
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cap_shows_as_client_queueing_and_is_reported() {
+    let _serial = common::SERIAL.lock().await;
+    let addr = serial_server(Duration::from_millis(10)).await;
+    let mut c = slow_config(addr);
+    c.mode = Mode::Rate {
+        rate: 200.0,
+        arrival: Arrival::Constant,
+    };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(100),
+    };
+    c.max_connections = 2;
+    let result = sluice_load::run(c).await.unwrap();
+    let s = &result.report.runs[0].summary;
+    let g = &s.generator;
+    assert!(g.connection_cap_hit);
+    assert!(g.likely_bottleneck);
+    assert!(
+        g.bottleneck_reasons
+            .iter()
+            .any(|r| r.contains("--max-connections")),
+        "{:?}",
+        g.bottleneck_reasons
+    );
+    assert!(g.peak_connections <= 2);
+    // Requests waited in the client for a connection, and that wait is in their latency.
+    let queue = s.latency.queue.unwrap();
+    let e2e = s.latency.e2e.unwrap();
+    assert!(queue.p50_ms > 50.0, "queue p50 {}", queue.p50_ms);
+    assert!(e2e.p50_ms >= queue.p50_ms);
+    assert!(s.notes.iter().any(|n| n.contains("likely a bottleneck")));
+}
