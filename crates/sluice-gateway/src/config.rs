@@ -32,6 +32,8 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
     #[serde(default = "default_drain")]
     pub drain_timeout: ConfigDuration,
+    /// Worker threads, each serving its own connections end to end. Default: one per core.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +41,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             drain_timeout: default_drain(),
+            workers: None,
         }
     }
 }
@@ -207,6 +210,7 @@ fn list(problems: &[ConfigProblem]) -> String {
 #[derive(Debug, Clone)]
 pub struct ResolvedConfig {
     pub listen: SocketAddr,
+    pub workers: usize,
     pub drain_timeout: Duration,
     pub models: BTreeMap<String, ResolvedModel>,
 }
@@ -283,6 +287,19 @@ impl Config {
             }
         };
 
+        let workers = match self.server.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                problem(
+                    &mut problems,
+                    "server.workers".into(),
+                    format!("{n} is out of range; use 1 to 1024, or leave it out for one per core"),
+                );
+                1
+            }
+        };
+
         let defaults = Timeouts::BUILT_IN.overridden_by(&self.defaults.timeouts);
         check_timeouts(&mut problems, "defaults.timeouts", &defaults);
 
@@ -325,6 +342,7 @@ impl Config {
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
                 listen,
+                workers,
                 drain_timeout: self.server.drain_timeout.0,
                 models,
             }),

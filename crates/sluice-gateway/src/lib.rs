@@ -12,7 +12,9 @@ mod ops;
 pub mod request_id;
 pub mod server;
 pub mod upstream;
+pub mod workers;
 
 pub use config::{Config, ConfigError, ResolvedConfig};
 pub use error::GatewayError;
 pub use server::{Gateway, StartError};
+pub use workers::WorkerPool;

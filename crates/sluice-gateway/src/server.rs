@@ -48,6 +48,14 @@ pub enum StartError {
 
 impl GatewayState {
     pub fn new(config: &ResolvedConfig) -> Result<Self, StartError> {
+        Self::with_metrics(config, Arc::new(GatewayMetrics::new()))
+    }
+
+    /// State whose metrics are recorded in `metrics`, shared with other workers.
+    pub fn with_metrics(
+        config: &ResolvedConfig,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Result<Self, StartError> {
         let mut models = HashMap::new();
         for (name, model) in &config.models {
             let route = ModelRoute::new(model).map_err(|source| StartError::Client {
@@ -64,7 +72,7 @@ impl GatewayState {
         Ok(GatewayState {
             models,
             model_names,
-            metrics: Arc::new(GatewayMetrics::new()),
+            metrics,
             started_unix,
         })
     }
@@ -117,6 +125,19 @@ impl Gateway {
             state,
             drain_timeout: config.drain_timeout,
         })
+    }
+
+    /// A gateway on an already bound listener.
+    pub fn on_listener(
+        listener: TcpListener,
+        state: Arc<GatewayState>,
+        drain_timeout: Duration,
+    ) -> Self {
+        Gateway {
+            listener,
+            state,
+            drain_timeout,
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

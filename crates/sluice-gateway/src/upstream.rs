@@ -30,12 +30,16 @@ pub struct UpstreamEndpoint {
 
 impl UpstreamEndpoint {
     pub fn new(config: ResolvedEndpoint) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+        if !proxy_configured() {
+            // Proxy matching runs on every request even with no proxy set; skip it then.
+            builder = builder.no_proxy();
+        }
+        let client = builder.build()?;
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             v.set_sensitive(true);
@@ -144,6 +148,20 @@ impl UpstreamEndpoint {
             reason,
         }
     }
+}
+
+/// Whether the environment names an HTTP proxy, which reqwest then honours for upstream calls.
+fn proxy_configured() -> bool {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
 
 /// Reads at most `limit` bytes of a body; a body that fails midway yields what arrived.

@@ -634,3 +634,76 @@ async fn models_health_and_readiness() {
     assert_eq!(v["models_without_reachable_endpoint"], json!(["m"]));
     assert_eq!(reqwest::get(gw.url("/health")).await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn worker_pool_serves_on_every_worker_shares_metrics_and_drains() {
+    let mock = start_mock(slow_decode(20)).await;
+    let toml = gateway_toml("m", &[mock.base_url()], "").replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nworkers = 3",
+    );
+    let path = std::path::Path::new("pool.toml");
+    let config = sluice_gateway::Config::from_toml(&toml, path)
+        .unwrap()
+        .resolve(path, &|_| None)
+        .unwrap();
+    let pool = sluice_gateway::WorkerPool::start(&config).await.unwrap();
+    assert_eq!(pool.workers(), 3);
+    let base = format!("http://{}", pool.local_addr());
+
+    // Separate clients open separate connections, which the kernel spreads over the workers;
+    // whichever worker serves /metrics reports the requests of all of them.
+    for _ in 0..12 {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&hello(json!({"max_tokens": 3})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "sluice_requests_total", &[("status", "200")]),
+        12.0
+    );
+
+    // A stream in flight when shutdown begins still finishes.
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&hello(
+            json!({"stream": true, "max_tokens": 20, "ignore_eos": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_stream(resp));
+    pool.shutdown().await.unwrap();
+    let t = reader.await.unwrap();
+    assert!(t.ended_with_done());
+    assert_eq!(t.token_chunks(), 20);
+}
+
+#[tokio::test]
+async fn worker_pool_refuses_a_port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let toml = gateway_toml("m", &[refused_url()], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+    );
+    let path = std::path::Path::new("pool.toml");
+    let config = sluice_gateway::Config::from_toml(&toml, path)
+        .unwrap()
+        .resolve(path, &|_| None)
+        .unwrap();
+    let err = sluice_gateway::WorkerPool::start(&config)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sluice_gateway::{Config, Gateway};
+use sluice_gateway::{Config, WorkerPool};
 
 use crate::embedded;
 
@@ -43,12 +43,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let engines = embedded::start_engines(&mut config).await?;
     let resolved = config.resolve(&path, &env)?;
-    let gateway = Gateway::bind(&resolved).await?;
-    let addr = gateway.local_addr()?;
+    let pool = WorkerPool::start(&resolved).await?;
+    let addr = pool.local_addr();
     let models: Vec<&str> = resolved.models.keys().map(String::as_str).collect();
     println!(
-        "sluice serve: listening on http://{addr} (models: {})",
-        models.join(", ")
+        "sluice serve: listening on http://{addr} (models: {}; {} worker thread(s))",
+        models.join(", "),
+        pool.workers()
     );
     for (name, engine) in &engines {
         println!("  embedded mock engine `{name}` at {}", engine.base_url());
@@ -59,7 +60,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
         );
     }
-    gateway.serve(crate::shutdown_signal()).await?;
+    crate::shutdown_signal().await;
+    pool.shutdown().await?;
     for (_, engine) in engines {
         engine.shutdown().await;
     }

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Gateway overhead, side by side in one run: the same open-loop load, driven by `sluice load`,
+straight to a zero-timing `sluice mock`, through nginx as a plain reverse proxy, and through
+`sluice serve`. Reports per rate the latency each proxy adds over direct (p50, p99), the
+highest rate each sustains with < 0.1 % errors, and sluice's CPU and peak memory.
+
+Every (rate, target) cell is measured `--repeats` times, targets interleaved in a rotating
+order, and the median of the repeats is reported: on a small shared machine single runs swing
+by more than the differences being measured.
+
+Usage: bench/overhead.sh [--rates 1000,2000,5000,10000] [--duration 10] [--repeats 3]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+URL_RE = re.compile(r"http://127\.0\.0\.1:\d+")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(cmd, env=None):
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "warn", **(env or {})},
+    )
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def peak_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  upstream mock {{ server 127.0.0.1:{mock}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def run_load(sluice, url, rate, duration, out):
+    cmd = [
+        sluice, "load", "--url", url, "--model", "m", "--rate", str(rate),
+        "--duration", f"{duration}s", "--warmup", "2s", "--no-stream",
+        "--input-tokens", "32", "--output-tokens", "16", "--timeout", "10s",
+        "--max-error-rate", "1", "--json", str(out),
+    ]
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    report = json.loads(out.read_text())
+    s = report["runs"][0]["summary"]
+    e2e = s["latency"]["e2e"] or {}
+    total = max(s["requests"]["total"], 1)
+    gen = s["generator"]
+    return {
+        "p50": e2e.get("p50_ms", float("nan")),
+        "p99": e2e.get("p99_ms", float("nan")),
+        "error_rate": s["requests"]["failed"] / total,
+        "achieved": s["throughput"]["requests_per_s"],
+        "generator_cpu": gen.get("cpu_percent_of_all_cores"),
+        "generator_bottleneck": gen.get("likely_bottleneck"),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sluice", default="target/release/sluice")
+    ap.add_argument("--rates", default="1000,2000,5000,10000")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = Path(tempfile.mkdtemp(prefix="sluice-overhead-"))
+    (work / "tmp").mkdir()
+    procs = []
+    try:
+        mock_port, gw_port, nginx_port = free_port(), free_port(), free_port()
+        procs.append(start([args.sluice, "mock", "--listen", f"127.0.0.1:{mock_port}", "--zero-timing"]))
+        wait_port(mock_port)
+        (work / "gw.toml").write_text(
+            f'[server]\nlisten = "127.0.0.1:{gw_port}"\n[models.m]\n'
+            f'[[models.m.endpoints]]\nurl = "http://127.0.0.1:{mock_port}/v1"\n'
+        )
+        gateway = start([args.sluice, "serve", "--config", str(work / "gw.toml")])
+        procs.append(gateway)
+        (work / "nginx.conf").write_text(
+            NGINX_CONF.format(workers=os.cpu_count(), dir=work, mock=mock_port, port=nginx_port)
+        )
+        procs.append(start([nginx, "-c", str(work / "nginx.conf")]))
+        wait_port(gw_port)
+        wait_port(nginx_port)
+        targets = {
+            "direct": f"http://127.0.0.1:{mock_port}/v1",
+            "nginx": f"http://127.0.0.1:{nginx_port}/v1",
+            "sluice": f"http://127.0.0.1:{gw_port}/v1",
+        }
+        names = list(targets)
+        cells = {}
+        sluice_cpu = {}
+        for rep in range(args.repeats):
+            for rate in rates:
+                order = names[rep % 3:] + names[: rep % 3]
+                for name in order:
+                    before = cpu_seconds(gateway.pid)
+                    t0 = time.time()
+                    r = run_load(args.sluice, targets[name], rate, args.duration, work / "r.json")
+                    if name == "sluice":
+                        used = cpu_seconds(gateway.pid) - before
+                        sluice_cpu.setdefault(rate, []).append(100 * used / (time.time() - t0))
+                    cells.setdefault((rate, name), []).append(r)
+                    print(f"rep {rep + 1} rate {rate:>6} {name:>6}: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
+                          f"  errors {100 * r['error_rate']:.3f} %  achieved {r['achieved']:.0f}/s", flush=True)
+        peak_mem = peak_rss_mib(gateway.pid)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(rate, name, key):
+        return statistics.median(c[key] for c in cells[(rate, name)])
+
+    def added(rate, name, key):
+        # Paired by repeat: each repeat's proxy value minus the same repeat's direct value.
+        diffs = [p[key] - d[key] for p, d in zip(cells[(rate, name)], cells[(rate, "direct")])]
+        return statistics.median(diffs)
+
+    def sustains(rate, name):
+        return all(c["error_rate"] < 0.001 and c["achieved"] >= 0.97 * rate for c in cells[(rate, name)])
+
+    lines = [
+        "| rate (req/s) | direct p50 / p99 (ms) | nginx added p50 / p99 (ms) | sluice added p50 / p99 (ms) | sluice p99 ÷ nginx p99 (added) | sluice CPU (% of one core) | errors direct / nginx / sluice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        ratio = added(rate, "sluice", "p99") / added(rate, "nginx", "p99") if added(rate, "nginx", "p99") > 0 else float("nan")
+        errs = " / ".join(f"{100 * med(rate, n, 'error_rate'):.2f} %" for n in names)
+        lines.append(
+            f"| {rate} | {med(rate, 'direct', 'p50'):.3f} / {med(rate, 'direct', 'p99'):.3f} "
+            f"| {added(rate, 'nginx', 'p50'):+.3f} / {added(rate, 'nginx', 'p99'):+.3f} "
+            f"| {added(rate, 'sluice', 'p50'):+.3f} / {added(rate, 'sluice', 'p99'):+.3f} "
+            f"| {ratio:.2f} | {statistics.median(sluice_cpu[rate]):.0f} | {errs} |"
+        )
+    best = {n: max([r for r in rates if sustains(r, n)], default=None) for n in names}
+    lines.append("")
+    lines.append("Highest rate sustained (< 0.1 % errors, ≥ 97 % of the target rate achieved, every repeat): "
+                 + ", ".join(f"{n} {best[n] or 'none'}" for n in names)
+                 + f". sluice peak RSS {peak_mem:.1f} MiB.")
+    gen_flags = sorted({r for (r, _), cs in cells.items() if any(c["generator_bottleneck"] for c in cs)})
+    if gen_flags:
+        lines.append(f"The load generator flagged itself as a possible bottleneck at rates {gen_flags} "
+                     "(it shares the 2 cores with the servers).")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"overhead-{stamp}.md").write_text(table + "\n")
+    raw = {f"{rate}/{name}": cs for (rate, name), cs in cells.items()}
+    (out / f"overhead-{stamp}.json").write_text(json.dumps({"cells": raw, "sluice_cpu": sluice_cpu, "peak_rss_mib": peak_mem}, indent=1))
+    print(f"\nwritten to {out}/overhead-{stamp}.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
