@@ -41,6 +41,9 @@ pub enum GatewayError {
         param: Option<String>,
     },
 
+    #[error("the request body is larger than the {limit_mib} MiB limit")]
+    PayloadTooLarge { limit_mib: usize },
+
     #[error("model `{model}` is not configured on this gateway; available models: {}", available.join(", "))]
     ModelNotFound {
         model: String,
@@ -90,6 +93,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::UpstreamRejected { status, .. } => *status,
             GatewayError::UpstreamFailed { .. }
@@ -101,9 +105,9 @@ impl GatewayError {
 
     pub fn side(&self) -> ErrorSide {
         match self {
-            GatewayError::InvalidRequest { .. } | GatewayError::ModelNotFound { .. } => {
-                ErrorSide::Client
-            }
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ModelNotFound { .. } => ErrorSide::Client,
             GatewayError::UpstreamRejected { .. }
             | GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamUnreachable { .. }
@@ -128,9 +132,9 @@ impl GatewayError {
     /// The `kind` label of `sluice_upstream_errors_total`, or `None` for client errors.
     pub fn upstream_kind(&self) -> Option<&'static str> {
         Some(match self {
-            GatewayError::InvalidRequest { .. } | GatewayError::ModelNotFound { .. } => {
-                return None
-            }
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ModelNotFound { .. } => return None,
             GatewayError::UpstreamRejected { .. } => "status_4xx",
             GatewayError::UpstreamFailed { .. } => "status_5xx",
             GatewayError::UpstreamUnreachable { .. } => "connect",
@@ -153,6 +157,9 @@ impl GatewayError {
                     Some(p) => e.with_param(p.clone()),
                     None => e,
                 }
+            }
+            GatewayError::PayloadTooLarge { .. } => {
+                ErrorResponse::new("invalid_request_error", Some("request_too_large"), message)
             }
             GatewayError::ModelNotFound { .. } => {
                 ErrorResponse::new("invalid_request_error", Some("model_not_found"), message)

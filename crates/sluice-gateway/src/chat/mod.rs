@@ -83,13 +83,14 @@ async fn read_request(body: Body) -> Result<(ChatCompletionRequest, Bytes), Gate
     let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
         .await
         .map_err(|e| {
-            GatewayError::invalid_request(
-                format!(
-                    "could not read the request body (limit {} MiB): {e}",
-                    MAX_REQUEST_BYTES / (1024 * 1024)
-                ),
-                None,
-            )
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::PayloadTooLarge {
+                    limit_mib: MAX_REQUEST_BYTES / (1024 * 1024),
+                }
+            } else {
+                GatewayError::invalid_request(format!("could not read the request body: {e}"), None)
+            }
         })?;
     let request = ChatCompletionRequest::from_slice(&bytes)
         .map_err(|e| GatewayError::invalid_request(e.message, e.param))?;
