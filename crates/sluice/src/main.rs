@@ -4,6 +4,7 @@
 mod embedded;
 mod load_cmd;
 mod mock_cmd;
+mod proxy_cmd;
 mod serve_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     /// Generate LLM load against any OpenAI-compatible server and report TTFT, TPOT, ITL,
     /// throughput and goodput; gate on SLOs; compare reports.
     Load(load_cmd::LoadArgs),
+    /// Record/replay proxy between a service and its LLM providers, for deterministic CI.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Validate a gateway config file without serving.
     CheckConfig {
         /// The TOML file to check.
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve_cmd::run(args).await.map(|()| done),
             Command::Mock(args) => mock_cmd::run(args).await.map(|()| done),
             Command::Load(args) => load_cmd::run(args).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await.map(|()| done),
             Command::CheckConfig { file } => serve_cmd::check_config(&file).map(|()| done),
         }
     });

@@ -1,0 +1,139 @@
+//! What a proxy is built from: where it forwards, where it keeps recordings, how it decides
+//! between disk and upstream, what the request key ignores, and how fast it replays streams.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// How the proxy chooses between the recordings on disk and the live upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Serve only from disk; a request with no recording gets a 502 `replay_miss` error.
+    /// The default, because a CI run should never reach a paid API by accident.
+    #[default]
+    Replay,
+    /// Serve from disk when a recording exists, otherwise call upstream and record.
+    ReplayOrRecord,
+    /// Always call upstream and overwrite the recording.
+    Record,
+    /// Serve recordings made before this proxy started; re-record newer or missing ones.
+    ReadOldWriteNew,
+    /// Never read or write recordings.
+    Passthrough,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Replay,
+        Mode::ReplayOrRecord,
+        Mode::Record,
+        Mode::ReadOldWriteNew,
+        Mode::Passthrough,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Replay => "replay",
+            Mode::ReplayOrRecord => "replay-or-record",
+            Mode::Record => "record",
+            Mode::ReadOldWriteNew => "read-old-write-new",
+            Mode::Passthrough => "passthrough",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode name that is not one of [`Mode::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown proxy mode {0:?}; expected one of: replay, replay-or-record, record, read-old-write-new, passthrough")]
+pub struct UnknownMode(pub String);
+
+impl FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMode(s.to_owned()))
+    }
+}
+
+/// What the request key is computed over, beyond method, path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// JSON body fields left out of the key: dotted paths (`metadata.user_id`), where a
+    /// segment may end in `[*]` to mean every element of an array (`messages[*].name`).
+    pub ignore_paths: Vec<String>,
+    /// Request headers that count in the key (names, case-insensitive). Secret-looking
+    /// headers never count even when listed.
+    pub header_allow_list: Vec<String>,
+}
+
+impl Default for KeyOptions {
+    fn default() -> Self {
+        KeyOptions {
+            ignore_paths: Vec::new(),
+            header_allow_list: vec!["content-type".to_owned()],
+        }
+    }
+}
+
+/// How fast recorded event streams are played back.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ReplayTiming {
+    /// Every event at once.
+    #[default]
+    Instant,
+    /// Each event at its recorded offset from the response head, multiplied by `scale`
+    /// (0.5 plays twice as fast).
+    Recorded { scale: f64 },
+}
+
+/// Everything a [`crate::ProxyServer`] is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Scheme, host and optional path prefix requests are forwarded to, e.g.
+    /// `https://api.openai.com`. The client's path and query are appended.
+    pub upstream: String,
+    /// The directory recordings are read from and written to (created when missing).
+    pub dir: PathBuf,
+    pub mode: Mode,
+    pub key: KeyOptions,
+    pub replay_timing: ReplayTiming,
+    /// Values that must never be written to disk, in addition to the request's own
+    /// credentials and well-known API key patterns.
+    pub secret_values: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// A config with default key options, instant replay and no extra secrets.
+    pub fn new(upstream: impl Into<String>, dir: impl Into<PathBuf>, mode: Mode) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            dir: dir.into(),
+            mode,
+            key: KeyOptions::default(),
+            replay_timing: ReplayTiming::default(),
+            secret_values: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_round_trip_through_their_names() {
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
+        }
+        assert!("fast".parse::<Mode>().is_err());
+    }
+}

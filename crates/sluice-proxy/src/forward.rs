@@ -1,0 +1,263 @@
+//! Live calls to the upstream, relayed to the client and, when asked, recorded.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+use serde_json::Map;
+use sluice_api::sse::{SseEvent, SseParser};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::entry::{Entry, RecordedEvent, RecordedRequest, RecordedResponse, StoredBody};
+use crate::error::proxy_error;
+use crate::headers::{
+    client_response_headers, is_event_stream, recordable_response_headers,
+    upstream_request_headers, ReplayOutcome, REPLAY_FILE_HEADER, REPLAY_HEADER,
+};
+use crate::key::RequestKey;
+use crate::redact::SecretScanner;
+use crate::store::ReplayStore;
+
+/// What to record a live answer as.
+#[derive(Debug)]
+pub struct RecordPlan {
+    pub store: Arc<ReplayStore>,
+    pub key: RequestKey,
+    pub index: usize,
+    pub request: RecordedRequest,
+    pub scanner: SecretScanner,
+}
+
+impl RecordPlan {
+    fn entry(&self, response: RecordedResponse) -> Entry {
+        Entry::new(&self.key, self.request.clone(), response)
+    }
+
+    fn file_name(&self) -> String {
+        ReplayStore::file_name(
+            &self.request.method,
+            &self.request.path,
+            &self.key,
+            self.index,
+        )
+    }
+
+    /// Scans `entry` for secrets; `Err` carries the log line naming the field.
+    fn check(&self, entry: &Entry) -> Result<(), String> {
+        let value = serde_json::to_value(entry).map_err(|e| format!("cannot serialize: {e}"))?;
+        match self.scanner.scan(&value) {
+            Some(found) => Err(format!(
+                "refusing to record {}: field `{}` contains a {}",
+                self.file_name(),
+                found.field,
+                found.what
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks and writes `entry`, logging why when it is not written.
+    async fn check_and_write(self, entry: Entry) -> ReplayOutcome {
+        if let Err(why) = self.check(&entry) {
+            tracing::error!("{why}");
+            return ReplayOutcome::Refused;
+        }
+        let index = self.index;
+        let store = self.store.clone();
+        // fsync blocks; keep it off the async workers.
+        match tokio::task::spawn_blocking(move || store.write(&entry, index)).await {
+            Ok(Ok(path)) => {
+                tracing::debug!("recorded {}", path.display());
+                ReplayOutcome::Recorded
+            }
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                ReplayOutcome::Passthrough
+            }
+            Err(e) => {
+                tracing::error!("recording task failed: {e}");
+                ReplayOutcome::Passthrough
+            }
+        }
+    }
+}
+
+/// Forwards the request to `upstream` + path and query, relays the answer, and records it
+/// under `plan` when it is a 2xx that completes cleanly.
+pub async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: &Parts,
+    body: Bytes,
+    plan: Option<RecordPlan>,
+) -> Response {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{}", upstream.trim_end_matches('/'), path_and_query);
+    let sent = client
+        .request(parts.method.clone(), &url)
+        .headers(upstream_request_headers(&parts.headers))
+        .body(body)
+        .send()
+        .await;
+    let upstream_resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                format!(
+                    "cannot reach upstream {url}: {e}; check --upstream and that it is running"
+                ),
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            )
+        }
+    };
+    let head_at = Instant::now();
+    let status = upstream_resp.status();
+    let headers = upstream_resp.headers().clone();
+    let plan = plan.filter(|_| status.is_success());
+    let recorded_head = RecordedResponse {
+        status: status.as_u16(),
+        headers: recordable_response_headers(&headers),
+        body: StoredBody::default(),
+        events: None,
+    };
+
+    if is_event_stream(&headers) {
+        let (plan, outcome) = match plan {
+            // Secrets in the request or response head are known now; refusing here lets
+            // the client see `refused` on the response head.
+            Some(plan) => match plan.check(&plan.entry(recorded_head.clone())) {
+                Ok(()) => (Some(plan), ReplayOutcome::Recorded),
+                Err(why) => {
+                    tracing::error!("{why}");
+                    (None, ReplayOutcome::Refused)
+                }
+            },
+            None => (None, ReplayOutcome::Passthrough),
+        };
+        let file = plan.as_ref().map(RecordPlan::file_name);
+        let body = relay_stream(upstream_resp, head_at, recorded_head, plan);
+        return client_response(status, &headers, body, outcome, file);
+    }
+
+    let bytes = match upstream_resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_body_failed",
+                format!("upstream {url} failed while sending its body: {e}"),
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            )
+        }
+    };
+    let (outcome, file) = match plan {
+        Some(plan) => {
+            let file = plan.file_name();
+            let entry = plan.entry(RecordedResponse {
+                body: StoredBody::from_bytes(&bytes),
+                ..recorded_head
+            });
+            let outcome = plan.check_and_write(entry).await;
+            (
+                outcome,
+                (outcome == ReplayOutcome::Recorded).then_some(file),
+            )
+        }
+        None => (ReplayOutcome::Passthrough, None),
+    };
+    client_response(status, &headers, Body::from(bytes), outcome, file)
+}
+
+fn client_response(
+    status: StatusCode,
+    upstream_headers: &http::HeaderMap,
+    body: Body,
+    outcome: ReplayOutcome,
+    file: Option<String>,
+) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = client_response_headers(upstream_headers);
+    resp.headers_mut()
+        .insert(REPLAY_HEADER, outcome.header_value());
+    if let Some(v) = file.and_then(|f| HeaderValue::from_str(&f).ok()) {
+        resp.headers_mut().insert(REPLAY_FILE_HEADER, v);
+    }
+    resp
+}
+
+/// Relays an event stream chunk by chunk while timing its events; records it when it ended
+/// cleanly (no transport error, no event cut in half) and the client read it all.
+fn relay_stream(
+    upstream: reqwest::Response,
+    head_at: Instant,
+    recorded_head: RecordedResponse,
+    plan: Option<RecordPlan>,
+) -> Body {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut parser = SseParser::new();
+        let mut parsed: Vec<SseEvent> = Vec::new();
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut clean = true;
+        let mut body = upstream.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    let offset_ms = head_at.elapsed().as_secs_f64() * 1000.0;
+                    if plan.is_some() {
+                        if parser.push(&bytes, &mut parsed).is_err() {
+                            clean = false;
+                        }
+                        events.extend(parsed.drain(..).map(|e| RecordedEvent {
+                            offset_ms: (offset_ms * 1000.0).round() / 1000.0,
+                            event: e.event,
+                            id: e.id,
+                            data: e.data,
+                        }));
+                    }
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        // The client went away; what it did not read is not worth keeping.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    clean = false;
+                    break;
+                }
+            }
+        }
+        // `tx` stays open until the entry is written, so a client that has seen the end of
+        // the stream can rely on the recording being on disk.
+        let Some(plan) = plan else { return };
+        if !clean || parser.has_partial_event() {
+            tracing::warn!(
+                "not recording {}: the upstream stream did not end cleanly",
+                plan.file_name()
+            );
+            return;
+        }
+        let entry = plan.entry(RecordedResponse {
+            events: Some(events),
+            ..recorded_head
+        });
+        plan.check_and_write(entry).await;
+        drop(tx);
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Body::from_stream(stream)
+}

@@ -1,0 +1,177 @@
+//! One request through the proxy: compute its key, then per mode answer from disk, call
+//! upstream (recording or not), or report a miss.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::request::Parts;
+use http::StatusCode;
+use serde_json::Map;
+
+use crate::config::{Mode, ProxyConfig};
+use crate::entry::{Entry, RecordedRequest};
+use crate::error::proxy_error;
+use crate::forward::{forward, RecordPlan};
+use crate::headers::{ReplayOutcome, BYPASS_HEADER};
+use crate::key::{NormalisedRequest, RequestKey};
+use crate::redact::{is_secret_header, is_secret_query_param, SecretScanner};
+use crate::replay::{miss_response, replay_response};
+use crate::store::{ReplayStore, StoreError};
+
+/// Request bodies larger than this are refused: recordings are for API calls, not uploads.
+const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
+
+/// Shared by every request of one proxy.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub store: Arc<ReplayStore>,
+    pub client: reqwest::Client,
+    /// `read-old-write-new` serves only entries recorded before this instant.
+    pub started_at_unix_ms: u64,
+}
+
+pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return proxy_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_body_unreadable",
+                format!("cannot read the request body (limit {MAX_REQUEST_BODY} bytes): {e}"),
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            )
+        }
+    };
+    let bypass = parts
+        .headers
+        .get(BYPASS_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    if bypass || state.config.mode == Mode::Passthrough {
+        return forward(&state.client, &state.config.upstream, &parts, body, None).await;
+    }
+
+    let normalised = NormalisedRequest::new(
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query(),
+        &parts.headers,
+        &body,
+        &state.config.key,
+    );
+    let key = normalised.key();
+    let request = RecordedRequest::new(&normalised, &body);
+    let index = state.store.next_index(&key);
+    let plan = RecordPlan {
+        store: state.store.clone(),
+        key: key.clone(),
+        index,
+        request,
+        scanner: scanner_for(&state.config, &parts),
+    };
+
+    let stored = match state.config.mode {
+        Mode::Replay | Mode::ReplayOrRecord => {
+            lookup(&state, &plan.request, &key, index, true).await
+        }
+        Mode::ReadOldWriteNew => {
+            lookup(&state, &plan.request, &key, index, false)
+                .await
+                .map(|found| {
+                    found.filter(|(_, entry)| entry.recorded_at_unix_ms < state.started_at_unix_ms)
+                })
+        }
+        Mode::Record | Mode::Passthrough => Ok(None),
+    };
+    match stored {
+        Err(e) => proxy_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "replay_store_error",
+            e.to_string(),
+            Map::new(),
+            ReplayOutcome::Miss,
+        ),
+        Ok(Some((file, entry))) => replay_response(&entry, &file, state.config.replay_timing),
+        Ok(None) if state.config.mode == Mode::Replay => {
+            let store = state.store.clone();
+            let request = plan.request.clone();
+            let ignore = state.config.key.ignore_paths.clone();
+            // Reading every recording is blocking file I/O.
+            let nearest = tokio::task::spawn_blocking(move || store.nearest(&request, &ignore))
+                .await
+                .ok()
+                .flatten();
+            tracing::warn!(
+                "replay miss: {} {} (key {}){}",
+                plan.request.method,
+                plan.request.path,
+                key.short(),
+                nearest
+                    .as_ref()
+                    .map(|n| format!(", nearest recording {}", n.file))
+                    .unwrap_or_default()
+            );
+            miss_response(&key, &plan.request, nearest)
+        }
+        Ok(None) => {
+            forward(
+                &state.client,
+                &state.config.upstream,
+                &parts,
+                body,
+                Some(plan),
+            )
+            .await
+        }
+    }
+}
+
+/// The entry to answer with, as `(file name, entry)`. With `repeat_last`, the last
+/// recording answers requests beyond the recorded count.
+async fn lookup(
+    state: &ProxyState,
+    request: &RecordedRequest,
+    key: &RequestKey,
+    index: usize,
+    repeat_last: bool,
+) -> Result<Option<(String, Entry)>, StoreError> {
+    let store = state.store.clone();
+    let (method, path, key) = (request.method.clone(), request.path.clone(), key.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        if repeat_last {
+            store.load_for_replay(&method, &path, &key, index)
+        } else {
+            store.load(&method, &path, &key, index)
+        }
+    })
+    .await
+    .unwrap_or(Ok(None))?;
+    Ok(found.map(|(path, entry)| {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (name, entry)
+    }))
+}
+
+/// A scanner knowing the configured secrets and this request's own credentials.
+fn scanner_for(config: &ProxyConfig, parts: &Parts) -> SecretScanner {
+    let mut scanner = SecretScanner::new(&config.secret_values);
+    for (name, value) in &parts.headers {
+        if is_secret_header(name.as_str()) {
+            scanner.add_credential(&String::from_utf8_lossy(value.as_bytes()));
+        }
+    }
+    for pair in parts.uri.query().unwrap_or("").split('&') {
+        if let Some((name, value)) = pair.split_once('=') {
+            if is_secret_query_param(name) {
+                scanner.add_credential(value);
+            }
+        }
+    }
+    scanner
+}

@@ -1,0 +1,130 @@
+//! Serving the proxy: a listener, an axum router with one catch-all handler, graceful stop.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ProxyConfig;
+use crate::entry::now_unix_ms;
+use crate::handler::{handle, ProxyState};
+use crate::store::ReplayStore;
+
+/// How long [`ProxyServer::shutdown`] waits for answers still being sent.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A connection to the upstream must open within this; answers themselves may take long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the proxy on `listener` until `shutdown` completes, then lets answers in
+/// progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let router = router(build_state(config)?);
+    axum::serve(with_nodelay(listener), router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Replayed events are small writes; Nagle's algorithm would hold them back by up to a
+/// delayed-ACK timeout and distort recorded timing.
+fn with_nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    })
+}
+
+/// Every method and path goes to the one handler: the proxy forwards whatever the client
+/// speaks.
+fn router(state: Arc<ProxyState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
+    if !(config.upstream.starts_with("http://") || config.upstream.starts_with("https://")) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "upstream {:?} must start with http:// or https://",
+                config.upstream
+            ),
+        ));
+    }
+    let store = ReplayStore::open(&config.dir).map_err(io::Error::other)?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| io::Error::other(format!("cannot build the HTTP client: {e}")))?;
+    Ok(Arc::new(ProxyState {
+        config,
+        store: Arc::new(store),
+        client,
+        started_at_unix_ms: now_unix_ms(),
+    }))
+}
+
+/// A proxy serving on a background task.
+#[derive(Debug)]
+pub struct ProxyServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl ProxyServer {
+    /// Binds `addr` (port 0 picks a free port) and starts serving. Fails when the upstream
+    /// URL is malformed or the recordings directory cannot be created.
+    pub async fn start(config: ProxyConfig, addr: SocketAddr) -> io::Result<ProxyServer> {
+        let state = build_state(config)?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = router(state);
+        let task = tokio::spawn(async move {
+            axum::serve(with_nodelay(listener), router)
+                .with_graceful_shutdown(async move {
+                    // A dropped sender stops the server too.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(ProxyServer { addr, stop, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://HOST:PORT`, the address to put in front of the client's usual path (for an
+    /// OpenAI client, use `{base_url}/v1`). A wildcard bind address is reported as
+    /// 127.0.0.1.
+    pub fn base_url(&self) -> String {
+        let ip = match self.addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Stops accepting connections and waits (a few seconds at most) for answers in
+    /// progress to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
+            Ok(Ok(Err(e))) => tracing::warn!("proxy server ended with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("proxy server task failed: {e}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The recordings directory: one pretty JSON file per entry, named
+//! `{method}-{path-slug}-{key[..12]}-{n}.json`, written atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::entry::{Entry, RecordedRequest};
+use crate::key::{remove_ignored, RequestKey, KEY_VERSION};
+
+/// How many differences a miss report lists; the nearest entry may differ in many fields
+/// and the first few are what a user needs to see.
+const MAX_REPORTED_DIFFERENCES: usize = 20;
+
+/// Upper bound on files inspected when looking for the nearest entry to a miss, so a huge
+/// directory cannot make a miss slow.
+const MAX_NEAREST_CANDIDATES: usize = 5000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create recordings directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot read recording {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("recording {path} is not a valid entry (fix or delete the file): {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write recording {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot serialize entry: {0}")]
+    Serialize(serde_json::Error),
+}
+
+/// A field that differs between a request and a recorded one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    /// `method`, `path`, `query`, `headers.NAME` or `body.PATH`.
+    pub path: String,
+    pub recorded: Value,
+    pub requested: Value,
+}
+
+/// The recorded entry most like a request that missed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Nearest {
+    pub file: String,
+    pub differences: Vec<Difference>,
+}
+
+/// Recordings on disk plus, per key, how many identical requests this proxy run has seen.
+#[derive(Debug)]
+pub struct ReplayStore {
+    dir: PathBuf,
+    seen: Mutex<HashMap<RequestKey, usize>>,
+    temp_seq: AtomicU64,
+}
+
+impl ReplayStore {
+    /// Opens `dir`, creating it when missing.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(ReplayStore {
+            dir: dir.to_owned(),
+            seen: Mutex::new(HashMap::new()),
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The position of this request among identical ones in this run: 0 for the first.
+    pub fn next_index(&self, key: &RequestKey) -> usize {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let n = seen.entry(key.clone()).or_insert(0);
+        let index = *n;
+        *n += 1;
+        index
+    }
+
+    pub fn file_name(method: &str, path: &str, key: &RequestKey, index: usize) -> String {
+        format!(
+            "{}-{}-{}-{index}.json",
+            method.to_ascii_lowercase(),
+            path_slug(path),
+            key.short()
+        )
+    }
+
+    /// The entry at `index`, or `None` when the file is missing or records another key
+    /// (a 12-digit prefix collision) or another key scheme version.
+    pub fn load(
+        &self,
+        method: &str,
+        path: &str,
+        key: &RequestKey,
+        index: usize,
+    ) -> Result<Option<(PathBuf, Entry)>, StoreError> {
+        let file = self.dir.join(Self::file_name(method, path, key, index));
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Read { path: file, source }),
+        };
+        let entry: Entry = serde_json::from_str(&text).map_err(|source| StoreError::Parse {
+            path: file.clone(),
+            source,
+        })?;
+        if entry.key != key.as_str() || entry.key_version != KEY_VERSION {
+            return Ok(None);
+        }
+        Ok(Some((file, entry)))
+    }
+
+    /// The entry to replay for the `index`-th identical request: the one at `index`, or
+    /// when the recordings run out, the last one (so the final answer repeats).
+    pub fn load_for_replay(
+        &self,
+        method: &str,
+        path: &str,
+        key: &RequestKey,
+        index: usize,
+    ) -> Result<Option<(PathBuf, Entry)>, StoreError> {
+        if let Some(found) = self.load(method, path, key, index)? {
+            return Ok(Some(found));
+        }
+        let mut last = None;
+        for i in 0..index {
+            match self.load(method, path, key, i)? {
+                Some(found) => last = Some(found),
+                None => break,
+            }
+        }
+        Ok(last)
+    }
+
+    /// Writes `entry` as file `index` atomically: a uniquely named temporary file in the
+    /// same directory, fsynced, then renamed over the target, so readers see the old file
+    /// or the new one, and of concurrent writers of one name exactly one wins whole.
+    pub fn write(&self, entry: &Entry, index: usize) -> Result<PathBuf, StoreError> {
+        let key = RequestKey::from_hex(&entry.key);
+        let name = Self::file_name(&entry.request.method, &entry.request.path, &key, index);
+        let target = self.dir.join(&name);
+        let mut text = serde_json::to_string_pretty(entry).map_err(StoreError::Serialize)?;
+        text.push('\n');
+        let temp = self.dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            self.temp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&temp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&temp, &target)
+        })();
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&temp);
+            return Err(StoreError::Write {
+                path: target,
+                source,
+            });
+        }
+        Ok(target)
+    }
+
+    /// The recorded entry with the fewest differing fields from `request`, comparing
+    /// bodies with `ignore_paths` removed. `None` when the directory holds no entry.
+    pub fn nearest(&self, request: &RecordedRequest, ignore_paths: &[String]) -> Option<Nearest> {
+        let wanted = flatten_request(request, ignore_paths);
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.truncate(MAX_NEAREST_CANDIDATES);
+        let mut best: Option<Nearest> = None;
+        let mut best_count = usize::MAX;
+        for name in names {
+            let Ok(text) = std::fs::read_to_string(self.dir.join(&name)) else {
+                continue;
+            };
+            let Ok(entry) = serde_json::from_str::<Entry>(&text) else {
+                continue;
+            };
+            let recorded = flatten_request(&entry.request, ignore_paths);
+            let differences = diff(&recorded, &wanted);
+            if differences.len() < best_count {
+                best_count = differences.len();
+                best = Some(Nearest {
+                    file: name,
+                    differences: differences
+                        .into_iter()
+                        .take(MAX_REPORTED_DIFFERENCES)
+                        .collect(),
+                });
+            }
+        }
+        best
+    }
+}
+
+/// `/v1/chat/completions` → `v1-chat-completions`: lowercase ASCII letters and digits,
+/// everything else one `-`, at most 60 characters.
+pub fn path_slug(path: &str) -> String {
+    let mut slug = String::new();
+    for c in path.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+        if slug.len() >= 60 {
+            break;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    if slug.is_empty() {
+        "root".to_owned()
+    } else {
+        slug.to_owned()
+    }
+}
+
+fn flatten_request(request: &RecordedRequest, ignore_paths: &[String]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    out.insert("method".to_owned(), Value::String(request.method.clone()));
+    out.insert("path".to_owned(), Value::String(request.path.clone()));
+    out.insert("query".to_owned(), Value::String(request.query.clone()));
+    for (name, value) in &request.headers {
+        out.insert(format!("headers.{name}"), Value::String(value.clone()));
+    }
+    if let Some(body) = &request.body.body {
+        let mut body = body.clone();
+        remove_ignored(&mut body, ignore_paths);
+        flatten_json(&body, "body".to_owned(), &mut out);
+    } else if let Some(text) = &request.body.body_text {
+        out.insert("body".to_owned(), Value::String(text.clone()));
+    } else if let Some(b64) = &request.body.body_base64 {
+        out.insert("body_base64".to_owned(), Value::String(b64.clone()));
+    }
+    out
+}
+
+fn flatten_json(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                flatten_json(v, format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, v) in items.iter().enumerate() {
+                flatten_json(v, format!("{path}[{i}]"), out);
+            }
+        }
+        leaf => {
+            out.insert(path, leaf.clone());
+        }
+    }
+}
+
+fn diff(
+    recorded: &BTreeMap<String, Value>,
+    requested: &BTreeMap<String, Value>,
+) -> Vec<Difference> {
+    let mut paths: Vec<&String> = recorded.keys().chain(requested.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let r = recorded.get(p);
+            let q = requested.get(p);
+            (r != q).then(|| Difference {
+                path: p.clone(),
+                recorded: r.cloned().unwrap_or(Value::Null),
+                requested: q.cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_file_name_safe() {
+        assert_eq!(path_slug("/v1/chat/completions"), "v1-chat-completions");
+        assert_eq!(path_slug("/"), "root");
+        assert_eq!(path_slug("/../../etc"), "etc");
+        assert!(path_slug(&"a/".repeat(100)).len() <= 60);
+    }
+
+    #[test]
+    fn diff_names_changed_leaves() {
+        let mut a = BTreeMap::new();
+        flatten_json(
+            &serde_json::json!({"m": [{"c": "hi"}], "t": 1}),
+            "body".into(),
+            &mut a,
+        );
+        let mut b = BTreeMap::new();
+        flatten_json(
+            &serde_json::json!({"m": [{"c": "ho"}], "t": 1}),
+            "body".into(),
+            &mut b,
+        );
+        let d = diff(&a, &b);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].path, "body.m[0].c");
+    }
+}

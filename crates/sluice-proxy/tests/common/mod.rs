@@ -1,0 +1,82 @@
+//! Shared helpers of the proxy's integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sluice_proxy::{Mode, ProxyConfig, ProxyServer};
+use sluice_testkit::MockServer;
+
+pub const LOOPBACK: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
+
+/// The upstream address of a mock: its base URL without `/v1`.
+pub fn upstream_of(mock: &MockServer) -> String {
+    mock.base_url().trim_end_matches("/v1").to_owned()
+}
+
+pub async fn start_proxy(config: ProxyConfig) -> ProxyServer {
+    ProxyServer::start(config, SocketAddr::from(LOOPBACK))
+        .await
+        .expect("proxy starts")
+}
+
+pub async fn proxy_for(upstream: &str, dir: &Path, mode: Mode) -> ProxyServer {
+    start_proxy(ProxyConfig::new(upstream, dir, mode)).await
+}
+
+pub fn chat_body(content: &str, stream: bool) -> Value {
+    json!({
+        "model": "mock",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 6,
+        "stream": stream,
+    })
+}
+
+pub fn chat_url(proxy: &ProxyServer) -> String {
+    format!("{}/v1/chat/completions", proxy.base_url())
+}
+
+pub async fn post(proxy: &ProxyServer, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(chat_url(proxy))
+        .json(body)
+        .send()
+        .await
+        .expect("proxy answers")
+}
+
+pub fn replay_header(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-sluice-replay")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+pub fn replay_file(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-sluice-replay-file")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+/// The entry files in `dir` (temporary files excluded), sorted.
+pub fn entry_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn read_entry(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
