@@ -7,10 +7,10 @@
 # Usage: bench/load-accuracy.sh            (builds release; SLUICE_BIN=path skips the build)
 #        PORT=18431 REQUESTS_PER_WORKER=4 bench/load-accuracy.sh
 #
-# Reading the numbers: the mock paces tokens with tokio's timer, which fires on 1 ms ticks
-# and late, so its TTFT on the wire is ~1–2 ms above the script; gaps keep their 10 ms
-# (deadlines are absolute). A reported TTFT 2–4 % high is therefore the mock, not the tool
-# (the crate's tests check the tool against an independent reference client). The mock and
+# Reading the numbers: the mock paces tokens on a precise timer thread (deadlines are
+# absolute; wake-ups within ~0.1 ms on an idle machine), and the reference line shows what it
+# actually delivered, measured by an independent socket client. Any remaining offset between
+# script and wire is the mock's, not the tool's. The mock and
 # the generator share this machine's cores: at 512 streams (51 200 tokens/s) the p99 also
 # measures CPU contention between the two.
 set -euo pipefail

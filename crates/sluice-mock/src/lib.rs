@@ -13,6 +13,7 @@ mod engine;
 mod faults;
 mod kv_cache;
 mod options;
+mod precise_timer;
 mod prng;
 mod request_log;
 mod routes;

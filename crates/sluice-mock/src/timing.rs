@@ -106,14 +106,17 @@ impl Pacer {
 
 pub(crate) async fn wait(due: SlotDue) {
     if let SlotDue::At(deadline) = due {
-        tokio::time::sleep_until(deadline).await;
+        crate::precise_timer::sleep_until(deadline.into_std()).await;
     }
 }
 
 /// Sleeps `d`, without touching the timer when it is zero.
 pub(crate) async fn pause(d: Duration) {
     if !d.is_zero() {
-        tokio::time::sleep(d).await;
+        let now = std::time::Instant::now();
+        // A client can ask for an absurd latency; cap it rather than overflow the clock.
+        let deadline = now.checked_add(d.min(MAX_STEP)).unwrap_or(now);
+        crate::precise_timer::sleep_until(deadline).await;
     }
 }
 
