@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# CPU per proxied request, nginx vs sluice, user and kernel apart. See cpu-per-request.py.
+# Installs nginx from apt when it is missing. Everything runs on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq nginx-light >/dev/null; fi
+fi
+cargo build --release --locked -p sluice
+exec python3 bench/cpu-per-request.py --sluice target/release/sluice "$@"
