@@ -1,11 +1,12 @@
 //! `sluice serve`: an OpenAI-compatible LLM gateway.
 //!
 //! The request path lives in [`chat`] as named phases; [`config`] is the typed, validated TOML
-//! file; [`upstream`] the pooled clients; [`metrics`] the Prometheus registry; [`server`] wires
+//! file; [`upstream`] the pooled clients (over `egress`: direct or proxy tunnel); [`metrics`] the Prometheus registry; [`server`] wires
 //! them into a router with graceful shutdown.
 
 pub mod chat;
 pub mod config;
+mod egress;
 pub mod error;
 pub mod metrics;
 mod ops;

@@ -2,6 +2,7 @@
 //! (tests) keep separate counts. Names follow Prometheus conventions: `sluice_` prefix, base
 //! units (seconds), `_total` on counters.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -140,40 +141,34 @@ impl GatewayMetrics {
         out
     }
 
-    pub fn request_started(&self, model: &str) {
-        self.in_flight
-            .get_or_create(&ModelLabels {
-                model: model.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Records a finished request. `upstream_wait` is the part of `total` spent waiting on
-    /// the upstream; the rest is the gateway's overhead.
-    pub fn request_finished(
-        &self,
-        model: &str,
-        status: u16,
-        total: Duration,
-        upstream_wait: Option<Duration>,
-    ) {
+    /// The handles of one configured model's series, resolved now so that recording a
+    /// request costs a few atomic operations: no label allocation, hashing or family lock on
+    /// the request path. Creating them also exports the model's series (at zero) before its
+    /// first request, which is what dashboards and `rate()` want.
+    pub fn for_model(self: &Arc<Self>, model: &str) -> ModelMetrics {
         let labels = ModelLabels {
             model: model.to_owned(),
         };
-        self.in_flight.get_or_create(&labels).dec();
-        self.requests
-            .get_or_create(&StatusLabels {
+        let tokens = |kind| {
+            Counter::clone(&self.tokens.get_or_create(&TokenLabels {
                 model: model.to_owned(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&labels)
-            .observe(total.as_secs_f64());
-        if let Some(wait) = upstream_wait {
-            self.overhead
-                .get_or_create(&labels)
-                .observe(total.saturating_sub(wait).as_secs_f64());
+                kind,
+            }))
+        };
+        ModelMetrics {
+            name: model.to_owned(),
+            in_flight: Gauge::clone(&self.in_flight.get_or_create(&labels)),
+            ok: Counter::clone(&self.requests.get_or_create(&StatusLabels {
+                model: model.to_owned(),
+                status: 200,
+            })),
+            duration: Histogram::clone(&self.duration.get_or_create(&labels)),
+            overhead: Histogram::clone(&self.overhead.get_or_create(&labels)),
+            ttft: Histogram::clone(&self.ttft.get_or_create(&labels)),
+            input_tokens: tokens("input"),
+            cached_input_tokens: tokens("cached_input"),
+            output_tokens: tokens("output"),
+            all: self.clone(),
         }
     }
 
@@ -187,30 +182,6 @@ impl GatewayMetrics {
             .inc();
     }
 
-    pub fn first_token(&self, model: &str, ttft: Duration) {
-        self.ttft
-            .get_or_create(&ModelLabels {
-                model: model.to_owned(),
-            })
-            .observe(ttft.as_secs_f64());
-    }
-
-    pub fn usage(&self, model: &str, usage: &sluice_api::Usage) {
-        let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
-        for (kind, n) in [
-            ("input", usage.prompt_tokens),
-            ("cached_input", cached),
-            ("output", usage.completion_tokens),
-        ] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    model: model.to_owned(),
-                    kind,
-                })
-                .inc_by(n);
-        }
-    }
-
     pub fn upstream_error(&self, model: &str, endpoint: &str, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
@@ -219,5 +190,55 @@ impl GatewayMetrics {
                 kind,
             })
             .inc();
+    }
+}
+
+/// One configured model's metric handles (see [`GatewayMetrics::for_model`]).
+pub struct ModelMetrics {
+    pub name: String,
+    all: Arc<GatewayMetrics>,
+    in_flight: Gauge,
+    /// `requests_total{status="200"}`, the status nearly every request ends with.
+    ok: Counter,
+    duration: Histogram,
+    overhead: Histogram,
+    ttft: Histogram,
+    input_tokens: Counter,
+    cached_input_tokens: Counter,
+    output_tokens: Counter,
+}
+
+impl ModelMetrics {
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Records a finished request. `upstream_wait` is the part of `total` spent waiting on
+    /// the upstream; the rest is the gateway's overhead.
+    pub fn request_finished(&self, status: u16, total: Duration, upstream_wait: Duration) {
+        self.in_flight.dec();
+        if status == 200 {
+            self.ok.inc();
+        } else {
+            self.all.request_rejected(&self.name, status);
+        }
+        self.duration.observe(total.as_secs_f64());
+        self.overhead
+            .observe(total.saturating_sub(upstream_wait).as_secs_f64());
+    }
+
+    pub fn first_token(&self, ttft: Duration) {
+        self.ttft.observe(ttft.as_secs_f64());
+    }
+
+    pub fn usage(&self, usage: &sluice_api::Usage) {
+        let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+        self.input_tokens.inc_by(usage.prompt_tokens);
+        self.cached_input_tokens.inc_by(cached);
+        self.output_tokens.inc_by(usage.completion_tokens);
+    }
+
+    pub fn upstream_error(&self, endpoint: &str, kind: &'static str) {
+        self.all.upstream_error(&self.name, endpoint, kind);
     }
 }

@@ -29,7 +29,11 @@ impl RequestId {
     }
 
     fn generate() -> Self {
-        RequestId(Arc::from(uuid::Uuid::new_v4().to_string()))
+        // Encoded on the stack: `to_string` would go through the formatter and a String.
+        let mut buf = uuid::Uuid::encode_buffer();
+        RequestId(Arc::from(
+            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
+        ))
     }
 }
 

@@ -42,7 +42,7 @@ pub enum StartError {
     #[error("cannot build the HTTP client for model `{model}`: {source}")]
     Client {
         model: String,
-        source: reqwest::Error,
+        source: crate::upstream::ClientBuildError,
     },
 }
 
@@ -58,7 +58,7 @@ impl GatewayState {
     ) -> Result<Self, StartError> {
         let mut models = HashMap::new();
         for (name, model) in &config.models {
-            let route = ModelRoute::new(model).map_err(|source| StartError::Client {
+            let route = ModelRoute::new(model, &metrics).map_err(|source| StartError::Client {
                 model: name.clone(),
                 source,
             })?;

@@ -1,53 +1,103 @@
 //! Clients for OpenAI-compatible upstreams (OpenAI, vLLM, most hosted providers).
 //!
-//! One pooled HTTP client per endpoint, so each endpoint keeps its own connection pool and its
-//! own connect timeout. [`UpstreamEndpoint::send`] resolves when the response head arrives and
-//! turns transport failures into [`GatewayError`]s that say whether another endpoint may be
-//! tried.
+//! One pooled HTTP/1.1 client per endpoint and per worker thread, so each endpoint keeps its
+//! own connection pool and connect timeout, and a request never leaves the thread that
+//! accepted it. [`UpstreamEndpoint::send`] resolves when the response head arrives and turns
+//! transport failures into [`GatewayError`]s that say whether another endpoint may be tried.
+//!
+//! The client is hyper's, used directly: the URI is parsed once at startup and each request
+//! is a method, that URI, four headers and the body. (A general-purpose client re-parses the
+//! URL, runs redirect and proxy policies and boxes several layers per request; on this path
+//! that cost more CPU than the gateway's own work.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, Request, Uri};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ResolvedEndpoint, ResolvedModel, Timeouts};
+use crate::egress::{Egress, EgressRoute};
 use crate::error::{GatewayError, TimeoutPhase};
+use crate::metrics::{GatewayMetrics, ModelMetrics};
 
 /// How much of an upstream error body is kept: enough to pass a provider's error through,
 /// bounded so a misbehaving upstream cannot make the gateway buffer without limit.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
+/// Idle upstream connections are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+const USER_AGENT: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+
+/// An upstream answer whose head has arrived; the body streams.
+pub type UpstreamResponse = http::Response<Incoming>;
+
+/// Why an endpoint's client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("endpoint URL {url} is not a valid HTTP URI: {reason}")]
+    Uri { url: String, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 pub struct UpstreamEndpoint {
     /// The configured base URL; the `endpoint` label of metrics and the name in errors.
     pub label: String,
     config: ResolvedEndpoint,
-    client: reqwest::Client,
+    chat_uri: Uri,
+    client: Client<HttpsConnector<Egress>, Full<Bytes>>,
     authorization: Option<HeaderValue>,
 }
 
 impl UpstreamEndpoint {
-    pub fn new(config: ResolvedEndpoint) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.timeouts.connect)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
-        if !proxy_configured() {
-            // Proxy matching runs on every request even with no proxy set; skip it then.
-            builder = builder.no_proxy();
+    pub fn new(config: ResolvedEndpoint) -> Result<Self, ClientBuildError> {
+        let chat_uri: Uri =
+            config
+                .chat_url
+                .as_str()
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ClientBuildError::Uri {
+                    url: config.chat_url.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let label = config.base_url.as_str().trim_end_matches('/').to_owned();
+        let (egress, route) = Egress::for_endpoint(&chat_uri, config.timeouts.connect);
+        match route {
+            EgressRoute::Direct => {}
+            EgressRoute::Tunnel { proxy } => {
+                tracing::info!(endpoint = %label, %proxy, "upstream connections go through the proxy named by the environment");
+            }
+            EgressRoute::ProxyIgnored { proxy } => {
+                tracing::warn!(endpoint = %label, %proxy, "a proxy is configured for this plain-HTTP endpoint, but sluice connects to http:// endpoints directly (add it to NO_PROXY to silence this)");
+            }
         }
-        let client = builder.build()?;
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(egress);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(tls);
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             v.set_sensitive(true);
             Some(v)
         });
         Ok(UpstreamEndpoint {
-            label: config.base_url.as_str().trim_end_matches('/').to_owned(),
+            label,
             config,
+            chat_uri,
             client,
             authorization,
         })
@@ -71,36 +121,41 @@ impl UpstreamEndpoint {
         &self,
         body: Bytes,
         request_id: &str,
-    ) -> Result<reqwest::Response, GatewayError> {
-        let mut req = self
-            .client
-            .post(self.config.chat_url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id)
-            .body(body);
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.chat_uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
         if let Some(auth) = &self.authorization {
-            req = req.header(header::AUTHORIZATION, auth.clone());
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
         let first_byte = self.config.timeouts.first_byte;
-        match tokio::time::timeout(first_byte, req.send()).await {
+        match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 endpoint: self.label.clone(),
                 phase: TimeoutPhase::FirstByte,
                 limit: first_byte,
             }),
-            Ok(Err(e)) => Err(self.classify(&e)),
+            Ok(Err(e)) => Err(self.classify_send(&e)),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
 
     /// Turns a non-2xx answer into the error the client should see: a 4xx passes through
     /// unchanged (the request was at fault), anything else becomes a 502 that quotes it.
-    pub async fn rejection(&self, resp: reqwest::Response) -> GatewayError {
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    pub async fn rejection(&self, resp: UpstreamResponse) -> GatewayError {
+        let status = resp.status();
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_bounded(resp, MAX_ERROR_BODY).await;
+        let body = read_bounded(resp.into_body(), MAX_ERROR_BODY).await;
         if status.is_client_error() {
             GatewayError::UpstreamRejected {
                 endpoint: self.label.clone(),
@@ -120,10 +175,11 @@ impl UpstreamEndpoint {
         }
     }
 
-    pub fn classify(&self, e: &reqwest::Error) -> GatewayError {
+    /// A failed exchange, before the response head arrived.
+    fn classify_send(&self, e: &hyper_util::client::legacy::Error) -> GatewayError {
         let reason = error_chain(e);
         if e.is_connect() {
-            if e.is_timeout() {
+            if caused_by_timeout(e) {
                 return GatewayError::UpstreamTimeout {
                     endpoint: self.label.clone(),
                     phase: TimeoutPhase::Connect,
@@ -135,40 +191,44 @@ impl UpstreamEndpoint {
                 reason,
             };
         }
-        if e.is_timeout() {
-            return GatewayError::UpstreamTimeout {
-                endpoint: self.label.clone(),
-                phase: TimeoutPhase::FirstByte,
-                limit: self.config.timeouts.first_byte,
-            };
-        }
         // The request may have reached the upstream: not safe to send elsewhere.
         GatewayError::UpstreamProtocol {
             endpoint: self.label.clone(),
             reason,
         }
     }
+
+    /// A response body that failed after the head arrived.
+    pub fn body_error(&self, e: &hyper::Error) -> GatewayError {
+        GatewayError::UpstreamProtocol {
+            endpoint: self.label.clone(),
+            reason: error_chain(e),
+        }
+    }
 }
 
-/// Whether the environment names an HTTP proxy, which reqwest then honours for upstream calls.
-fn proxy_configured() -> bool {
-    [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+/// Whether an I/O timeout is somewhere in `e`'s chain (the connector reports its connect
+/// timeout that way).
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Reads at most `limit` bytes of a body; a body that fails midway yields what arrived.
-async fn read_bounded(resp: reqwest::Response, limit: usize) -> Bytes {
+async fn read_bounded(mut body: Incoming, limit: usize) -> Bytes {
     let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         let room = limit.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if out.len() >= limit {
@@ -196,12 +256,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// A configured model and the endpoints serving it, picked round robin.
 pub struct ModelRoute {
     pub name: String,
+    pub metrics: Arc<ModelMetrics>,
     pub endpoints: Vec<Arc<UpstreamEndpoint>>,
     next: AtomicUsize,
 }
 
 impl ModelRoute {
-    pub fn new(model: &ResolvedModel) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        model: &ResolvedModel,
+        metrics: &Arc<GatewayMetrics>,
+    ) -> Result<Self, ClientBuildError> {
         let endpoints = model
             .endpoints
             .iter()
@@ -209,6 +273,7 @@ impl ModelRoute {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ModelRoute {
             name: model.name.clone(),
+            metrics: Arc::new(metrics.for_model(&model.name)),
             endpoints,
             next: AtomicUsize::new(0),
         })

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics::{GatewayMetrics, CLIENT_CLOSED};
+use crate::metrics::{ModelMetrics, CLIENT_CLOSED};
 
 pub struct InFlight {
-    metrics: Arc<GatewayMetrics>,
-    pub model: String,
+    /// The model's metric handles; its name is the `model` label of everything recorded.
+    pub model: Arc<ModelMetrics>,
     pub received: Instant,
     /// Time spent waiting on the upstream: for the response head, for the body, for each
     /// stream chunk. The rest of the request's duration is the gateway's own overhead.
@@ -19,19 +19,14 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    pub fn start(metrics: Arc<GatewayMetrics>, model: String, received: Instant) -> Self {
-        metrics.request_started(&model);
+    pub fn start(model: Arc<ModelMetrics>, received: Instant) -> Self {
+        model.request_started();
         InFlight {
-            metrics,
             model,
             received,
             upstream_wait: Duration::ZERO,
             finished: false,
         }
-    }
-
-    pub fn metrics(&self) -> &GatewayMetrics {
-        &self.metrics
     }
 
     /// Waits for `fut`, counting the time as upstream wait.
@@ -51,12 +46,8 @@ impl InFlight {
             return;
         }
         self.finished = true;
-        self.metrics.request_finished(
-            &self.model,
-            status,
-            self.received.elapsed(),
-            Some(self.upstream_wait),
-        );
+        self.model
+            .request_finished(status, self.received.elapsed(), self.upstream_wait);
     }
 }
 

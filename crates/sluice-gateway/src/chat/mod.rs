@@ -14,6 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use sluice_api::chat::UsageSummary;
 use sluice_api::ChatCompletionRequest;
 use tokio::time::Instant;
@@ -22,7 +23,7 @@ use crate::error::GatewayError;
 use crate::metrics::UNKNOWN_MODEL;
 use crate::request_id::RequestId;
 use crate::server::GatewayState;
-use crate::upstream::{ModelRoute, UpstreamEndpoint};
+use crate::upstream::{ModelRoute, UpstreamEndpoint, UpstreamResponse};
 
 pub use in_flight::InFlight;
 
@@ -51,7 +52,7 @@ pub async fn chat_completions(
         };
         return reject(&gw, UNKNOWN_MODEL, e);
     };
-    let mut flight = InFlight::start(gw.metrics.clone(), route.name.clone(), received);
+    let mut flight = InFlight::start(route.metrics.clone(), received);
 
     // Phase: upstream call.
     let prepared = PreparedRequest::new(request, raw);
@@ -148,7 +149,7 @@ async fn call_upstream(
     prepared: &PreparedRequest,
     request_id: &RequestId,
     flight: &mut InFlight,
-) -> Result<(Arc<UpstreamEndpoint>, reqwest::Response), GatewayError> {
+) -> Result<(Arc<UpstreamEndpoint>, UpstreamResponse), GatewayError> {
     let mut last_error = None;
     for endpoint in route.attempt_order() {
         let body = prepared.body_for(endpoint);
@@ -159,9 +160,7 @@ async fn call_upstream(
             Ok(r) => r,
             Err(e) => {
                 if let Some(kind) = e.upstream_kind() {
-                    flight
-                        .metrics()
-                        .upstream_error(&route.name, &endpoint.label, kind);
+                    flight.model.upstream_error(&endpoint.label, kind);
                 }
                 tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream call failed");
                 if e.retry_safe() {
@@ -176,9 +175,7 @@ async fn call_upstream(
         }
         let e = flight.wait_upstream(endpoint.rejection(response)).await;
         if let Some(kind) = e.upstream_kind() {
-            flight
-                .metrics()
-                .upstream_error(&route.name, &endpoint.label, kind);
+            flight.model.upstream_error(&endpoint.label, kind);
         }
         return Err(e);
     }
@@ -192,17 +189,20 @@ async fn call_upstream(
 
 async fn unary_response(
     endpoint: Arc<UpstreamEndpoint>,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     mut flight: InFlight,
 ) -> Response {
     let deadline = flight.received + endpoint.timeouts().total;
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let body = match flight
-        .wait_upstream(tokio::time::timeout_at(deadline, response.bytes()))
+        .wait_upstream(tokio::time::timeout_at(
+            deadline,
+            response.into_body().collect(),
+        ))
         .await
     {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return fail(flight, &endpoint, endpoint.classify(&e)),
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return fail(flight, &endpoint, endpoint.body_error(&e)),
         Err(_) => {
             let e = GatewayError::UpstreamTimeout {
                 endpoint: endpoint.label.clone(),
@@ -215,7 +215,7 @@ async fn unary_response(
     match serde_json::from_slice::<UsageSummary>(&body) {
         Ok(summary) => {
             if let Some(usage) = summary.usage {
-                flight.metrics().usage(&flight.model, &usage);
+                flight.model.usage(&usage);
             }
         }
         Err(e) => {
@@ -237,9 +237,7 @@ async fn unary_response(
 
 fn fail(flight: InFlight, endpoint: &UpstreamEndpoint, e: GatewayError) -> Response {
     if let Some(kind) = e.upstream_kind() {
-        flight
-            .metrics()
-            .upstream_error(&flight.model, &endpoint.label, kind);
+        flight.model.upstream_error(&endpoint.label, kind);
     }
     tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream response failed");
     flight.finish(e.status().as_u16());

@@ -15,6 +15,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http_body_util::BodyDataStream;
 use sluice_api::chat::ChunkSummary;
 use sluice_api::sse::{SseEvent, SseParser, DONE_EVENT};
 use sluice_api::{ErrorResponse, Usage};
@@ -22,22 +23,22 @@ use tokio::time::Instant;
 
 use super::InFlight;
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::upstream::{error_chain, UpstreamEndpoint};
+use crate::upstream::{error_chain, UpstreamEndpoint, UpstreamResponse};
 
 /// How long to wait for the upstream to end its response after `[DONE]`.
 const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 pub fn stream_response(
     endpoint: Arc<UpstreamEndpoint>,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     flight: InFlight,
     client_wants_usage: bool,
 ) -> Response {
     let timeouts = endpoint.timeouts();
     let relay = StreamRelay {
-        upstream: Box::pin(response.bytes_stream()),
+        upstream: Box::pin(BodyDataStream::new(response.into_body())),
         parser: SseParser::new(),
         events: Vec::new(),
         total_deadline: flight.received + timeouts.total,
@@ -196,14 +197,12 @@ impl StreamRelay {
         };
         if summary.error.is_some() {
             flight
-                .metrics()
-                .upstream_error(&flight.model, &self.endpoint.label, "stream_error");
+                .model
+                .upstream_error(&self.endpoint.label, "stream_error");
         }
         if !self.seen_token && summary.carries_token() {
             self.seen_token = true;
-            flight
-                .metrics()
-                .first_token(&flight.model, flight.received.elapsed());
+            flight.model.first_token(flight.received.elapsed());
         }
         if let Some(u) = summary.usage {
             self.usage = Some(u);
@@ -232,12 +231,10 @@ impl StreamRelay {
             return;
         };
         if let Some(kind) = error_kind {
-            flight
-                .metrics()
-                .upstream_error(&flight.model, &self.endpoint.label, kind);
+            flight.model.upstream_error(&self.endpoint.label, kind);
         }
         if let Some(u) = &self.usage {
-            flight.metrics().usage(&flight.model, u);
+            flight.model.usage(u);
         }
         // The head went out as 200; a broken stream is counted by its upstream error.
         flight.finish(StatusCode::OK.as_u16());
