@@ -211,11 +211,16 @@ impl CertificateAuthority {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let san = match bare.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                host.to_owned()
-                    .try_into()
-                    .map_err(|e| fail(format!("not a valid DNS name: {e}")))?,
-            ),
+            Err(_) => {
+                // rcgen takes any ASCII; a name no client could verify is refused here.
+                rustls::pki_types::DnsName::try_from(host)
+                    .map_err(|e| fail(format!("not a valid DNS name: {e}")))?;
+                SanType::DnsName(
+                    host.to_owned()
+                        .try_into()
+                        .map_err(|e| fail(format!("not a valid DNS name: {e}")))?,
+                )
+            }
         };
         let now = SystemTime::now();
         let mut params = CertificateParams::default();

@@ -104,16 +104,18 @@ pub async fn forward(
         .await;
     let upstream_resp = match sent {
         Ok(r) => r,
-        Err(e) => return proxy_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            format!(
+        Err(e) => {
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                format!(
                 "cannot reach upstream {url}: {}; check the upstream URL and that it is running",
                 error_chain(&e)
             ),
-            Map::new(),
-            ReplayOutcome::Passthrough,
-        ),
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            )
+        }
     };
     let head_at = Instant::now();
     let status = upstream_resp.status();
