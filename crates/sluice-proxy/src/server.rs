@@ -265,9 +265,8 @@ impl ProxyServer {
     /// progress to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        match tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
-            Ok(Err(e)) => tracing::warn!("proxy server task failed: {e}"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
+            tracing::warn!("proxy server task failed: {e}");
         }
     }
 }
