@@ -1,9 +1,12 @@
 //! What a proxy is built from: where it forwards, where it keeps recordings, how it decides
-//! between disk and upstream, what the request key ignores, and how fast it replays streams.
+//! between disk and upstream, what the request key ignores, how fast it replays streams,
+//! and which certificates it uses for TLS interception and upstream calls.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use crate::route::Route;
 
 /// How the proxy chooses between the recordings on disk and the live upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +56,13 @@ impl fmt::Display for Mode {
 #[error("unknown proxy mode {0:?}; expected one of: replay, replay-or-record, record, read-old-write-new, passthrough")]
 pub struct UnknownMode(pub String);
 
+impl<'de> serde::Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Mode {
     type Err = UnknownMode;
 
@@ -98,9 +108,10 @@ pub enum ReplayTiming {
 /// Everything a [`crate::ProxyServer`] is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
-    /// Scheme, host and optional path prefix requests are forwarded to, e.g.
-    /// `https://api.openai.com`. The client's path and query are appended.
-    pub upstream: String,
+    /// Reverse routes for origin-form requests (`POST /v1/...`); the longest matching
+    /// prefix wins. Empty for a pure forward proxy. Absolute-form and CONNECT requests
+    /// ignore them.
+    pub routes: Vec<Route>,
     /// The directory recordings are read from and written to (created when missing).
     pub dir: PathBuf,
     pub mode: Mode,
@@ -109,18 +120,36 @@ pub struct ProxyConfig {
     /// Values that must never be written to disk, in addition to the request's own
     /// credentials and well-known API key patterns.
     pub secret_values: Vec<String>,
+    /// Where the CA for CONNECT interception lives; `None` means
+    /// [`crate::ca::default_ca_dir`]. Loaded at start when present, generated at the
+    /// first CONNECT otherwise.
+    pub ca_dir: Option<PathBuf>,
+    /// A PEM file of extra root certificates trusted for upstream calls, besides the
+    /// built-in web roots (a corporate CA, or a test server's).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl ProxyConfig {
-    /// A config with default key options, instant replay and no extra secrets.
+    /// A reverse proxy to one upstream (every path goes to `upstream` + path), with
+    /// default key options, instant replay, no extra secrets and the default CA directory.
     pub fn new(upstream: impl Into<String>, dir: impl Into<PathBuf>, mode: Mode) -> Self {
         ProxyConfig {
-            upstream: upstream.into(),
+            routes: vec![Route::catch_all(upstream)],
+            ..ProxyConfig::forward_only(dir, mode)
+        }
+    }
+
+    /// A proxy with no reverse routes: it serves forward-proxy and CONNECT requests only.
+    pub fn forward_only(dir: impl Into<PathBuf>, mode: Mode) -> Self {
+        ProxyConfig {
+            routes: Vec::new(),
             dir: dir.into(),
             mode,
             key: KeyOptions::default(),
             replay_timing: ReplayTiming::default(),
             secret_values: Vec::new(),
+            ca_dir: None,
+            upstream_ca: None,
         }
     }
 }

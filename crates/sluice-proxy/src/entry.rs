@@ -25,6 +25,10 @@ pub struct Entry {
 /// The request as it counts in the key: secrets removed, only allow-listed headers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
+    /// `scheme://host:port` for forward-proxy and CONNECT requests; absent for reverse
+    /// routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub method: String,
     pub path: String,
     /// The normalised query string (`a=1&b=2`), empty when there is none.
@@ -41,6 +45,7 @@ impl RecordedRequest {
     /// ignoring a field means it does not select the answer, not that it is secret.
     pub fn new(normalised: &NormalisedRequest, body: &[u8]) -> Self {
         RecordedRequest {
+            origin: normalised.origin.clone(),
             method: normalised.method.clone(),
             path: normalised.path.clone(),
             query: normalised.query_string(),
@@ -49,6 +54,18 @@ impl RecordedRequest {
                 KeyBody::Empty => StoredBody::default(),
                 _ => StoredBody::from_bytes(body),
             },
+        }
+    }
+}
+
+impl RecordedRequest {
+    /// What the recording's file name is made from: the path, preceded by the origin's
+    /// host (and non-default port) for forward requests, so files of different hosts are
+    /// told apart at a glance.
+    pub fn name_path(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("{}{}", crate::route::origin_label(origin), self.path),
+            None => self.path.clone(),
         }
     }
 }

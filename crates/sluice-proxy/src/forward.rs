@@ -41,7 +41,7 @@ impl RecordPlan {
     fn file_name(&self) -> String {
         ReplayStore::file_name(
             &self.request.method,
-            &self.request.path,
+            &self.request.name_path(),
             &self.key,
             self.index,
         )
@@ -87,23 +87,17 @@ impl RecordPlan {
     }
 }
 
-/// Forwards the request to `upstream` + path and query, relays the answer, and records it
-/// under `plan` when it is a 2xx that completes cleanly.
+/// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
+/// 2xx that completes cleanly.
 pub async fn forward(
     client: &reqwest::Client,
-    upstream: &str,
+    url: &str,
     parts: &Parts,
     body: Bytes,
     plan: Option<RecordPlan>,
 ) -> Response {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let url = format!("{}{}", upstream.trim_end_matches('/'), path_and_query);
     let sent = client
-        .request(parts.method.clone(), &url)
+        .request(parts.method.clone(), url)
         .headers(upstream_request_headers(&parts.headers))
         .body(body)
         .send()
@@ -115,8 +109,9 @@ pub async fn forward(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
                 format!(
-                    "cannot reach upstream {url}: {e}; check --upstream and that it is running"
-                ),
+                "cannot reach upstream {url}: {}; check the upstream URL and that it is running",
+                error_chain(&e)
+            ),
                 Map::new(),
                 ReplayOutcome::Passthrough,
             )
@@ -179,6 +174,22 @@ pub async fn forward(
         None => (ReplayOutcome::Passthrough, None),
     };
     client_response(status, &headers, Body::from(bytes), outcome, file)
+}
+
+/// An error with its causes: reqwest's own message hides why a connection failed (refused,
+/// certificate not trusted, ...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn client_response(

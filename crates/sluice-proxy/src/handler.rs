@@ -1,22 +1,27 @@
-//! One request through the proxy: compute its key, then per mode answer from disk, call
-//! upstream (recording or not), or report a miss.
+//! One request through the proxy: find its target, compute its key, then per mode answer
+//! from disk, call upstream (recording or not), or report a miss. Reverse, forward and
+//! tunnelled requests all take this path.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use http::request::Parts;
 use http::StatusCode;
 use serde_json::Map;
 
+use crate::ca::{default_ca_dir, CertificateAuthority};
 use crate::config::{Mode, ProxyConfig};
 use crate::entry::{Entry, RecordedRequest};
 use crate::error::proxy_error;
+use crate::error::ProxyError;
 use crate::forward::{forward, RecordPlan};
 use crate::headers::{ReplayOutcome, BYPASS_HEADER};
 use crate::key::{NormalisedRequest, RequestKey};
 use crate::redact::{is_secret_header, is_secret_query_param, SecretScanner};
 use crate::replay::{miss_response, replay_response};
+use crate::route::resolve;
 use crate::store::{ReplayStore, StoreError};
 
 /// Request bodies larger than this are refused: recordings are for API calls, not uploads.
@@ -30,10 +35,58 @@ pub struct ProxyState {
     pub client: reqwest::Client,
     /// `read-old-write-new` serves only entries recorded before this instant.
     pub started_at_unix_ms: u64,
+    /// The CA for CONNECT interception, once loaded or generated.
+    pub ca: tokio::sync::OnceCell<Arc<CertificateAuthority>>,
 }
 
-pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
+impl ProxyState {
+    /// The CA, loaded or generated on first use.
+    pub async fn certificate_authority(&self) -> Result<Arc<CertificateAuthority>, ProxyError> {
+        let configured = self.config.ca_dir.clone();
+        self.ca
+            .get_or_try_init(|| async move {
+                let dir: PathBuf = match configured {
+                    Some(dir) => dir,
+                    None => default_ca_dir()?,
+                };
+                // Key generation and file writes block.
+                tokio::task::spawn_blocking(move || CertificateAuthority::load_or_create(&dir))
+                    .await
+                    .map_err(|e| ProxyError::Certificate {
+                        subject: "the proxy CA".to_owned(),
+                        reason: format!("the generating task failed: {e}"),
+                    })?
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+}
+
+pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        // Only the outer connection answers CONNECT; inside a tunnel it is an error.
+        return proxy_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_in_tunnel",
+            "CONNECT is not supported inside a CONNECT tunnel".to_owned(),
+            Map::new(),
+            ReplayOutcome::Passthrough,
+        );
+    }
+    let target = match resolve(&state.config.routes, &parts) {
+        Ok(t) => t,
+        Err(no) => {
+            return proxy_error(
+                no.status,
+                no.kind,
+                no.message,
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            )
+        }
+    };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -51,7 +104,7 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
         .get(BYPASS_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     if bypass || state.config.mode == Mode::Passthrough {
-        return forward(&state.client, &state.config.upstream, &parts, body, None).await;
+        return forward(&state.client, &target.url, &parts, body, None).await;
     }
 
     let normalised = NormalisedRequest::new(
@@ -61,7 +114,8 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
         &parts.headers,
         &body,
         &state.config.key,
-    );
+    )
+    .with_origin(target.origin.clone());
     let key = normalised.key();
     let request = RecordedRequest::new(&normalised, &body);
     let index = state.store.next_index(&key);
@@ -105,8 +159,9 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
                 .ok()
                 .flatten();
             tracing::warn!(
-                "replay miss: {} {} (key {}){}",
+                "replay miss: {} {}{} (key {}){}",
                 plan.request.method,
+                plan.request.origin.as_deref().unwrap_or(""),
                 plan.request.path,
                 key.short(),
                 nearest
@@ -116,16 +171,7 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
             );
             miss_response(&key, &plan.request, nearest)
         }
-        Ok(None) => {
-            forward(
-                &state.client,
-                &state.config.upstream,
-                &parts,
-                body,
-                Some(plan),
-            )
-            .await
-        }
+        Ok(None) => forward(&state.client, &target.url, &parts, body, Some(plan)).await,
     }
 }
 
@@ -139,7 +185,7 @@ async fn lookup(
     repeat_last: bool,
 ) -> Result<Option<(String, Entry)>, StoreError> {
     let store = state.store.clone();
-    let (method, path, key) = (request.method.clone(), request.path.clone(), key.clone());
+    let (method, path, key) = (request.method.clone(), request.name_path(), key.clone());
     let found = tokio::task::spawn_blocking(move || {
         if repeat_last {
             store.load_for_replay(&method, &path, &key, index)

@@ -54,6 +54,10 @@ pub enum KeyBody {
 /// The parts of a request that count in its key, secrets already removed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NormalisedRequest {
+    /// `scheme://host:port` of a forward-proxy or CONNECT request, whose target is chosen
+    /// by the client; `None` for reverse-proxy requests, whose keys stay as they were
+    /// before forward mode existed.
+    pub origin: Option<String>,
     /// Uppercase method.
     pub method: String,
     pub path: String,
@@ -75,12 +79,19 @@ impl NormalisedRequest {
     ) -> Self {
         let path = if path.is_empty() { "/" } else { path };
         NormalisedRequest {
+            origin: None,
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             query: normalise_query(raw_query),
             headers: allow_listed_headers(headers, &options.header_allow_list),
             body: key_body(body, &options.ignore_paths),
         }
+    }
+
+    /// The same request addressed to `origin` (see [`NormalisedRequest::origin`]).
+    pub fn with_origin(mut self, origin: Option<String>) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// The query string as the key sees it: `a=1&b=2`.
@@ -95,6 +106,9 @@ impl NormalisedRequest {
     pub fn key(&self) -> RequestKey {
         let mut h = Sha256::new();
         h.update(format!("sluice-request-key-v{KEY_VERSION}\n"));
+        if let Some(origin) = &self.origin {
+            h.update(format!("origin {origin}\n"));
+        }
         h.update(format!("method {}\n", self.method));
         h.update(format!("path {}\n", self.path));
         h.update(format!("query {}\n", self.query_string()));
@@ -310,6 +324,49 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, key_of(Some("a=2"), &[], "{}", &opts));
         assert_eq!(a.short().len(), 12);
+    }
+
+    /// Keys of reverse-proxy requests are what users' recordings are named by: these two
+    /// were computed before forward mode existed and must never change.
+    #[test]
+    fn reverse_keys_are_stable() {
+        let opts = KeyOptions::default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer sk-test"),
+        );
+        let chat = NormalisedRequest::new(
+            "POST",
+            "/v1/chat/completions",
+            Some("b=2&a=1"),
+            &h,
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+            &opts,
+        );
+        assert_eq!(
+            chat.key().as_str(),
+            "d58ce75dfc56a55e6fce2797475d4e0a74b018ded4586f5f0ca2fbd43dab9e17"
+        );
+        let models =
+            NormalisedRequest::new("GET", "/v1/models", None, &HeaderMap::new(), b"", &opts);
+        assert_eq!(
+            models.key().as_str(),
+            "91e98cda113e5d7c7164e404978a2a07eb47bd85675891dd535c1ce624cae6be"
+        );
+        // The same request through forward mode is keyed by its origin too.
+        let a = chat
+            .clone()
+            .with_origin(Some("https://a.example:443".into()));
+        let b = chat
+            .clone()
+            .with_origin(Some("https://b.example:443".into()));
+        assert_ne!(a.key(), chat.key());
+        assert_ne!(a.key(), b.key());
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! sluice proxy: records the HTTP exchanges between a service and its LLM providers and
 //! replays them, so tests and CI runs are fast, free, offline and deterministic.
 //!
-//! The proxy is a reverse proxy: the client's base URL points at it and it forwards path
-//! and query to one upstream. Each request gets a [`RequestKey`] (see [`key`]); recordings
-//! live one JSON file per exchange in a directory ([`ReplayStore`]); the [`Mode`] decides
-//! between disk and upstream. Credentials never count in the key and never reach disk
-//! ([`redact`]). The user guide is `docs/proxy.md`.
+//! One listener serves three kinds of request. Origin-form requests (`POST /v1/...`, the
+//! client's base URL points at the proxy) follow reverse [`Route`]s by path prefix.
+//! Absolute-form requests (`GET http://host/path`, the client's `HTTP_PROXY`) go to the
+//! URL they name. CONNECT tunnels (`HTTPS_PROXY`) are intercepted with certificates signed
+//! by the proxy's own [`CertificateAuthority`] and their requests go to `https://host:port`.
+//! Each request gets a [`RequestKey`] (see [`key`]; forward requests include their origin);
+//! recordings live one JSON file per exchange in a directory ([`ReplayStore`]); the
+//! [`Mode`] decides between disk and upstream. Credentials never count in the key and never
+//! reach disk ([`redact`]). The user guide is `docs/proxy.md`.
 
+pub mod ca;
 pub mod config;
+pub mod config_file;
 pub mod entry;
 mod error;
 mod forward;
@@ -16,11 +22,17 @@ pub mod headers;
 pub mod key;
 pub mod redact;
 mod replay;
+pub mod route;
 mod server;
 pub mod store;
+mod tunnel;
 
+pub use ca::CertificateAuthority;
 pub use config::{KeyOptions, Mode, ProxyConfig, ReplayTiming, UnknownMode};
+pub use config_file::ProxyFile;
 pub use entry::Entry;
+pub use error::ProxyError;
 pub use key::{NormalisedRequest, RequestKey, KEY_VERSION};
+pub use route::Route;
 pub use server::{serve, ProxyServer};
 pub use store::ReplayStore;

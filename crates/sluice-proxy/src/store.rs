@@ -1,5 +1,6 @@
 //! The recordings directory: one pretty JSON file per entry, named
-//! `{method}-{path-slug}-{key[..12]}-{n}.json`, written atomically.
+//! `{method}-{path-slug}-{key[..12]}-{n}.json` (the slug starts with the host for forward
+//! requests), written atomically.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -150,7 +151,12 @@ impl ReplayStore {
     /// or the new one, and of concurrent writers of one name exactly one wins whole.
     pub fn write(&self, entry: &Entry, index: usize) -> Result<PathBuf, StoreError> {
         let key = RequestKey::from_hex(&entry.key);
-        let name = Self::file_name(&entry.request.method, &entry.request.path, &key, index);
+        let name = Self::file_name(
+            &entry.request.method,
+            &entry.request.name_path(),
+            &key,
+            index,
+        );
         let target = self.dir.join(&name);
         let mut text = serde_json::to_string_pretty(entry).map_err(StoreError::Serialize)?;
         text.push('\n');
@@ -237,6 +243,9 @@ pub fn path_slug(path: &str) -> String {
 
 fn flatten_request(request: &RecordedRequest, ignore_paths: &[String]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
+    if let Some(origin) = &request.origin {
+        out.insert("origin".to_owned(), Value::String(origin.clone()));
+    }
     out.insert("method".to_owned(), Value::String(request.method.clone()));
     out.insert("path".to_owned(), Value::String(request.path.clone()));
     out.insert("query".to_owned(), Value::String(request.query.clone()));

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use sluice_proxy::{KeyOptions, Mode, ProxyConfig};
+use sluice_proxy::{KeyOptions, Mode, ProxyConfig, Route};
 use sluice_testkit::{refused_url, start_mock, MockOptions};
 
 const API_KEY: &str = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
@@ -69,7 +69,7 @@ async fn credentials_are_never_written_and_rotating_them_changes_no_key() {
     // Another key, another trace, another ignored field, query parameter reordered: the
     // same recording answers.
     let replayer = start_proxy(ProxyConfig {
-        upstream: refused_url().replace("/v1", ""),
+        routes: vec![Route::catch_all(refused_url().replace("/v1", ""))],
         mode: Mode::Replay,
         ..config
     })

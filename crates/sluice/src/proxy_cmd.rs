@@ -1,11 +1,17 @@
-//! `sluice proxy`: record and replay the traffic between a service and its LLM provider
-//! (see `docs/proxy.md`).
+//! `sluice proxy`: record and replay the traffic between a service and its LLM providers
+//! (see `docs/proxy.md`), and `sluice proxy ca`, the CA its TLS interception uses.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use sluice_proxy::{KeyOptions, Mode, ProxyConfig, ReplayTiming};
+use sluice_proxy::ca::default_ca_dir;
+use sluice_proxy::config_file::ReplayTimingName;
+use sluice_proxy::{
+    CertificateAuthority, KeyOptions, Mode, ProxyConfig, ProxyFile, ReplayTiming, Route,
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
 /// How recorded event streams are paced on replay.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,26 +22,60 @@ pub enum ReplayTimingArg {
     Recorded,
 }
 
-/// Flags of `sluice proxy`.
+/// `sluice proxy [FLAGS]` serves; `sluice proxy ca` manages the interception CA.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
-    /// Where requests are forwarded, e.g. https://api.openai.com. The client's path and
-    /// query are appended.
-    #[arg(long)]
-    pub upstream: String,
+    #[command(subcommand)]
+    pub command: Option<ProxyCommand>,
+    #[command(flatten)]
+    pub serve: ProxyServeArgs,
+}
 
-    /// Directory holding the recordings (created when missing).
+#[derive(clap::Subcommand, Debug)]
+pub enum ProxyCommand {
+    /// Print the path of the CA certificate the proxy signs intercepted TLS with
+    /// (generating the CA if needed) and how to make clients trust it.
+    Ca(CaArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    /// Directory of the CA (default: $SLUICE_CA_DIR, else $XDG_DATA_HOME/sluice/ca, else
+    /// ~/.local/share/sluice/ca).
     #[arg(long)]
-    pub dir: PathBuf,
+    pub ca_dir: Option<PathBuf>,
+}
+
+/// Flags of `sluice proxy` when it serves. Each may also be set in --config; a flag wins
+/// over the file for single values and adds to the file's lists.
+#[derive(clap::Args, Debug)]
+pub struct ProxyServeArgs {
+    /// TOML file with any of the options below and `[[routes]]` (prefix, url,
+    /// strip_prefix) for several upstreams by path prefix.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Where origin-form requests are forwarded, e.g. https://api.openai.com (the route of
+    /// prefix `/`; it replaces such a route from --config). The client's path and query are
+    /// appended. Without it and without routes, the proxy serves only forward-proxy
+    /// (HTTP_PROXY/HTTPS_PROXY) requests.
+    #[arg(long)]
+    pub upstream: Option<String>,
+
+    /// Directory holding the recordings (created when missing). Required, here or as `dir`
+    /// in --config.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 
     /// replay (disk only; a miss is a 502), replay-or-record, record, read-old-write-new or
     /// passthrough. Defaults to replay so that a CI run never calls a provider by accident.
-    #[arg(long, default_value = "replay")]
-    pub mode: Mode,
+    #[arg(long)]
+    pub mode: Option<Mode>,
 
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8787")]
-    pub listen: SocketAddr,
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
 
     /// JSON body field left out of the request key: a dotted path, `[*]` for every array
     /// element (`messages[*].name`). Repeatable.
@@ -47,72 +87,190 @@ pub struct ProxyArgs {
     #[arg(long = "header", value_name = "NAME")]
     pub headers: Vec<String>,
 
-    /// How recorded event streams are paced on replay.
-    #[arg(long, value_enum, default_value = "instant")]
-    pub replay_timing: ReplayTimingArg,
+    /// How recorded event streams are paced on replay [default: instant].
+    #[arg(long, value_enum)]
+    pub replay_timing: Option<ReplayTimingArg>,
 
     /// Multiplies recorded event offsets with --replay-timing recorded (0.5 = twice as
-    /// fast).
-    #[arg(long, default_value_t = 1.0)]
-    pub timing_scale: f64,
+    /// fast) [default: 1].
+    #[arg(long)]
+    pub timing_scale: Option<f64>,
 
     /// Name of an environment variable whose value must never be written to a recording.
     /// Repeatable.
     #[arg(long = "secret-env", value_name = "NAME")]
     pub secret_envs: Vec<String>,
+
+    /// Directory of the CA used to intercept CONNECT tunnels (see `sluice proxy ca`).
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+
+    /// PEM file of extra root certificates to trust for upstream calls (a corporate CA),
+    /// besides the built-in web roots.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
 }
 
-impl ProxyArgs {
-    fn config(&self) -> anyhow::Result<ProxyConfig> {
-        if !(self.timing_scale.is_finite() && self.timing_scale >= 0.0) {
+impl ProxyServeArgs {
+    /// The proxy config and listen address from the file (if any) and the flags.
+    fn config(&self) -> anyhow::Result<(ProxyConfig, SocketAddr)> {
+        let file = match &self.config {
+            Some(path) => ProxyFile::load(path)?,
+            None => ProxyFile::default(),
+        };
+        let from = |flag: &str, key: &str| match &self.config {
+            Some(path) => format!("{flag} (or `{key}` in {})", path.display()),
+            None => flag.to_owned(),
+        };
+        let Some(dir) = self.dir.clone().or(file.dir.clone()) else {
             bail!(
-                "--timing-scale must be a finite number >= 0, got {}",
-                self.timing_scale
+                "{} is required: the recordings directory",
+                from("--dir", "dir")
             );
+        };
+        let timing_scale = self.timing_scale.or(file.timing_scale).unwrap_or(1.0);
+        if !(timing_scale.is_finite() && timing_scale >= 0.0) {
+            bail!("--timing-scale must be a finite number >= 0, got {timing_scale}");
+        }
+        let mut routes = file.routes();
+        if let Some(upstream) = &self.upstream {
+            let route = Route::catch_all(upstream.clone());
+            if let Err((_, message)) = route.check() {
+                bail!("--upstream: {message}");
+            }
+            routes.retain(|r| !r.prefix.trim_end_matches('/').is_empty());
+            routes.push(route);
         }
         let mut secret_values = Vec::new();
-        for name in &self.secret_envs {
-            let value = std::env::var(name)
-                .with_context(|| format!("--secret-env {name}: the variable is not set"))?;
+        for name in file.secret_envs.iter().chain(&self.secret_envs) {
+            let value = std::env::var(name).with_context(|| {
+                format!(
+                    "{} {name}: the variable is not set",
+                    from("--secret-env", "secret_envs")
+                )
+            })?;
             secret_values.push(value);
         }
         let mut header_allow_list = KeyOptions::default().header_allow_list;
-        header_allow_list.extend(self.headers.iter().map(|h| h.to_ascii_lowercase()));
-        Ok(ProxyConfig {
-            upstream: self.upstream.clone(),
-            dir: self.dir.clone(),
-            mode: self.mode,
+        header_allow_list.extend(
+            file.headers
+                .iter()
+                .chain(&self.headers)
+                .map(|h| h.to_ascii_lowercase()),
+        );
+        let timing = match (self.replay_timing, file.replay_timing) {
+            (Some(ReplayTimingArg::Recorded), _) | (None, Some(ReplayTimingName::Recorded)) => {
+                ReplayTiming::Recorded {
+                    scale: timing_scale,
+                }
+            }
+            _ => ReplayTiming::Instant,
+        };
+        let listen = match self.listen.or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse()?,
+        };
+        let config = ProxyConfig {
+            routes,
+            dir,
+            mode: self.mode.or(file.mode).unwrap_or_default(),
             key: KeyOptions {
-                ignore_paths: self.ignore_paths.clone(),
+                ignore_paths: file
+                    .ignore_paths
+                    .iter()
+                    .chain(&self.ignore_paths)
+                    .cloned()
+                    .collect(),
                 header_allow_list,
             },
-            replay_timing: match self.replay_timing {
-                ReplayTimingArg::Instant => ReplayTiming::Instant,
-                ReplayTimingArg::Recorded => ReplayTiming::Recorded {
-                    scale: self.timing_scale,
-                },
-            },
+            replay_timing: timing,
             secret_values,
-        })
+            ca_dir: self.ca_dir.clone().or(file.ca_dir.clone()),
+            upstream_ca: self.upstream_ca.clone().or(file.upstream_ca.clone()),
+        };
+        Ok((config, listen))
     }
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let (mode, dir, upstream) = (config.mode, config.dir.clone(), config.upstream.clone());
-    let server = sluice_proxy::ProxyServer::start(config, args.listen)
+    match args.command {
+        Some(ProxyCommand::Ca(ca)) => print_ca(ca),
+        None => serve(args.serve).await,
+    }
+}
+
+async fn serve(args: ProxyServeArgs) -> anyhow::Result<()> {
+    let (config, listen) = args.config()?;
+    let (mode, dir) = (config.mode, config.dir.clone());
+    let routes = config.routes.clone();
+    let ca_dir = config.ca_dir.clone();
+    let server = sluice_proxy::ProxyServer::start(config, listen)
         .await
-        .with_context(|| format!("cannot start the proxy (listen address {})", args.listen))?;
+        .with_context(|| format!("cannot start the proxy (listen address {listen})"))?;
+    let base = server.base_url();
     println!(
-        "sluice proxy ({mode}) listening on {} -> {upstream}, recordings in {}",
-        server.base_url(),
+        "sluice proxy ({mode}) listening on {base}, recordings in {}",
         dir.display()
     );
+    for route in &routes {
+        let strip = if route.strip_prefix && route.prefix != "/" {
+            " (prefix stripped)"
+        } else {
+            ""
+        };
+        println!("  {base}{} -> {}{strip}", route.prefix, route.url);
+    }
+    if routes.is_empty() {
+        println!("  no reverse routes: requests by path get a 502 `no_upstream`");
+    }
+    let ca = ca_dir.map(Ok).unwrap_or_else(default_ca_dir);
     println!(
-        "point your client's base URL at {}/v1 (OpenAI-style clients)",
-        server.base_url()
+        "forward proxy: HTTP_PROXY={base} HTTPS_PROXY={base}; intercepted TLS is signed by the CA in {} (see `sluice proxy ca`)",
+        match &ca {
+            Ok(dir) => dir.display().to_string(),
+            Err(e) => format!("<none: {e}>"),
+        }
     );
     crate::shutdown_signal().await;
     server.shutdown().await;
     Ok(())
+}
+
+fn print_ca(args: CaArgs) -> anyhow::Result<()> {
+    let dir = match args.ca_dir {
+        Some(dir) => dir,
+        None => default_ca_dir()?,
+    };
+    let ca = CertificateAuthority::load_or_create(&dir)?;
+    let cert = ca.cert_path().display().to_string();
+    println!("{cert}");
+    println!();
+    print!("{}", trust_instructions(ca.cert_path(), &dir));
+    Ok(())
+}
+
+fn trust_instructions(cert: &Path, dir: &Path) -> String {
+    let cert = cert.display();
+    let dir = dir.display();
+    format!(
+        "The proxy signs a certificate per host with this CA when a client tunnels HTTPS
+through it (HTTPS_PROXY). Clients must trust the CA:
+
+  Python (requests, httpx, openai):  REQUESTS_CA_BUNDLE={cert} SSL_CERT_FILE={cert}
+  Node.js:                           NODE_EXTRA_CA_CERTS={cert}
+  OpenSSL-based tools, Go, curl:     SSL_CERT_FILE={cert}   (curl: --cacert {cert})
+  Debian/Ubuntu system store:        sudo cp {cert} /usr/local/share/ca-certificates/sluice-proxy-ca.crt
+                                     sudo update-ca-certificates
+
+SSL_CERT_FILE and REQUESTS_CA_BUNDLE replace the default roots: set them only for clients
+that talk to the proxy alone.
+
+  curl -x http://127.0.0.1:8787 --cacert {cert} https://api.openai.com/v1/models
+  HTTPS_PROXY=http://127.0.0.1:8787 SSL_CERT_FILE={cert} python app.py   # openai-python
+
+The private key next to it ({dir}/{key}) is readable by you only; keep it so. Delete
+the directory to generate a new CA (and trust the new one).
+",
+        key = sluice_proxy::ca::CA_KEY_FILE,
+    )
 }

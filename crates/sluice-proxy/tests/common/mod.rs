@@ -80,3 +80,5 @@ pub fn entry_files(dir: &Path) -> Vec<PathBuf> {
 pub fn read_entry(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+pub mod tls;
