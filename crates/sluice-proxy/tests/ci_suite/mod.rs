@@ -21,12 +21,12 @@ use tokio::sync::oneshot;
 /// Set to `1` to write freshly recorded entries over the committed ones instead of failing.
 pub const RERECORD_ENV: &str = "SLUICE_RERECORD";
 
-pub const RERECORD_HINT: &str = "Re-record with `scripts/record-fixtures.sh` (or \
-`SLUICE_RERECORD=1 cargo test -p sluice-proxy --test ci_recordings -- --test-threads=1`), \
-then review and commit the changes under tests/recordings/.";
+pub const RERECORD_HINT: &str = "Re-record with `scripts/record-fixtures.sh`, then review \
+and commit the changes under tests/recordings/ (see tests/recordings/README.md).";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 pub fn mock_recordings_dir() -> PathBuf {
