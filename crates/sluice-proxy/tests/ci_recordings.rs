@@ -101,8 +101,7 @@ async fn committed_mock_recordings_answer_the_whole_suite_offline() {
 async fn committed_mock_recordings_match_a_live_mock() {
     let fresh = tempfile::tempdir().unwrap();
     let mock = start_mock(recording_mock_options()).await;
-    let recorder =
-        common::proxy_for(&common::upstream_of(&mock), fresh.path(), Mode::Record).await;
+    let recorder = common::proxy_for(&common::upstream_of(&mock), fresh.path(), Mode::Record).await;
     let exchanges = run_mock_suite(&recorder.base_url()).await;
     recorder.shutdown().await;
     mock.shutdown().await;
@@ -160,12 +159,8 @@ async fn provider_fixtures_rerecord_to_the_committed_entries() {
     let cases = provider_cases();
     let server = FixtureServer::start(cases.clone()).await;
     let fresh = tempfile::tempdir().unwrap();
-    let recorder = common::start_proxy(ProxyConfig::new(
-        server.url(),
-        fresh.path(),
-        Mode::Record,
-    ))
-    .await;
+    let recorder =
+        common::start_proxy(ProxyConfig::new(server.url(), fresh.path(), Mode::Record)).await;
     let exchanges = run_provider_cases(&recorder.base_url(), &cases).await;
     recorder.shutdown().await;
     server.shutdown().await;

@@ -108,9 +108,7 @@ impl SuiteClient {
         path: &str,
         body: Option<&Value>,
     ) -> Exchange {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base));
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -231,7 +229,8 @@ pub async fn run_mock_suite(base: &str) -> Vec<Exchange> {
             "function": {"name": tool_call["function"]["name"], "arguments": tool_call["function"]["arguments"]}
         }]
     }));
-    follow_up.push(json!({"role": "tool", "tool_call_id": tool_call["id"], "content": WEATHER_RESULT}));
+    follow_up
+        .push(json!({"role": "tool", "tool_call_id": tool_call["id"], "content": WEATHER_RESULT}));
     c.chat(
         "tool-result",
         json!({"model": MOCK_MODEL, "messages": follow_up, "tools": weather_tools(), "tool_choice": "auto"}),
