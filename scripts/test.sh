@@ -15,7 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
-step "openai SDK compatibility (pytest)"
+step "SDK tests (pytest): openai against the gateway; openai and anthropic through strict replay"
 venv=target/pyenv
 if [ ! -x "$venv/bin/python" ]; then
   if ! python3 -m venv "$venv" 2>/dev/null; then
