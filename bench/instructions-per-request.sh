@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, sluice vs nginx, counted by callgrind.
+#
+# Instruction counts do not depend on what else the machine is doing, so this is the
+# comparison to use on a noisy shared machine while working on the hot path (CPU time and
+# latency then come from bench/cpu-per-request.sh and bench/overhead.sh). Each proxy runs
+# under valgrind with one worker in front of a zero-timing mock; after a warm-up that opens
+# the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
+# counters are dumped.
+#
+# Usage: bench/instructions-per-request.sh [REQUESTS=2000]
+# Needs valgrind (apt) and nginx (apt nginx-light); installs them when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${1:-2000}
+RATE=200
+
+need() {
+  command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] && return
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "$2" >/dev/null; fi
+}
+need valgrind valgrind
+need nginx nginx-light
+cargo build --release --locked -p sluice
+BIN=$PWD/target/release/sluice
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$1" && return; sleep 0.2; done; echo "no answer from $1" >&2; exit 1; }
+load() {
+  "$BIN" load --url "$1" --model m --rate "$2" --requests "$3" --no-stream \
+    --input-tokens 32 --output-tokens 16 --json "$WORK/load.json" >/dev/null 2>&1 || true
+  python3 -c "import json,sys; s=json.load(open('$WORK/load.json'))['runs'][0]['summary']['requests']; sys.exit(0 if s['failed']==0 else 1)" \
+    || { echo "requests failed during the measurement" >&2; exit 1; }
+}
+total_ir() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+
+MOCK=$(free_port)
+"$BIN" mock --listen "127.0.0.1:$MOCK" --zero-timing >/dev/null 2>&1 & PIDS+=($!)
+wait_http "http://127.0.0.1:$MOCK/v1/models"
+
+measure() { # name port pid url-for-readiness
+  local name=$1 port=$2 pid=$3
+  wait_http "$4"
+  load "http://127.0.0.1:$port/v1" 50 100      # warm-up: connections open, pools filled
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  load "http://127.0.0.1:$port/v1" "$RATE" "$REQUESTS"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  local file
+  file=$(ls -t "$WORK/$name".cg.* | head -1)
+  local ir
+  ir=$(total_ir "$file")
+  echo "$name $ir"
+}
+
+GW=$(free_port)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GW" "$MOCK" >"$WORK/gw.toml"
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice.cg" "$BIN" serve --config "$WORK/gw.toml" >/dev/null 2>&1 & PIDS+=($!)
+SLUICE_RESULT=$(measure sluice "$GW" "$!" "http://127.0.0.1:$GW/health")
+
+NG=$(free_port)
+mkdir -p "$WORK/tmp"
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp;
+  proxy_temp_path $WORK/tmp;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 512; }
+  server {
+    listen 127.0.0.1:$NG backlog=4096;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WORK/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
+
+python3 - "$REQUESTS" "$SLUICE_RESULT" "$NGINX_RESULT" <<'EOF'
+import sys
+n = int(sys.argv[1])
+rows = dict(r.split() for r in sys.argv[2:])
+per = {k: int(v) / n for k, v in rows.items()}
+print(f"user-space instructions per proxied request ({n} requests, one worker each):")
+print("| proxy | instructions per request |")
+print("|---|---|")
+for k in ("nginx", "sluice"):
+    print(f"| {k} | {per[k]:,.0f} |")
+print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
+EOF
