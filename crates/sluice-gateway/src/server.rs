@@ -87,7 +87,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(request_id::layer))
+        .layer(request_id::RequestIdLayer)
         .with_state(state)
 }
 
