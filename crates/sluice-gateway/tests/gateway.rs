@@ -325,6 +325,75 @@ async fn upstream_5xx_is_502_and_refused_is_502_and_slow_is_504() {
     );
 }
 
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+/// hangs until the client gives up. Returns the URL and the sockets that keep it full.
+fn unanswered_connect_url() -> (String, Vec<impl Sized>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    // Never accepted: these fill the queue (Linux admits backlog + 1).
+    for _ in 0..2 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    held.push(listener);
+    (format!("http://{addr}/v1"), held)
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504_and_a_tls_failure_is_502() {
+    let (url, _held) = unanswered_connect_url();
+    let gw = TestGateway::start_toml(&gateway_toml(
+        "m",
+        &[url],
+        "[defaults.timeouts]\nconnect = \"300ms\"\n",
+    ))
+    .await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 504);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_timeout");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("connect"), "{message}");
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_errors_total",
+            &[("kind", "timeout_connect")]
+        ),
+        1.0
+    );
+
+    // An https endpoint that is really a plain-HTTP server: the TLS handshake fails before
+    // the request is sent, which is a 502 that says so (and safe to retry elsewhere).
+    let mock = start_mock(zero()).await;
+    let https = mock.base_url().replace("http://", "https://");
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[https], "")).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_unreachable");
+    assert_eq!(
+        mock_requests(&mock).await.len(),
+        0,
+        "nothing reached the engine"
+    );
+}
+
 #[tokio::test]
 async fn a_stream_broken_midway_ends_with_an_error_event() {
     let mock = start_mock(zero()).await;
