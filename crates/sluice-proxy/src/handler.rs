@@ -10,14 +10,17 @@ use http::StatusCode;
 use serde_json::Map;
 
 use crate::config::{Mode, ProxyConfig};
+use crate::diff_mode::serve_diff;
 use crate::entry::{Entry, RecordedRequest};
 use crate::error::proxy_error;
 use crate::forward::{forward, RecordPlan};
-use crate::headers::{ReplayOutcome, BYPASS_HEADER};
+use crate::headers::{ReplayOutcome, BYPASS_HEADER, REPLAY_HEADER};
 use crate::key::{NormalisedRequest, RequestKey};
+use crate::metrics::RefusalReason;
 use crate::redact::{is_secret_header, is_secret_query_param, SecretScanner};
 use crate::replay::{miss_response, replay_response};
 use crate::store::{ReplayStore, StoreError};
+use crate::usage::{MissRecord, RunUsage};
 
 /// Request bodies larger than this are refused: recordings are for API calls, not uploads.
 const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
@@ -30,6 +33,10 @@ pub struct ProxyState {
     pub client: reqwest::Client,
     /// `read-old-write-new` serves only entries recorded before this instant.
     pub started_at_unix_ms: u64,
+    /// This run's usage, metrics and drift.
+    pub usage: Arc<RunUsage>,
+    /// [`ProxyConfig::diff_ignore`], shared with the tasks that record streams.
+    pub diff_ignore: Arc<Vec<String>>,
 }
 
 pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
@@ -37,13 +44,15 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(e) => {
+            state.usage.refusal(RefusalReason::RequestTooLarge);
+            state.usage.outcome(ReplayOutcome::Passthrough, None);
             return proxy_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_body_unreadable",
                 format!("cannot read the request body (limit {MAX_REQUEST_BODY} bytes): {e}"),
                 Map::new(),
                 ReplayOutcome::Passthrough,
-            )
+            );
         }
     };
     let bypass = parts
@@ -51,7 +60,15 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
         .get(BYPASS_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     if bypass || state.config.mode == Mode::Passthrough {
-        return forward(&state.client, &state.config.upstream, &parts, body, None).await;
+        return forward(
+            &state.client,
+            &state.config.upstream,
+            &parts,
+            body,
+            None,
+            &state.usage,
+        )
+        .await;
     }
 
     let normalised = NormalisedRequest::new(
@@ -71,7 +88,13 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
         index,
         request,
         scanner: scanner_for(&state.config, &parts),
+        usage: state.usage.clone(),
+        compare_overwritten: matches!(state.config.mode, Mode::Record | Mode::ReadOldWriteNew)
+            .then(|| state.diff_ignore.clone()),
     };
+    if state.config.mode == Mode::Diff {
+        return serve_diff(&state, &parts, body, plan).await;
+    }
 
     let stored = match state.config.mode {
         Mode::Replay | Mode::ReplayOrRecord => {
@@ -84,17 +107,35 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
                     found.filter(|(_, entry)| entry.recorded_at_unix_ms < state.started_at_unix_ms)
                 })
         }
-        Mode::Record | Mode::Passthrough => Ok(None),
+        Mode::Record | Mode::Passthrough | Mode::Diff => Ok(None),
     };
     match stored {
-        Err(e) => proxy_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "replay_store_error",
-            e.to_string(),
-            Map::new(),
-            ReplayOutcome::Miss,
-        ),
-        Ok(Some((file, entry))) => replay_response(&entry, &file, state.config.replay_timing),
+        Err(e) => {
+            state.usage.refusal(RefusalReason::StoreError);
+            state.usage.outcome(ReplayOutcome::Miss, None);
+            proxy_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "replay_store_error",
+                e.to_string(),
+                Map::new(),
+                ReplayOutcome::Miss,
+            )
+        }
+        Ok(Some((file, entry))) => {
+            let resp = replay_response(&entry, &file, state.config.replay_timing);
+            let served = resp
+                .headers()
+                .get(REPLAY_HEADER)
+                .is_some_and(|v| v.as_bytes() == ReplayOutcome::Hit.as_str().as_bytes());
+            if served {
+                state.usage.outcome(ReplayOutcome::Hit, Some(&file));
+            } else {
+                // The recording's body could not be decoded.
+                state.usage.refusal(RefusalReason::StoreError);
+                state.usage.outcome(ReplayOutcome::Miss, None);
+            }
+            resp
+        }
         Ok(None) if state.config.mode == Mode::Replay => {
             let store = state.store.clone();
             let request = plan.request.clone();
@@ -114,6 +155,12 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
                     .map(|n| format!(", nearest recording {}", n.file))
                     .unwrap_or_default()
             );
+            state.usage.miss(MissRecord {
+                key: key.as_str().to_owned(),
+                method: plan.request.method.clone(),
+                path: plan.request.path.clone(),
+                nearest: nearest.as_ref().map(|n| n.file.clone()),
+            });
             miss_response(&key, &plan.request, nearest)
         }
         Ok(None) => {
@@ -123,6 +170,7 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
                 &parts,
                 body,
                 Some(plan),
+                &state.usage,
             )
             .await
         }
@@ -131,7 +179,7 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, req: Request) -> Respo
 
 /// The entry to answer with, as `(file name, entry)`. With `repeat_last`, the last
 /// recording answers requests beyond the recorded count.
-async fn lookup(
+pub(crate) async fn lookup(
     state: &ProxyState,
     request: &RecordedRequest,
     key: &RequestKey,

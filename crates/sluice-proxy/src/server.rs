@@ -11,10 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin;
 use crate::config::ProxyConfig;
 use crate::entry::now_unix_ms;
 use crate::handler::{handle, ProxyState};
 use crate::store::ReplayStore;
+use crate::usage::{RunUsage, RunWriter};
 
 /// How long [`ProxyServer::shutdown`] waits for answers still being sent.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -23,16 +25,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the proxy on `listener` until `shutdown` completes, then lets answers in
-/// progress finish.
+/// progress finish and writes the run's final usage.
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let router = router(build_state(config)?);
-    axum::serve(with_nodelay(listener), router)
+    let state = build_state(config)?;
+    let writer = state.usage.spawn_writer();
+    let served = axum::serve(with_nodelay(listener), router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    writer.finish().await;
+    served
 }
 
 /// Replayed events are small writes; Nagle's algorithm would hold them back by up to a
@@ -45,10 +50,18 @@ fn with_nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = Sock
     })
 }
 
-/// Every method and path goes to the one handler: the proxy forwards whatever the client
-/// speaks.
+/// Every method and path goes to the one handler (the proxy forwards whatever the client
+/// speaks), except the reserved `/_sluice/` prefix, which the proxy answers itself.
 fn router(state: Arc<ProxyState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
+    use axum::routing::any;
+    axum::Router::new()
+        .route("/_sluice/metrics", any(admin::metrics))
+        .route("/_sluice/entries", any(admin::entries))
+        .route("/_sluice", any(admin::not_found))
+        .route("/_sluice/", any(admin::not_found))
+        .route("/_sluice/{*rest}", any(admin::not_found))
+        .fallback(handle)
+        .with_state(state)
 }
 
 fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
@@ -62,15 +75,19 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
         ));
     }
     let store = ReplayStore::open(&config.dir).map_err(io::Error::other)?;
+    let started_at_unix_ms = now_unix_ms();
+    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms)?;
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| io::Error::other(format!("cannot build the HTTP client: {e}")))?;
     Ok(Arc::new(ProxyState {
+        diff_ignore: Arc::new(config.diff_ignore.clone()),
         config,
         store: Arc::new(store),
         client,
-        started_at_unix_ms: now_unix_ms(),
+        started_at_unix_ms,
+        usage: Arc::new(usage),
     }))
 }
 
@@ -80,6 +97,7 @@ pub struct ProxyServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<io::Result<()>>,
+    writer: RunWriter,
 }
 
 impl ProxyServer {
@@ -90,6 +108,7 @@ impl ProxyServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let writer = state.usage.spawn_writer();
         let router = router(state);
         let task = tokio::spawn(async move {
             axum::serve(with_nodelay(listener), router)
@@ -99,7 +118,12 @@ impl ProxyServer {
                 })
                 .await
         });
-        Ok(ProxyServer { addr, stop, task })
+        Ok(ProxyServer {
+            addr,
+            stop,
+            task,
+            writer,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -117,8 +141,9 @@ impl ProxyServer {
         format!("http://{}", SocketAddr::new(ip, self.addr.port()))
     }
 
-    /// Stops accepting connections and waits (a few seconds at most) for answers in
-    /// progress to finish.
+    /// Stops accepting connections, waits (a few seconds at most) for answers in progress
+    /// to finish, then writes the run's final usage (`DIR/.sluice/last-run.json`, marked
+    /// finished) and drift report.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         match tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
@@ -126,5 +151,6 @@ impl ProxyServer {
             Ok(Err(e)) => tracing::warn!("proxy server task failed: {e}"),
             Ok(Ok(Ok(()))) | Err(_) => {}
         }
+        self.writer.finish().await;
     }
 }
