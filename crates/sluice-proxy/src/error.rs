@@ -28,6 +28,10 @@ pub fn proxy_error(
 /// Why `sluice proxy report` or `prune` cannot do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingsError {
+    #[error(
+        "{path} is not a directory: pass the recordings directory the proxy ran with as --dir"
+    )]
+    NotADirectory { path: std::path::PathBuf },
     #[error("no last-run record in {path}: run the suite through the proxy first (any mode but passthrough), then report or prune")]
     NoLastRun { path: std::path::PathBuf },
     #[error("cannot read {path}: {source}")]

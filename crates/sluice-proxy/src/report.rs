@@ -115,12 +115,8 @@ fn read_state<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Re
 
 fn open_store(dir: &Path) -> Result<ReplayStore, RecordingsError> {
     if !dir.is_dir() {
-        return Err(RecordingsError::Read {
+        return Err(RecordingsError::NotADirectory {
             path: dir.to_owned(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not a directory; pass the recordings directory the proxy used with --dir",
-            ),
         });
     }
     ReplayStore::open(dir).map_err(|e| RecordingsError::Read {
