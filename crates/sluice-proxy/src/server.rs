@@ -76,7 +76,7 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     }
     let store = ReplayStore::open(&config.dir).map_err(io::Error::other)?;
     let started_at_unix_ms = now_unix_ms();
-    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms)?;
+    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms);
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()

@@ -94,15 +94,11 @@ pub struct RunUsage {
 
 impl RunUsage {
     /// Starts the record of a run: creates `DIR/.sluice` and writes a `last-run.json`
-    /// marked running and an empty `drift.json`, replacing the previous run's.
-    pub fn begin(dir: &Path, mode: Mode, started_at_unix_ms: u64) -> io::Result<RunUsage> {
+    /// marked running and an empty `drift.json`, replacing the previous run's. A directory
+    /// that cannot be written (read-only fixtures in CI) only costs the run files: the
+    /// proxy still serves, with a warning, and keeps its metrics.
+    pub fn begin(dir: &Path, mode: Mode, started_at_unix_ms: u64) -> RunUsage {
         let state_dir = dir.join(STATE_DIR);
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", state_dir.display()),
-            )
-        })?;
         let usage = RunUsage {
             state_dir,
             metrics: ProxyMetrics::new(),
@@ -127,8 +123,18 @@ impl RunUsage {
             }),
             changed: Notify::new(),
         };
-        usage.write_pending()?;
-        Ok(usage)
+        let started = std::fs::create_dir_all(&usage.state_dir)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", usage.state_dir.display()),
+                )
+            })
+            .and_then(|()| usage.write_pending());
+        if let Err(e) = started {
+            tracing::warn!("run usage will not be saved (report and prune need it): {e}");
+        }
+        usage
     }
 
     pub fn metrics(&self) -> &ProxyMetrics {

@@ -204,3 +204,25 @@ async fn usage_of_requests_made_just_before_shutdown_is_persisted() {
         "{leftovers:?}"
     );
 }
+
+#[tokio::test]
+async fn a_directory_where_the_run_record_cannot_be_written_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    // A file where the state directory should be: `.sluice/` cannot be created.
+    std::fs::write(dir.path().join(".sluice"), "in the way").unwrap();
+    let proxy = proxy_for(&upstream_of(&mock), dir.path(), Mode::ReplayOrRecord).await;
+    assert_eq!(
+        replay_header(&post(&proxy, &chat_body("still works", false)).await),
+        "recorded"
+    );
+    assert_eq!(
+        replay_header(&post(&proxy, &chat_body("still works", false)).await),
+        "hit"
+    );
+    proxy.shutdown().await;
+    mock.shutdown().await;
+    assert_eq!(entry_files(dir.path()).len(), 1);
+    let err = usage_report(dir.path(), true).unwrap_err();
+    assert!(!err.to_string().is_empty());
+}
