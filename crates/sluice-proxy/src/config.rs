@@ -23,15 +23,19 @@ pub enum Mode {
     ReadOldWriteNew,
     /// Never read or write recordings.
     Passthrough,
+    /// Call upstream and serve the live answer, compare it with the recording the request
+    /// would replay, and report the drift; never write recordings.
+    Diff,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Replay,
         Mode::ReplayOrRecord,
         Mode::Record,
         Mode::ReadOldWriteNew,
         Mode::Passthrough,
+        Mode::Diff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Mode {
             Mode::Record => "record",
             Mode::ReadOldWriteNew => "read-old-write-new",
             Mode::Passthrough => "passthrough",
+            Mode::Diff => "diff",
         }
     }
 }
@@ -53,7 +58,7 @@ impl fmt::Display for Mode {
 
 /// A mode name that is not one of [`Mode::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown proxy mode {0:?}; expected one of: replay, replay-or-record, record, read-old-write-new, passthrough")]
+#[error("unknown proxy mode {0:?}; expected one of: replay, replay-or-record, record, read-old-write-new, passthrough, diff")]
 pub struct UnknownMode(pub String);
 
 impl<'de> serde::Deserialize<'de> for Mode {
@@ -94,6 +99,19 @@ impl Default for KeyOptions {
     }
 }
 
+/// Response fields a drift comparison ignores by default: per-call ids and timestamps. A
+/// bare name matches that field at any depth (`id` also covers `tool_calls[0].id`).
+pub const DEFAULT_DIFF_IGNORE: [&str; 8] = [
+    "id",
+    "created",
+    "created_at",
+    "system_fingerprint",
+    "request_id",
+    "x_request_id",
+    "x-request-id",
+    "timestamp",
+];
+
 /// How fast recorded event streams are played back.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum ReplayTiming {
@@ -127,11 +145,17 @@ pub struct ProxyConfig {
     /// A PEM file of extra root certificates trusted for upstream calls, besides the
     /// built-in web roots (a corporate CA, or a test server's).
     pub upstream_ca: Option<PathBuf>,
+    /// Response fields a drift comparison ignores (`diff` mode, and overwrites in `record`
+    /// and `read-old-write-new`): a bare name matches the field at any depth; a dotted path
+    /// (`choices[*].logprobs`, `usage.total_tokens`) matches from the body's root (or each
+    /// event's payload). Starts as [`DEFAULT_DIFF_IGNORE`].
+    pub diff_ignore: Vec<String>,
 }
 
 impl ProxyConfig {
     /// A reverse proxy to one upstream (every path goes to `upstream` + path), with
-    /// default key options, instant replay, no extra secrets and the default CA directory.
+    /// default key options, instant replay, no extra secrets, the default drift ignore list
+    /// ([`DEFAULT_DIFF_IGNORE`]) and the default CA directory.
     pub fn new(upstream: impl Into<String>, dir: impl Into<PathBuf>, mode: Mode) -> Self {
         ProxyConfig {
             routes: vec![Route::catch_all(upstream)],
@@ -150,6 +174,10 @@ impl ProxyConfig {
             secret_values: Vec::new(),
             ca_dir: None,
             upstream_ca: None,
+            diff_ignore: DEFAULT_DIFF_IGNORE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }

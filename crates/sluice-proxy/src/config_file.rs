@@ -31,6 +31,10 @@ pub struct ProxyFile {
     pub secret_envs: Vec<String>,
     pub ca_dir: Option<PathBuf>,
     pub upstream_ca: Option<PathBuf>,
+    /// Response fields drift comparisons ignore, in addition to
+    /// [`crate::DEFAULT_DIFF_IGNORE`].
+    #[serde(default)]
+    pub diff_ignore: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
 }
@@ -144,10 +148,13 @@ impl ProxyFile {
                 ));
             }
         }
-        for (i, path) in self.ignore_paths.iter().enumerate() {
-            if path.trim().is_empty() {
+        for (key, paths) in [
+            ("ignore_paths", &self.ignore_paths),
+            ("diff_ignore", &self.diff_ignore),
+        ] {
+            if let Some(i) = paths.iter().position(|p| p.trim().is_empty()) {
                 return Err(invalid(
-                    format!("ignore_paths[{i}]"),
+                    format!("{key}[{i}]"),
                     "must not be empty".to_owned(),
                 ));
             }
@@ -178,6 +185,7 @@ mod tests {
             secret_envs = ["OPENAI_API_KEY"]
             ca_dir = "/abs/ca"
             upstream_ca = "corp.pem"
+            diff_ignore = ["usage.total_tokens", "choices[*].logprobs"]
 
             [[routes]]
             prefix = "/openai"
@@ -194,6 +202,7 @@ mod tests {
         assert_eq!(f.upstream_ca, Some(PathBuf::from("/etc/sluice/corp.pem")));
         assert_eq!(f.mode, Some(Mode::ReplayOrRecord));
         assert_eq!(f.replay_timing, Some(ReplayTimingName::Recorded));
+        assert_eq!(f.diff_ignore, ["usage.total_tokens", "choices[*].logprobs"]);
         assert_eq!(
             f.routes(),
             vec![
@@ -216,5 +225,7 @@ mod tests {
         assert!(err(dup).contains("`routes[1].prefix`"), "{}", err(dup));
         assert!(err("timing_scale = -1.0").contains("`timing_scale`"));
         assert!(err("headers = [\"bad header\"]").contains("`headers[0]`"));
+        assert!(err("diff_ignore = [\"id\", \" \"]").contains("`diff_ignore[1]`"));
+        assert!(err("ignore_paths = [\"\"]").contains("`ignore_paths[0]`"));
     }
 }

@@ -1,6 +1,6 @@
-//! The crate's setup error ([`ProxyError`]) and the JSON error answers the proxy itself
-//! produces, in the OpenAI envelope shape so clients surface them as they would a provider
-//! error.
+//! The crate's error ([`ProxyError`]: setting a proxy up, and offline work on a recordings
+//! directory) and the JSON error answers the proxy itself produces, in the OpenAI envelope
+//! shape so clients surface them as they would a provider error.
 
 use std::path::PathBuf;
 
@@ -28,8 +28,9 @@ pub fn proxy_error(
     resp
 }
 
-/// What can go wrong setting a proxy up: its config file, its certificate authority, the
-/// extra upstream root. Each message names the file or key at fault and what to do.
+/// What can go wrong setting a proxy up (its config file, its certificate authority, the
+/// extra upstream root) or working on a recordings directory offline (`sluice proxy
+/// report` and `prune`). Each message names the file or key at fault and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("cannot read config file {path}: {source}")]
@@ -62,6 +63,35 @@ pub enum ProxyError {
     Certificate { subject: String, reason: String },
     #[error("upstream CA file {path}: {reason}")]
     UpstreamCa { path: PathBuf, reason: String },
+    /// `report`/`prune` was pointed at something that is not a recordings directory.
+    #[error(
+        "{path} is not a directory: pass the recordings directory the proxy ran with as --dir"
+    )]
+    NotADirectory { path: PathBuf },
+    #[error("no last-run record in {path}: run the suite through the proxy first (any mode but passthrough), then report or prune")]
+    NoLastRun { path: PathBuf },
+    /// A recordings directory, an entry or a run record could not be read.
+    #[error("cannot read {path}: {source}")]
+    RecordingsRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid run record (delete it and run the suite again): {source}")]
+    RunRecordParse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the last run (started at {started_at_unix_ms} ms since the epoch) is still marked running: stop that proxy first; if it crashed, its usage may be incomplete — run the suite again, or pass --force")]
+    LastRunRunning { started_at_unix_ms: u64 },
+    #[error("the last run had {misses} replay miss(es), so it did not run the whole suite and pruning could delete recordings a fixed run needs; fix the misses and run again, or pass --force")]
+    LastRunHadMisses { misses: u64 },
+    #[error("the last run was in passthrough mode and used no recordings, so every entry looks unused; run the suite in replay (or another recording) mode first, or pass --force")]
+    LastRunReadNothing,
+    #[error("cannot remove {path}: {source}")]
+    RecordingRemove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl From<ProxyError> for std::io::Error {
@@ -69,7 +99,10 @@ impl From<ProxyError> for std::io::Error {
         let kind = match &e {
             ProxyError::ConfigRead { source, .. }
             | ProxyError::CaRead { source, .. }
-            | ProxyError::CaWrite { source, .. } => source.kind(),
+            | ProxyError::CaWrite { source, .. }
+            | ProxyError::RecordingsRead { source, .. }
+            | ProxyError::RecordingRemove { source, .. } => source.kind(),
+            ProxyError::NoLastRun { .. } => std::io::ErrorKind::NotFound,
             _ => std::io::ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, e.to_string())

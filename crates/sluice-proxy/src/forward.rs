@@ -13,6 +13,8 @@ use sluice_api::sse::{SseEvent, SseParser};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::compare::{compare_responses, FieldDrift};
+use crate::drift::{ComparedRequest, DriftItem, DriftSource};
 use crate::entry::{Entry, RecordedEvent, RecordedRequest, RecordedResponse, StoredBody};
 use crate::error::proxy_error;
 use crate::headers::{
@@ -20,8 +22,10 @@ use crate::headers::{
     upstream_request_headers, ReplayOutcome, REPLAY_FILE_HEADER, REPLAY_HEADER,
 };
 use crate::key::RequestKey;
+use crate::metrics::RefusalReason;
 use crate::redact::SecretScanner;
 use crate::store::ReplayStore;
+use crate::usage::RunUsage;
 
 /// What to record a live answer as.
 #[derive(Debug)]
@@ -31,6 +35,10 @@ pub struct RecordPlan {
     pub index: usize,
     pub request: RecordedRequest,
     pub scanner: SecretScanner,
+    pub usage: Arc<RunUsage>,
+    /// Set in the modes that overwrite (`record`, `read-old-write-new`): the response
+    /// fields the comparison of the old recording with the new one ignores.
+    pub compare_overwritten: Option<Arc<Vec<String>>>,
 }
 
 impl RecordPlan {
@@ -38,7 +46,7 @@ impl RecordPlan {
         Entry::new(&self.key, self.request.clone(), response)
     }
 
-    fn file_name(&self) -> String {
+    pub fn file_name(&self) -> String {
         ReplayStore::file_name(
             &self.request.method,
             &self.request.name_path(),
@@ -61,60 +69,145 @@ impl RecordPlan {
         }
     }
 
-    /// Checks and writes `entry`, logging why when it is not written.
+    /// Checks and writes `entry`, logging why when it is not written, and counts the
+    /// request's outcome. An overwritten recording whose content changed is reported as
+    /// drift.
     async fn check_and_write(self, entry: Entry) -> ReplayOutcome {
         if let Err(why) = self.check(&entry) {
             tracing::error!("{why}");
+            self.usage.refusal(RefusalReason::Secret);
+            self.usage.outcome(ReplayOutcome::Refused, None);
             return ReplayOutcome::Refused;
         }
         let index = self.index;
         let store = self.store.clone();
-        // fsync blocks; keep it off the async workers.
-        match tokio::task::spawn_blocking(move || store.write(&entry, index)).await {
-            Ok(Ok(path)) => {
+        let compare = self.compare_overwritten.clone();
+        // fsync blocks (and so does reading the recording being replaced); keep it off
+        // the async workers.
+        let written = tokio::task::spawn_blocking(move || {
+            let previous = compare.and_then(|ignore| {
+                let key = RequestKey::from_hex(&entry.key);
+                let old = store.load(
+                    &entry.request.method,
+                    &entry.request.name_path(),
+                    &key,
+                    index,
+                );
+                match old {
+                    Ok(Some((_, old))) => {
+                        Some(compare_responses(&old.response, &entry.response, &ignore))
+                    }
+                    // Nothing to replace, or a file too broken to compare with.
+                    Ok(None) | Err(_) => None,
+                }
+            });
+            store.write(&entry, index).map(|path| (path, previous))
+        })
+        .await;
+        match written {
+            Ok(Ok((path, previous))) => {
                 tracing::debug!("recorded {}", path.display());
+                let file = self.file_name();
+                if let Some(differences) = previous {
+                    self.report_overwrite(&file, differences);
+                }
+                self.usage.outcome(ReplayOutcome::Recorded, Some(&file));
                 ReplayOutcome::Recorded
             }
             Ok(Err(e)) => {
                 tracing::error!("{e}");
+                self.usage.refusal(RefusalReason::StoreError);
+                self.usage.outcome(ReplayOutcome::Passthrough, None);
                 ReplayOutcome::Passthrough
             }
             Err(e) => {
                 tracing::error!("recording task failed: {e}");
+                self.usage.refusal(RefusalReason::StoreError);
+                self.usage.outcome(ReplayOutcome::Passthrough, None);
                 ReplayOutcome::Passthrough
             }
         }
     }
+
+    fn report_overwrite(&self, file: &str, differences: Vec<FieldDrift>) {
+        let compared = ComparedRequest {
+            file: file.to_owned(),
+            key: self.key.as_str().to_owned(),
+            method: self.request.method.clone(),
+            origin: self.request.origin.clone(),
+            path: self.request.path.clone(),
+            source: DriftSource::Overwrite,
+        };
+        let item = DriftItem::new(compared, Some(differences), &self.scanner);
+        if !item.differences.is_empty() {
+            tracing::warn!(
+                "recording {file} changed: {}",
+                item.differences
+                    .iter()
+                    .map(|d| d.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        self.usage.drift(item);
+    }
 }
 
-/// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
-/// 2xx that completes cleanly.
-pub async fn forward(
+/// Sends the request to `url`. `Err` is the 502 to answer with.
+async fn send_upstream(
     client: &reqwest::Client,
     url: &str,
     parts: &Parts,
     body: Bytes,
-    plan: Option<RecordPlan>,
-) -> Response {
+) -> Result<reqwest::Response, Response> {
     let sent = client
         .request(parts.method.clone(), url)
         .headers(upstream_request_headers(&parts.headers))
         .body(body)
         .send()
         .await;
-    let upstream_resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                format!(
+    sent.map_err(|e| {
+        proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!(
                 "cannot reach upstream {url}: {}; check the upstream URL and that it is running",
                 error_chain(&e)
             ),
-                Map::new(),
-                ReplayOutcome::Passthrough,
-            )
+            Map::new(),
+            ReplayOutcome::Passthrough,
+        )
+    })
+}
+
+fn upstream_body_failed(url: &str, e: &reqwest::Error) -> Response {
+    proxy_error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_body_failed",
+        format!(
+            "upstream {url} failed while sending its body: {}",
+            error_chain(e)
+        ),
+        Map::new(),
+        ReplayOutcome::Passthrough,
+    )
+}
+
+/// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
+/// 2xx that completes cleanly. Counts the outcome in `usage`.
+pub async fn forward(
+    client: &reqwest::Client,
+    url: &str,
+    parts: &Parts,
+    body: Bytes,
+    plan: Option<RecordPlan>,
+    usage: &RunUsage,
+) -> Response {
+    let upstream_resp = match send_upstream(client, url, parts, body).await {
+        Ok(sent) => sent,
+        Err(resp) => {
+            usage.outcome(ReplayOutcome::Passthrough, None);
+            return resp;
         }
     };
     let head_at = Instant::now();
@@ -136,10 +229,15 @@ pub async fn forward(
                 Ok(()) => (Some(plan), ReplayOutcome::Recorded),
                 Err(why) => {
                     tracing::error!("{why}");
+                    usage.refusal(RefusalReason::Secret);
+                    usage.outcome(ReplayOutcome::Refused, None);
                     (None, ReplayOutcome::Refused)
                 }
             },
-            None => (None, ReplayOutcome::Passthrough),
+            None => {
+                usage.outcome(ReplayOutcome::Passthrough, None);
+                (None, ReplayOutcome::Passthrough)
+            }
         };
         let file = plan.as_ref().map(RecordPlan::file_name);
         let body = relay_stream(upstream_resp, head_at, recorded_head, plan);
@@ -149,13 +247,8 @@ pub async fn forward(
     let bytes = match upstream_resp.bytes().await {
         Ok(b) => b,
         Err(e) => {
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_body_failed",
-                format!("upstream {url} failed while sending its body: {e}"),
-                Map::new(),
-                ReplayOutcome::Passthrough,
-            )
+            usage.outcome(ReplayOutcome::Passthrough, None);
+            return upstream_body_failed(url, &e);
         }
     };
     let (outcome, file) = match plan {
@@ -171,7 +264,10 @@ pub async fn forward(
                 (outcome == ReplayOutcome::Recorded).then_some(file),
             )
         }
-        None => (ReplayOutcome::Passthrough, None),
+        None => {
+            usage.outcome(ReplayOutcome::Passthrough, None);
+            (ReplayOutcome::Passthrough, None)
+        }
     };
     client_response(status, &headers, Body::from(bytes), outcome, file)
 }
@@ -192,7 +288,64 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn client_response(
+/// A live answer read to its end, for `diff` mode.
+#[derive(Debug)]
+pub struct LiveAnswer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub bytes: Bytes,
+    /// The answer in recorded form (events parsed for an event stream; offsets are 0).
+    pub response: RecordedResponse,
+}
+
+/// Calls upstream and reads the whole answer. `Err` is the 502 to answer with.
+pub async fn fetch_whole(
+    client: &reqwest::Client,
+    url: &str,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<LiveAnswer, Response> {
+    let upstream_resp = send_upstream(client, url, parts, body).await?;
+    let status = upstream_resp.status();
+    let headers = upstream_resp.headers().clone();
+    let bytes = upstream_resp
+        .bytes()
+        .await
+        .map_err(|e| upstream_body_failed(url, &e))?;
+    let mut response = RecordedResponse {
+        status: status.as_u16(),
+        headers: recordable_response_headers(&headers),
+        body: StoredBody::default(),
+        events: None,
+    };
+    if is_event_stream(&headers) {
+        let mut parser = SseParser::new();
+        let mut parsed = Vec::new();
+        // A malformed stream is compared as far as it parsed; the drift shows the rest.
+        let _ = parser.push(&bytes, &mut parsed);
+        response.events = Some(
+            parsed
+                .into_iter()
+                .map(|e| RecordedEvent {
+                    offset_ms: 0.0,
+                    event: e.event,
+                    id: e.id,
+                    data: e.data,
+                })
+                .collect(),
+        );
+    } else {
+        response.body = StoredBody::from_bytes(&bytes);
+    }
+    Ok(LiveAnswer {
+        status,
+        headers,
+        bytes,
+        response,
+    })
+}
+
+pub fn client_response(
     status: StatusCode,
     upstream_headers: &http::HeaderMap,
     body: Body,
@@ -242,6 +395,9 @@ fn relay_stream(
                     }
                     if tx.send(Ok(bytes)).await.is_err() {
                         // The client went away; what it did not read is not worth keeping.
+                        if let Some(plan) = &plan {
+                            plan.usage.outcome(ReplayOutcome::Passthrough, None);
+                        }
                         return;
                     }
                 }
@@ -260,6 +416,8 @@ fn relay_stream(
                 "not recording {}: the upstream stream did not end cleanly",
                 plan.file_name()
             );
+            plan.usage.refusal(RefusalReason::IncompleteStream);
+            plan.usage.outcome(ReplayOutcome::Passthrough, None);
             return;
         }
         let entry = plan.entry(RecordedResponse {

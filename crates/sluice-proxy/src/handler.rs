@@ -11,18 +11,22 @@ use http::request::Parts;
 use http::StatusCode;
 use serde_json::Map;
 
+use crate::admin;
 use crate::ca::{default_ca_dir, CertificateAuthority};
 use crate::config::{Mode, ProxyConfig};
+use crate::diff_mode::serve_diff;
 use crate::entry::{Entry, RecordedRequest};
 use crate::error::proxy_error;
 use crate::error::ProxyError;
 use crate::forward::{forward, RecordPlan};
-use crate::headers::{ReplayOutcome, BYPASS_HEADER};
+use crate::headers::{ReplayOutcome, BYPASS_HEADER, REPLAY_HEADER};
 use crate::key::{NormalisedRequest, RequestKey};
+use crate::metrics::RefusalReason;
 use crate::redact::{is_secret_header, is_secret_query_param, SecretScanner};
 use crate::replay::{miss_response, replay_response};
 use crate::route::resolve;
 use crate::store::{ReplayStore, StoreError};
+use crate::usage::{MissRecord, RunUsage};
 
 /// Request bodies larger than this are refused: recordings are for API calls, not uploads.
 const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
@@ -37,6 +41,10 @@ pub struct ProxyState {
     pub started_at_unix_ms: u64,
     /// The CA for CONNECT interception, once loaded or generated.
     pub ca: tokio::sync::OnceCell<Arc<CertificateAuthority>>,
+    /// This run's usage, metrics and drift.
+    pub usage: Arc<RunUsage>,
+    /// [`ProxyConfig::diff_ignore`], shared with the tasks that record streams.
+    pub diff_ignore: Arc<Vec<String>>,
 }
 
 impl ProxyState {
@@ -65,8 +73,13 @@ impl ProxyState {
 
 pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if admin::is_reserved(parts.uri.path()) {
+        // The proxy's own endpoints, before any routing; never forwarded nor counted.
+        return admin::answer(&state, &parts.method, parts.uri.path()).await;
+    }
     if parts.method == http::Method::CONNECT {
         // Only the outer connection answers CONNECT; inside a tunnel it is an error.
+        state.usage.outcome(ReplayOutcome::Passthrough, None);
         return proxy_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "connect_in_tunnel",
@@ -78,25 +91,29 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
     let target = match resolve(&state.config.routes, &parts) {
         Ok(t) => t,
         Err(no) => {
+            // Nothing was read or forwarded, but the run still saw the request.
+            state.usage.outcome(ReplayOutcome::Passthrough, None);
             return proxy_error(
                 no.status,
                 no.kind,
                 no.message,
                 Map::new(),
                 ReplayOutcome::Passthrough,
-            )
+            );
         }
     };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(e) => {
+            state.usage.refusal(RefusalReason::RequestTooLarge);
+            state.usage.outcome(ReplayOutcome::Passthrough, None);
             return proxy_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_body_unreadable",
                 format!("cannot read the request body (limit {MAX_REQUEST_BODY} bytes): {e}"),
                 Map::new(),
                 ReplayOutcome::Passthrough,
-            )
+            );
         }
     };
     let bypass = parts
@@ -104,7 +121,7 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
         .get(BYPASS_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     if bypass || state.config.mode == Mode::Passthrough {
-        return forward(&state.client, &target.url, &parts, body, None).await;
+        return forward(&state.client, &target.url, &parts, body, None, &state.usage).await;
     }
 
     let normalised = NormalisedRequest::new(
@@ -125,7 +142,13 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
         index,
         request,
         scanner: scanner_for(&state.config, &parts),
+        usage: state.usage.clone(),
+        compare_overwritten: matches!(state.config.mode, Mode::Record | Mode::ReadOldWriteNew)
+            .then(|| state.diff_ignore.clone()),
     };
+    if state.config.mode == Mode::Diff {
+        return serve_diff(&state, &target.url, &parts, body, plan).await;
+    }
 
     let stored = match state.config.mode {
         Mode::Replay | Mode::ReplayOrRecord => {
@@ -138,17 +161,35 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
                     found.filter(|(_, entry)| entry.recorded_at_unix_ms < state.started_at_unix_ms)
                 })
         }
-        Mode::Record | Mode::Passthrough => Ok(None),
+        Mode::Record | Mode::Passthrough | Mode::Diff => Ok(None),
     };
     match stored {
-        Err(e) => proxy_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "replay_store_error",
-            e.to_string(),
-            Map::new(),
-            ReplayOutcome::Miss,
-        ),
-        Ok(Some((file, entry))) => replay_response(&entry, &file, state.config.replay_timing),
+        Err(e) => {
+            state.usage.refusal(RefusalReason::StoreError);
+            state.usage.outcome(ReplayOutcome::Miss, None);
+            proxy_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "replay_store_error",
+                e.to_string(),
+                Map::new(),
+                ReplayOutcome::Miss,
+            )
+        }
+        Ok(Some((file, entry))) => {
+            let resp = replay_response(&entry, &file, state.config.replay_timing);
+            let served = resp
+                .headers()
+                .get(REPLAY_HEADER)
+                .is_some_and(|v| v.as_bytes() == ReplayOutcome::Hit.as_str().as_bytes());
+            if served {
+                state.usage.outcome(ReplayOutcome::Hit, Some(&file));
+            } else {
+                // The recording's body could not be decoded.
+                state.usage.refusal(RefusalReason::StoreError);
+                state.usage.outcome(ReplayOutcome::Miss, None);
+            }
+            resp
+        }
         Ok(None) if state.config.mode == Mode::Replay => {
             let store = state.store.clone();
             let request = plan.request.clone();
@@ -169,15 +210,32 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
                     .map(|n| format!(", nearest recording {}", n.file))
                     .unwrap_or_default()
             );
+            state.usage.miss(MissRecord {
+                key: key.as_str().to_owned(),
+                method: plan.request.method.clone(),
+                origin: plan.request.origin.clone(),
+                path: plan.request.path.clone(),
+                nearest: nearest.as_ref().map(|n| n.file.clone()),
+            });
             miss_response(&key, &plan.request, nearest)
         }
-        Ok(None) => forward(&state.client, &target.url, &parts, body, Some(plan)).await,
+        Ok(None) => {
+            forward(
+                &state.client,
+                &target.url,
+                &parts,
+                body,
+                Some(plan),
+                &state.usage,
+            )
+            .await
+        }
     }
 }
 
 /// The entry to answer with, as `(file name, entry)`. With `repeat_last`, the last
 /// recording answers requests beyond the recorded count.
-async fn lookup(
+pub(crate) async fn lookup(
     state: &ProxyState,
     request: &RecordedRequest,
     key: &RequestKey,

@@ -10,6 +10,11 @@ use crate::redact::is_secret_header;
 pub const REPLAY_HEADER: &str = "x-sluice-replay";
 /// Response header naming the file a replayed answer was read from or recorded to.
 pub const REPLAY_FILE_HEADER: &str = "x-sluice-replay-file";
+/// Response header of `diff` mode: `same`, `drifted` or `no-recording`.
+pub const DRIFT_HEADER: &str = "x-sluice-drift";
+/// Path prefix the proxy answers itself (metrics, entry listing); never forwarded or
+/// recorded.
+pub const RESERVED_PREFIX: &str = "/_sluice";
 /// Request header that forces one live call with no reading or writing (`1`).
 pub const BYPASS_HEADER: &str = "x-sluice-replay-bypass";
 

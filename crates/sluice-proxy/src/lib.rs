@@ -9,30 +9,44 @@
 //! Each request gets a [`RequestKey`] (see [`key`]; forward requests include their origin);
 //! recordings live one JSON file per exchange in a directory ([`ReplayStore`]); the
 //! [`Mode`] decides between disk and upstream. Credentials never count in the key and never
-//! reach disk ([`redact`]). The user guide is `docs/proxy.md`.
+//! reach disk ([`redact`]). Each run's usage and drift are kept in `DIR/.sluice/`
+//! ([`usage`]) for [`usage_report`] and [`prune`]; `/_sluice/` paths are the proxy's own
+//! ([`metrics`], the entry listing), answered before any routing. The user guide is
+//! `docs/proxy.md`.
 
+mod admin;
+mod atomic_file;
 pub mod ca;
+pub mod compare;
 pub mod config;
 pub mod config_file;
+mod diff_mode;
+pub mod drift;
 pub mod entry;
 mod error;
 mod forward;
 mod handler;
 pub mod headers;
 pub mod key;
+pub mod metrics;
 pub mod redact;
 mod replay;
+pub mod report;
 pub mod route;
 mod server;
 pub mod store;
 mod tunnel;
+pub mod usage;
 
 pub use ca::CertificateAuthority;
-pub use config::{KeyOptions, Mode, ProxyConfig, ReplayTiming, UnknownMode};
+pub use config::{KeyOptions, Mode, ProxyConfig, ReplayTiming, UnknownMode, DEFAULT_DIFF_IGNORE};
 pub use config_file::ProxyFile;
+pub use drift::{DriftItem, DriftReport, DriftVerdict};
 pub use entry::Entry;
 pub use error::ProxyError;
 pub use key::{NormalisedRequest, RequestKey, KEY_VERSION};
+pub use report::{prune, render_report, usage_report, PruneOptions, PruneOutcome, UsageReport};
 pub use route::Route;
 pub use server::{serve, ProxyServer};
 pub use store::ReplayStore;
+pub use usage::LastRun;

@@ -1,6 +1,7 @@
 //! Serving the proxy: one listener for reverse (origin-form), forward (absolute-form) and
 //! CONNECT requests, served by hyper directly because CONNECT needs the connection
-//! upgrade that axum's `serve` does not hand out; graceful stop.
+//! upgrade that axum's `serve` does not hand out; graceful stop, after which the run's
+//! final usage is written.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +26,7 @@ use crate::error::ProxyError;
 use crate::handler::{handle, ProxyState};
 use crate::store::ReplayStore;
 use crate::tunnel;
+use crate::usage::{RunUsage, RunWriter};
 
 /// How long [`ProxyServer::shutdown`] waits for answers still being sent.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,14 +39,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves the proxy on `listener` until `shutdown` completes, then lets answers in
-/// progress finish.
+/// progress finish and writes the run's final usage.
 pub async fn serve(
     listener: TcpListener,
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let state = build_state(config)?;
+    let writer = state.usage.spawn_writer();
     run(listener, state, shutdown).await;
+    // Every connection, tunnels included, has ended: the counts are final.
+    writer.finish().await;
     Ok(())
 }
 
@@ -178,12 +183,17 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     if let Some(loaded) = load_existing_ca(&config)? {
         let _ = ca.set(Arc::new(loaded));
     }
+    // Last, so a proxy that fails to start leaves the previous run's record alone.
+    let started_at_unix_ms = now_unix_ms();
+    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms);
     Ok(Arc::new(ProxyState {
+        diff_ignore: Arc::new(config.diff_ignore.clone()),
         config,
         store: Arc::new(store),
         client,
-        started_at_unix_ms: now_unix_ms(),
         ca,
+        started_at_unix_ms,
+        usage: Arc::new(usage),
     }))
 }
 
@@ -228,6 +238,7 @@ pub struct ProxyServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    writer: RunWriter,
 }
 
 impl ProxyServer {
@@ -239,11 +250,17 @@ impl ProxyServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let writer = state.usage.spawn_writer();
         let task = tokio::spawn(run(listener, state, async move {
             // A dropped sender stops the server too.
             let _ = stopped.await;
         }));
-        Ok(ProxyServer { addr, stop, task })
+        Ok(ProxyServer {
+            addr,
+            stop,
+            task,
+            writer,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -261,12 +278,14 @@ impl ProxyServer {
         format!("http://{}", SocketAddr::new(ip, self.addr.port()))
     }
 
-    /// Stops accepting connections and waits (a few seconds at most) for answers in
-    /// progress to finish.
+    /// Stops accepting connections, waits (a few seconds at most) for answers in progress,
+    /// inside CONNECT tunnels too, to finish, then writes the run's final usage (`DIR/.sluice/last-run.json`, marked
+    /// finished) and drift report.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Ok(Err(e)) = tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
             tracing::warn!("proxy server task failed: {e}");
         }
+        self.writer.finish().await;
     }
 }

@@ -3,14 +3,14 @@
 //! requests), written atomically.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::atomic_file::write_atomically;
 use crate::entry::{Entry, RecordedRequest};
 use crate::key::{remove_ignored, RequestKey, KEY_VERSION};
 
@@ -21,6 +21,10 @@ const MAX_REPORTED_DIFFERENCES: usize = 20;
 /// Upper bound on files inspected when looking for the nearest entry to a miss, so a huge
 /// directory cannot make a miss slow.
 const MAX_NEAREST_CANDIDATES: usize = 5000;
+
+/// The proxy's own bookkeeping inside a recordings directory (`last-run.json`,
+/// `drift.json`). A directory, and dot-named, so it is never taken for an entry.
+pub const STATE_DIR: &str = ".sluice";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,7 +64,6 @@ pub struct Nearest {
 pub struct ReplayStore {
     dir: PathBuf,
     seen: Mutex<HashMap<RequestKey, usize>>,
-    temp_seq: AtomicU64,
 }
 
 impl ReplayStore {
@@ -73,7 +76,6 @@ impl ReplayStore {
         Ok(ReplayStore {
             dir: dir.to_owned(),
             seen: Mutex::new(HashMap::new()),
-            temp_seq: AtomicU64::new(0),
         })
     }
 
@@ -160,46 +162,52 @@ impl ReplayStore {
         let target = self.dir.join(&name);
         let mut text = serde_json::to_string_pretty(entry).map_err(StoreError::Serialize)?;
         text.push('\n');
-        let temp = self.dir.join(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            self.temp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut f = std::fs::File::create(&temp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&temp, &target)
-        })();
-        if let Err(source) = result {
-            let _ = std::fs::remove_file(&temp);
-            return Err(StoreError::Write {
-                path: target,
-                source,
-            });
-        }
+        write_atomically(&target, text.as_bytes()).map_err(|source| StoreError::Write {
+            path: target.clone(),
+            source,
+        })?;
         Ok(target)
+    }
+
+    /// The names of the entry files in the directory, sorted: regular `*.json` files not
+    /// starting with a dot (temporary files and [`STATE_DIR`] are not entries).
+    pub fn entry_file_names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(&self.dir)? {
+            let item = item?;
+            if !item.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if let Ok(name) = item.file_name().into_string() {
+                if name.ends_with(".json") && !name.starts_with('.') {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Reads and parses the entry file `name` (as listed by [`Self::entry_file_names`]).
+    pub fn read_entry(&self, name: &str) -> Result<Entry, StoreError> {
+        let path = self.dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|source| StoreError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| StoreError::Parse { path, source })
     }
 
     /// The recorded entry with the fewest differing fields from `request`, comparing
     /// bodies with `ignore_paths` removed. `None` when the directory holds no entry.
     pub fn nearest(&self, request: &RecordedRequest, ignore_paths: &[String]) -> Option<Nearest> {
         let wanted = flatten_request(request, ignore_paths);
-        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-            .collect();
-        names.sort();
+        let mut names = self.entry_file_names().ok()?;
         names.truncate(MAX_NEAREST_CANDIDATES);
         let mut best: Option<Nearest> = None;
         let mut best_count = usize::MAX;
         for name in names {
-            let Ok(text) = std::fs::read_to_string(self.dir.join(&name)) else {
-                continue;
-            };
-            let Ok(entry) = serde_json::from_str::<Entry>(&text) else {
+            let Ok(entry) = self.read_entry(&name) else {
                 continue;
             };
             let recorded = flatten_request(&entry.request, ignore_paths);
@@ -217,6 +225,11 @@ impl ReplayStore {
         }
         best
     }
+}
+
+/// The repeat index `n` of an entry file named `…-{n}.json`.
+pub fn index_of_file(name: &str) -> Option<usize> {
+    name.strip_suffix(".json")?.rsplit('-').next()?.parse().ok()
 }
 
 /// `/v1/chat/completions` → `v1-chat-completions`: lowercase ASCII letters and digits,
@@ -264,7 +277,7 @@ fn flatten_request(request: &RecordedRequest, ignore_paths: &[String]) -> BTreeM
     out
 }
 
-fn flatten_json(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
+pub(crate) fn flatten_json(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
@@ -282,7 +295,7 @@ fn flatten_json(value: &Value, path: String, out: &mut BTreeMap<String, Value>) 
     }
 }
 
-fn diff(
+pub(crate) fn diff(
     recorded: &BTreeMap<String, Value>,
     requested: &BTreeMap<String, Value>,
 ) -> Vec<Difference> {
@@ -313,6 +326,28 @@ mod tests {
         assert_eq!(path_slug("/"), "root");
         assert_eq!(path_slug("/../../etc"), "etc");
         assert!(path_slug(&"a/".repeat(100)).len() <= 60);
+    }
+
+    #[test]
+    fn listing_skips_state_temporary_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplayStore::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join("sub.json")).unwrap();
+        for name in [
+            "post-x-abc-1.json",
+            ".post-x.json.1.0.tmp",
+            "notes.txt",
+            "get-y-0.json",
+        ] {
+            std::fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        assert_eq!(
+            store.entry_file_names().unwrap(),
+            vec!["get-y-0.json", "post-x-abc-1.json"]
+        );
+        assert_eq!(index_of_file("post-x-abc-12.json"), Some(12));
+        assert_eq!(index_of_file("post-x-abc.json"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `sluice proxy`: record and replay the traffic between a service and its LLM providers
-//! (see `docs/proxy.md`), and `sluice proxy ca`, the CA its TLS interception uses.
+//! (see `docs/proxy.md`); `sluice proxy ca`, the CA its TLS interception uses; and
+//! `sluice proxy report` / `prune` for the recordings directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use anyhow::{bail, Context};
 use sluice_proxy::ca::default_ca_dir;
 use sluice_proxy::config_file::ReplayTimingName;
 use sluice_proxy::{
-    CertificateAuthority, KeyOptions, Mode, ProxyConfig, ProxyFile, ReplayTiming, Route,
+    CertificateAuthority, KeyOptions, Mode, ProxyConfig, ProxyFile, PruneOptions, ReplayTiming,
+    Route, DEFAULT_DIFF_IGNORE,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -22,7 +24,10 @@ pub enum ReplayTimingArg {
     Recorded,
 }
 
-/// `sluice proxy [FLAGS]` serves; `sluice proxy ca` manages the interception CA.
+/// `sluice proxy [FLAGS]` serves; `sluice proxy ca` manages the interception CA;
+/// `sluice proxy report|prune` inspect the recordings. The serving flags are all optional
+/// to clap (it builds them, empty, for subcommands too); what serving needs is checked when
+/// it starts.
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
@@ -37,6 +42,11 @@ pub enum ProxyCommand {
     /// Print the path of the CA certificate the proxy signs intercepted TLS with
     /// (generating the CA if needed) and how to make clients trust it.
     Ca(CaArgs),
+    /// Which recordings the last proxy run used and which it did not (stale fixtures), its
+    /// misses and its drift. Reads DIR/.sluice/last-run.json and drift.json.
+    Report(ReportArgs),
+    /// Delete the recordings the last proxy run did not use.
+    Prune(PruneArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +55,39 @@ pub struct CaArgs {
     /// ~/.local/share/sluice/ca).
     #[arg(long)]
     pub ca_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The recordings directory the proxy ran with.
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// Show only the last run's view: used and unused entries, misses, drift. Fails when
+    /// there is no last-run record. Without it, every entry is listed with its recording
+    /// time and (when known) whether the last run used it, followed by the same summary.
+    #[arg(long)]
+    pub since_start: bool,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// The recordings directory the proxy ran with.
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Prune even when the last run is still marked running, had replay misses, or was a
+    /// passthrough run.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags of `sluice proxy` when it serves. Each may also be set in --config; a flag wins
@@ -68,8 +111,9 @@ pub struct ProxyServeArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
 
-    /// replay (disk only; a miss is a 502), replay-or-record, record, read-old-write-new or
-    /// passthrough. Defaults to replay so that a CI run never calls a provider by accident.
+    /// replay (disk only; a miss is a 502), replay-or-record, record, read-old-write-new,
+    /// passthrough or diff (serve live, report drift from the recordings). Defaults to
+    /// replay so that a CI run never calls a provider by accident.
     #[arg(long)]
     pub mode: Option<Mode>,
 
@@ -109,6 +153,14 @@ pub struct ProxyServeArgs {
     /// besides the built-in web roots.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,
+
+    /// Response field a drift comparison ignores, in addition to the defaults (id,
+    /// created, created_at, system_fingerprint, request_id, x_request_id, x-request-id,
+    /// timestamp) and to `diff_ignore` in --config. A bare name matches at any depth; a
+    /// dotted path (`usage.total_tokens`, `choices[*].logprobs`) from the body's (or each
+    /// event's) root. Repeatable.
+    #[arg(long = "diff-ignore", value_name = "PATH")]
+    pub diff_ignore: Vec<String>,
 }
 
 impl ProxyServeArgs {
@@ -124,7 +176,7 @@ impl ProxyServeArgs {
         };
         let Some(dir) = self.dir.clone().or(file.dir.clone()) else {
             bail!(
-                "{} is required: the recordings directory",
+                "{} is required: the recordings directory (or use a subcommand: ca, report, prune)",
                 from("--dir", "dir")
             );
         };
@@ -187,6 +239,12 @@ impl ProxyServeArgs {
             secret_values,
             ca_dir: self.ca_dir.clone().or(file.ca_dir.clone()),
             upstream_ca: self.upstream_ca.clone().or(file.upstream_ca.clone()),
+            diff_ignore: DEFAULT_DIFF_IGNORE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(file.diff_ignore.iter().cloned())
+                .chain(self.diff_ignore.iter().cloned())
+                .collect(),
         };
         Ok((config, listen))
     }
@@ -195,8 +253,50 @@ impl ProxyServeArgs {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ProxyCommand::Ca(ca)) => print_ca(ca),
+        Some(ProxyCommand::Report(report)) => run_report(&report),
+        Some(ProxyCommand::Prune(prune)) => run_prune(&prune),
         None => serve(args.serve).await,
     }
+}
+
+fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
+    let report = sluice_proxy::usage_report(&args.dir, args.since_start)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", sluice_proxy::render_report(&report, args.since_start));
+    }
+    Ok(())
+}
+
+fn run_prune(args: &PruneArgs) -> anyhow::Result<()> {
+    let outcome = sluice_proxy::prune(
+        &args.dir,
+        PruneOptions {
+            dry_run: args.dry_run,
+            force: args.force,
+        },
+    )?;
+    let verb = if outcome.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for file in &outcome.removed {
+        println!("{verb} {}", args.dir.join(file).display());
+    }
+    println!(
+        "{} {} unused entr{}, kept {} used by the last run",
+        verb,
+        outcome.removed.len(),
+        if outcome.removed.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        outcome.kept
+    );
+    Ok(())
 }
 
 async fn serve(args: ProxyServeArgs) -> anyhow::Result<()> {
@@ -273,4 +373,65 @@ the directory to generate a new CA (and trust the new one).
 ",
         key = sluice_proxy::ca::CA_KEY_FILE,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    #[test]
+    fn diff_ignore_adds_file_and_flag_paths_to_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(&file, "dir = \"rec\"\ndiff_ignore = [\"usage\"]\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--config",
+            file.to_str().unwrap(),
+            "--diff-ignore",
+            "choices[*].logprobs",
+            "--mode",
+            "diff",
+        ])
+        .unwrap();
+        assert!(cli.proxy.command.is_none());
+        let (config, _) = cli.proxy.serve.config().unwrap();
+        assert_eq!(config.mode, Mode::Diff);
+        assert_eq!(config.dir, dir.path().join("rec"));
+        let mut expected: Vec<String> = DEFAULT_DIFF_IGNORE
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        expected.extend(["usage".to_owned(), "choices[*].logprobs".to_owned()]);
+        assert_eq!(config.diff_ignore, expected);
+    }
+
+    #[test]
+    fn subcommands_parse_beside_the_flat_serving_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.proxy.command);
+        assert!(matches!(
+            parse(&["proxy", "report", "--dir", "d", "--since-start"]),
+            Ok(Some(ProxyCommand::Report(ReportArgs {
+                since_start: true,
+                ..
+            })))
+        ));
+        assert!(matches!(
+            parse(&["proxy", "prune", "--dir", "d", "--dry-run"]),
+            Ok(Some(ProxyCommand::Prune(PruneArgs { dry_run: true, .. })))
+        ));
+        assert!(matches!(
+            parse(&["proxy", "ca"]),
+            Ok(Some(ProxyCommand::Ca(_)))
+        ));
+        assert!(parse(&["proxy", "--dir", "d", "report", "--dir", "d"]).is_err());
+    }
 }

@@ -81,4 +81,83 @@ pub fn read_entry(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `DIR/.sluice/last-run.json`.
+pub fn last_run(dir: &Path) -> Value {
+    read_entry(&dir.join(".sluice").join("last-run.json"))
+}
+
+/// `DIR/.sluice/drift.json`.
+pub fn drift_report(dir: &Path) -> Value {
+    read_entry(&dir.join(".sluice").join("drift.json"))
+}
+
+/// The `used` file names of the last run, sorted.
+pub fn used_files(dir: &Path) -> Vec<String> {
+    let mut used: Vec<String> = last_run(dir)["used"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    used.sort();
+    used
+}
+
+pub fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// An upstream that logs the path of every request it receives and answers each with the
+/// JSON body currently set, so a test decides what the "provider" says.
+pub struct ScriptedUpstream {
+    pub base_url: String,
+    pub paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub answer: std::sync::Arc<std::sync::Mutex<Value>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(answer: Value) -> ScriptedUpstream {
+        use std::sync::{Arc, Mutex};
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(answer));
+        let (p, a) = (paths.clone(), answer.clone());
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (p, a) = (p.clone(), a.clone());
+            async move {
+                p.lock().unwrap().push(req.uri().path().to_owned());
+                let body = a.lock().unwrap().clone();
+                axum::Json(body)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(LOOPBACK))
+            .await
+            .unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        ScriptedUpstream {
+            base_url,
+            paths,
+            answer,
+            task,
+        }
+    }
+
+    pub fn set_answer(&self, answer: Value) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub mod tls;
