@@ -21,7 +21,7 @@ import anthropic
 import openai
 import pytest
 
-from sluice_process import Process
+from sluice_process import BIN, Process
 
 ROOT = Path(__file__).resolve().parents[2]
 MOCK_DIR = ROOT / "tests/recordings/mock"
@@ -391,3 +391,41 @@ def test_anthropic_unrecorded_request_is_a_502_replay_miss(provider_url):
     assert err.value.status_code == 502
     assert err.value.response.headers["x-sluice-replay"] == "miss"
     assert err.value.body["error"]["type"] == "replay_miss"
+
+
+def test_report_json_has_what_the_ci_workflows_read(tmp_path):
+    # examples/ci/*.yml read `last_run.counts.misses`, `drift.summary.drifted` and `unused`
+    # from `sluice proxy report --since-start --json`: run a replay with one hit and one
+    # miss on a copy of the recordings, stop the proxy, and read the report as they do.
+    import shutil
+    import subprocess
+
+    directory = tmp_path / "recordings"
+    shutil.copytree(MOCK_DIR, directory)
+    proxy = replay_proxy(directory)
+    try:
+        client = openai_client(proxy.url)
+        models = client.models.with_raw_response.list()
+        hit(models.headers)
+        with pytest.raises(openai.APIStatusError) as miss:
+            create(client, model="not-recorded", messages=[{"role": "user", "content": "x"}])
+        assert miss.value.status_code == 502
+    finally:
+        proxy.stop()
+    out = subprocess.run(
+        [BIN, "proxy", "report", "--dir", str(directory), "--since-start", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    report = json.loads(out.stdout)
+    counts = report["last_run"]["counts"]
+    assert (counts["hits"], counts["misses"]) == (1, 1), counts
+    assert report["last_run"]["finished_at_unix_ms"], "SIGTERM must leave a finished run record"
+    assert len(report["unused"]) == len(entries(directory)) - 1
+    drift = (report.get("drift") or {}).get("summary") or {}
+    assert drift.get("drifted", 0) == 0
+    # A run with a miss was incomplete: pruning after it must refuse.
+    prune = subprocess.run(
+        [BIN, "proxy", "prune", "--dir", str(directory), "--dry-run"],
+        capture_output=True, text=True,
+    )
+    assert prune.returncode != 0, prune.stdout
