@@ -150,6 +150,10 @@ pub struct ProxyConfig {
     /// (`choices[*].logprobs`, `usage.total_tokens`) matches from the body's root (or each
     /// event's payload). Starts as [`DEFAULT_DIFF_IGNORE`].
     pub diff_ignore: Vec<String>,
+    /// Non-2xx statuses that are recorded too (e.g. `429`, `400`, to replay a provider's
+    /// errors to the client under test). 2xx answers always are; every other status is
+    /// relayed but not stored.
+    pub record_statuses: Vec<u16>,
 }
 
 impl ProxyConfig {
@@ -178,6 +182,7 @@ impl ProxyConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            record_statuses: Vec::new(),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct ProxyFile {
     /// [`crate::DEFAULT_DIFF_IGNORE`].
     #[serde(default)]
     pub diff_ignore: Vec<String>,
+    /// Non-2xx statuses recorded as well.
+    #[serde(default)]
+    pub record_statuses: Vec<u16>,
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
 }
@@ -148,6 +151,14 @@ impl ProxyFile {
                 ));
             }
         }
+        for (i, status) in self.record_statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                return Err(invalid(
+                    format!("record_statuses[{i}]"),
+                    format!("{status} is not an HTTP status (100-599)"),
+                ));
+            }
+        }
         for (key, paths) in [
             ("ignore_paths", &self.ignore_paths),
             ("diff_ignore", &self.diff_ignore),
@@ -227,5 +238,6 @@ mod tests {
         assert!(err("headers = [\"bad header\"]").contains("`headers[0]`"));
         assert!(err("diff_ignore = [\"id\", \" \"]").contains("`diff_ignore[1]`"));
         assert!(err("ignore_paths = [\"\"]").contains("`ignore_paths[0]`"));
+        assert!(err("record_statuses = [429, 700]").contains("`record_statuses[1]`"));
     }
 }

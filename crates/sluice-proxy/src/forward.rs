@@ -39,6 +39,14 @@ pub struct RecordPlan {
     /// Set in the modes that overwrite (`record`, `read-old-write-new`): the response
     /// fields the comparison of the old recording with the new one ignores.
     pub compare_overwritten: Option<Arc<Vec<String>>>,
+    /// Non-2xx statuses recorded as well ([`crate::ProxyConfig::record_statuses`]).
+    pub record_statuses: Arc<[u16]>,
+}
+
+impl RecordPlan {
+    fn records(&self, status: StatusCode) -> bool {
+        status.is_success() || self.record_statuses.contains(&status.as_u16())
+    }
 }
 
 impl RecordPlan {
@@ -194,7 +202,7 @@ fn upstream_body_failed(url: &str, e: &reqwest::Error) -> Response {
 }
 
 /// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
-/// 2xx that completes cleanly. Counts the outcome in `usage`.
+/// 2xx (or a configured status) that completes cleanly. Counts the outcome in `usage`.
 pub async fn forward(
     client: &reqwest::Client,
     url: &str,
@@ -213,7 +221,7 @@ pub async fn forward(
     let head_at = Instant::now();
     let status = upstream_resp.status();
     let headers = upstream_resp.headers().clone();
-    let plan = plan.filter(|_| status.is_success());
+    let plan = plan.filter(|p| p.records(status));
     let recorded_head = RecordedResponse {
         status: status.as_u16(),
         headers: recordable_response_headers(&headers),

@@ -45,6 +45,8 @@ pub struct ProxyState {
     pub usage: Arc<RunUsage>,
     /// [`ProxyConfig::diff_ignore`], shared with the tasks that record streams.
     pub diff_ignore: Arc<Vec<String>>,
+    /// [`ProxyConfig::record_statuses`], shared with every record plan.
+    pub record_statuses: Arc<[u16]>,
 }
 
 impl ProxyState {
@@ -143,6 +145,7 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
         request,
         scanner: scanner_for(&state.config, &parts),
         usage: state.usage.clone(),
+        record_statuses: state.record_statuses.clone(),
         compare_overwritten: matches!(state.config.mode, Mode::Record | Mode::ReadOldWriteNew)
             .then(|| state.diff_ignore.clone()),
     };

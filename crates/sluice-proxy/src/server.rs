@@ -188,6 +188,7 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms);
     Ok(Arc::new(ProxyState {
         diff_ignore: Arc::new(config.diff_ignore.clone()),
+        record_statuses: config.record_statuses.iter().copied().collect(),
         config,
         store: Arc::new(store),
         client,

@@ -174,3 +174,50 @@ async fn a_stream_cut_short_is_relayed_as_broken_and_not_recorded() {
     mock.shutdown().await;
     assert!(entry_files(dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn non_2xx_answers_are_recorded_only_for_the_configured_statuses() {
+    let mock = start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            error_rate: 1.0,
+            error_status: 429,
+            retry_after_secs: 7,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let upstream = upstream_of(&mock);
+    let body = chat_body("slow down", false);
+
+    // By default a 429 is relayed but not stored.
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_for(&upstream, dir.path(), Mode::ReplayOrRecord).await;
+    let resp = post(&proxy, &body).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(replay_header(&resp), "passthrough");
+    proxy.shutdown().await;
+    assert!(entry_files(dir.path()).is_empty());
+
+    // With 429 configured it is recorded, and replays offline with its status and body.
+    let mut config = sluice_proxy::ProxyConfig::new(&upstream, dir.path(), Mode::ReplayOrRecord);
+    config.record_statuses = vec![429];
+    let proxy = start_proxy(config.clone()).await;
+    let live = post(&proxy, &body).await;
+    assert_eq!(live.status(), 429);
+    assert_eq!(replay_header(&live), "recorded");
+    let retry_after = live.headers().get("retry-after").cloned();
+    let live_body = live.text().await.unwrap();
+    proxy.shutdown().await;
+    mock.shutdown().await;
+    assert_eq!(entry_files(dir.path()).len(), 1);
+
+    config.mode = Mode::Replay;
+    let proxy = start_proxy(config).await;
+    let replayed = post(&proxy, &body).await;
+    assert_eq!(replayed.status(), 429);
+    assert_eq!(replay_header(&replayed), "hit");
+    assert_eq!(replayed.headers().get("retry-after").cloned(), retry_after);
+    assert_eq!(replayed.text().await.unwrap(), live_body);
+    proxy.shutdown().await;
+}

@@ -161,6 +161,11 @@ pub struct ProxyServeArgs {
     /// event's) root. Repeatable.
     #[arg(long = "diff-ignore", value_name = "PATH")]
     pub diff_ignore: Vec<String>,
+
+    /// A non-2xx status to record as well (2xx always are), e.g. 429 to replay a rate-limit
+    /// answer to the client under test. Adds to `record_statuses` in --config. Repeatable.
+    #[arg(long = "record-status", value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub record_statuses: Vec<u16>,
 }
 
 impl ProxyServeArgs {
@@ -244,6 +249,12 @@ impl ProxyServeArgs {
                 .map(|s| (*s).to_owned())
                 .chain(file.diff_ignore.iter().cloned())
                 .chain(self.diff_ignore.iter().cloned())
+                .collect(),
+            record_statuses: file
+                .record_statuses
+                .iter()
+                .chain(&self.record_statuses)
+                .copied()
                 .collect(),
         };
         Ok((config, listen))
