@@ -82,8 +82,11 @@ where
             .get(HEADER)
             .and_then(RequestId::from_client)
             .unwrap_or_else(RequestId::generate);
+        // A debug span: at the default `info` level an enabled span formats and stores its
+        // fields for every request (about 9 % of the gateway's instructions per request),
+        // while the request path's own warnings name their `request_id` themselves.
         let span =
-            tracing::info_span!("request", request_id = %id.as_str(), path = %req.uri().path());
+            tracing::debug_span!("request", request_id = %id.as_str(), path = %req.uri().path());
         req.extensions_mut().insert(id.clone());
         EchoRequestId {
             inner: self.inner.call(req).instrument(span),

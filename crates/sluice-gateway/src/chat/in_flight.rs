@@ -7,10 +7,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::metrics::{ModelMetrics, CLIENT_CLOSED};
+use crate::request_id::RequestId;
 
 pub struct InFlight {
     /// The model's metric handles; its name is the `model` label of everything recorded.
     pub model: Arc<ModelMetrics>,
+    /// For the request's log lines.
+    pub request_id: RequestId,
     pub received: Instant,
     /// Time spent waiting on the upstream: for the response head, for the body, for each
     /// stream chunk. The rest of the request's duration is the gateway's own overhead.
@@ -19,10 +22,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    pub fn start(model: Arc<ModelMetrics>, received: Instant) -> Self {
+    pub fn start(model: Arc<ModelMetrics>, request_id: RequestId, received: Instant) -> Self {
         model.request_started();
         InFlight {
             model,
+            request_id,
             received,
             upstream_wait: Duration::ZERO,
             finished: false,

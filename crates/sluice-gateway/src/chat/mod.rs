@@ -52,7 +52,7 @@ pub async fn chat_completions(
         };
         return reject(&gw, UNKNOWN_MODEL, e);
     };
-    let mut flight = InFlight::start(route.metrics.clone(), received);
+    let mut flight = InFlight::start(route.metrics.clone(), request_id.clone(), received);
 
     // Phase: upstream call.
     let prepared = PreparedRequest::new(request, raw);
@@ -162,7 +162,7 @@ async fn call_upstream(
                 if let Some(kind) = e.upstream_kind() {
                     flight.model.upstream_error(&endpoint.label, kind);
                 }
-                tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream call failed");
+                tracing::warn!(request_id = request_id.as_str(), endpoint = %endpoint.label, error = %e, "upstream call failed");
                 if e.retry_safe() {
                     last_error = Some(e);
                     continue;
@@ -239,7 +239,7 @@ fn fail(flight: InFlight, endpoint: &UpstreamEndpoint, e: GatewayError) -> Respo
     if let Some(kind) = e.upstream_kind() {
         flight.model.upstream_error(&endpoint.label, kind);
     }
-    tracing::warn!(endpoint = %endpoint.label, error = %e, "upstream response failed");
+    tracing::warn!(request_id = flight.request_id.as_str(), endpoint = %endpoint.label, error = %e, "upstream response failed");
     flight.finish(e.status().as_u16());
     e.into_response()
 }

@@ -221,7 +221,8 @@ impl StreamRelay {
     }
 
     fn fail_with(&mut self, body: ErrorResponse, kind: Option<&'static str>) -> Bytes {
-        tracing::warn!(endpoint = %self.endpoint.label, error = %body.error.message, "stream ended with an error");
+        let request_id = self.flight.as_ref().map_or("", |f| f.request_id.as_str());
+        tracing::warn!(request_id, endpoint = %self.endpoint.label, error = %body.error.message, "stream ended with an error");
         self.finish(kind);
         Bytes::from(sluice_api::sse::encode_event(None, &body.to_json()))
     }
