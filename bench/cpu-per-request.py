@@ -13,17 +13,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import NGINX_CONF, free_port, start, wait_port  # noqa: E402
+from overhead import ProxyStack, stop_all  # noqa: E402
 
 
 def tree_pids(pid):
@@ -67,31 +65,16 @@ def main():
     ap.add_argument("--duration", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     work = Path(tempfile.mkdtemp(prefix="sluice-cpu-"))
-    (work / "tmp").mkdir()
     procs = []
     results = {"nginx": [], "sluice": []}
     try:
-        mock_port, gw_port, nginx_port = free_port(), free_port(), free_port()
-        procs.append(start([args.sluice, "mock", "--listen", f"127.0.0.1:{mock_port}", "--zero-timing"]))
-        wait_port(mock_port)
-        (work / "gw.toml").write_text(
-            f'[server]\nlisten = "127.0.0.1:{gw_port}"\n[models.m]\n'
-            f'[[models.m.endpoints]]\nurl = "http://127.0.0.1:{mock_port}/v1"\n'
-        )
-        gateway = start([args.sluice, "serve", "--config", str(work / "gw.toml")])
-        procs.append(gateway)
-        (work / "nginx.conf").write_text(
-            NGINX_CONF.format(workers=os.cpu_count(), dir=work, mock=mock_port, port=nginx_port)
-        )
-        nginx_master = start([nginx, "-c", str(work / "nginx.conf")])
-        procs.append(nginx_master)
-        wait_port(gw_port)
-        wait_port(nginx_port)
+        stack = ProxyStack(args.sluice, work)
+        procs = stack.procs
+        mock_port = stack.mock_port
         targets = {
-            "nginx": (nginx_port, lambda: tree_pids(nginx_master.pid)),
-            "sluice": (gw_port, lambda: [gateway.pid]),
+            "nginx": (stack.nginx_port, lambda: tree_pids(stack.nginx.pid)),
+            "sluice": (stack.gw_port, lambda: [stack.gateway.pid]),
         }
         for rep in range(args.repeats):
             order = ["nginx", "sluice"] if rep % 2 == 0 else ["sluice", "nginx"]
@@ -114,13 +97,7 @@ def main():
                 print(f"rep {rep + 1} {name:>6}: {served} requests, user {user_us:.1f} µs + "
                       f"kernel {sys_us:.1f} µs = {user_us + sys_us:.1f} µs per request", flush=True)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmedians over {args.repeats} repeats at {args.rate} req/s (µs of CPU per request):")

@@ -91,6 +91,43 @@ http {{
 """
 
 
+def stop_all(procs):
+    """SIGTERM every process, then wait (killing whatever does not stop within 15 s)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+class ProxyStack:
+    """A zero-timing mock with `sluice serve` and nginx in front of it, on free loopback
+    ports; `procs` is everything started, for `stop_all`."""
+
+    def __init__(self, sluice, work):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        (work / "tmp").mkdir(exist_ok=True)
+        self.procs = []
+        self.mock_port, self.gw_port, self.nginx_port = free_port(), free_port(), free_port()
+        self.procs.append(start([sluice, "mock", "--listen", f"127.0.0.1:{self.mock_port}", "--zero-timing"]))
+        wait_port(self.mock_port)
+        (work / "gw.toml").write_text(
+            f'[server]\nlisten = "127.0.0.1:{self.gw_port}"\n[models.m]\n'
+            f'[[models.m.endpoints]]\nurl = "http://127.0.0.1:{self.mock_port}/v1"\n'
+        )
+        self.gateway = start([sluice, "serve", "--config", str(work / "gw.toml")])
+        self.procs.append(self.gateway)
+        (work / "nginx.conf").write_text(
+            NGINX_CONF.format(workers=os.cpu_count(), dir=work, mock=self.mock_port, port=self.nginx_port)
+        )
+        self.nginx = start([nginx, "-c", str(work / "nginx.conf")])
+        self.procs.append(self.nginx)
+        wait_port(self.gw_port)
+        wait_port(self.nginx_port)
+
+
 def run_load(sluice, url, rate, duration, out):
     cmd = [
         sluice, "load", "--url", url, "--model", "m", "--rate", str(rate),
@@ -123,30 +160,16 @@ def main():
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     work = Path(tempfile.mkdtemp(prefix="sluice-overhead-"))
-    (work / "tmp").mkdir()
     procs = []
     try:
-        mock_port, gw_port, nginx_port = free_port(), free_port(), free_port()
-        procs.append(start([args.sluice, "mock", "--listen", f"127.0.0.1:{mock_port}", "--zero-timing"]))
-        wait_port(mock_port)
-        (work / "gw.toml").write_text(
-            f'[server]\nlisten = "127.0.0.1:{gw_port}"\n[models.m]\n'
-            f'[[models.m.endpoints]]\nurl = "http://127.0.0.1:{mock_port}/v1"\n'
-        )
-        gateway = start([args.sluice, "serve", "--config", str(work / "gw.toml")])
-        procs.append(gateway)
-        (work / "nginx.conf").write_text(
-            NGINX_CONF.format(workers=os.cpu_count(), dir=work, mock=mock_port, port=nginx_port)
-        )
-        procs.append(start([nginx, "-c", str(work / "nginx.conf")]))
-        wait_port(gw_port)
-        wait_port(nginx_port)
+        stack = ProxyStack(args.sluice, work)
+        procs = stack.procs
+        gateway = stack.gateway
         targets = {
-            "direct": f"http://127.0.0.1:{mock_port}/v1",
-            "nginx": f"http://127.0.0.1:{nginx_port}/v1",
-            "sluice": f"http://127.0.0.1:{gw_port}/v1",
+            "direct": f"http://127.0.0.1:{stack.mock_port}/v1",
+            "nginx": f"http://127.0.0.1:{stack.nginx_port}/v1",
+            "sluice": f"http://127.0.0.1:{stack.gw_port}/v1",
         }
         names = list(targets)
         cells = {}
@@ -166,13 +189,7 @@ def main():
                           f"  errors {100 * r['error_rate']:.3f} %  achieved {r['achieved']:.0f}/s", flush=True)
         peak_mem = peak_rss_mib(gateway.pid)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
     def med(rate, name, key):

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from overhead import free_port, start, wait_port
+from overhead import free_port, start, stop_all, wait_port
 
 TARGET_MS = 1.0
 DISTINCT_REQUESTS = 16
@@ -155,13 +155,7 @@ def main():
         misses = misses_logged(proxy_log)
         check_miss_detection(targets["replay"], proxy_log)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
     replay_failed = sum(c["failed"] for (_, n), cs in cells.items() if n == "replay" for c in cs)
