@@ -172,8 +172,9 @@ impl GatewayMetrics {
         }
     }
 
-    /// A request refused before it was counted in flight (bad JSON, unknown model).
-    pub fn request_rejected(&self, model: &str, status: u16) {
+    /// Counts one request that ended with `status`: one refused before it was in flight (bad
+    /// JSON, unknown model), or one that finished with a status other than the pre-resolved 200.
+    pub fn count_request(&self, model: &str, status: u16) {
         self.requests
             .get_or_create(&StatusLabels {
                 model: model.to_owned(),
@@ -220,7 +221,7 @@ impl ModelMetrics {
         if status == 200 {
             self.ok.inc();
         } else {
-            self.all.request_rejected(&self.name, status);
+            self.all.count_request(&self.name, status);
         }
         self.duration.observe(total.as_secs_f64());
         self.overhead

@@ -74,8 +74,7 @@ pub async fn chat_completions(
 }
 
 fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
-    gw.metrics
-        .request_rejected(model_label, e.status().as_u16());
+    gw.metrics.count_request(model_label, e.status().as_u16());
     e.into_response()
 }
 
