@@ -11,7 +11,33 @@ use common::*;
 use serde_json::Value;
 use sluice_proxy::ca::{CA_CERT_FILE, CA_KEY_FILE};
 use sluice_proxy::{CertificateAuthority, Mode, ProxyConfig, ProxyServer};
-use sluice_testkit::{read_stream, start_mock, MockOptions};
+use sluice_testkit::{read_stream, start_mock, MockOptions, MockServer};
+
+/// What every test here starts from: a temp dir, a mock engine, and that mock behind a TLS
+/// terminator whose root certificate is `upstream.root_pem`.
+struct TlsScene {
+    dir: tempfile::TempDir,
+    mock: MockServer,
+    upstream: TlsUpstream,
+}
+
+impl TlsScene {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = start_mock(MockOptions::zero_timing()).await;
+        let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
+        TlsScene {
+            dir,
+            mock,
+            upstream,
+        }
+    }
+}
+
+/// The proxy's CA in `DIR/ca`, created on first use.
+fn ca_in(dir: &tempfile::TempDir) -> CertificateAuthority {
+    CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap()
+}
 
 /// A forward-only proxy trusting the test upstream's root, with its CA in `dir/ca`.
 async fn intercepting(dir: &Path, upstream_root: &Path, mode: Mode) -> ProxyServer {
@@ -42,10 +68,12 @@ fn chat_url(host: &str, port: u16) -> String {
 
 #[tokio::test]
 async fn a_client_trusting_the_ca_records_and_replays_through_the_tunnel() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
-    let mock = start_mock(MockOptions::zero_timing()).await;
-    let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
+    let TlsScene {
+        dir,
+        mock,
+        upstream,
+    } = TlsScene::start().await;
+    let ca = ca_in(&dir);
     let url = chat_url("localhost", upstream.port());
     let body = chat_body("through the tunnel", false);
 
@@ -86,9 +114,11 @@ async fn a_client_trusting_the_ca_records_and_replays_through_the_tunnel() {
 
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_ca_fails_on_the_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = start_mock(MockOptions::zero_timing()).await;
-    let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
+    let TlsScene {
+        dir,
+        mock,
+        upstream,
+    } = TlsScene::start().await;
     let proxy = intercepting(dir.path(), &upstream.root_pem, Mode::ReplayOrRecord).await;
 
     // Trusts only the upstream's own root: the proxy's leaf is not signed by it.
@@ -124,10 +154,12 @@ async fn a_client_that_does_not_trust_the_ca_fails_on_the_certificate() {
 
 #[tokio::test]
 async fn upstream_certificates_are_still_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
-    let mock = start_mock(MockOptions::zero_timing()).await;
-    let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
+    let TlsScene {
+        dir,
+        mock,
+        upstream,
+    } = TlsScene::start().await;
+    let ca = ca_in(&dir);
     // No upstream_ca: the proxy must refuse the test upstream's certificate.
     let proxy = start_proxy(ProxyConfig {
         ca_dir: Some(dir.path().join("ca")),
@@ -151,10 +183,12 @@ async fn upstream_certificates_are_still_verified() {
 
 #[tokio::test]
 async fn a_stream_through_the_tunnel_replays_byte_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
-    let mock = start_mock(MockOptions::zero_timing()).await;
-    let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
+    let TlsScene {
+        dir,
+        mock,
+        upstream,
+    } = TlsScene::start().await;
+    let ca = ca_in(&dir);
     let url = chat_url("127.0.0.1", upstream.port());
     let body = chat_body("stream a story through the tunnel", true);
 
@@ -319,10 +353,12 @@ async fn a_broken_ca_is_an_error_naming_the_file() {
 #[tokio::test]
 async fn a_tunnel_that_never_speaks_tls_is_closed_and_the_proxy_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let mock = start_mock(MockOptions::zero_timing()).await;
-    let upstream = TlsUpstream::start(mock_addr(&mock), dir.path()).await;
-    let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+    let TlsScene {
+        dir,
+        mock,
+        upstream,
+    } = TlsScene::start().await;
+    let ca = ca_in(&dir);
     let proxy = intercepting(dir.path(), &upstream.root_pem, Mode::ReplayOrRecord).await;
 
     let mut tcp = tokio::net::TcpStream::connect(proxy.local_addr())
