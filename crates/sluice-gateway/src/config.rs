@@ -59,6 +59,45 @@ fn default_drain() -> ConfigDuration {
 pub struct Defaults {
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+}
+
+/// Upstream connection pool limits, per endpoint and per worker. In `[defaults.connections]`
+/// every field has a built-in default; on an endpoint each field overrides it when set.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Idle connections kept open for reuse.
+    pub max_idle: Option<usize>,
+    /// Connects in progress at once; requests beyond wait for a connection to come back.
+    pub max_connecting: Option<usize>,
+    /// An idle connection unused this long is closed.
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+/// Connection pool limits with every field resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_idle: usize,
+    pub max_connecting: usize,
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub const BUILT_IN: ConnectionLimits = ConnectionLimits {
+        max_idle: 256,
+        max_connecting: 16,
+        idle_timeout: Duration::from_secs(90),
+    };
+
+    fn overridden_by(self, o: &ConnectionsConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            max_idle: o.max_idle.unwrap_or(self.max_idle),
+            max_connecting: o.max_connecting.unwrap_or(self.max_connecting),
+            idle_timeout: o.idle_timeout.map_or(self.idle_timeout, |d| d.0),
+        }
+    }
 }
 
 /// Upstream timeouts. In `[defaults.timeouts]` every field has a built-in default; on an
@@ -119,6 +158,8 @@ pub struct EndpointConfig {
     pub model: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
     /// Present only so that a key pasted into the file gets a message saying where it belongs.
     #[serde(default)]
     pub api_key: Option<toml::Value>,
@@ -230,6 +271,7 @@ pub struct ResolvedEndpoint {
     pub api_key: Option<String>,
     pub upstream_model: Option<String>,
     pub timeouts: Timeouts,
+    pub connections: ConnectionLimits,
 }
 
 impl fmt::Debug for ResolvedEndpoint {
@@ -240,6 +282,7 @@ impl fmt::Debug for ResolvedEndpoint {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("upstream_model", &self.upstream_model)
             .field("timeouts", &self.timeouts)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -302,6 +345,9 @@ impl Config {
 
         let defaults = Timeouts::BUILT_IN.overridden_by(&self.defaults.timeouts);
         check_timeouts(&mut problems, "defaults.timeouts", &defaults);
+        let connection_defaults =
+            ConnectionLimits::BUILT_IN.overridden_by(&self.defaults.connections);
+        check_connections(&mut problems, "defaults.connections", &connection_defaults);
 
         if self.models.is_empty() {
             problem(
@@ -326,7 +372,13 @@ impl Config {
             let mut endpoints = Vec::new();
             for (i, ep) in model.endpoints.iter().enumerate() {
                 let ekey = format!("{key}.endpoints[{i}]");
-                if let Some(resolved) = resolve_endpoint(&mut problems, &ekey, ep, defaults, env) {
+                if let Some(resolved) = resolve_endpoint(
+                    &mut problems,
+                    &ekey,
+                    ep,
+                    (defaults, connection_defaults),
+                    env,
+                ) {
                     endpoints.push(resolved);
                 }
             }
@@ -390,11 +442,27 @@ fn check_timeouts(problems: &mut Vec<ConfigProblem>, key: &str, t: &Timeouts) {
     }
 }
 
+fn check_connections(problems: &mut Vec<ConfigProblem>, key: &str, c: &ConnectionLimits) {
+    if c.max_connecting == 0 {
+        problems.push(ConfigProblem {
+            key: format!("{key}.max_connecting"),
+            message: "must be at least 1, or no request could ever get a connection".into(),
+        });
+    }
+    if c.idle_timeout.is_zero() {
+        problems.push(ConfigProblem {
+            key: format!("{key}.idle_timeout"),
+            message: "must be greater than zero; set max_idle = 0 to keep no idle connections"
+                .into(),
+        });
+    }
+}
+
 fn resolve_endpoint(
     problems: &mut Vec<ConfigProblem>,
     key: &str,
     ep: &EndpointConfig,
-    defaults: Timeouts,
+    (defaults, connection_defaults): (Timeouts, ConnectionLimits),
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<ResolvedEndpoint> {
     let before = problems.len();
@@ -475,6 +543,8 @@ fn resolve_endpoint(
     }
     let timeouts = defaults.overridden_by(&ep.timeouts);
     check_timeouts(problems, &format!("{key}.timeouts"), &timeouts);
+    let connections = connection_defaults.overridden_by(&ep.connections);
+    check_connections(problems, &format!("{key}.connections"), &connections);
     if problems.len() > before {
         return None;
     }
@@ -490,6 +560,7 @@ fn resolve_endpoint(
         api_key,
         upstream_model: ep.model.clone(),
         timeouts,
+        connections,
     })
 }
 
@@ -573,6 +644,58 @@ mod tests {
         let msg = p.iter().find(|p| p.key.ends_with("api_key")).unwrap();
         assert!(msg.message.contains("api_key_env"));
         assert!(!p.iter().any(|p| p.message.contains("sk-oops")));
+    }
+
+    #[test]
+    fn connection_limits_default_override_and_are_checked() {
+        let c = resolve(
+            r#"
+            [defaults.connections]
+            max_idle = 64
+            [models.a]
+            [[models.a.endpoints]]
+            url = "http://h:1/v1"
+            [[models.a.endpoints]]
+            url = "http://h:2/v1"
+            connections = { max_connecting = 4, idle_timeout = "10s" }
+            "#,
+        )
+        .unwrap();
+        let eps = &c.models["a"].endpoints;
+        assert_eq!(
+            eps[0].connections,
+            ConnectionLimits {
+                max_idle: 64,
+                ..ConnectionLimits::BUILT_IN
+            }
+        );
+        assert_eq!(
+            eps[1].connections,
+            ConnectionLimits {
+                max_idle: 64,
+                max_connecting: 4,
+                idle_timeout: Duration::from_secs(10),
+            }
+        );
+        let p = problems(
+            r#"
+            [defaults.connections]
+            idle_timeout = "0s"
+            [models.a]
+            [[models.a.endpoints]]
+            url = "http://h:1/v1"
+            connections = { max_connecting = 0 }
+            "#,
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(
+            keys.contains(&"defaults.connections.idle_timeout"),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"models.a.endpoints[0].connections.max_connecting"),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -1,26 +1,27 @@
 //! Clients for OpenAI-compatible upstreams (OpenAI, vLLM, most hosted providers).
 //!
-//! One pooled HTTP/1.1 client per endpoint and per worker thread, so each endpoint keeps its
-//! own connection pool and connect timeout, and a request never leaves the thread that
+//! One connection pool per endpoint and per worker thread ([`pool`]), so each endpoint keeps
+//! its own connections and connect timeout, and a request never leaves the thread that
 //! accepted it. [`UpstreamEndpoint::send`] resolves when the response head arrives and turns
 //! transport failures into [`GatewayError`]s that say whether another endpoint may be tried.
 //!
-//! The client is hyper's, used directly: the URI is parsed once at startup and each request
-//! is a method, that URI, four headers and the body. (A general-purpose client re-parses the
-//! URL, runs redirect and proxy policies and boxes several layers per request; on this path
-//! that cost more CPU than the gateway's own work.)
+//! Requests are written with hyper's HTTP/1.1 connection API directly: the URI and `Host`
+//! are worked out once at startup and each request is a method, a path, five headers and the
+//! body. (A general-purpose client re-parses the URL, runs redirect and proxy policies and
+//! boxes several layers per request; on this path that cost more CPU than the gateway's own
+//! work.)
+
+mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Method, Request, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use pool::{ConnectError, ConnectionPool};
+pub use pool::{PoolStats, PooledBody};
 
 use crate::config::{ResolvedEndpoint, ResolvedModel, Timeouts};
 use crate::egress::{Egress, EgressRoute};
@@ -31,13 +32,14 @@ use crate::metrics::{GatewayMetrics, ModelMetrics};
 /// bounded so a misbehaving upstream cannot make the gateway buffer without limit.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
-/// Idle upstream connections are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many reused connections a request may find closed (by the upstream, while they were
+/// idle) before the endpoint counts as unreachable.
+const MAX_UNSENT_RETRIES: usize = 4;
 
 const USER_AGENT: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
 
 /// An upstream answer whose head has arrived; the body streams.
-pub type UpstreamResponse = http::Response<Incoming>;
+pub type UpstreamResponse = http::Response<PooledBody>;
 
 /// Why an endpoint's client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +54,10 @@ pub struct UpstreamEndpoint {
     /// The configured base URL; the `endpoint` label of metrics and the name in errors.
     pub label: String,
     config: ResolvedEndpoint,
-    chat_uri: Uri,
-    client: Client<HttpsConnector<Egress>, Full<Bytes>>,
+    /// Origin-form (`/v1/chat/completions`): what the request line carries.
+    chat_path: Uri,
+    host: HeaderValue,
+    pool: Arc<ConnectionPool>,
     authorization: Option<HeaderValue>,
 }
 
@@ -84,11 +88,23 @@ impl UpstreamEndpoint {
             .https_or_http()
             .enable_http1()
             .wrap_connector(egress);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(tls);
+        let host = host_header(&chat_uri).ok_or_else(|| ClientBuildError::Uri {
+            url: config.chat_url.to_string(),
+            reason: "no host".into(),
+        })?;
+        let chat_path = chat_uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ClientBuildError::Uri {
+                url: config.chat_url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let target = origin(&chat_uri).ok_or_else(|| ClientBuildError::Uri {
+            url: config.chat_url.to_string(),
+            reason: "no scheme or host".into(),
+        })?;
+        let pool = ConnectionPool::new(tls, target, config.connections);
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             v.set_sensitive(true);
@@ -97,8 +113,9 @@ impl UpstreamEndpoint {
         Ok(UpstreamEndpoint {
             label,
             config,
-            chat_uri,
-            client,
+            chat_path,
+            host,
+            pool,
             authorization,
         })
     }
@@ -124,8 +141,9 @@ impl UpstreamEndpoint {
     ) -> Result<UpstreamResponse, GatewayError> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.chat_uri.clone();
+        *req.uri_mut() = self.chat_path.clone();
         let headers = req.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -138,14 +156,56 @@ impl UpstreamEndpoint {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
         let first_byte = self.config.timeouts.first_byte;
-        match tokio::time::timeout(first_byte, self.client.request(req)).await {
+        match tokio::time::timeout(first_byte, self.exchange(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 endpoint: self.label.clone(),
                 phase: TimeoutPhase::FirstByte,
                 limit: first_byte,
             }),
-            Ok(Err(e)) => Err(self.classify_send(&e)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(result) => result,
+        }
+    }
+
+    /// Sends `req` on a pooled connection. A reused connection that the upstream closed
+    /// while it was idle hands the request back unsent; it then goes on another connection.
+    async fn exchange(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let mut unsent = 0;
+        loop {
+            let mut lease = self
+                .pool
+                .checkout()
+                .await
+                .map_err(|e| self.connect_error(e))?;
+            match lease.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = self.pool.clone();
+                    return Ok(resp.map(|body| PooledBody::new(body, lease.sender, pool)));
+                }
+                Err(mut e) => {
+                    let Some(back) = e.take_message() else {
+                        // The request may have reached the upstream: not safe to send
+                        // elsewhere.
+                        return Err(GatewayError::UpstreamProtocol {
+                            endpoint: self.label.clone(),
+                            reason: error_chain(e.error()),
+                        });
+                    };
+                    unsent += 1;
+                    if !lease.reused || unsent > MAX_UNSENT_RETRIES {
+                        return Err(GatewayError::UpstreamUnreachable {
+                            endpoint: self.label.clone(),
+                            reason: format!(
+                                "the connection closed before the request was sent: {}",
+                                error_chain(e.error())
+                            ),
+                        });
+                    }
+                    req = back;
+                }
+            }
         }
     }
 
@@ -175,27 +235,29 @@ impl UpstreamEndpoint {
         }
     }
 
-    /// A failed exchange, before the response head arrived.
-    fn classify_send(&self, e: &hyper_util::client::legacy::Error) -> GatewayError {
-        let reason = error_chain(e);
-        if e.is_connect() {
-            if caused_by_timeout(e) {
-                return GatewayError::UpstreamTimeout {
+    /// No connection could be had: the request was not sent, so another endpoint may try.
+    fn connect_error(&self, e: ConnectError) -> GatewayError {
+        match e {
+            ConnectError::Connect(e) if caused_by_timeout(e.as_ref()) => {
+                GatewayError::UpstreamTimeout {
                     endpoint: self.label.clone(),
                     phase: TimeoutPhase::Connect,
                     limit: self.config.timeouts.connect,
-                };
+                }
             }
-            return GatewayError::UpstreamUnreachable {
+            ConnectError::Connect(e) => GatewayError::UpstreamUnreachable {
                 endpoint: self.label.clone(),
-                reason,
-            };
+                reason: error_chain(e.as_ref()),
+            },
+            ConnectError::Handshake(e) => GatewayError::UpstreamUnreachable {
+                endpoint: self.label.clone(),
+                reason: error_chain(&e),
+            },
         }
-        // The request may have reached the upstream: not safe to send elsewhere.
-        GatewayError::UpstreamProtocol {
-            endpoint: self.label.clone(),
-            reason,
-        }
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// A response body that failed after the head arrived.
@@ -223,7 +285,7 @@ fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Reads at most `limit` bytes of a body; a body that fails midway yields what arrived.
-async fn read_bounded(mut body: Incoming, limit: usize) -> Bytes {
+async fn read_bounded(mut body: PooledBody, limit: usize) -> Bytes {
     let mut out = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
         let Ok(chunk) = frame.into_data() else {
@@ -251,6 +313,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// `Host` for requests to `uri`: the port only when it is not the scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// `scheme://authority` of `uri`: what the connector is asked to connect to.
+fn origin(uri: &Uri) -> Option<Uri> {
+    Uri::builder()
+        .scheme(uri.scheme()?.clone())
+        .authority(uri.authority()?.clone())
+        .path_and_query("/")
+        .build()
+        .ok()
 }
 
 /// A configured model and the endpoints serving it, picked round robin.
@@ -291,3 +377,6 @@ impl ModelRoute {
         (0..n).map(move |i| &self.endpoints[(start + i) % n])
     }
 }
+
+#[cfg(test)]
+mod tests;
