@@ -86,7 +86,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     pub const BUILT_IN: ConnectionLimits = ConnectionLimits {
-        max_idle: 256,
+        max_idle: 1024,
         max_connecting: 16,
         idle_timeout: Duration::from_secs(90),
     };
