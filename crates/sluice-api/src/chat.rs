@@ -155,10 +155,11 @@ fn json_type_name(v: &Value) -> &'static str {
 }
 
 fn wrong_type(path: &str, expected: &str, got: &Value) -> RequestError {
-    RequestError::field(
-        path,
-        format!("`{path}` must be {expected}, got {}", json_type_name(got)),
-    )
+    wrong_kind(path, expected, json_type_name(got))
+}
+
+fn wrong_kind(path: &str, expected: &str, kind: &str) -> RequestError {
+    RequestError::field(path, format!("`{path}` must be {expected}, got {kind}"))
 }
 
 /// `path` is built only when there is an error to report: on success nothing is formatted.
@@ -222,6 +223,7 @@ impl TryFrom<Map<String, Value>> for ChatCompletionRequest {
                 *slot = Some(value);
             }
         }
+        fields.messages = map.remove("messages").map(MessagesJson::from_value);
         fields.extra = map;
         fields.into_request()
     }
@@ -243,7 +245,7 @@ enum TopLevelJson {
 #[derive(Default)]
 struct RequestFields {
     model: Option<Value>,
-    messages: Option<Value>,
+    messages: Option<MessagesJson>,
     stream: Option<Value>,
     stream_options: Option<Value>,
     max_tokens: Option<Value>,
@@ -255,9 +257,9 @@ struct RequestFields {
 }
 
 impl RequestFields {
-    const TYPED: [&'static str; 9] = [
+    /// The fields parsed as JSON values first (`messages` has its own parse).
+    const TYPED: [&'static str; 8] = [
         "model",
-        "messages",
         "stream",
         "stream_options",
         "max_tokens",
@@ -270,7 +272,6 @@ impl RequestFields {
     fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
         Some(match key {
             "model" => &mut self.model,
-            "messages" => &mut self.messages,
             "stream" => &mut self.stream,
             "stream_options" => &mut self.stream_options,
             "max_tokens" => &mut self.max_tokens,
@@ -285,12 +286,14 @@ impl RequestFields {
     fn into_request(self) -> Result<ChatCompletionRequest, RequestError> {
         let model = string_field(self.model, || "model".to_owned())?;
         let messages = match self.messages {
-            Some(Value::Array(items)) => items
+            Some(MessagesJson::Array(items)) => items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| parse_message(i, v))
+                .map(|(i, m)| parse_message(i, m))
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(other) => return Err(wrong_type("messages", "an array of messages", &other)),
+            Some(MessagesJson::Other(kind)) => {
+                return Err(wrong_kind("messages", "an array of messages", kind))
+            }
             None => {
                 return Err(RequestError::field(
                     "messages",
@@ -374,6 +377,10 @@ impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevelJson, A::Error> {
         let mut fields = RequestFields::default();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "messages" {
+                fields.messages = Some(map.next_value()?);
+                continue;
+            }
             let value: Value = map.next_value()?;
             match fields.slot(&key) {
                 Some(slot) => *slot = Some(value),
@@ -415,18 +422,23 @@ impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
     }
 }
 
-fn parse_message(index: usize, value: Value) -> Result<ChatMessage, RequestError> {
+fn parse_message(index: usize, message: MessageJson) -> Result<ChatMessage, RequestError> {
     let path = || format!("messages[{index}]");
-    let Value::Object(mut map) = value else {
-        return Err(wrong_type(&path(), "an object", &value));
+    let (role, content, mut extra) = match message {
+        MessageJson::Object {
+            role,
+            content,
+            extra,
+        } => (role, content, extra),
+        MessageJson::Other(kind) => return Err(wrong_kind(&path(), "an object", kind)),
     };
-    let role = string_field(map.remove("role"), || format!("{}.role", path()))?;
-    let content = match map.remove("content") {
+    let role = string_field(role, || format!("{}.role", path()))?;
+    let content = match content {
         None => None,
         // An explicit null is meaningful to some providers (assistant turns with tool calls):
         // keep it so the forwarded message is the one received.
         Some(Value::Null) => {
-            map.insert("content".into(), Value::Null);
+            extra.insert("content".into(), Value::Null);
             None
         }
         Some(Value::String(s)) => Some(MessageContent::Text(s)),
@@ -442,8 +454,164 @@ fn parse_message(index: usize, value: Value) -> Result<ChatMessage, RequestError
     Ok(ChatMessage {
         role,
         content,
-        extra: map,
+        extra,
     })
+}
+
+/// `messages` as parsed: each message object split into `role`, `content` and the rest while
+/// it is read, so that no map is built (and hashed into) only to take two keys out again.
+enum MessagesJson {
+    Array(Vec<MessageJson>),
+    /// Not an array: the kind of JSON it was, for the error.
+    Other(&'static str),
+}
+
+enum MessageJson {
+    Object {
+        role: Option<Value>,
+        content: Option<Value>,
+        /// Every other key, in order; a repeated key keeps its first position and last value.
+        extra: Map<String, Value>,
+    },
+    Other(&'static str),
+}
+
+impl MessagesJson {
+    fn from_value(value: Value) -> MessagesJson {
+        match value {
+            Value::Array(items) => {
+                MessagesJson::Array(items.into_iter().map(MessageJson::from_value).collect())
+            }
+            other => MessagesJson::Other(json_type_name(&other)),
+        }
+    }
+}
+
+impl MessageJson {
+    fn from_value(value: Value) -> MessageJson {
+        match value {
+            Value::Object(mut map) => MessageJson::Object {
+                role: map.shift_remove("role"),
+                content: map.shift_remove("content"),
+                extra: map,
+            },
+            other => MessageJson::Other(json_type_name(&other)),
+        }
+    }
+}
+
+/// What a JSON value other than the expected kind was, read past and named for the error.
+struct KindOf;
+
+impl KindOf {
+    fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<&'static str, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok("an object")
+    }
+
+    fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<&'static str, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok("an array")
+    }
+}
+
+/// The `visit_*` methods of a visitor that accepts one kind of JSON value and turns every
+/// other kind into `$other(kind name)`.
+macro_rules! other_kinds {
+    ($other:path) => {
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($other("null"))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other("a boolean"))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other("a number"))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other("a number"))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($other("a number"))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other("a string"))
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for MessagesJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MessagesJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MessagesJson, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(m) = seq.next_element()? {
+                    items.push(m);
+                }
+                Ok(MessagesJson::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<MessagesJson, A::Error> {
+                KindOf::skip_map(map).map(MessagesJson::Other)
+            }
+            other_kinds!(MessagesJson::Other);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MessageJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MessageJson, A::Error> {
+                let (mut role, mut content, mut extra) = (None, None, Map::new());
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let value: Value = map.next_value()?;
+                    match &*key {
+                        "role" => role = Some(value),
+                        "content" => content = Some(value),
+                        _ => {
+                            extra.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(MessageJson::Object {
+                    role,
+                    content,
+                    extra,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<MessageJson, A::Error> {
+                KindOf::skip_seq(seq).map(MessageJson::Other)
+            }
+            other_kinds!(MessageJson::Other);
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn parse_tool(index: usize, value: Value) -> Result<Tool, RequestError> {
@@ -836,6 +1004,13 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user"}],"tools":[{"type":"function","function":7}]}"#,
             r#"{"model":"m","messages":[1]}"#,
             r#"{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":4294967296}"#,
+            r#"{"model":"m","messages":{"role":"user"}}"#,
+            r#"{"model":"m","messages":"hi"}"#,
+            r#"{"model":"m","messages":null}"#,
+            r#"{"model":"m","messages":[[{"role":"user"}]]}"#,
+            r#"{"model":"m","messages":[{"name":"a","role":"x","content":"c","role":"user","tool_call_id":"t"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":7}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":{"text":"x"}}]}"#,
         ];
         for body in bodies {
             let fast = ChatCompletionRequest::from_slice(body.as_bytes());
@@ -844,6 +1019,23 @@ mod tests {
                 .try_into();
             assert_eq!(fast, via_map, "{body}");
         }
+        let m = ChatCompletionRequest::from_slice(bodies[13].as_bytes()).unwrap();
+        assert_eq!(
+            m.messages[0].role, "user",
+            "a repeated key's last value wins"
+        );
+        assert_eq!(
+            m.messages[0].extra.keys().collect::<Vec<_>>(),
+            ["name", "tool_call_id"],
+            "other message keys keep their order"
+        );
+        let e = ChatCompletionRequest::from_slice(bodies[10].as_bytes()).unwrap_err();
+        assert_eq!(
+            e.message,
+            "`messages` must be an array of messages, got a string"
+        );
+        let e = ChatCompletionRequest::from_slice(bodies[12].as_bytes()).unwrap_err();
+        assert_eq!(e.message, "`messages[0]` must be an object, got an array");
         let dup = ChatCompletionRequest::from_slice(bodies[1].as_bytes()).unwrap();
         assert_eq!(dup.model, "b");
         assert_eq!(dup.extra.get("x"), Some(&json!(2)));
