@@ -48,6 +48,8 @@ pub struct LoadConfig {
     )]
     pub timeout: Duration,
     pub max_connections: usize,
+    /// Open loop: threads doing the network I/O, each a single-threaded runtime.
+    pub io_threads: usize,
     pub slos: Vec<Slo>,
     pub max_error_rate: f64,
     pub min_samples: u64,
@@ -79,6 +81,7 @@ impl LoadConfig {
             seed: 0,
             timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            io_threads: 1,
             slos: Vec::new(),
             max_error_rate: 0.05,
             min_samples: 20,

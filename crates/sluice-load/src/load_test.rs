@@ -62,6 +62,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
         warmup: config.warmup,
         timeout: config.timeout,
         max_connections: config.max_connections,
+        io_threads: config.io_threads,
         progress: config.progress,
         seed: config.seed,
     });
@@ -197,6 +198,9 @@ pub fn sweep_rates(low: f64, high: f64, steps: usize) -> Vec<f64> {
         .collect()
 }
 
+/// More I/O threads than this is a typo, not a machine.
+const MAX_IO_THREADS: usize = 256;
+
 fn check(config: &LoadConfig) -> Result<(), LoadError> {
     let bad = |m: &str| Err(LoadError::Config(m.to_owned()));
     if config.urls.is_empty() {
@@ -241,6 +245,11 @@ fn check(config: &LoadConfig) -> Result<(), LoadError> {
     }
     if config.max_connections == 0 {
         return bad("--max-connections must be at least 1");
+    }
+    if config.io_threads == 0 || config.io_threads > MAX_IO_THREADS {
+        return bad(&format!(
+            "--io-threads must be between 1 and {MAX_IO_THREADS}"
+        ));
     }
     if config.timeout.is_zero() {
         return bad("--timeout must be above zero");
@@ -296,6 +305,11 @@ mod tests {
             arrival: crate::arrival::Arrival::Constant,
         };
         assert!(check(&c).unwrap_err().to_string().contains("--rate"));
+        for n in [0, MAX_IO_THREADS + 1] {
+            let mut c = base.clone();
+            c.io_threads = n;
+            assert!(check(&c).unwrap_err().to_string().contains("--io-threads"));
+        }
         assert!(check(&base).is_ok());
     }
 }

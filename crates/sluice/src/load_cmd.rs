@@ -193,6 +193,10 @@ pub struct RunArgs {
     /// reports when this cap held requests back).
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Open loop: threads doing the network I/O. One leaves the most CPU to a target on the
+    /// same machine; add more when the report says the generator was the bottleneck.
+    #[arg(long, default_value_t = 1)]
+    pub io_threads: usize,
 
     /// SLO gate, e.g. 'ttft.p99<200ms', 'error_rate<0.01', 'goodput>=10'; repeatable.
     #[arg(long = "slo", value_name = "EXPR", value_parser = slo)]
@@ -393,6 +397,7 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.seed = a.seed;
     c.timeout = a.timeout;
     c.max_connections = a.max_connections;
+    c.io_threads = a.io_threads;
     c.slos = a.slos.clone();
     c.max_error_rate = a.max_error_rate;
     c.min_samples = a.min_samples;

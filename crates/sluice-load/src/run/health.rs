@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,9 +25,10 @@ pub(super) struct HealthProbe {
     task: JoinHandle<LatencyHistogram>,
 }
 
-pub(super) fn start() -> HealthProbe {
+/// Starts the probe on `runtime`: the one whose delays the workers' timestamps share.
+pub(super) fn start(runtime: &Handle) -> HealthProbe {
     let (stop, mut stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    let task = runtime.spawn(async move {
         let mut delays = LatencyHistogram::new();
         // Without a socket there is nothing to measure; the report then has no figure.
         let Ok(socket) = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await else {

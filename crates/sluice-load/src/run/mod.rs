@@ -10,6 +10,7 @@
 
 mod closed_loop;
 mod health;
+mod io_threads;
 mod open_loop;
 mod progress;
 mod worker;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use serde::Serialize;
+use tokio::runtime::Handle;
 
 use crate::arrival::{Arrival, ArrivalSchedule};
 use crate::clock::Clock;
@@ -123,6 +125,8 @@ pub struct RunSettings {
     pub warmup: Warmup,
     pub timeout: Duration,
     pub max_connections: usize,
+    /// Open loop: single-threaded runtimes doing the network I/O (see `io_threads`).
+    pub io_threads: usize,
     /// Print a progress line to stderr.
     pub progress: bool,
     /// `--seed`: also seeds the arrival times.
@@ -211,12 +215,17 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
     let progress = settings
         .progress
         .then(|| progress::start(shared.clone(), plan.label.clone()));
-    let probe = health::start();
-    let (outputs, cap_hit, start_us) = match &plan.load {
+    let ran = match &plan.load {
         LoadPoint::Concurrency { concurrency } => {
-            let (outs, start_us) =
+            let probe = health::start(&Handle::current());
+            let (outputs, start_us) =
                 closed_loop::run(settings.clone(), shared.clone(), *concurrency).await?;
-            (outs, false, start_us)
+            LoopOutput {
+                outputs,
+                cap_hit: false,
+                start_us,
+                scheduling_delay: probe.finish().await,
+            }
         }
         LoadPoint::Rate { rate, arrival } => {
             let schedule = open_loop::Schedule::Arrival(ArrivalSchedule::with_segments(
@@ -244,7 +253,6 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
     if let Some(p) = progress {
         p.finish();
     }
-    let scheduling_delay = probe.finish().await;
     let wall_s = clock.epoch().elapsed().as_secs_f64();
     let cpu_seconds = match (cpu_before, crate::host::process_cpu_seconds()) {
         (Some(a), Some(b)) => Some((b - a).max(0.0)),
@@ -254,13 +262,13 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
         plan,
         &settings,
         &shared,
-        outputs,
+        ran.outputs,
         MergeFacts {
-            cap_hit,
-            start_us,
+            cap_hit: ran.cap_hit,
+            start_us: ran.start_us,
             wall_s,
             cpu_seconds,
-            scheduling_delay,
+            scheduling_delay: ran.scheduling_delay,
         },
     ))
 }
@@ -281,6 +289,17 @@ fn segments(settings: &RunSettings, rate: f64) -> Vec<usize> {
         (None, None) => 0,
     };
     vec![warmup, measured.saturating_sub(1)]
+}
+
+/// What the closed or open loop hands back.
+struct LoopOutput {
+    outputs: Vec<WorkerOutput>,
+    /// The open loop's connection cap held a request back.
+    cap_hit: bool,
+    /// The time (µs since the epoch) due times count from.
+    start_us: u64,
+    /// The health probe's measurements (see `health`).
+    scheduling_delay: LatencyHistogram,
 }
 
 struct MergeFacts {

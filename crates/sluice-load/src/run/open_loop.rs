@@ -2,7 +2,8 @@
 //!
 //! A dedicated OS thread does the pacing: it sleeps until each due time (a plain thread
 //! sleep is accurate to tens of microseconds, where the async timer wheel has 1 ms ticks)
-//! and hands the request to an idle worker. Workers own their connections; when none is
+//! and hands the request to an idle worker. Workers run on the run's I/O threads
+//! ([`IoThreads`]) and own their connections; when none is
 //! idle a new one is started, up to `--max-connections`, so in-flight requests are never
 //! capped silently. When the cap is reached the thread waits for a worker, the wait counts
 //! against the request's latency (it is measured from the due time), and the report says
@@ -11,11 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Job, RunError, RunSettings, RunShared, Warmup, Worker, WorkerOutput};
+use super::io_threads::IoThreads;
+use super::{
+    health, Job, LoopOutput, RunError, RunSettings, RunShared, Warmup, Worker, WorkerOutput,
+};
 use crate::arrival::ArrivalSchedule;
 use crate::clock::Clock;
 
@@ -49,18 +52,19 @@ struct Paced {
     cap_hit: bool,
 }
 
-/// Runs the schedule; returns the workers' outputs, whether the connection cap was hit,
-/// and the start time (µs since the epoch) that due times count from.
+/// Runs the schedule on `settings.io_threads` I/O threads of its own.
 pub(super) async fn run(
     settings: Arc<RunSettings>,
     shared: Arc<RunShared>,
     schedule: Schedule,
-) -> Result<(Vec<WorkerOutput>, bool, u64), RunError> {
+) -> Result<LoopOutput, RunError> {
+    let io = Arc::new(IoThreads::start(settings.io_threads)?);
+    let probe = health::start(io.handle(0));
     let targets = settings.targets.len().max(1);
     let mut opening = Vec::new();
     for i in 0..settings.max_connections.min(PRECONNECT) {
         let mut w = Worker::new(settings.clone(), shared.clone());
-        opening.push(tokio::spawn(async move {
+        opening.push(io.handle(i).spawn(async move {
             w.preconnect(i % targets).await;
             w
         }));
@@ -73,7 +77,7 @@ pub(super) async fn run(
     let pacer = Pacer {
         settings,
         shared,
-        runtime: Handle::current(),
+        io: io.clone(),
         schedule,
         start_us,
         ready,
@@ -90,13 +94,19 @@ pub(super) async fn run(
     for h in paced.handles {
         outputs.push(h.await.map_err(|e| RunError::Worker(e.to_string()))?);
     }
-    Ok((outputs, paced.cap_hit, start_us))
+    Ok(LoopOutput {
+        outputs,
+        cap_hit: paced.cap_hit,
+        start_us,
+        // Before the I/O threads stop: the probe runs on one of them.
+        scheduling_delay: probe.finish().await,
+    })
 }
 
 struct Pacer {
     settings: Arc<RunSettings>,
     shared: Arc<RunShared>,
-    runtime: Handle,
+    io: Arc<IoThreads>,
     schedule: Schedule,
     start_us: u64,
     /// Pre-connected workers, started first.
@@ -128,7 +138,11 @@ impl Pacer {
             let id = senders.len();
             let (tx, rx) = mpsc::channel(1);
             senders.push(tx);
-            handles.push(self.runtime.spawn(serve(worker, id, rx, idle_tx.clone())));
+            handles.push(
+                self.io
+                    .handle(id)
+                    .spawn(serve(worker, id, rx, idle_tx.clone())),
+            );
             id
         };
         for w in std::mem::take(&mut self.ready) {
