@@ -34,7 +34,7 @@ impl RequestId {
         ok.then(|| RequestId(Arc::from(s)))
     }
 
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         // Encoded on the stack: `to_string` would go through the formatter and a String.
         let mut buf = uuid::Uuid::encode_buffer();
         RequestId(Arc::from(

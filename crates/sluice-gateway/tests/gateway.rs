@@ -521,6 +521,32 @@ async fn client_disconnect_cancels_a_waiting_unary_request() {
 }
 
 #[tokio::test]
+async fn an_oversized_body_is_refused_with_413_and_not_forwarded() {
+    let mock = start_mock(zero()).await;
+    let gw = gateway_for(&[&mock], "").await;
+    let limit = sluice_gateway::chat::MAX_REQUEST_BYTES;
+    let body = format!(
+        "{{\"model\": \"m\", \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}",
+        "a".repeat(limit)
+    );
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("MiB"),
+        "{e}"
+    );
+    assert_eq!(mock.engine().stats().requests_total, 0);
+}
+
+#[tokio::test]
 async fn request_ids_are_echoed_generated_and_forwarded() {
     let mock = start_mock(zero()).await;
     let gw = gateway_for(&[&mock], "").await;

@@ -31,11 +31,22 @@ pub use in_flight::InFlight;
 /// this a request is more likely a mistake than a prompt.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
-pub async fn chat_completions(
+/// The route as the axum router knows it. Requests reach it only through the router (tests,
+/// or a method other than POST, which the router answers with 405 before this runs); the
+/// serving path calls [`chat_completions`] directly (see `server::GatewayService`).
+pub async fn chat_route(
     State(gw): State<Arc<GatewayState>>,
     Extension(request_id): Extension<RequestId>,
     body: Body,
 ) -> Response {
+    chat_completions(gw, request_id, body).await
+}
+
+pub async fn chat_completions<B>(gw: Arc<GatewayState>, request_id: RequestId, body: B) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let received = Instant::now();
 
     // Phase: parse.
@@ -79,11 +90,16 @@ fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
 }
 
 /// The parsed request and the bytes it was parsed from.
-async fn read_request(body: Body) -> Result<(ChatCompletionRequest, Bytes), GatewayError> {
-    let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+async fn read_request<B>(body: B) -> Result<(ChatCompletionRequest, Bytes), GatewayError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bytes = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+        .collect()
         .await
+        .map(http_body_util::Collected::to_bytes)
         .map_err(|e| {
-            let e = e.into_inner();
             if e.is::<http_body_util::LengthLimitError>() {
                 GatewayError::PayloadTooLarge {
                     limit_mib: MAX_REQUEST_BYTES / (1024 * 1024),
