@@ -12,6 +12,8 @@ pub mod chat;
 pub mod error;
 pub mod models;
 pub mod sse;
+mod usage_scan;
 
 pub use chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, RequestError, Usage};
 pub use error::{ErrorObject, ErrorResponse};
+pub use usage_scan::NotACompletion;

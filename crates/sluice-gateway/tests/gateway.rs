@@ -520,6 +520,95 @@ async fn client_disconnect_cancels_a_waiting_unary_request() {
     assert_eventually!(mock.engine().stats().cancelled == 1);
 }
 
+/// An upstream that answers every request on every connection with 200 and `body`.
+async fn fixed_upstream(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: the head, then content-length bytes of body.
+                    let complete = |b: &[u8]| {
+                        let head_end = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&b[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        (b.len() >= head_end + len).then_some(head_end + len)
+                    };
+                    while complete(&buf).is_none() {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let used = complete(&buf).unwrap();
+                    buf.drain(..used);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_a_completion_is_a_502_and_usage_is_read_from_one_that_is() {
+    for (body, why) in [
+        (
+            "<html><body>upstream maintenance</body></html>",
+            "expected a JSON object",
+        ),
+        (
+            r#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","con"#,
+            "not closed",
+        ),
+        (r#"{"id":"c1","usage":{"prompt_tokens":"many"}}"#, "`usage`"),
+    ] {
+        let url = fixed_upstream(body).await;
+        let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+        let resp = post(&gw, &hello(json!({}))).await;
+        assert_eq!(resp.status(), 502, "{body}");
+        let e: Value = resp.json().await.unwrap();
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not a chat completion"), "{message}");
+        assert!(message.contains(why), "{message}");
+    }
+
+    // A completion with `usage` before and after nested objects that have their own.
+    let body = r#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"the \"usage\": {"},"usage":{"prompt_tokens":1000,"completion_tokens":1000,"total_tokens":2000}}],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+    let url = fixed_upstream(body).await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), body, "forwarded as it came");
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "sluice_tokens_total", &[("kind", "input")]),
+        11.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "sluice_tokens_total", &[("kind", "output")]),
+        7.0
+    );
+}
+
 #[tokio::test]
 async fn an_oversized_body_is_refused_with_413_and_not_forwarded() {
     let mock = start_mock(zero()).await;

@@ -227,7 +227,7 @@ async fn unary_response(
             return fail(flight, &endpoint, e);
         }
     };
-    match serde_json::from_slice::<UsageSummary>(&body) {
+    match UsageSummary::from_body(&body) {
         Ok(summary) => {
             if let Some(usage) = summary.usage {
                 flight.model.usage(&usage);

@@ -317,9 +317,12 @@ fn read_unary(bytes: &[u8], keep_text: bool, out: &mut ExchangeResult) {
             Err(e) => out.fail(ErrorClass::Protocol, format!("response is not JSON: {e}")),
         }
     } else {
-        match serde_json::from_slice::<UsageSummary>(bytes) {
+        match UsageSummary::from_body(bytes) {
             Ok(a) => out.usage = a.usage,
-            Err(e) => out.fail(ErrorClass::Protocol, format!("response is not JSON: {e}")),
+            Err(e) => out.fail(
+                ErrorClass::Protocol,
+                format!("response is not a chat completion: {e}"),
+            ),
         }
     }
 }
