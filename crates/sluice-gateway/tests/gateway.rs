@@ -593,12 +593,7 @@ async fn a_200_that_is_not_a_completion_is_a_502_and_usage_is_read_from_one_that
     let resp = post(&gw, &hello(json!({}))).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), body, "forwarded as it came");
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert_eq!(
         metric_value(&metrics, "sluice_tokens_total", &[("kind", "input")]),
         11.0

@@ -166,6 +166,19 @@ async fn call(endpoint: &UpstreamEndpoint) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
 
+/// `n` calls started together; each must get the answer.
+async fn call_all_at_once(endpoint: &Arc<UpstreamEndpoint>, n: usize) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let ep = endpoint.clone();
+            tokio::spawn(async move { call(&ep).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), ANSWER);
+    }
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..200 {
         if check() {
@@ -222,15 +235,7 @@ async fn requests_beyond_max_connecting_wait_for_a_connection_and_succeed() {
         }
         (most_connecting, most_waiting)
     });
-    let calls: Vec<_> = (0..20)
-        .map(|_| {
-            let ep = ep.clone();
-            tokio::spawn(async move { call(&ep).await })
-        })
-        .collect();
-    for c in calls {
-        assert_eq!(c.await.unwrap(), ANSWER);
-    }
+    call_all_at_once(&ep, 20).await;
     let (most_connecting, most_waiting) = watcher.await.unwrap();
     assert!(most_connecting <= 2, "{most_connecting} connects at once");
     assert!(most_waiting > 0, "no request ever waited");
@@ -244,15 +249,7 @@ async fn idle_connections_beyond_max_idle_are_closed() {
     })
     .await;
     let ep = endpoint(&url, "max_idle = 3");
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let ep = ep.clone();
-            tokio::spawn(async move { call(&ep).await })
-        })
-        .collect();
-    for c in calls {
-        assert_eq!(c.await.unwrap(), ANSWER);
-    }
+    call_all_at_once(&ep, 10).await;
     assert_eq!(server.accepted(), 10);
     assert_eq!(ep.pool_stats().idle, 3);
     eventually("the 7 surplus connections close", || server.closed() == 7).await;
