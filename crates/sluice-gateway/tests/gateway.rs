@@ -44,6 +44,17 @@ async fn post(gw: &TestGateway, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// A chat request whose body is sent as given, valid JSON or not.
+async fn post_raw(gw: &TestGateway, body: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn set_faults(mock: &MockServer, faults: Value) {
     let url = mock.base_url().replace("/v1", "/admin/faults");
     let resp = reqwest::Client::new()
@@ -178,13 +189,7 @@ async fn malformed_requests_get_400_naming_the_field() {
     let gw = gateway_for(&[&mock], "").await;
     let client = reqwest::Client::new();
 
-    let resp = client
-        .post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body("{\"model\": \"m\", ")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw(&gw, "{\"model\": \"m\", ".into()).await;
     assert_eq!(resp.status(), 400);
     let e: Value = resp.json().await.unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error");
@@ -520,44 +525,25 @@ async fn client_disconnect_cancels_a_waiting_unary_request() {
     assert_eventually!(mock.engine().stats().cancelled == 1);
 }
 
-/// An upstream that answers every request on every connection with 200 and `body`.
+/// An upstream that answers every request with 200 and `body`.
 async fn fixed_upstream(body: &'static str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request: the head, then content-length bytes of body.
-                    let complete = |b: &[u8]| {
-                        let head_end = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-                        let head = String::from_utf8_lossy(&b[..head_end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                        (b.len() >= head_end + len).then_some(head_end + len)
-                    };
-                    while complete(&buf).is_none() {
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let used = complete(&buf).unwrap();
-                    buf.drain(..used);
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if conn.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
+        while let Ok((conn, _)) = listener.accept().await {
+            let answer = service_fn(move |_req| async move {
+                hyper::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        body.as_bytes(),
+                    )))
             });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(conn), answer),
+            );
         }
     });
     format!("http://{addr}/v1")
@@ -613,13 +599,7 @@ async fn an_oversized_body_is_refused_with_413_and_not_forwarded() {
         "{{\"model\": \"m\", \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}",
         "a".repeat(limit)
     );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw(&gw, body).await;
     assert_eq!(resp.status(), 413);
     let e: Value = resp.json().await.unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error");

@@ -31,9 +31,9 @@ pub use in_flight::InFlight;
 /// this a request is more likely a mistake than a prompt.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
-/// The route as the axum router knows it. Requests reach it only through the router (tests,
-/// or a method other than POST, which the router answers with 405 before this runs); the
-/// serving path calls [`chat_completions`] directly (see `server::GatewayService`).
+/// The route as the axum router knows it, so that the router answers other methods on this
+/// path with 405 rather than 404. Served POSTs never come through here: `server::GatewayService`
+/// hands them to [`chat_completions`] before routing.
 pub async fn chat_route(
     State(gw): State<Arc<GatewayState>>,
     Extension(request_id): Extension<RequestId>,
