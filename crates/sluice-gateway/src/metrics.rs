@@ -2,7 +2,8 @@
 //! (tests) keep separate counts. Names follow Prometheus conventions: `sluice_` prefix, base
 //! units (seconds), `_total` on counters.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::upstream::PoolStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -37,6 +40,30 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnectionStateLabels {
+    pub endpoint: String,
+    /// `idle` or `connecting`.
+    pub state: &'static str,
+}
+
+/// An upstream connection pool, read when metrics are scraped. Each worker has its own pools
+/// (see `workers`); counting at scrape time instead of on every checkout keeps the workers
+/// from sharing a counter that changes twice per request.
+pub trait PoolGauges: Send + Sync {
+    fn pool_stats(&self) -> PoolStats;
+}
+
+struct WatchedPool {
+    endpoint: String,
+    pool: Weak<dyn PoolGauges>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The model label for requests whose model is not configured: bounded cardinality no matter
@@ -56,6 +83,10 @@ pub struct GatewayMetrics {
     overhead: HistogramFamily<ModelLabels>,
     tokens: Family<TokenLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    connections_opened: Family<EndpointLabels, Counter>,
+    connections: Family<ConnectionStateLabels, Gauge>,
+    connection_waiters: Family<EndpointLabels, Gauge>,
+    pools: Mutex<Vec<WatchedPool>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -121,6 +152,24 @@ impl GatewayMetrics {
             "Failed upstream exchanges by endpoint and kind (connect, timeout_*, status_4xx, status_5xx, protocol, stream_broken)",
             upstream_errors.clone(),
         );
+        let connections_opened = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "upstream_connections_opened",
+            "Upstream connections opened, by endpoint (all workers)",
+            connections_opened.clone(),
+        );
+        let connections = Family::<ConnectionStateLabels, Gauge>::default();
+        registry.register(
+            "upstream_connections",
+            "Upstream connections of all workers' pools by state: idle (open, waiting for a request) or connecting",
+            connections.clone(),
+        );
+        let connection_waiters = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_connection_waiters",
+            "Requests waiting for an upstream connection: none idle and max_connecting connects already in progress",
+            connection_waiters.clone(),
+        );
         GatewayMetrics {
             registry,
             requests,
@@ -130,11 +179,67 @@ impl GatewayMetrics {
             overhead,
             tokens,
             upstream_errors,
+            connections_opened,
+            connections,
+            connection_waiters,
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The counter a pool of `endpoint` increments for each connection it opens.
+    pub fn connections_opened(&self, endpoint: &str) -> Counter {
+        Counter::clone(&self.connections_opened.get_or_create(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        }))
+    }
+
+    /// Adds `pool`'s counts to `endpoint`'s connection gauges for as long as it lives.
+    pub fn watch_pool(&self, endpoint: &str, pool: Weak<dyn PoolGauges>) {
+        self.lock_pools().push(WatchedPool {
+            endpoint: endpoint.to_owned(),
+            pool,
+        });
+    }
+
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, Vec<WatchedPool>> {
+        // A panic elsewhere cannot leave the list half-written: pushes and retains only.
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the connection gauges to the sum over the live pools of each endpoint.
+    fn read_pools(&self) {
+        let mut sums: BTreeMap<String, PoolStats> = BTreeMap::new();
+        let mut pools = self.lock_pools();
+        for watched in pools.iter() {
+            // An endpoint whose pools are all gone reads zero rather than its last value.
+            let sum = sums.entry(watched.endpoint.clone()).or_default();
+            if let Some(pool) = watched.pool.upgrade() {
+                let s = pool.pool_stats();
+                sum.idle += s.idle;
+                sum.connecting += s.connecting;
+                sum.waiting += s.waiting;
+            }
+        }
+        pools.retain(|w| w.pool.strong_count() > 0);
+        drop(pools);
+        for (endpoint, sum) in sums {
+            for (state, n) in [("idle", sum.idle), ("connecting", sum.connecting)] {
+                self.connections
+                    .get_or_create(&ConnectionStateLabels {
+                        endpoint: endpoint.clone(),
+                        state,
+                    })
+                    .set(n as i64);
+            }
+            self.connection_waiters
+                .get_or_create(&EndpointLabels { endpoint })
+                .set(sum.waiting as i64);
         }
     }
 
     /// Prometheus/OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        self.read_pools();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -241,5 +346,76 @@ impl ModelMetrics {
 
     pub fn upstream_error(&self, endpoint: &str, kind: &'static str) {
         self.all.upstream_error(&self.name, endpoint, kind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    struct FixedPool(PoolStats);
+
+    impl PoolGauges for FixedPool {
+        fn pool_stats(&self) -> PoolStats {
+            self.0
+        }
+    }
+
+    fn pool(idle: usize, connecting: usize, waiting: usize) -> Arc<dyn PoolGauges> {
+        Arc::new(FixedPool(PoolStats {
+            opened: 0,
+            idle,
+            connecting,
+            waiting,
+        }))
+    }
+
+    /// The value of the one line of `text` that starts with `series `.
+    fn value(text: &str, series: &str) -> f64 {
+        let prefix = format!("{series} ");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(lines.len(), 1, "{series} in\n{text}");
+        lines[0][prefix.len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn connection_gauges_sum_the_live_pools_of_each_endpoint() {
+        let m = GatewayMetrics::new();
+        // Two workers' pools of endpoint a, one of endpoint b.
+        let (a1, a2, b) = (pool(3, 1, 0), pool(2, 0, 4), pool(1, 0, 0));
+        for (label, p) in [("a", &a1), ("a", &a2), ("b", &b)] {
+            m.watch_pool(label, Arc::downgrade(p));
+        }
+        m.connections_opened("a").inc_by(7);
+
+        let text = m.encode();
+        let idle =
+            |e: &str| format!("sluice_upstream_connections{{endpoint=\"{e}\",state=\"idle\"}}");
+        let connecting = |e: &str| {
+            format!("sluice_upstream_connections{{endpoint=\"{e}\",state=\"connecting\"}}")
+        };
+        let waiters = |e: &str| format!("sluice_upstream_connection_waiters{{endpoint=\"{e}\"}}");
+        assert_eq!(value(&text, &idle("a")), 5.0);
+        assert_eq!(value(&text, &connecting("a")), 1.0);
+        assert_eq!(value(&text, &waiters("a")), 4.0);
+        assert_eq!(value(&text, &idle("b")), 1.0);
+        assert_eq!(
+            value(
+                &text,
+                "sluice_upstream_connections_opened_total{endpoint=\"a\"}"
+            ),
+            7.0
+        );
+
+        // A pool that is gone no longer counts; an endpoint with none left reads zero.
+        drop(a2);
+        drop(b);
+        let text = m.encode();
+        assert_eq!(value(&text, &idle("a")), 3.0);
+        assert_eq!(value(&text, &waiters("a")), 0.0);
+        assert_eq!(value(&text, &idle("b")), 0.0);
+        assert_eq!(m.lock_pools().len(), 1);
+        drop(a1);
     }
 }

@@ -831,6 +831,34 @@ async fn worker_pool_serves_on_every_worker_shares_metrics_and_drains() {
         metric_value(&metrics, "sluice_requests_total", &[("status", "200")]),
         12.0
     );
+    // One request at a time: each worker that served any opened one upstream connection, and
+    // all of them are back in their pools, which /metrics sums over the workers.
+    let opened = metric_value(&metrics, "sluice_upstream_connections_opened_total", &[]);
+    assert!((1.0..=3.0).contains(&opened), "{opened}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_connections",
+            &[("state", "idle")]
+        ),
+        opened
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_connections",
+            &[("state", "connecting")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "sluice_upstream_connection_waiters", &[]),
+        0.0
+    );
+    assert!(metrics.contains(&format!(
+        "endpoint=\"{}\"",
+        mock.base_url().trim_end_matches('/')
+    )));
 
     // A stream in flight when shutdown begins still finishes.
     let resp = reqwest::Client::new()

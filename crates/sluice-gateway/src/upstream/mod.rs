@@ -26,7 +26,7 @@ pub use pool::{PoolStats, PooledBody};
 use crate::config::{ResolvedEndpoint, ResolvedModel, Timeouts};
 use crate::egress::{Egress, EgressRoute};
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::metrics::{GatewayMetrics, ModelMetrics};
+use crate::metrics::{GatewayMetrics, ModelMetrics, PoolGauges};
 
 /// How much of an upstream error body is kept: enough to pass a provider's error through,
 /// bounded so a misbehaving upstream cannot make the gateway buffer without limit.
@@ -62,7 +62,11 @@ pub struct UpstreamEndpoint {
 }
 
 impl UpstreamEndpoint {
-    pub fn new(config: ResolvedEndpoint) -> Result<Self, ClientBuildError> {
+    /// `metrics` gets the pool's connection counts under the endpoint's label.
+    pub fn new(
+        config: ResolvedEndpoint,
+        metrics: &GatewayMetrics,
+    ) -> Result<Self, ClientBuildError> {
         let chat_uri: Uri =
             config
                 .chat_url
@@ -104,7 +108,14 @@ impl UpstreamEndpoint {
             url: config.chat_url.to_string(),
             reason: "no scheme or host".into(),
         })?;
-        let pool = ConnectionPool::new(tls, target, config.connections);
+        let pool = ConnectionPool::new(
+            tls,
+            target,
+            config.connections,
+            metrics.connections_opened(&label),
+        );
+        let watched: Arc<dyn PoolGauges> = pool.clone();
+        metrics.watch_pool(&label, Arc::downgrade(&watched));
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             v.set_sensitive(true);
@@ -355,7 +366,7 @@ impl ModelRoute {
         let endpoints = model
             .endpoints
             .iter()
-            .map(|e| UpstreamEndpoint::new(e.clone()).map(Arc::new))
+            .map(|e| UpstreamEndpoint::new(e.clone(), metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ModelRoute {
             name: model.name.clone(),

@@ -28,12 +28,14 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::ConnectionLimits;
 use crate::egress::Egress;
+use crate::metrics::PoolGauges;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Sender = SendRequest<Full<Bytes>>;
@@ -55,6 +57,12 @@ pub struct PoolStats {
     pub waiting: usize,
 }
 
+impl PoolGauges for ConnectionPool {
+    fn pool_stats(&self) -> PoolStats {
+        self.stats()
+    }
+}
+
 /// Why no connection could be had.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -70,6 +78,8 @@ pub struct ConnectionPool {
     target: http::Uri,
     limits: ConnectionLimits,
     state: Mutex<PoolState>,
+    /// `sluice_upstream_connections_opened_total` of the endpoint.
+    opened: Counter,
 }
 
 #[derive(Default)]
@@ -108,12 +118,14 @@ impl ConnectionPool {
         connector: HttpsConnector<Egress>,
         target: http::Uri,
         limits: ConnectionLimits,
+        opened: Counter,
     ) -> Arc<ConnectionPool> {
         let pool = Arc::new(ConnectionPool {
             connector,
             target,
             limits,
             state: Mutex::new(PoolState::default()),
+            opened,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&pool)));
@@ -231,6 +243,7 @@ impl ConnectionPool {
             let _ = connection.await;
         });
         self.lock().opened += 1;
+        self.opened.inc();
         Ok(sender)
     }
 

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use super::UpstreamEndpoint;
 use crate::config::Config;
+use crate::metrics::GatewayMetrics;
 
 const ANSWER: &str = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
 
@@ -153,7 +154,7 @@ fn endpoint(url: &str, connections: &str) -> Arc<UpstreamEndpoint> {
         .resolve(path, &|_| None)
         .unwrap();
     let resolved = config.models["m"].endpoints[0].clone();
-    Arc::new(UpstreamEndpoint::new(resolved).unwrap())
+    Arc::new(UpstreamEndpoint::new(resolved, &GatewayMetrics::new()).unwrap())
 }
 
 /// One request, its body read to the end.
