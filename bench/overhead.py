@@ -9,6 +9,7 @@ order, and the median of the repeats is reported: on a small shared machine sing
 by more than the differences being measured.
 
 Usage: bench/overhead.sh [--rates 1000,2000,5000,10000] [--duration 10] [--repeats 3]
+                         [--max-connections 512] [--connection-reuse spread|recent]
 """
 
 import argparse
@@ -128,12 +129,12 @@ class ProxyStack:
         wait_port(self.nginx_port)
 
 
-def run_load(sluice, url, rate, duration, out, max_connections):
+def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse):
     cmd = [
         sluice, "load", "--url", url, "--model", "m", "--rate", str(rate),
         "--duration", f"{duration}s", "--warmup", "2s", "--no-stream",
         "--input-tokens", "32", "--output-tokens", "16", "--timeout", "10s",
-        "--max-connections", str(max_connections),
+        "--max-connections", str(max_connections), "--connection-reuse", connection_reuse,
         "--max-error-rate", "1", "--json", str(out),
     ]
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -167,6 +168,10 @@ def main():
     # TIME_WAIT sockets it leaves behind spill into the cells measured after it. Requests
     # held back by the cap are measured from their scheduled time, so the wait counts.
     ap.add_argument("--max-connections", type=int, default=512)
+    # `recent` (the generator's default) is one client's pool: one or two connections, and so
+    # one worker of each server, carry almost everything. `spread` stands for many clients:
+    # every open connection takes its turn, so each server's workers share the load.
+    ap.add_argument("--connection-reuse", choices=["spread", "recent"], default="recent")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="sluice-overhead-"))
@@ -189,7 +194,8 @@ def main():
                 for name in order:
                     before = cpu_seconds(gateway.pid)
                     t0 = time.time()
-                    r = run_load(args.sluice, targets[name], rate, args.duration, work / "r.json", args.max_connections)
+                    r = run_load(args.sluice, targets[name], rate, args.duration, work / "r.json",
+                                 args.max_connections, args.connection_reuse)
                     if name == "sluice":
                         used = cpu_seconds(gateway.pid) - before
                         sluice_cpu.setdefault(rate, []).append(100 * used / (time.time() - t0))
@@ -237,6 +243,7 @@ def main():
                      "(it shares the 2 cores with the servers).")
     capped = sorted({r for (r, _), cs in cells.items() if any(c["connection_cap_hit"] for c in cs)})
     lines.append(f"Each run could open at most {args.max_connections} connections"
+                 + f" and reused them `--connection-reuse {args.connection_reuse}`"
                  + (f"; the cap held requests back at rates {capped} (that wait counts in their latency)."
                     if capped else "; no run reached the cap."))
     table = "\n".join(lines)

@@ -29,6 +29,20 @@ pub enum Mode {
     Trace,
 }
 
+/// Open loop: which idle connection takes the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionReuse {
+    /// The one idle longest: every open connection takes its turn, as when many
+    /// independent clients share the load (what wrk2's and k6's fixed connections do). The
+    /// target sees its load spread over all the connections the run opened.
+    Spread,
+    /// The one idle shortest, as one client's HTTP pool does (hyper's, Go's, urllib3's): at
+    /// low concurrency one or two connections carry almost every request, and so does
+    /// whichever worker of the target holds them.
+    Recent,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadConfig {
     pub urls: Vec<String>,
@@ -50,6 +64,7 @@ pub struct LoadConfig {
     pub max_connections: usize,
     /// Open loop: threads doing the network I/O, each a single-threaded runtime.
     pub io_threads: usize,
+    pub connection_reuse: ConnectionReuse,
     pub slos: Vec<Slo>,
     pub max_error_rate: f64,
     pub min_samples: u64,
@@ -82,6 +97,7 @@ impl LoadConfig {
             timeout: Duration::from_secs(60),
             max_connections: 10_000,
             io_threads: 1,
+            connection_reuse: ConnectionReuse::Recent,
             slos: Vec::new(),
             max_error_rate: 0.05,
             min_samples: 20,

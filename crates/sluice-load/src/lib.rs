@@ -45,7 +45,7 @@ pub mod units;
 pub mod workload;
 
 pub use arrival::Arrival;
-pub use config::{LoadConfig, Mode};
+pub use config::{ConnectionReuse, LoadConfig, Mode};
 pub use dist::LengthDist;
 pub use error::{LoadError, ReportError};
 pub use gate::Outcome;

@@ -63,6 +63,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
         timeout: config.timeout,
         max_connections: config.max_connections,
         io_threads: config.io_threads,
+        connection_reuse: config.connection_reuse,
         progress: config.progress,
         seed: config.seed,
     });

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::capture::capture_server;
 use common::{config, zero_mock};
-use sluice_load::{Arrival, Bound, LengthDist, Mode, Warmup, WorkloadSpec};
+use sluice_load::{Arrival, Bound, ConnectionReuse, LengthDist, Mode, Warmup, WorkloadSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -240,4 +241,105 @@ async fn a_connection_cap_shows_as_client_queueing_and_is_reported() {
     assert!(queue.p50_ms > 50.0, "queue p50 {}", queue.p50_ms);
     assert!(e2e.p50_ms >= queue.p50_ms);
     assert!(s.notes.iter().any(|n| n.contains("likely a bottleneck")));
+}
+
+/// Requests per client connection, most used first, for a run against a target that
+/// answers at once.
+async fn requests_per_connection(reuse: ConnectionReuse) -> Vec<usize> {
+    let (addr, log) = capture_server().await;
+    let mut c = slow_config(addr);
+    c.mode = Mode::Rate {
+        rate: 200.0,
+        arrival: Arrival::Constant,
+    };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(256),
+    };
+    c.connection_reuse = reuse;
+    let result = sluice_load::run(c).await.unwrap();
+    assert_eq!(result.report.runs[0].summary.requests.failed, 0);
+    let mut per_peer = std::collections::HashMap::new();
+    for r in log.lock().unwrap().iter() {
+        *per_peer.entry(r.peer).or_insert(0usize) += 1;
+    }
+    let mut counts: Vec<usize> = per_peer.into_values().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_reuse_shares_requests_over_every_connection_and_recent_reuse_does_not() {
+    let _serial = common::SERIAL.lock().await;
+    // At 200 req/s against an instant target one connection could carry everything: each
+    // request is done long before the next is due.
+    let spread = requests_per_connection(ConnectionReuse::Spread).await;
+    eprintln!("spread: {} connections, {spread:?}", spread.len());
+    // The run pre-connects 32; each takes its turn, so none carries much more than 256/32.
+    assert!(spread.len() >= 32, "{spread:?}");
+    assert!(spread[0] <= 2 * 256 / 32, "{spread:?}");
+
+    let recent = requests_per_connection(ConnectionReuse::Recent).await;
+    eprintln!("recent: {} connections, {recent:?}", recent.len());
+    assert!(recent[0] >= 256 * 9 / 10, "{recent:?}");
+}
+
+/// A target with `served` connections that answer each request after `service`, and no
+/// room for more: once it has accepted them it stops accepting and shrinks its listen backlog
+/// to 0, so the kernel queues one more handshake (never served) and drops the rest, and a
+/// connect then hangs in SYN retransmission (1 s, 3 s, ...).
+async fn full_server(served: usize, service: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..served {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            // Each connection answers on its own: `served` requests in parallel.
+            let own_gate = Arc::new(tokio::sync::Mutex::new(()));
+            tokio::spawn(serve_connection(sock, own_gate, service));
+        }
+        socket2::SockRef::from(&listener).listen(0).unwrap();
+        // Listening, not accepting, until the test ends.
+        let _keep = listener;
+        std::future::pending::<()>().await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_open_connections_is_served_by_connections_coming_free() {
+    let _serial = common::SERIAL.lock().await;
+    // The run pre-connects 32 connections, all of them served; then 96 requests are due
+    // within a millisecond.
+    let addr = full_server(32, Duration::from_millis(100)).await;
+    let mut c = slow_config(addr);
+    c.mode = Mode::Rate {
+        rate: 100_000.0,
+        arrival: Arrival::Constant,
+    };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(96),
+    };
+    c.timeout = Duration::from_secs(3);
+    let result = sluice_load::run(c).await.unwrap();
+    let s = &result.report.runs[0].summary;
+    let e2e = s.latency.e2e.unwrap();
+    eprintln!(
+        "burst: {} ok, {} failed {:?}; E2E max {:.1} ms; {} connections opened",
+        s.requests.succeeded,
+        s.requests.failed,
+        s.errors,
+        e2e.max_ms,
+        s.generator.connections_opened
+    );
+    // The requests that found no idle connection waited for one of the 32 to finish its
+    // request (three rounds of 100 ms) while the new connects hung. Had each of them been
+    // given a new connection of its own, 64 would have timed out. One may land on the
+    // connection the kernel queued but nobody serves.
+    assert!(s.requests.failed <= 2, "{:?}", s.errors);
+    assert!(e2e.max_ms < 1000.0, "E2E max {}", e2e.max_ms);
+    assert!(e2e.max_ms > 250.0, "E2E max {}", e2e.max_ms);
 }

@@ -15,7 +15,8 @@ use sluice_load::report::{
 use sluice_load::target::parse_weights;
 use sluice_load::units::{parse_duration, parse_fraction, parse_threshold};
 use sluice_load::{
-    Arrival, Bound, LengthDist, LoadConfig, LoadError, Mode, Outcome, Slo, Warmup, WorkloadSpec,
+    Arrival, Bound, ConnectionReuse, LengthDist, LoadConfig, LoadError, Mode, Outcome, Slo, Warmup,
+    WorkloadSpec,
 };
 
 /// Exit status: the run passed its SLO gates (or had none and completed).
@@ -84,6 +85,15 @@ pub enum ArrivalArg {
     Constant,
     Poisson,
     Gamma,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionReuseArg {
+    /// The connection idle longest: load spread over every open connection, as from many
+    /// clients.
+    Spread,
+    /// The connection idle shortest, as one client's HTTP pool picks.
+    Recent,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +207,9 @@ pub struct RunArgs {
     /// same machine; add more when the report says the generator was the bottleneck.
     #[arg(long, default_value_t = 1)]
     pub io_threads: usize,
+    /// Open loop: which idle connection takes the next request.
+    #[arg(long, value_enum, default_value = "recent")]
+    pub connection_reuse: ConnectionReuseArg,
 
     /// SLO gate, e.g. 'ttft.p99<200ms', 'error_rate<0.01', 'goodput>=10'; repeatable.
     #[arg(long = "slo", value_name = "EXPR", value_parser = slo)]
@@ -398,6 +411,10 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.timeout = a.timeout;
     c.max_connections = a.max_connections;
     c.io_threads = a.io_threads;
+    c.connection_reuse = match a.connection_reuse {
+        ConnectionReuseArg::Spread => ConnectionReuse::Spread,
+        ConnectionReuseArg::Recent => ConnectionReuse::Recent,
+    };
     c.slos = a.slos.clone();
     c.max_error_rate = a.max_error_rate;
     c.min_samples = a.min_samples;

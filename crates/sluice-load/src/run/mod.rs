@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 
 use crate::arrival::{Arrival, ArrivalSchedule};
 use crate::clock::Clock;
+use crate::config::ConnectionReuse;
 use crate::record::RequestRecord;
 use crate::stats::LatencyHistogram;
 use crate::target::Target;
@@ -127,6 +128,8 @@ pub struct RunSettings {
     pub max_connections: usize,
     /// Open loop: single-threaded runtimes doing the network I/O (see `io_threads`).
     pub io_threads: usize,
+    /// Open loop: which idle connection takes the next request.
+    pub connection_reuse: ConnectionReuse,
     /// Print a progress line to stderr.
     pub progress: bool,
     /// `--seed`: also seeds the arrival times.

@@ -2,13 +2,21 @@
 //!
 //! A dedicated OS thread does the pacing: it sleeps until each due time (a plain thread
 //! sleep is accurate to tens of microseconds, where the async timer wheel has 1 ms ticks)
-//! and hands the request to an idle worker. Workers run on the run's I/O threads
-//! ([`IoThreads`]) and own their connections; when none is
-//! idle a new one is started, up to `--max-connections`, so in-flight requests are never
-//! capped silently. When the cap is reached the thread waits for a worker, the wait counts
-//! against the request's latency (it is measured from the due time), and the report says
-//! the cap was hit.
+//! and hands the request to an idle connection-owning worker: the one idle longest or
+//! shortest, by `--connection-reuse` ([`IdleWorkers`]). Workers run on the run's I/O threads
+//! ([`IoThreads`]) and own their connections.
+//!
+//! When no worker is idle, the request goes to whichever comes free first: a worker finishing
+//! its request, or a new one that the pacer starts connecting then (at most
+//! [`MAX_CONNECTING`] connect at once, up to `--max-connections` in all). The wait counts
+//! against the request's latency (it is measured from the due time) and shows as send
+//! lateness. Giving a request its own new connection instead, as this generator did before,
+//! turned every scheduling stall on a shared machine into a storm of hundreds of connects
+//! (one per request due during the stall) that the client, the target and everything behind
+//! the target then paid for while they were furthest behind; see docs/benchmarks.md. When
+//! the cap is reached the report says so.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +29,13 @@ use super::{
 };
 use crate::arrival::ArrivalSchedule;
 use crate::clock::Clock;
+use crate::config::ConnectionReuse;
 
 /// Connections opened before the first request is due.
 const PRECONNECT: usize = 32;
+/// Connections being opened at once while requests wait for one. Enough that a target which
+/// is slow to answer still gets a new connection every few hundred microseconds per slot.
+pub(crate) const MAX_CONNECTING: usize = 16;
 /// Gap between the end of pre-connecting and the first due time, so the first request is
 /// not late by construction.
 const LEAD_US: u64 = 2_000;
@@ -113,13 +125,20 @@ struct Pacer {
     ready: Vec<Worker>,
 }
 
-/// The worker side of the hand-off: take a job, do it, say it is idle again.
+/// The worker side of the hand-off: (connect to `connect_first`, then say it is idle;) take a
+/// job, do it, say it is idle again.
 async fn serve(
     mut worker: Worker,
     id: usize,
+    connect_first: Option<usize>,
     mut jobs: mpsc::Receiver<Job>,
     idle: mpsc::UnboundedSender<usize>,
 ) -> WorkerOutput {
+    if let Some(target) = connect_first {
+        // A failed connect is reported by the request that finds no connection.
+        worker.preconnect(target).await;
+        let _ = idle.send(id);
+    }
     while let Some(job) = jobs.recv().await {
         worker.run_job(job).await;
         // The pacer is gone once the schedule is done; finishing the job is all that is left.
@@ -131,22 +150,17 @@ async fn serve(
 impl Pacer {
     fn pace(mut self) -> Paced {
         let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<usize>();
-        let mut senders: Vec<mpsc::Sender<Job>> = Vec::new();
-        let mut handles = Vec::new();
-        let mut idle: Vec<usize> = Vec::new();
-        let mut start = |worker: Worker, senders: &mut Vec<mpsc::Sender<Job>>| -> usize {
-            let id = senders.len();
-            let (tx, rx) = mpsc::channel(1);
-            senders.push(tx);
-            handles.push(
-                self.io
-                    .handle(id)
-                    .spawn(serve(worker, id, rx, idle_tx.clone())),
-            );
-            id
+        let mut workers = WorkerSet {
+            senders: Vec::new(),
+            handles: Vec::new(),
+            connecting: Vec::new(),
+            connecting_now: 0,
+            idle: IdleWorkers::new(self.settings.connection_reuse),
+            idle_tx,
         };
         for w in std::mem::take(&mut self.ready) {
-            idle.push(start(w, &mut senders));
+            let id = workers.start(&self.io, w, None);
+            workers.idle.push(id);
         }
 
         let clock = self.shared.clock;
@@ -163,9 +177,10 @@ impl Pacer {
             (Some(d), _) => self.start_us + d,
         };
         let max_workers = self.settings.max_connections.max(1);
+        let cycle = &self.settings.cycle;
         let mut cap_hit = false;
         let mut seq = 0u64;
-        while let Some(offset_s) = self.schedule.next_offset_s() {
+        'schedule: while let Some(offset_s) = self.schedule.next_offset_s() {
             let due = self.start_us + (offset_s * 1e6).round() as u64;
             let warm = warmup.covers(seq, due, self.start_us);
             if !warm {
@@ -184,20 +199,24 @@ impl Pacer {
             }
             sleep_until(&clock, due);
             while let Ok(id) = idle_rx.try_recv() {
-                idle.push(id);
+                workers.now_idle(id);
             }
-            let id = match idle.pop() {
-                Some(id) => id,
-                None if senders.len() < max_workers => start(
-                    Worker::new(self.settings.clone(), self.shared.clone()),
-                    &mut senders,
-                ),
-                None => {
+            let id = loop {
+                if let Some(id) = workers.idle.pop() {
+                    break id;
+                }
+                if workers.senders.len() >= max_workers {
                     cap_hit = true;
-                    match idle_rx.blocking_recv() {
-                        Some(id) => id,
-                        None => break,
-                    }
+                } else if workers.connecting_now < MAX_CONNECTING {
+                    let target = cycle
+                        .get((seq % cycle.len().max(1) as u64) as usize)
+                        .map_or(0, |&t| usize::from(t));
+                    let worker = Worker::new(self.settings.clone(), self.shared.clone());
+                    workers.start(&self.io, worker, Some(target));
+                }
+                match idle_rx.blocking_recv() {
+                    Some(id) => workers.now_idle(id),
+                    None => break 'schedule,
                 }
             };
             let job = Job {
@@ -207,12 +226,82 @@ impl Pacer {
             };
             // An idle worker's one-slot queue is empty, so this cannot be full; a worker
             // that died cannot take it, and its job is then not sent at all.
-            if let Some(tx) = senders.get(id) {
+            if let Some(tx) = workers.senders.get(id) {
                 let _ = tx.try_send(job);
             }
             seq += 1;
         }
-        Paced { handles, cap_hit }
+        Paced {
+            handles: workers.handles,
+            cap_hit,
+        }
+    }
+}
+
+/// The pacer's view of the workers.
+struct WorkerSet {
+    /// Job queues, by worker id.
+    senders: Vec<mpsc::Sender<Job>>,
+    handles: Vec<JoinHandle<WorkerOutput>>,
+    /// By worker id: started with a connect that has not finished yet.
+    connecting: Vec<bool>,
+    connecting_now: usize,
+    idle: IdleWorkers,
+    idle_tx: mpsc::UnboundedSender<usize>,
+}
+
+impl WorkerSet {
+    /// Starts `worker` on an I/O thread; with `connect_to`, it first connects there and then
+    /// reports itself idle.
+    fn start(&mut self, io: &IoThreads, worker: Worker, connect_to: Option<usize>) -> usize {
+        let id = self.senders.len();
+        let (tx, rx) = mpsc::channel(1);
+        self.senders.push(tx);
+        self.connecting.push(connect_to.is_some());
+        self.connecting_now += usize::from(connect_to.is_some());
+        self.handles.push(io.handle(id).spawn(serve(
+            worker,
+            id,
+            connect_to,
+            rx,
+            self.idle_tx.clone(),
+        )));
+        id
+    }
+
+    fn now_idle(&mut self, id: usize) {
+        if let Some(c) = self.connecting.get_mut(id) {
+            if std::mem::take(c) {
+                self.connecting_now -= 1;
+            }
+        }
+        self.idle.push(id);
+    }
+}
+
+/// Idle workers in the order they became idle.
+struct IdleWorkers {
+    order: ConnectionReuse,
+    ids: VecDeque<usize>,
+}
+
+impl IdleWorkers {
+    fn new(order: ConnectionReuse) -> IdleWorkers {
+        IdleWorkers {
+            order,
+            ids: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, id: usize) {
+        self.ids.push_back(id);
+    }
+
+    fn pop(&mut self) -> Option<usize> {
+        match self.order {
+            ConnectionReuse::Spread => self.ids.pop_front(),
+            ConnectionReuse::Recent => self.ids.pop_back(),
+        }
     }
 }
 

@@ -60,9 +60,12 @@ impl Worker {
     }
 
     /// Opens the connection to `target` ahead of traffic, so the first requests do not pay
-    /// for the TCP handshake. A failure is left for the first request to report.
+    /// for the TCP handshake. A failure, or no connection within `--timeout` (a target whose
+    /// accept queue is full drops the handshake, and the kernel retries for minutes), is left
+    /// for the first request to report.
     pub async fn preconnect(&mut self, target: usize) {
-        if let Ok(c) = self.connection(target).await {
+        let timeout = self.settings.timeout;
+        if let Ok(Ok(c)) = tokio::time::timeout(timeout, self.connection(target)).await {
             if let Some(slot) = self.connections.get_mut(target) {
                 *slot = Some(c);
             }

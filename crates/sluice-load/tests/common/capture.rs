@@ -9,6 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone)]
 pub struct Captured {
+    /// The client's end of the connection the request came on.
+    pub peer: SocketAddr,
     /// Header lines, names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
@@ -31,14 +33,14 @@ pub async fn capture_server() -> (SocketAddr, Log) {
     let log: Log = Arc::default();
     let l = log.clone();
     tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            tokio::spawn(serve(sock, l.clone()));
+        while let Ok((sock, peer)) = listener.accept().await {
+            tokio::spawn(serve(sock, peer, l.clone()));
         }
     });
     (addr, log)
 }
 
-async fn serve(mut sock: TcpStream, log: Log) {
+async fn serve(mut sock: TcpStream, peer: SocketAddr, log: Log) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
@@ -73,7 +75,11 @@ async fn serve(mut sock: TcpStream, log: Log) {
         buf.drain(..head_end + len);
         let n = {
             let mut log = log.lock().unwrap();
-            log.push(Captured { headers, body });
+            log.push(Captured {
+                peer,
+                headers,
+                body,
+            });
             log.len() - 1
         };
         let answer = format!(
