@@ -91,7 +91,13 @@ impl ChatCompletionRequest {
     /// Parses a request body. Malformed JSON and wrong field types are both reported as a
     /// [`RequestError`] whose message says what to change.
     pub fn from_slice(body: &[u8]) -> Result<Self, RequestError> {
-        let top: TopLevelJson = serde_json::from_slice(body).map_err(|e| RequestError {
+        // One UTF-8 check of the whole body (its ASCII fast path takes a word at a time), so
+        // serde can skip checking each string it reads: a quarter of the parse otherwise.
+        let text = std::str::from_utf8(body).map_err(|e| RequestError {
+            param: None,
+            message: format!("request body is not valid UTF-8: {e}"),
+        })?;
+        let top: TopLevelJson = serde_json::from_str(text).map_err(|e| RequestError {
             param: None,
             message: format!("request body is not valid JSON: {e}"),
         })?;
@@ -988,6 +994,23 @@ mod tests {
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
         let e = ChatCompletionRequest::from_slice(b"[1]").unwrap_err();
         assert!(e.message.contains("JSON object"), "{}", e.message);
+        // Invalid UTF-8, inside a string or out of one, names the byte where it starts.
+        for (body, at) in [
+            (&b"{\"model\":\"m\xff\",\"messages\":[]}"[..], "index 11"),
+            (&b"{\"model\":\"m\",\xc3}"[..], "index 13"),
+        ] {
+            let e = ChatCompletionRequest::from_slice(body).unwrap_err();
+            assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+            assert!(e.message.contains(at), "{}", e.message);
+            assert_eq!(e.param, None);
+        }
+        // Escaped non-ASCII and real non-ASCII text are fine.
+        let r = ChatCompletionRequest::from_slice(
+            "{\"model\":\"m\\u00e9\",\"messages\":[{\"role\":\"user\",\"content\":\"h\u{e9}llo \u{1f600}\"}]}"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.model, "m\u{e9}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Accounting for one request from the moment its model is known until its answer ends —
 //! or the client goes away, which drops this guard unfinished and is recorded as 499.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,11 +37,12 @@ impl InFlight {
     }
 
     /// Waits for `fut`, counting the time as upstream wait.
-    pub async fn wait_upstream<F: std::future::Future>(&mut self, fut: F) -> F::Output {
-        let t = Instant::now();
-        let out = fut.await;
-        self.upstream_wait += t.elapsed();
-        out
+    pub fn wait_upstream<F: Future>(&mut self, fut: F) -> UpstreamWait<'_, F> {
+        UpstreamWait {
+            total: &mut self.upstream_wait,
+            start: Instant::now(),
+            fut,
+        }
     }
 
     pub fn finish(mut self, status: u16) {
@@ -52,6 +56,29 @@ impl InFlight {
         self.finished = true;
         self.model
             .request_finished(status, self.received.elapsed(), self.upstream_wait);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`InFlight::wait_upstream`]'s future. A struct rather than an `async fn`: an
+    /// `async fn` keeps its argument and the future it awaits as two copies in its state, and
+    /// the upstream call's future is the largest part of a request's state.
+    pub struct UpstreamWait<'a, F> {
+        total: &'a mut Duration,
+        start: Instant,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for UpstreamWait<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        **this.total += this.start.elapsed();
+        Poll::Ready(out)
     }
 }
 

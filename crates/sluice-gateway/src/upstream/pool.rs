@@ -177,7 +177,10 @@ impl ConnectionPool {
                 }
                 Step::Connect => {
                     let slot = ConnectSlot(self);
-                    let connected = self.connect().await;
+                    // Boxed: the connector's future (TCP, proxy tunnel, TLS) is large, and
+                    // inline it would grow the state of every request, which is moved and
+                    // copied on the request path, for a step most requests skip.
+                    let connected = Box::pin(self.connect()).await;
                     drop(slot);
                     return connected.map(|sender| Lease {
                         sender,
