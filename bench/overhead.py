@@ -152,6 +152,8 @@ def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse
         "generator_bottleneck": gen.get("likely_bottleneck"),
         "connections_opened": gen.get("connections_opened"),
         "connection_cap_hit": gen.get("connection_cap_hit"),
+        # CPU time the hypervisor took from the VM during the run: pauses of the whole machine.
+        "steal_percent": gen.get("steal_percent"),
     }
 
 
@@ -202,7 +204,8 @@ def main():
                     cells.setdefault((rate, name), []).append(r)
                     print(f"rep {rep + 1} rate {rate:>6} {name:>6}: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
                           f"  errors {100 * r['error_rate']:.3f} %  achieved {r['achieved']:.0f}/s"
-                          f"  connections {r['connections_opened']}{' (cap hit)' if r['connection_cap_hit'] else ''}", flush=True)
+                          f"  connections {r['connections_opened']}{' (cap hit)' if r['connection_cap_hit'] else ''}"
+                          f"  steal {r['steal_percent'] or 0:.1f} %", flush=True)
         peak_mem = peak_rss_mib(gateway.pid)
     finally:
         stop_all(procs)
@@ -246,6 +249,10 @@ def main():
                  + f" and reused them `--connection-reuse {args.connection_reuse}`"
                  + (f"; the cap held requests back at rates {capped} (that wait counts in their latency)."
                     if capped else "; no run reached the cap."))
+    steals = [c["steal_percent"] for cs in cells.values() for c in cs if c["steal_percent"] is not None]
+    if steals:
+        lines.append(f"Steal (CPU time the hypervisor took from this VM) per run: median {statistics.median(steals):.2f} %, "
+                     f"max {max(steals):.2f} %; runs at 0.5 % or more: {sum(1 for x in steals if x >= 0.5)} of {len(steals)}.")
     table = "\n".join(lines)
     print()
     print(table)

@@ -64,9 +64,70 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
+/// The machine's CPU time counters (all cores), in clock ticks: everything, and the part the
+/// hypervisor ran something else while this machine's vCPUs wanted to run ("steal").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    /// From `/proc/stat`; `None` where it does not exist (not Linux).
+    pub fn read() -> Option<MachineTicks> {
+        parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Steal since `earlier`, as a share (0–100) of all cores' time.
+    pub fn steal_percent_since(&self, earlier: &MachineTicks) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let steal = self.steal.checked_sub(earlier.steal)?;
+        (total > 0).then(|| steal as f64 / total as f64 * 100.0)
+    }
+}
+
+/// The `cpu` line: user nice system idle iowait irq softirq steal guest guest_nice. guest
+/// time is already counted in user and nice, so it is left out of the total.
+fn parse_proc_stat(text: &str) -> Option<MachineTicks> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 8).then(|| MachineTicks {
+        total: fields.iter().sum(),
+        steal: fields[7],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line() {
+        let before =
+            parse_proc_stat("cpu  100 0 50 800 10 0 20 20 0 0\ncpu0 50 0 25 400 5 0 10 10 0 0\n")
+                .unwrap();
+        assert_eq!(
+            before,
+            MachineTicks {
+                total: 1000,
+                steal: 20
+            }
+        );
+        let after = parse_proc_stat("cpu  200 0 100 1560 10 0 30 100 7 0\n").unwrap();
+        // 1 000 ticks passed, 80 of them stolen.
+        assert_eq!(after.steal_percent_since(&before), Some(8.0));
+        assert_eq!(before.steal_percent_since(&after), None);
+        assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
+        assert_eq!(parse_proc_stat("intr 5\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(MachineTicks::read().is_some());
+        }
+    }
 
     #[test]
     fn environment_and_cpu_are_read() {

@@ -56,6 +56,7 @@ pub(crate) fn output(n: u64, failed: u64, ttft_ms: u64) -> RunOutput {
         target_rate: None,
         wall_s: 1.0,
         cpu_seconds: None,
+        steal_percent: None,
         cores: 2,
         connections_opened: 1,
         peak_connections: 1,

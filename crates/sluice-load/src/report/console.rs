@@ -176,6 +176,9 @@ fn run_detail(run: &RunReport) -> String {
         num(g.cpu_percent_of_all_cores, 0),
         g.cores
     );
+    if let Some(steal) = g.steal_percent.filter(|&s| s > 0.0) {
+        let _ = write!(gen, "; machine steal {steal:.1} %");
+    }
     if let Some(l) = &g.lateness {
         let _ = write!(
             gen,

@@ -154,6 +154,8 @@ pub struct RunOutput {
     pub target_rate: Option<f64>,
     pub wall_s: f64,
     pub cpu_seconds: Option<f64>,
+    /// Share of the machine's CPU time the hypervisor took during the run (Linux).
+    pub steal_percent: Option<f64>,
     pub cores: usize,
     pub connections_opened: u64,
     pub peak_connections: u64,
@@ -204,6 +206,7 @@ pub enum RunError {
 /// Runs one plan to its end and returns every request's record.
 pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOutput, RunError> {
     let cpu_before = crate::host::process_cpu_seconds();
+    let machine_before = crate::host::MachineTicks::read();
     let clock = Clock::start();
     let shared = Arc::new(RunShared {
         clock,
@@ -261,6 +264,8 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
         (Some(a), Some(b)) => Some((b - a).max(0.0)),
         _ => None,
     };
+    let steal_percent = machine_before
+        .and_then(|before| crate::host::MachineTicks::read()?.steal_percent_since(&before));
     Ok(merge(
         plan,
         &settings,
@@ -271,6 +276,7 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
             start_us: ran.start_us,
             wall_s,
             cpu_seconds,
+            steal_percent,
             scheduling_delay: ran.scheduling_delay,
         },
     ))
@@ -310,6 +316,7 @@ struct MergeFacts {
     start_us: u64,
     wall_s: f64,
     cpu_seconds: Option<f64>,
+    steal_percent: Option<f64>,
     scheduling_delay: LatencyHistogram,
 }
 
@@ -359,6 +366,7 @@ fn merge(
         },
         wall_s: facts.wall_s,
         cpu_seconds: facts.cpu_seconds,
+        steal_percent: facts.steal_percent,
         cores: crate::host::cores(),
         connections_opened,
         peak_connections: shared.peak_connections.load(Ordering::Relaxed),

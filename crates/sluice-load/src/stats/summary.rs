@@ -19,6 +19,8 @@ const LATENESS_P99_LIMIT_US: f64 = 1000.0;
 const DELAY_P90_LIMIT_US: f64 = 1000.0;
 /// CPU use above this share of all cores means the generator was competing for CPU.
 const CPU_SHARE_LIMIT: f64 = 0.9;
+/// Steal (% of the machine's CPU time) from which the report says the machine itself paused.
+const STEAL_NOTE_PERCENT: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -112,6 +114,11 @@ pub struct GeneratorSummary {
     /// CPU time / wall time: 100 = one core busy all the time.
     pub cpu_percent_of_one_core: Option<f64>,
     pub cpu_percent_of_all_cores: Option<f64>,
+    /// CPU time the hypervisor gave to something else while this machine wanted it
+    /// ("steal"), as a share of all cores' time over the run. Pauses of the whole machine:
+    /// they show in every target's tail alike. Absent in reports from before it was kept.
+    #[serde(default)]
+    pub steal_percent: Option<f64>,
     /// Scheduled send → a worker took the request up (open loop only).
     pub lateness: Option<LatencyStats>,
     /// How late the generator's runtime noticed data arriving on a socket, sampled every
@@ -391,6 +398,7 @@ fn generator_summary(out: &RunOutput, lateness: Option<LatencyStats>) -> Generat
         cpu_seconds: out.cpu_seconds,
         cpu_percent_of_one_core: one,
         cpu_percent_of_all_cores: all,
+        steal_percent: out.steal_percent,
         lateness,
         scheduling_delay,
         connections_opened: out.connections_opened,
@@ -452,6 +460,11 @@ fn notes(
             ));
         }
     }
+    if let Some(steal) = generator.steal_percent.filter(|&s| s >= STEAL_NOTE_PERCENT) {
+        notes.push(format!(
+            "the hypervisor took {steal:.1} % of this machine's CPU time during the run (steal): the whole machine paused now and then, which shows in the latency tail whatever the target"
+        ));
+    }
     if generator.likely_bottleneck {
         notes.push(format!(
             "the load generator was likely a bottleneck: {}",
@@ -459,4 +472,32 @@ fn notes(
         ));
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::output;
+
+    #[test]
+    fn steal_is_reported_and_noted_when_the_machine_paused() {
+        let mut out = output(50, 0, 20);
+        out.steal_percent = Some(0.1);
+        let s = analyze(&out, &[]).summary;
+        assert_eq!(s.generator.steal_percent, Some(0.1));
+        assert!(!s.notes.iter().any(|n| n.contains("steal")));
+        // Not the generator's doing: no bottleneck is claimed for it.
+        assert!(!s.generator.likely_bottleneck);
+
+        out.steal_percent = Some(2.5);
+        let s = analyze(&out, &[]).summary;
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("2.5 %") && n.contains("steal")),
+            "{:?}",
+            s.notes
+        );
+        assert!(!s.generator.likely_bottleneck);
+    }
 }
