@@ -327,13 +327,13 @@ fn merge(
     outputs: Vec<WorkerOutput>,
     facts: MergeFacts,
 ) -> RunOutput {
-    let mut records = Vec::with_capacity(outputs.iter().map(|o| o.records.len()).sum());
+    let mut records = Vec::new();
     let mut itl = LatencyHistogram::new();
     let mut timeline: Vec<f64> = Vec::new();
     let mut error_examples = BTreeMap::new();
     let mut connections_opened = 0;
     for out in outputs {
-        records.extend(out.records.into_records());
+        records.extend(out.records);
         itl.merge(&out.itl);
         if timeline.len() < out.timeline.len() {
             timeline.resize(out.timeline.len(), 0.0);

@@ -22,45 +22,11 @@ pub(crate) struct Job {
 /// What a worker hands back at the end of a run.
 #[derive(Debug, Default)]
 pub(crate) struct WorkerOutput {
-    pub records: RecordChunks,
+    pub records: Vec<RequestRecord>,
     pub itl: LatencyHistogram,
     pub timeline: Vec<f64>,
     pub error_examples: BTreeMap<String, String>,
     pub connections_opened: u64,
-}
-
-/// A worker's records, in chunks of fixed size. In one `Vec`, every doubling copies all the
-/// records so far at once: at 10 000 req/s, megabytes, plus page faults for twice as many,
-/// on the I/O thread that every connection of the run waits on, in the middle of the
-/// measurement. That showed as latency spikes of several milliseconds for whatever target
-/// was measured.
-#[derive(Debug, Default)]
-pub(crate) struct RecordChunks {
-    chunks: Vec<Vec<RequestRecord>>,
-}
-
-impl RecordChunks {
-    /// 4 096 records: about 1 MiB.
-    const CHUNK: usize = 4096;
-
-    pub fn push(&mut self, record: RequestRecord) {
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(record),
-            _ => {
-                let mut chunk = Vec::with_capacity(Self::CHUNK);
-                chunk.push(record);
-                self.chunks.push(chunk);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
-    }
-
-    pub fn into_records(self) -> impl Iterator<Item = RequestRecord> {
-        self.chunks.into_iter().flatten()
-    }
 }
 
 pub(crate) struct Worker {
@@ -280,29 +246,4 @@ fn add_tokens(timeline: &mut Vec<f64>, at_us: u64, tokens: f64) {
         timeline.resize(sec + 1, 0.0);
     }
     timeline[sec] += tokens;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_chunks_keep_every_record_in_order() {
-        let mut chunks = RecordChunks::default();
-        let n = 2 * RecordChunks::CHUNK + 5;
-        for i in 0..n {
-            let mut r = crate::record::tests::record();
-            r.index = i as u64;
-            chunks.push(r);
-        }
-        assert_eq!(chunks.len(), n);
-        assert_eq!(chunks.chunks.len(), 3);
-        // No chunk ever grew past its first allocation.
-        assert!(chunks
-            .chunks
-            .iter()
-            .all(|c| c.capacity() == RecordChunks::CHUNK));
-        let indices: Vec<u64> = chunks.into_records().map(|r| r.index).collect();
-        assert_eq!(indices, (0..n as u64).collect::<Vec<_>>());
-    }
 }
