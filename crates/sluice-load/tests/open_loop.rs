@@ -140,21 +140,27 @@ fn slow_config(addr: SocketAddr) -> sluice_load::LoadConfig {
     c
 }
 
+/// `slow_config`, open loop at `rate` constant arrivals for `requests` requests.
+fn paced(addr: SocketAddr, rate: f64, requests: u64) -> sluice_load::LoadConfig {
+    let mut c = slow_config(addr);
+    c.mode = Mode::Rate {
+        rate,
+        arrival: Arrival::Constant,
+    };
+    c.bound = Bound {
+        duration: None,
+        requests: Some(requests),
+    };
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_counts_from_the_schedule_when_the_target_falls_behind() {
     let _serial = common::SERIAL.lock().await;
     // Capacity 50 req/s, offered 100 req/s for 2 s: request i waits behind i/2 others.
     let service = Duration::from_millis(20);
     let addr = serial_server(service).await;
-    let mut c = slow_config(addr);
-    c.mode = Mode::Rate {
-        rate: 100.0,
-        arrival: Arrival::Constant,
-    };
-    c.bound = Bound {
-        duration: None,
-        requests: Some(200),
-    };
+    let c = paced(addr, 100.0, 200);
     let result = sluice_load::run(c).await.unwrap();
     let s = &result.report.runs[0].summary;
     assert_eq!(s.requests.failed, 0, "{:?}", s.errors);
@@ -212,15 +218,7 @@ async fn latency_counts_from_the_schedule_when_the_target_falls_behind() {
 async fn a_connection_cap_shows_as_client_queueing_and_is_reported() {
     let _serial = common::SERIAL.lock().await;
     let addr = serial_server(Duration::from_millis(10)).await;
-    let mut c = slow_config(addr);
-    c.mode = Mode::Rate {
-        rate: 200.0,
-        arrival: Arrival::Constant,
-    };
-    c.bound = Bound {
-        duration: None,
-        requests: Some(100),
-    };
+    let mut c = paced(addr, 200.0, 100);
     c.max_connections = 2;
     let result = sluice_load::run(c).await.unwrap();
     let s = &result.report.runs[0].summary;
@@ -247,15 +245,7 @@ async fn a_connection_cap_shows_as_client_queueing_and_is_reported() {
 /// answers at once.
 async fn requests_per_connection(reuse: ConnectionReuse) -> Vec<usize> {
     let (addr, log) = capture_server().await;
-    let mut c = slow_config(addr);
-    c.mode = Mode::Rate {
-        rate: 200.0,
-        arrival: Arrival::Constant,
-    };
-    c.bound = Bound {
-        duration: None,
-        requests: Some(256),
-    };
+    let mut c = paced(addr, 200.0, 256);
     c.connection_reuse = reuse;
     let result = sluice_load::run(c).await.unwrap();
     assert_eq!(result.report.runs[0].summary.requests.failed, 0);
@@ -314,15 +304,7 @@ async fn a_burst_beyond_the_open_connections_is_served_by_connections_coming_fre
     // The run pre-connects 32 connections, all of them served; then 96 requests are due
     // within a millisecond.
     let addr = full_server(32, Duration::from_millis(100)).await;
-    let mut c = slow_config(addr);
-    c.mode = Mode::Rate {
-        rate: 100_000.0,
-        arrival: Arrival::Constant,
-    };
-    c.bound = Bound {
-        duration: None,
-        requests: Some(96),
-    };
+    let mut c = paced(addr, 100_000.0, 96);
     c.timeout = Duration::from_secs(3);
     let result = sluice_load::run(c).await.unwrap();
     let s = &result.report.runs[0].summary;
