@@ -35,7 +35,7 @@ use crate::config::ConnectionReuse;
 const PRECONNECT: usize = 32;
 /// Connections being opened at once while requests wait for one. Enough that a target which
 /// is slow to answer still gets a new connection every few hundred microseconds per slot.
-pub(crate) const MAX_CONNECTING: usize = 16;
+const MAX_CONNECTING: usize = 16;
 /// Gap between the end of pre-connecting and the first due time, so the first request is
 /// not late by construction.
 const LEAD_US: u64 = 2_000;
