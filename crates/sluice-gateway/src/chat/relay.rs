@@ -23,12 +23,12 @@ use tokio::time::Instant;
 
 use super::InFlight;
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::upstream::{error_chain, UpstreamEndpoint, UpstreamResponse};
+use crate::upstream::{error_chain, ResponseError, UpstreamEndpoint, UpstreamResponse};
 
 /// How long to wait for the upstream to end its response after `[DONE]`.
 const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
 
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ResponseError>> + Send>>;
 
 pub fn stream_response(
     endpoint: Arc<UpstreamEndpoint>,

@@ -5,21 +5,24 @@
 //! accepted it. [`UpstreamEndpoint::send`] resolves when the response head arrives and turns
 //! transport failures into [`GatewayError`]s that say whether another endpoint may be tried.
 //!
-//! Requests are written with hyper's HTTP/1.1 connection API directly: the URI and `Host`
-//! are worked out once at startup and each request is a method, a path, five headers and the
-//! body. (A general-purpose client re-parses the URL, runs redirect and proxy policies and
-//! boxes several layers per request; on this path that cost more CPU than the gateway's own
-//! work.)
+//! Requests are written by [`h1`], the gateway's own HTTP/1.1 client connection, driven by
+//! the request's task: the request line and the fixed headers (`Host`, `Content-Type`,
+//! `User-Agent`, `Authorization`) are written out once at startup; each request adds its id,
+//! its length and the body. (A general-purpose client re-parses the URL, runs redirect and
+//! proxy policies and boxes several layers per request; on this path that cost more CPU than
+//! the gateway's own work.)
 
+mod h1;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue, Method, Request, Uri};
+use axum::http::{header, HeaderValue, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
+pub use h1::ResponseError;
 use pool::{ConnectError, ConnectionPool};
 pub use pool::{PoolStats, PooledBody};
 
@@ -54,11 +57,10 @@ pub struct UpstreamEndpoint {
     /// The configured base URL; the `endpoint` label of metrics and the name in errors.
     pub label: String,
     config: ResolvedEndpoint,
-    /// Origin-form (`/v1/chat/completions`): what the request line carries.
-    chat_path: Uri,
-    host: HeaderValue,
+    /// The request line and the headers every request carries, up to the per-request ones.
+    /// Holds the API key: never logged.
+    head_prefix: Bytes,
     pool: Arc<ConnectionPool>,
-    authorization: Option<HeaderValue>,
 }
 
 impl UpstreamEndpoint {
@@ -116,18 +118,16 @@ impl UpstreamEndpoint {
         );
         let watched: Arc<dyn PoolGauges> = pool.clone();
         metrics.watch_pool(&label, Arc::downgrade(&watched));
-        let authorization = config.api_key.as_ref().and_then(|key| {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
+        let authorization = config
+            .api_key
+            .as_ref()
+            .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok());
+        let head_prefix = request_head_prefix(&chat_path, &host, authorization.as_ref());
         Ok(UpstreamEndpoint {
             label,
             config,
-            chat_path,
-            host,
+            head_prefix,
             pool,
-            authorization,
         })
     }
 
@@ -150,24 +150,8 @@ impl UpstreamEndpoint {
         body: Bytes,
         request_id: &str,
     ) -> Result<UpstreamResponse, GatewayError> {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.chat_path.clone();
-        let headers = req.headers_mut();
-        headers.insert(header::HOST, self.host.clone());
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            headers.insert("x-request-id", id);
-        }
-        if let Some(auth) = &self.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-        }
         let first_byte = self.config.timeouts.first_byte;
-        match tokio::time::timeout(first_byte, self.exchange(req)).await {
+        match tokio::time::timeout(first_byte, self.exchange(&body, request_id)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 endpoint: self.label.clone(),
                 phase: TimeoutPhase::FirstByte,
@@ -177,46 +161,56 @@ impl UpstreamEndpoint {
         }
     }
 
-    /// Sends `req` on a pooled connection. A reused connection that the upstream closed
-    /// while it was idle hands the request back unsent; it then goes on another connection.
+    /// Sends the request on a pooled connection. When a reused connection turns out to be
+    /// closed before any byte of the request went out, the request goes on another.
     async fn exchange(
         &self,
-        mut req: Request<Full<Bytes>>,
+        body: &Bytes,
+        request_id: &str,
     ) -> Result<UpstreamResponse, GatewayError> {
+        let head_rest = request_head_rest(request_id, body.len());
         let mut unsent = 0;
         loop {
-            let mut lease = self
+            let lease = self
                 .pool
                 .checkout()
                 .await
                 .map_err(|e| self.connect_error(e))?;
-            match lease.sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let pool = self.pool.clone();
-                    return Ok(resp.map(|body| PooledBody::new(body, lease.sender, pool)));
+            let mut connection = lease.connection;
+            if let Err(e) = connection
+                .write_request(&[&self.head_prefix, &head_rest, body])
+                .await
+            {
+                if e.sent_any {
+                    // The request may have reached the upstream: not safe to send elsewhere.
+                    return Err(GatewayError::UpstreamProtocol {
+                        endpoint: self.label.clone(),
+                        reason: format!("writing the request failed: {e}"),
+                    });
                 }
-                Err(mut e) => {
-                    let Some(back) = e.take_message() else {
-                        // The request may have reached the upstream: not safe to send
-                        // elsewhere.
-                        return Err(GatewayError::UpstreamProtocol {
-                            endpoint: self.label.clone(),
-                            reason: error_chain(e.error()),
-                        });
-                    };
-                    unsent += 1;
-                    if !lease.reused || unsent > MAX_UNSENT_RETRIES {
-                        return Err(GatewayError::UpstreamUnreachable {
-                            endpoint: self.label.clone(),
-                            reason: format!(
-                                "the connection closed before the request was sent: {}",
-                                error_chain(e.error())
-                            ),
-                        });
-                    }
-                    req = back;
+                unsent += 1;
+                if !lease.reused || unsent > MAX_UNSENT_RETRIES {
+                    return Err(GatewayError::UpstreamUnreachable {
+                        endpoint: self.label.clone(),
+                        reason: format!("the connection closed before the request was sent: {e}"),
+                    });
                 }
+                continue;
             }
+            let head =
+                connection
+                    .read_head()
+                    .await
+                    .map_err(|e| GatewayError::UpstreamProtocol {
+                        endpoint: self.label.clone(),
+                        reason: e.to_string(),
+                    })?;
+            let body =
+                PooledBody::new(connection, head.framing, head.keep_alive, self.pool.clone());
+            let mut response = http::Response::new(body);
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            return Ok(response);
         }
     }
 
@@ -260,10 +254,6 @@ impl UpstreamEndpoint {
                 endpoint: self.label.clone(),
                 reason: error_chain(e.as_ref()),
             },
-            ConnectError::Handshake(e) => GatewayError::UpstreamUnreachable {
-                endpoint: self.label.clone(),
-                reason: error_chain(&e),
-            },
         }
     }
 
@@ -272,7 +262,7 @@ impl UpstreamEndpoint {
     }
 
     /// A response body that failed after the head arrived.
-    pub fn body_error(&self, e: &hyper::Error) -> GatewayError {
+    pub fn body_error(&self, e: &ResponseError) -> GatewayError {
         GatewayError::UpstreamProtocol {
             endpoint: self.label.clone(),
             reason: error_chain(e),
@@ -324,6 +314,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// `POST <path> HTTP/1.1` and the headers that are the same for every request.
+fn request_head_prefix(
+    path: &Uri,
+    host: &HeaderValue,
+    authorization: Option<&HeaderValue>,
+) -> Bytes {
+    let mut head = Vec::with_capacity(256);
+    let path = path.path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host.as_bytes());
+    head.extend_from_slice(b"\r\ncontent-type: application/json\r\nuser-agent: ");
+    head.extend_from_slice(USER_AGENT.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if let Some(auth) = authorization {
+        head.extend_from_slice(b"authorization: ");
+        head.extend_from_slice(auth.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(head)
+}
+
+/// The per-request end of the head: the request id (when it is a valid header value; client
+/// ids are checked on the way in, generated ones always are) and the body length.
+fn request_head_rest(request_id: &str, body_len: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut rest = Vec::with_capacity(96);
+    if !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic()) {
+        rest.extend_from_slice(b"x-request-id: ");
+        rest.extend_from_slice(request_id.as_bytes());
+        rest.extend_from_slice(b"\r\n");
+    }
+    // Writing to a Vec cannot fail.
+    let _ = write!(rest, "content-length: {body_len}\r\n\r\n");
+    rest
 }
 
 /// `Host` for requests to `uri`: the port only when it is not the scheme's default.

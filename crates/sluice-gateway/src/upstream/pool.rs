@@ -24,10 +24,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -37,8 +36,13 @@ use crate::config::ConnectionLimits;
 use crate::egress::Egress;
 use crate::metrics::PoolGauges;
 
+use super::h1::{self, Decoded, Framing, ResponseError};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Sender = SendRequest<Full<Bytes>>;
+/// A TCP connection, TLS or not, with tokio's I/O traits. Boxed: a TLS stream is kilobytes,
+/// and the connection is moved with the request's state.
+type Io = Box<TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>>;
+pub type Connection = h1::Connection<Io>;
 
 /// How many expired idle connections one checkout or check-in closes: enough to keep up with
 /// any traffic, few enough that closing never stalls a request.
@@ -68,8 +72,6 @@ impl PoolGauges for ConnectionPool {
 pub enum ConnectError {
     /// The connector failed (TCP, proxy tunnel or TLS); the request was not sent.
     Connect(BoxError),
-    /// The HTTP/1 handshake over a fresh connection failed; the request was not sent.
-    Handshake(hyper::Error),
 }
 
 pub struct ConnectionPool {
@@ -92,20 +94,20 @@ struct PoolState {
 }
 
 struct IdleConnection {
-    sender: Sender,
+    connection: Connection,
     since: Instant,
 }
 
 /// What a waiting checkout is given.
 enum Handoff {
-    Connection(Sender),
+    Connection(Connection),
     /// A connect slot came free: try again.
     MayConnect,
 }
 
 /// A connection taken from the pool, ready for one request.
 pub struct Lease {
-    pub sender: Sender,
+    pub connection: Connection,
     /// Whether it served a request before (a reused connection may have been closed by the
     /// upstream in the meantime; a request it returns unsent can go on another).
     pub reused: bool,
@@ -150,8 +152,8 @@ impl ConnectionPool {
             let step = {
                 let mut s = self.lock();
                 let expired = s.take_expired(self.limits.idle_timeout, EXPIRE_PER_CALL);
-                let step = if let Some(sender) = s.take_idle() {
-                    Step::Reuse(sender)
+                let step = if let Some(connection) = s.take_idle() {
+                    Step::Reuse(connection)
                 } else if s.connecting < self.limits.max_connecting {
                     s.connecting += 1;
                     Step::Connect
@@ -165,15 +167,11 @@ impl ConnectionPool {
                 step
             };
             match step {
-                Step::Reuse(mut sender) => {
-                    // Ready at once, unless the connection is still finishing the last
-                    // response; an error means the upstream closed it.
-                    if sender.ready().await.is_ok() {
-                        return Ok(Lease {
-                            sender,
-                            reused: true,
-                        });
-                    }
+                Step::Reuse(connection) => {
+                    return Ok(Lease {
+                        connection,
+                        reused: true,
+                    });
                 }
                 Step::Connect => {
                     let slot = ConnectSlot(self);
@@ -182,19 +180,17 @@ impl ConnectionPool {
                     // copied on the request path, for a step most requests skip.
                     let connected = Box::pin(self.connect()).await;
                     drop(slot);
-                    return connected.map(|sender| Lease {
-                        sender,
+                    return connected.map(|connection| Lease {
+                        connection,
                         reused: false,
                     });
                 }
                 Step::Wait(rx) => {
-                    if let Ok(Handoff::Connection(mut sender)) = rx.await {
-                        if sender.ready().await.is_ok() {
-                            return Ok(Lease {
-                                sender,
-                                reused: true,
-                            });
-                        }
+                    if let Ok(Handoff::Connection(connection)) = rx.await {
+                        return Ok(Lease {
+                            connection,
+                            reused: true,
+                        });
                     }
                 }
             }
@@ -203,51 +199,40 @@ impl ConnectionPool {
 
     /// Puts a connection whose last response was read to the end back: to a waiting
     /// request, else to the idle list (unless it is full).
-    fn checkin(&self, mut sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, mut connection: Connection) {
         let mut s = self.lock();
         while let Some(waiter) = s.waiters.pop_front() {
-            match waiter.send(Handoff::Connection(sender)) {
+            match waiter.send(Handoff::Connection(connection)) {
                 Ok(()) => return,
                 // That request is gone (cancelled or timed out): the next one.
-                Err(Handoff::Connection(back)) => sender = back,
+                Err(Handoff::Connection(back)) => connection = back,
                 Err(Handoff::MayConnect) => unreachable!("sent a connection"),
             }
         }
         let expired = s.take_expired(self.limits.idle_timeout, EXPIRE_PER_CALL);
         let surplus = if s.idle.len() < self.limits.max_idle {
             s.idle.push_back(IdleConnection {
-                sender,
+                connection,
                 since: Instant::now(),
             });
             None
         } else {
-            Some(sender)
+            Some(connection)
         };
         drop(s);
         drop(expired);
         drop(surplus);
     }
 
-    async fn connect(&self) -> Result<Sender, ConnectError> {
+    async fn connect(&self) -> Result<Connection, ConnectError> {
         let mut connector = self.connector.clone();
         let io = connector
             .call(self.target.clone())
             .await
             .map_err(ConnectError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            // Its errors reach the request that was using it.
-            let _ = connection.await;
-        });
         self.lock().opened += 1;
         self.opened.inc();
-        Ok(sender)
+        Ok(Connection::new(Box::new(TokioIo::new(io))))
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -257,17 +242,17 @@ impl ConnectionPool {
 }
 
 enum Step {
-    Reuse(Sender),
+    Reuse(Connection),
     Connect,
     Wait(oneshot::Receiver<Handoff>),
 }
 
 impl PoolState {
     /// The most recently returned idle connection that is still open.
-    fn take_idle(&mut self) -> Option<Sender> {
-        while let Some(c) = self.idle.pop_back() {
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+    fn take_idle(&mut self) -> Option<Connection> {
+        while let Some(mut c) = self.idle.pop_back() {
+            if c.connection.is_open_while_idle() {
+                return Some(c.connection);
             }
         }
         None
@@ -275,16 +260,17 @@ impl PoolState {
 
     /// Removes up to `max` connections idle longer than `timeout` from the cold end; the
     /// caller drops them (which closes them) after releasing the lock.
-    fn take_expired(&mut self, timeout: Duration, max: usize) -> Vec<Sender> {
+    fn take_expired(&mut self, timeout: Duration, max: usize) -> Vec<Connection> {
         let mut out = Vec::new();
         while out.len() < max {
-            match self.idle.front() {
-                Some(c) if c.since.elapsed() >= timeout || c.sender.is_closed() => {
-                    if let Some(c) = self.idle.pop_front() {
-                        out.push(c.sender);
-                    }
-                }
-                _ => break,
+            let Some(c) = self.idle.front_mut() else {
+                break;
+            };
+            if c.since.elapsed() < timeout && c.connection.is_open_while_idle() {
+                break;
+            }
+            if let Some(c) = self.idle.pop_front() {
+                out.push(c.connection);
             }
         }
         out
@@ -323,52 +309,104 @@ async fn sweep(pool: Weak<ConnectionPool>) {
     }
 }
 
-/// An upstream response body that returns its connection to the pool once read to the end.
+/// An upstream response body, read by the request's task from the connection itself; the
+/// connection goes back to the pool once the body has been read to its end.
 pub struct PooledBody {
-    inner: Incoming,
-    /// Taken when the body ends.
-    lease: Option<(Sender, Arc<ConnectionPool>)>,
+    /// `None` once the body has ended or failed.
+    connection: Option<Connection>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<ConnectionPool>,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, sender: Sender, pool: Arc<ConnectionPool>) -> PooledBody {
-        PooledBody {
-            inner,
-            lease: Some((sender, pool)),
+    pub fn new(
+        connection: Connection,
+        framing: Framing,
+        keep_alive: bool,
+        pool: Arc<ConnectionPool>,
+    ) -> PooledBody {
+        let mut body = PooledBody {
+            connection: Some(connection),
+            framing,
+            keep_alive,
+            pool,
+        };
+        if body.framing == Framing::Done {
+            body.finish();
         }
+        body
     }
 
-    fn release(&mut self) {
-        if let Some((sender, pool)) = self.lease.take() {
-            pool.checkin(sender);
+    /// The body has been read to its end: the connection goes back unless it may not carry
+    /// another request.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(connection) = self.connection.take() {
+            if self.keep_alive && !connection.has_unread() {
+                self.pool.checkin(connection);
+            }
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            // A failed body leaves the connection unusable: it is dropped with the body.
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match connection.decode(&mut this.framing) {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing == Framing::Done {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    // The connection is in an unknown state: closed with the failed body.
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let read = match std::task::ready!(connection.poll_read_more(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.keep_alive = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => Err(ResponseError::Closed("before the body ended")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(ResponseError::Io(e)),
+            };
+            if let Err(e) = read {
+                this.connection = None;
+                return Poll::Ready(Some(Err(e)));
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.framing == Framing::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -287,3 +287,139 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     assert_eq!(server.accepted(), 2);
     assert_eq!(ep.pool_stats().idle, 1);
 }
+
+/// A server that answers the requests it receives, on whatever connection, with `answers`
+/// in order, and keeps every request it saw. An answer starting with `CLOSE ` is sent without
+/// that prefix and then the connection is closed.
+async fn scripted_server(
+    answers: Vec<&'static str>,
+) -> (
+    String,
+    Arc<ConnectionCount>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(ConnectionCount::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answers = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        answers,
+    )));
+    let (counted, requests) = (count.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.accepted.fetch_add(1, Ordering::SeqCst);
+            let (counted, requests, answers) = (counted.clone(), requests.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                'requests: loop {
+                    while !request_complete(&pending) {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    requests
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&pending).into_owned());
+                    pending.clear();
+                    let Some(answer) = answers.lock().unwrap().pop_front() else {
+                        break;
+                    };
+                    let (answer, close) = match answer.strip_prefix("CLOSE ") {
+                        Some(rest) => (rest, true),
+                        None => (answer, false),
+                    };
+                    if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                        break;
+                    }
+                }
+                counted.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, count, seen)
+}
+
+#[tokio::test]
+async fn a_request_carries_the_fixed_headers_its_id_and_its_length() {
+    let (url, _server, seen) =
+        scripted_server(vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]).await;
+    let text =
+        format!("[models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\napi_key_env = \"KEY\"\n");
+    let path = Path::new("test.toml");
+    let config = Config::from_toml(&text, path)
+        .unwrap()
+        .resolve(path, &|name| (name == "KEY").then(|| "sk-test".to_owned()))
+        .unwrap();
+    let ep = UpstreamEndpoint::new(
+        config.models["m"].endpoints[0].clone(),
+        &GatewayMetrics::new(),
+    )
+    .unwrap();
+    let resp = ep
+        .send(Bytes::from_static(b"{\"model\":\"m\"}"), "req-1")
+        .await
+        .unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "{}");
+    let request = seen.lock().unwrap()[0].clone();
+    let host = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let expected = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\nuser-agent: sluice/{}\r\nauthorization: Bearer sk-test\r\nx-request-id: req-1\r\ncontent-length: 13\r\n\r\n{{\"model\":\"m\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(request, expected);
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_after_a_chunked_answer_but_not_after_connection_close() {
+    let (url, server, _) = scripted_server(vec![
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+    ])
+    .await;
+    let ep = endpoint(&url, "");
+    assert_eq!(call(&ep).await, "{\"a\":1}");
+    assert_eq!(ep.pool_stats().idle, 1);
+    assert_eq!(call(&ep).await, "{}");
+    // The upstream said it closes this one.
+    assert_eq!(ep.pool_stats().idle, 0);
+    assert_eq!(call(&ep).await, "{}");
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_garbage_gets_a_protocol_error_naming_it() {
+    let (url, _server, _) = scripted_server(vec!["<html>502 Bad Gateway</html>\r\n\r\n"]).await;
+    let ep = endpoint(&url, "");
+    let Err(e) = ep.send(Bytes::from_static(b"{}"), "req").await else {
+        panic!("garbage accepted as a response");
+    };
+    assert!(!e.retry_safe());
+    let text = e.to_string();
+    assert!(text.contains("not valid HTTP/1.1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
+    let (url, server, _) = scripted_server(vec![
+        "CLOSE HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":",
+    ])
+    .await;
+    let ep = endpoint(&url, "");
+    let resp = ep.send(Bytes::from_static(b"{}"), "req").await.unwrap();
+    let e = resp.into_body().collect().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("closed the connection before the body ended"),
+        "{e}"
+    );
+    assert_eq!(ep.pool_stats().idle, 0);
+    eventually("the server saw the connection end", || server.closed() == 1).await;
+}

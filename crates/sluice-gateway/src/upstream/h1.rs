@@ -1,0 +1,432 @@
+//! One keep-alive HTTP/1.1 connection to an upstream, carrying one request at a time and
+//! driven by the task of the request that holds it.
+//!
+//! Why not hyper's client connection: hyper runs every connection as a task of its own and
+//! passes the request, the response head and each body chunk between that task and the
+//! request's task through channels, waking one from the other several times per request.
+//! On the gateway's path (one POST, one JSON or SSE answer) that hand-off and hyper's general
+//! dispatcher cost more instructions than everything the gateway itself does with a request
+//! (docs/benchmarks.md). Here the request's task writes the request and reads the answer.
+//!
+//! What it implements of RFC 9112: requests framed by `Content-Length`; responses framed by
+//! `Content-Length`, the `chunked` transfer coding (extensions and trailers skipped) or the
+//! end of the connection; interim 1xx answers skipped; 204 and 304 without a body; a
+//! connection is kept for the next request unless the upstream says `Connection: close`,
+//! answers in HTTP/1.0, frames the body by closing, or sends more than the response.
+
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Largest response head (status line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE_BYTES: usize = 4096;
+/// Room asked of each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What went wrong reading a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream closed the connection {0}")]
+    Closed(&'static str),
+    #[error("the upstream's response is not valid HTTP/1.1: {0}")]
+    Invalid(String),
+}
+
+/// Writing a request failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{io}")]
+pub struct WriteError {
+    pub io: std::io::Error,
+    /// Whether any byte of the request was handed to the connection. When none was, the
+    /// upstream cannot have seen the request, so it may go elsewhere.
+    pub sent_any: bool,
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes remain.
+    Length(u64),
+    Chunked(Chunk),
+    /// The body ends when the upstream closes the connection.
+    UntilClose,
+    /// The body has ended.
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data remain.
+    Data(u64),
+    /// Expecting the line break that ends chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailer,
+}
+
+/// A response's status line and headers, and how its body is framed.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body has been read.
+    pub keep_alive: bool,
+}
+
+/// One piece of decoded body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// Nothing decodable is buffered: read more.
+    NeedMore,
+    End,
+}
+
+pub struct Connection<T> {
+    io: T,
+    /// Received and not yet consumed.
+    buf: BytesMut,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    pub fn new(io: T) -> Self {
+        Connection {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can still carry a request: the upstream has not closed it
+    /// and has sent nothing unasked. Never waits (at most one non-blocking read).
+    pub fn is_open_while_idle(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        // Ready means end of stream, an error, or bytes nobody asked for: not usable.
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Writes `parts` (head and body) in as few writes as the connection takes, then
+    /// flushes.
+    pub async fn write_request(&mut self, parts: &[&[u8]]) -> Result<(), WriteError> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest: &mut [IoSlice<'_>] = &mut slices;
+        IoSlice::advance_slices(&mut rest, 0);
+        let mut sent = 0;
+        while !rest.is_empty() {
+            let written = poll_fn(|cx| Pin::new(&mut self.io).poll_write_vectored(cx, rest)).await;
+            let n = match written {
+                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                other => other,
+            }
+            .map_err(|io| WriteError {
+                io,
+                sent_any: sent > 0,
+            })?;
+            sent += n;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        self.io
+            .flush()
+            .await
+            .map_err(|io| WriteError { io, sent_any: true })
+    }
+
+    /// Reads up to the end of a final (non-1xx) response head.
+    pub async fn read_head(&mut self) -> Result<ResponseHead, ResponseError> {
+        loop {
+            if let Some(head) = self.parse_head()? {
+                match head.status.as_u16() {
+                    101 => {
+                        return Err(ResponseError::Invalid(
+                            "101 Switching Protocols to a request that asked for no upgrade".into(),
+                        ))
+                    }
+                    100..=199 => continue,
+                    _ => return Ok(head),
+                }
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(ResponseError::Invalid(format!(
+                    "the response head is larger than {} KiB",
+                    MAX_HEAD_BYTES / 1024
+                )));
+            }
+            if poll_fn(|cx| self.poll_read_more(cx)).await? == 0 {
+                return Err(ResponseError::Closed(if self.buf.is_empty() {
+                    "without answering"
+                } else {
+                    "in the middle of the response head"
+                }));
+            }
+        }
+    }
+
+    /// Reads what the connection has into the buffer; `Ok(0)` is the end of the stream.
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Whether bytes beyond the current response have arrived (then the connection is not
+    /// reused: they belong to no request).
+    pub fn has_unread(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next piece of body under `framing` from what is buffered.
+    pub fn decode(&mut self, framing: &mut Framing) -> Result<Decoded, ResponseError> {
+        decode(&mut self.buf, framing)
+    }
+
+    /// Parses a complete head at the start of the buffer and consumes it.
+    fn parse_head(&mut self) -> Result<Option<ResponseHead>, ResponseError> {
+        // Uninitialised: initialising 128 fields cost more than parsing a typical head.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &self.buf,
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ResponseError::Invalid(format!(
+                    "more than {MAX_HEADERS} header fields"
+                )))
+            }
+            Err(e) => return Err(ResponseError::Invalid(format!("malformed head: {e}"))),
+        };
+        let status = response
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| ResponseError::Invalid("invalid status code".into()))?;
+        let http11 = response.version == Some(1);
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut length: Option<u64> = None;
+        let mut transfer_coding: Option<bool> = None; // Some(whether chunked is the last)
+        let mut close = !http11;
+        for field in response.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+                ResponseError::Invalid(format!("invalid header name {:?}", field.name))
+            })?;
+            let value = HeaderValue::from_bytes(field.value).map_err(|_| {
+                ResponseError::Invalid(format!("invalid value of header {}", field.name))
+            })?;
+            if name == header::CONTENT_LENGTH {
+                let n = parse_content_length(field.value)?;
+                if length.is_some_and(|m| m != n) {
+                    return Err(ResponseError::Invalid(
+                        "conflicting Content-Length values".into(),
+                    ));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                let last = field
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                transfer_coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for token in field.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        self.buf.advance(len);
+        let framing = if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Done
+        } else if let Some(chunked) = transfer_coding {
+            // Transfer-Encoding overrides Content-Length; a message with both may have been
+            // smuggled past something, so the connection is not reused.
+            close |= length.is_some();
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match length {
+                Some(0) => Framing::Done,
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        };
+        Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive: !close && framing != Framing::UntilClose,
+        }))
+    }
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, ResponseError> {
+    let invalid = || ResponseError::Invalid(format!("invalid Content-Length {value:?}"));
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The next piece of body in `buf` under `framing`; consumes what it returns.
+pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Decoded, ResponseError> {
+    loop {
+        match framing {
+            Framing::Done => return Ok(Decoded::End),
+            Framing::UntilClose => {
+                return Ok(if buf.is_empty() {
+                    Decoded::NeedMore
+                } else {
+                    Decoded::Data(buf.split().freeze())
+                });
+            }
+            Framing::Length(remaining) => {
+                let Some(data) = take_data(buf, remaining) else {
+                    return Ok(Decoded::NeedMore);
+                };
+                if *remaining == 0 {
+                    *framing = Framing::Done;
+                }
+                return Ok(Decoded::Data(data));
+            }
+            Framing::Chunked(Chunk::Data(remaining)) => {
+                let Some(data) = take_data(buf, remaining) else {
+                    return Ok(Decoded::NeedMore);
+                };
+                if *remaining == 0 {
+                    *framing = Framing::Chunked(Chunk::DataEnd);
+                }
+                return Ok(Decoded::Data(data));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                let size = parse_chunk_size(&line)?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailer
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                if !line.is_empty() {
+                    return Err(ResponseError::Invalid(
+                        "chunk data longer than its size".into(),
+                    ));
+                }
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailer) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                // Trailer fields carry nothing the gateway uses.
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                }
+            }
+        }
+    }
+}
+
+/// Up to `remaining` buffered bytes, or `None` when nothing is buffered.
+fn take_data(buf: &mut BytesMut, remaining: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(*remaining).map_or(buf.len(), |r| r.min(buf.len()));
+    *remaining -= n as u64;
+    Some(buf.split_to(n).freeze())
+}
+
+/// A whole line (without its CRLF or LF) from the front of `buf`, or `None` if it has not
+/// all arrived.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, ResponseError> {
+    let window = &buf[..buf.len().min(MAX_LINE_BYTES + 2)];
+    let Some(lf) = memchr::memchr(b'\n', window) else {
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(ResponseError::Invalid(format!(
+                "a chunk line is longer than {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        return Ok(None);
+    };
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf);
+    if line.last() == Some(&b'\r') {
+        line.truncate(lf - 1);
+    }
+    Ok(Some(line))
+}
+
+/// `1a;name=value` → 26. Extensions are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ResponseError> {
+    let invalid = || {
+        ResponseError::Invalid(format!(
+            "invalid chunk size line {:?}",
+            String::from_utf8_lossy(line)
+        ))
+    };
+    let hex = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if hex.is_empty() || hex.len() > 15 {
+        return Err(invalid());
+    }
+    hex.iter().try_fold(0u64, |n, &d| {
+        let v = char::from(d).to_digit(16).ok_or_else(invalid)?;
+        Ok(n * 16 + u64::from(v))
+    })
+}
+
+#[cfg(test)]
+mod tests;
