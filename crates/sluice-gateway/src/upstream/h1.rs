@@ -129,8 +129,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Writes `parts` (head and body) in as few writes as the connection takes, then
     /// flushes.
-    pub async fn write_request(&mut self, parts: &[&[u8]]) -> Result<(), WriteError> {
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    pub async fn write_request<const N: usize>(
+        &mut self,
+        parts: [&[u8]; N],
+    ) -> Result<(), WriteError> {
+        let mut slices = parts.map(IoSlice::new);
         let mut rest: &mut [IoSlice<'_>] = &mut slices;
         IoSlice::advance_slices(&mut rest, 0);
         let mut sent = 0;

@@ -178,7 +178,7 @@ impl UpstreamEndpoint {
                 .map_err(|e| self.connect_error(e))?;
             let mut connection = lease.connection;
             if let Err(e) = connection
-                .write_request(&[&self.head_prefix, &head_rest, body])
+                .write_request([&self.head_prefix, &head_rest, body])
                 .await
             {
                 if e.sent_any {

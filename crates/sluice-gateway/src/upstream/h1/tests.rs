@@ -302,7 +302,7 @@ async fn a_request_is_written_whole_through_short_writes() {
         seen
     });
     let body = vec![b'b'; 1000];
-    c.write_request(&[
+    c.write_request([
         b"POST / HTTP/1.1\r\n",
         b"",
         b"content-length: 1000\r\n\r\n",
@@ -323,7 +323,7 @@ async fn a_write_to_a_closed_connection_says_nothing_was_sent() {
     drop(server);
     let mut c = Connection::new(client);
     let e = c
-        .write_request(&[b"POST / HTTP/1.1\r\n\r\n"])
+        .write_request([b"POST / HTTP/1.1\r\n\r\n"])
         .await
         .unwrap_err();
     assert!(!e.sent_any, "{e}");
