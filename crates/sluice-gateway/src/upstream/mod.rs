@@ -69,6 +69,16 @@ impl UpstreamEndpoint {
         config: ResolvedEndpoint,
         metrics: &GatewayMetrics,
     ) -> Result<Self, ClientBuildError> {
+        Self::build(config, metrics, None)
+    }
+
+    /// With `tls`, HTTPS connections trust what it says instead of the webpki roots (tests
+    /// use it for their own CA).
+    fn build(
+        config: ResolvedEndpoint,
+        metrics: &GatewayMetrics,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, ClientBuildError> {
         let chat_uri: Uri =
             config
                 .chat_url
@@ -89,11 +99,14 @@ impl UpstreamEndpoint {
                 tracing::warn!(endpoint = %label, %proxy, "a proxy is configured for this plain-HTTP endpoint, but sluice connects to http:// endpoints directly (add it to NO_PROXY to silence this)");
             }
         }
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(egress);
+        let tls = match tls {
+            Some(tls) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls),
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?,
+        }
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(egress);
         let host = host_header(&chat_uri).ok_or_else(|| ClientBuildError::Uri {
             url: config.chat_url.to_string(),
             reason: "no host".into(),
