@@ -3,6 +3,8 @@
 //! Only tests and benches depend on this crate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

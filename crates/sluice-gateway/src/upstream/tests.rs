@@ -424,66 +424,6 @@ async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
     eventually("the server saw the connection end", || server.closed() == 1).await;
 }
 
-/// A TLS terminator for `localhost` in front of the plain server at `backend`, and a client
-/// config that trusts its (freshly made) root.
-async fn tls_in_front_of(backend: &str) -> (String, rustls::ClientConfig) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    let root_key = KeyPair::generate().unwrap();
-    let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &root, &root_key)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let backend = backend
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1")
-        .to_owned();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, backend) = (acceptor.clone(), backend.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    (format!("https://localhost:{port}/v1"), client)
-}
-
 #[tokio::test]
 async fn requests_over_tls_are_answered_and_share_one_connection() {
     let (backend, server, _) = scripted_server(vec![
@@ -492,7 +432,14 @@ async fn requests_over_tls_are_answered_and_share_one_connection() {
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
     ])
     .await;
-    let (url, tls) = tls_in_front_of(&backend).await;
+    let backend = backend
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = sluice_testkit::tls::TlsUpstream::start(backend, dir.path()).await;
+    let url = format!("https://localhost:{}/v1", upstream.port());
     let text = format!("[models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\n");
     let path = Path::new("test.toml");
     let config = Config::from_toml(&text, path)
@@ -502,7 +449,7 @@ async fn requests_over_tls_are_answered_and_share_one_connection() {
     let ep = UpstreamEndpoint::build(
         config.models["m"].endpoints[0].clone(),
         &GatewayMetrics::new(),
-        Some(tls),
+        Some(upstream.client_config()),
     )
     .unwrap();
     assert_eq!(call(&ep).await, "{}");
