@@ -16,10 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::UpstreamEndpoint;
-use crate::config::Config;
+use crate::config::{Config, ResolvedEndpoint};
 use crate::metrics::GatewayMetrics;
 
 const ANSWER: &str = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+/// Raw answers for the scripted server: `{}` by length, and `{"a":1}` in two chunks.
+const LENGTH_ANSWER: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+const CHUNKED_ANSWER: &str =
+    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
 
 /// Connections a test server accepted, and how many of them have ended.
 #[derive(Default)]
@@ -145,16 +149,22 @@ fn request_complete(seen: &[u8]) -> bool {
 }
 
 fn endpoint(url: &str, connections: &str) -> Arc<UpstreamEndpoint> {
-    let text = format!(
-        "[models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\nconnections = {{ {connections} }}\n"
+    let resolved = resolved_endpoint(
+        &format!("url = \"{url}\"\nconnections = {{ {connections} }}"),
+        &|_| None,
     );
+    Arc::new(UpstreamEndpoint::new(resolved, &GatewayMetrics::new()).unwrap())
+}
+
+/// Model `m`'s one endpoint, configured by `keys`, with `env` as the environment.
+fn resolved_endpoint(keys: &str, env: &dyn Fn(&str) -> Option<String>) -> ResolvedEndpoint {
+    let text = format!("[models.m]\n[[models.m.endpoints]]\n{keys}\n");
     let path = Path::new("test.toml");
     let config = Config::from_toml(&text, path)
         .unwrap()
-        .resolve(path, &|_| None)
+        .resolve(path, env)
         .unwrap();
-    let resolved = config.models["m"].endpoints[0].clone();
-    Arc::new(UpstreamEndpoint::new(resolved, &GatewayMetrics::new()).unwrap())
+    config.models["m"].endpoints[0].clone()
 }
 
 /// One request, its body read to the end.
@@ -348,20 +358,12 @@ async fn scripted_server(
 
 #[tokio::test]
 async fn a_request_carries_the_fixed_headers_its_id_and_its_length() {
-    let (url, _server, seen) =
-        scripted_server(vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]).await;
-    let text =
-        format!("[models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\napi_key_env = \"KEY\"\n");
-    let path = Path::new("test.toml");
-    let config = Config::from_toml(&text, path)
-        .unwrap()
-        .resolve(path, &|name| (name == "KEY").then(|| "sk-test".to_owned()))
-        .unwrap();
-    let ep = UpstreamEndpoint::new(
-        config.models["m"].endpoints[0].clone(),
-        &GatewayMetrics::new(),
-    )
-    .unwrap();
+    let (url, _server, seen) = scripted_server(vec![LENGTH_ANSWER]).await;
+    let resolved = resolved_endpoint(
+        &format!("url = \"{url}\"\napi_key_env = \"KEY\""),
+        &|name| (name == "KEY").then(|| "sk-test".to_owned()),
+    );
+    let ep = UpstreamEndpoint::new(resolved, &GatewayMetrics::new()).unwrap();
     let resp = ep
         .send(Bytes::from_static(b"{\"model\":\"m\"}"), "req-1")
         .await
@@ -379,9 +381,9 @@ async fn a_request_carries_the_fixed_headers_its_id_and_its_length() {
 #[tokio::test]
 async fn a_connection_is_reused_after_a_chunked_answer_but_not_after_connection_close() {
     let (url, server, _) = scripted_server(vec![
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
+        CHUNKED_ANSWER,
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
-        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+        LENGTH_ANSWER,
     ])
     .await;
     let ep = endpoint(&url, "");
@@ -426,12 +428,8 @@ async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
 
 #[tokio::test]
 async fn requests_over_tls_are_answered_and_share_one_connection() {
-    let (backend, server, _) = scripted_server(vec![
-        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
-        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
-    ])
-    .await;
+    let (backend, server, _) =
+        scripted_server(vec![LENGTH_ANSWER, CHUNKED_ANSWER, LENGTH_ANSWER]).await;
     let backend = backend
         .trim_start_matches("http://")
         .trim_end_matches("/v1")
@@ -440,14 +438,8 @@ async fn requests_over_tls_are_answered_and_share_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = sluice_testkit::tls::TlsUpstream::start(backend, dir.path()).await;
     let url = format!("https://localhost:{}/v1", upstream.port());
-    let text = format!("[models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\n");
-    let path = Path::new("test.toml");
-    let config = Config::from_toml(&text, path)
-        .unwrap()
-        .resolve(path, &|_| None)
-        .unwrap();
     let ep = UpstreamEndpoint::build(
-        config.models["m"].endpoints[0].clone(),
+        resolved_endpoint(&format!("url = \"{url}\""), &|_| None),
         &GatewayMetrics::new(),
         Some(upstream.client_config()),
     )
