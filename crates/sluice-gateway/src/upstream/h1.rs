@@ -18,7 +18,7 @@ use std::future::poll_fn;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -189,12 +189,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Reads what the connection has into the buffer; `Ok(0)` is the end of the stream.
     pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         self.buf.reserve(READ_CHUNK);
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))?;
-        Poll::Ready(Ok(n))
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Whether bytes beyond the current response have arrived (then the connection is not

@@ -338,6 +338,12 @@ impl PooledBody {
         body
     }
 
+    /// The body failed: the connection, in an unknown state, is closed with it.
+    fn fail(&mut self, e: ResponseError) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
+        self.connection = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
     /// The body has been read to its end: the connection goes back unless it may not carry
     /// another request.
     fn finish(&mut self) {
@@ -375,25 +381,18 @@ impl Body for PooledBody {
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => {}
-                Err(e) => {
-                    // The connection is in an unknown state: closed with the failed body.
-                    this.connection = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail(e),
             }
-            let read = match std::task::ready!(connection.poll_read_more(cx)) {
+            match std::task::ready!(connection.poll_read_more(cx)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
-                    this.keep_alive = false;
-                    this.finish();
+                    // The close is the body's end; the connection went with it.
+                    this.connection = None;
+                    this.framing = Framing::Done;
                     return Poll::Ready(None);
                 }
-                Ok(0) => Err(ResponseError::Closed("before the body ended")),
-                Ok(_) => Ok(()),
-                Err(e) => Err(ResponseError::Io(e)),
-            };
-            if let Err(e) = read {
-                this.connection = None;
-                return Poll::Ready(Some(Err(e)));
+                Ok(0) => return this.fail(ResponseError::Closed("before the body ended")),
+                Ok(_) => {}
+                Err(e) => return this.fail(ResponseError::Io(e)),
             }
         }
     }

@@ -450,3 +450,17 @@ async fn requests_over_tls_are_answered_and_share_one_connection() {
     assert_eq!(server.accepted(), 1, "one TLS connection for all three");
     assert_eq!(ep.pool_stats().opened, 1);
 }
+
+#[tokio::test]
+async fn a_body_ended_by_closing_is_read_whole_and_its_connection_not_kept() {
+    let (url, server, _) = scripted_server(vec![
+        "CLOSE HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}",
+        LENGTH_ANSWER,
+    ])
+    .await;
+    let ep = endpoint(&url, "");
+    assert_eq!(call(&ep).await, "{\"a\":1}");
+    assert_eq!(ep.pool_stats().idle, 0);
+    assert_eq!(call(&ep).await, "{}");
+    assert_eq!(server.accepted(), 2);
+}
