@@ -83,11 +83,18 @@ pub enum Chunk {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
+    /// Of the answer's header fields, those in [`KEPT_HEADERS`]: the only ones the gateway
+    /// reads (the client's answer gets headers of its own). Copying every field into a
+    /// `HeaderMap` (a name lookup, an allocation and a hash each) cost more than parsing the
+    /// head, and real providers send twenty or more.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body has been read.
     pub keep_alive: bool,
 }
+
+/// The upstream header fields [`ResponseHead::headers`] keeps.
+pub const KEPT_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
 
 /// One piece of decoded body.
 #[derive(Debug, PartialEq, Eq)]
@@ -228,18 +235,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or_else(|| ResponseError::Invalid("invalid status code".into()))?;
         let http11 = response.version == Some(1);
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut headers = HeaderMap::new();
         let mut length: Option<u64> = None;
         let mut transfer_coding: Option<bool> = None; // Some(whether chunked is the last)
         let mut close = !http11;
         for field in response.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
-                ResponseError::Invalid(format!("invalid header name {:?}", field.name))
-            })?;
-            let value = HeaderValue::from_bytes(field.value).map_err(|_| {
-                ResponseError::Invalid(format!("invalid value of header {}", field.name))
-            })?;
-            if name == header::CONTENT_LENGTH {
+            let name = field.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
                 let n = parse_content_length(field.value)?;
                 if length.is_some_and(|m| m != n) {
                     return Err(ResponseError::Invalid(
@@ -247,7 +249,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     ));
                 }
                 length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 let last = field
                     .value
                     .rsplit(|&b| b == b',')
@@ -255,7 +257,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     .unwrap_or_default()
                     .trim_ascii();
                 transfer_coding = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION {
+            } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in field.value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
@@ -264,8 +266,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         close = false;
                     }
                 }
+            } else {
+                let kept = KEPT_HEADERS
+                    .iter()
+                    .find(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()));
+                if let Some(kept) = kept {
+                    let value = HeaderValue::from_bytes(field.value).map_err(|_| {
+                        ResponseError::Invalid(format!("invalid value of header {}", field.name))
+                    })?;
+                    headers.append(kept.clone(), value);
+                }
             }
-            headers.append(name, value);
         }
         self.buf.advance(len);
         let framing = if status.is_informational()
