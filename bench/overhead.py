@@ -8,13 +8,19 @@ Every (rate, target) cell is measured `--repeats` times, targets interleaved in 
 order, and the median of the repeats is reported: on a small shared machine single runs swing
 by more than the differences being measured.
 
+How sure a cell is: the table gives, next to each ratio, a 90 % interval from resampling the
+repeats (a repeat's direct, nginx and sluice runs stay together). A ratio whose interval
+straddles the 1.5x target is not decided by the run, whichever side its median falls on.
+
 Usage: bench/overhead.sh [--rates 1000,2000,5000,10000] [--duration 10] [--repeats 3]
                          [--max-connections 512] [--connection-reuse spread|recent]
+       python3 bench/overhead.py --summarize bench/results/overhead-STAMP.json
 """
 
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -157,6 +163,95 @@ def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse
     }
 
 
+NAMES = ["direct", "nginx", "sluice"]
+TARGET_RATIO = 1.5
+
+
+def added(cells, rate, name, key, picks=None):
+    """Median over repeats of each repeat's proxy value minus the same repeat's direct value."""
+    proxy, direct = cells[f"{rate}/{name}"], cells[f"{rate}/direct"]
+    picks = range(min(len(proxy), len(direct))) if picks is None else picks
+    return statistics.median(proxy[i][key] - direct[i][key] for i in picks)
+
+
+def ratio(cells, rate, picks=None):
+    """sluice's added p99 over nginx's; infinite when nginx added nothing."""
+    nginx = added(cells, rate, "nginx", "p99", picks)
+    return added(cells, rate, "sluice", "p99", picks) / nginx if nginx > 0 else float("inf")
+
+
+def ratio_interval(cells, rate, resamples=2000):
+    """5th and 95th percentiles of the ratio over resampled repeats (seeded: the same file
+    always gives the same interval)."""
+    n = min(len(cells[f"{rate}/{name}"]) for name in NAMES)
+    rng = random.Random(rate)
+    values = sorted(ratio(cells, rate, [rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    return values[int(0.05 * resamples)], values[int(0.95 * resamples) - 1]
+
+
+def summary(saved):
+    cells = saved["cells"]
+    rates = sorted({int(k.split("/")[0]) for k in cells})
+
+    def med(rate, name, key):
+        return statistics.median(c[key] for c in cells[f"{rate}/{name}"])
+
+    def sustains(rate, name):
+        return all(c["error_rate"] < 0.001 and c["achieved"] >= 0.97 * rate for c in cells[f"{rate}/{name}"])
+
+    def verdict(low, high):
+        if high <= TARGET_RATIO:
+            return "met"
+        if low > TARGET_RATIO:
+            return "missed"
+        return "undecided"
+
+    lines = [
+        "| rate (req/s) | direct p50 / p99 (ms) | nginx added p50 / p99 (ms) | sluice added p50 / p99 (ms) "
+        "| sluice p99 ÷ nginx p99 (added) | 90 % interval, target 1.5x | sluice CPU (% of one core) "
+        "| errors direct / nginx / sluice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        low, high = ratio_interval(cells, rate)
+        errs = " / ".join(f"{100 * med(rate, n, 'error_rate'):.2f} %" for n in NAMES)
+        cpu = saved.get("sluice_cpu", {}).get(str(rate))
+        lines.append(
+            f"| {rate} | {med(rate, 'direct', 'p50'):.3f} / {med(rate, 'direct', 'p99'):.3f} "
+            f"| {added(cells, rate, 'nginx', 'p50'):+.3f} / {added(cells, rate, 'nginx', 'p99'):+.3f} "
+            f"| {added(cells, rate, 'sluice', 'p50'):+.3f} / {added(cells, rate, 'sluice', 'p99'):+.3f} "
+            f"| {ratio(cells, rate):.2f} | {low:.2f}–{high:.2f}: {verdict(low, high)} "
+            f"| {f'{statistics.median(cpu):.0f}' if cpu else '–'} | {errs} |"
+        )
+    best = {n: max([r for r in rates if sustains(r, n)], default=None) for n in NAMES}
+    lines.append("")
+    peak = saved.get("peak_rss_mib")
+    lines.append("Highest rate sustained (< 0.1 % errors, ≥ 97 % of the target rate achieved, every repeat): "
+                 + ", ".join(f"{n} {best[n] or 'none'}" for n in NAMES)
+                 + (f". sluice peak RSS {peak:.1f} MiB." if peak is not None else "."))
+    gen_flags = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c["generator_bottleneck"] for c in cs)})
+    if gen_flags:
+        lines.append(f"The load generator flagged itself as a possible bottleneck at rates {gen_flags} "
+                     "(it shares the 2 cores with the servers).")
+    capped = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c["connection_cap_hit"] for c in cs)})
+    if "max_connections" in saved:
+        lines.append(f"Each run could open at most {saved['max_connections']} connections"
+                     + f" and reused them `--connection-reuse {saved['connection_reuse']}`"
+                     + (f"; the cap held requests back at rates {capped} (that wait counts in their latency)."
+                        if capped else "; no run reached the cap."))
+    steals = [c["steal_percent"] for cs in cells.values() for c in cs if c["steal_percent"] is not None]
+    if steals:
+        again = saved.get("repeated_for_steal")
+        lines.append(f"Steal (CPU time the hypervisor took from this VM) per run: median {statistics.median(steals):.2f} %, "
+                     f"max {max(steals):.2f} %; runs at 0.5 % or more: {sum(1 for x in steals if x >= 0.5)} of {len(steals)}"
+                     + (f"; runs discarded and run again for steal over {saved['max_steal']:g} %: {again}." if again is not None else "."))
+    lines += ["", "p99 (ms) per repeat, in the order run:", "", "| rate | " + " | ".join(NAMES) + " |", "|---|---|---|---|"]
+    for rate in rates:
+        lines.append(f"| {rate} | " + " | ".join(
+            ", ".join(f"{c['p99']:.2f}" for c in cells[f"{rate}/{n}"]) for n in NAMES) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sluice", default="target/release/sluice")
@@ -181,7 +276,13 @@ def main():
     # printed and counted in the summary.
     ap.add_argument("--max-steal", type=float, default=1.0, help="percent of the machine")
     ap.add_argument("--steal-retries", type=int, default=3)
+    ap.add_argument("--summarize", metavar="JSON",
+                    help="print the summary of a saved run (its overhead-*.json) and measure nothing")
     args = ap.parse_args()
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        print(summary(saved))
+        return 0
     rates = [int(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="sluice-overhead-"))
     procs = []
@@ -225,58 +326,23 @@ def main():
         stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
-    def med(rate, name, key):
-        return statistics.median(c[key] for c in cells[(rate, name)])
-
-    def added(rate, name, key):
-        # Paired by repeat: each repeat's proxy value minus the same repeat's direct value.
-        diffs = [p[key] - d[key] for p, d in zip(cells[(rate, name)], cells[(rate, "direct")])]
-        return statistics.median(diffs)
-
-    def sustains(rate, name):
-        return all(c["error_rate"] < 0.001 and c["achieved"] >= 0.97 * rate for c in cells[(rate, name)])
-
-    lines = [
-        "| rate (req/s) | direct p50 / p99 (ms) | nginx added p50 / p99 (ms) | sluice added p50 / p99 (ms) | sluice p99 ÷ nginx p99 (added) | sluice CPU (% of one core) | errors direct / nginx / sluice |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for rate in rates:
-        ratio = added(rate, "sluice", "p99") / added(rate, "nginx", "p99") if added(rate, "nginx", "p99") > 0 else float("nan")
-        errs = " / ".join(f"{100 * med(rate, n, 'error_rate'):.2f} %" for n in names)
-        lines.append(
-            f"| {rate} | {med(rate, 'direct', 'p50'):.3f} / {med(rate, 'direct', 'p99'):.3f} "
-            f"| {added(rate, 'nginx', 'p50'):+.3f} / {added(rate, 'nginx', 'p99'):+.3f} "
-            f"| {added(rate, 'sluice', 'p50'):+.3f} / {added(rate, 'sluice', 'p99'):+.3f} "
-            f"| {ratio:.2f} | {statistics.median(sluice_cpu[rate]):.0f} | {errs} |"
-        )
-    best = {n: max([r for r in rates if sustains(r, n)], default=None) for n in names}
-    lines.append("")
-    lines.append("Highest rate sustained (< 0.1 % errors, ≥ 97 % of the target rate achieved, every repeat): "
-                 + ", ".join(f"{n} {best[n] or 'none'}" for n in names)
-                 + f". sluice peak RSS {peak_mem:.1f} MiB.")
-    gen_flags = sorted({r for (r, _), cs in cells.items() if any(c["generator_bottleneck"] for c in cs)})
-    if gen_flags:
-        lines.append(f"The load generator flagged itself as a possible bottleneck at rates {gen_flags} "
-                     "(it shares the 2 cores with the servers).")
-    capped = sorted({r for (r, _), cs in cells.items() if any(c["connection_cap_hit"] for c in cs)})
-    lines.append(f"Each run could open at most {args.max_connections} connections"
-                 + f" and reused them `--connection-reuse {args.connection_reuse}`"
-                 + (f"; the cap held requests back at rates {capped} (that wait counts in their latency)."
-                    if capped else "; no run reached the cap."))
-    steals = [c["steal_percent"] for cs in cells.values() for c in cs if c["steal_percent"] is not None]
-    if steals:
-        lines.append(f"Steal (CPU time the hypervisor took from this VM) per run: median {statistics.median(steals):.2f} %, "
-                     f"max {max(steals):.2f} %; runs at 0.5 % or more: {sum(1 for x in steals if x >= 0.5)} of {len(steals)}; "
-                     f"runs discarded and run again for steal over {args.max_steal:g} %: {repeated_for_steal}.")
-    table = "\n".join(lines)
+    saved = {
+        "cells": {f"{rate}/{name}": cs for (rate, name), cs in cells.items()},
+        "sluice_cpu": {str(rate): v for rate, v in sluice_cpu.items()},
+        "peak_rss_mib": peak_mem,
+        "max_connections": args.max_connections,
+        "connection_reuse": args.connection_reuse,
+        "max_steal": args.max_steal,
+        "repeated_for_steal": repeated_for_steal,
+    }
+    table = summary(saved)
     print()
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"overhead-{stamp}.md").write_text(table + "\n")
-    raw = {f"{rate}/{name}": cs for (rate, name), cs in cells.items()}
-    (out / f"overhead-{stamp}.json").write_text(json.dumps({"cells": raw, "sluice_cpu": sluice_cpu, "peak_rss_mib": peak_mem}, indent=1))
+    (out / f"overhead-{stamp}.json").write_text(json.dumps(saved, indent=1))
     print(f"\nwritten to {out}/overhead-{stamp}.md")
 
 
