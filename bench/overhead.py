@@ -229,17 +229,18 @@ def summary(saved):
     lines.append("Highest rate sustained (< 0.1 % errors, ≥ 97 % of the target rate achieved, every repeat): "
                  + ", ".join(f"{n} {best[n] or 'none'}" for n in NAMES)
                  + (f". sluice peak RSS {peak:.1f} MiB." if peak is not None else "."))
-    gen_flags = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c["generator_bottleneck"] for c in cs)})
+    gen_flags = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c.get("generator_bottleneck") for c in cs)})
     if gen_flags:
         lines.append(f"The load generator flagged itself as a possible bottleneck at rates {gen_flags} "
                      "(it shares the 2 cores with the servers).")
-    capped = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c["connection_cap_hit"] for c in cs)})
+    capped = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c.get("connection_cap_hit") for c in cs)})
     if "max_connections" in saved:
         lines.append(f"Each run could open at most {saved['max_connections']} connections"
                      + f" and reused them `--connection-reuse {saved['connection_reuse']}`"
                      + (f"; the cap held requests back at rates {capped} (that wait counts in their latency)."
                         if capped else "; no run reached the cap."))
-    steals = [c["steal_percent"] for cs in cells.values() for c in cs if c["steal_percent"] is not None]
+    # Runs saved before a field existed lack it.
+    steals = [c["steal_percent"] for cs in cells.values() for c in cs if c.get("steal_percent") is not None]
     if steals:
         again = saved.get("repeated_for_steal")
         lines.append(f"Steal (CPU time the hypervisor took from this VM) per run: median {statistics.median(steals):.2f} %, "

@@ -168,7 +168,8 @@ fn usage_value(body: &[u8], i: usize) -> Result<(Option<Usage>, usize), NotAComp
 /// optionally `prompt_tokens_details` with `cached_tokens`, plain integers, no escapes. Returns
 /// `None` on anything else (other keys, duplicates, a missing count, a number serde would
 /// read differently or refuse), and the caller lets serde decide; so the answer is always
-/// serde's. serde's `usage` was 5 % of the gateway's instructions per proxied request.
+/// serde's. serde's `usage` was 5 % of the gateway's instructions per proxied request; this
+/// path saves about 1 300 of its 2 500 (docs/benchmarks.md).
 fn plain_usage(body: &[u8], start: usize) -> Option<(Usage, usize)> {
     let mut counts: [Option<u64>; 3] = [None; 3];
     let mut details: Option<Option<PromptTokensDetails>> = None;
