@@ -6,14 +6,17 @@
 //!   the response, stream chunks and usage.
 //! - [`error`]: the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
 //! - [`models`]: the `GET /v1/models` list.
+//! - [`ProxyFields`]: the few request fields a proxy acts on, read without building the request.
 //! - [`sse`]: server-sent-event framing, an incremental parser and an encoder.
 
 pub mod chat;
 pub mod error;
 pub mod models;
+mod proxy_fields;
 pub mod sse;
 mod usage_scan;
 
 pub use chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, RequestError, Usage};
 pub use error::{ErrorObject, ErrorResponse};
+pub use proxy_fields::ProxyFields;
 pub use usage_scan::NotACompletion;

@@ -109,8 +109,16 @@ async fn streaming_relays_every_chunk_in_order_then_done() {
     let gw = gateway_for(&[&mock], "").await;
 
     // Without include_usage the client gets no usage chunk, though the gateway asked for one.
-    let resp = post(&gw, &hello(json!({"stream": true, "max_tokens": 8}))).await;
+    let body = hello(json!({"stream": true, "max_tokens": 8, "vendor": {"k": [1, null]}}));
+    let resp = post(&gw, &body).await;
     assert_eq!(resp.status(), 200);
+    let mut asked = body.clone();
+    asked["stream_options"] = json!({"include_usage": true});
+    assert_eq!(
+        mock_requests(&mock).await.last().unwrap()["body"],
+        asked,
+        "the engine got the client's request with usage asked for"
+    );
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let t = read_stream(resp).await;
     assert!(t.transport_error.is_none(), "{:?}", t.transport_error);

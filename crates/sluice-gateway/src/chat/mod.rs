@@ -16,7 +16,7 @@ use axum::Extension;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use sluice_api::chat::UsageSummary;
-use sluice_api::ChatCompletionRequest;
+use sluice_api::{ChatCompletionRequest, ProxyFields, RequestError};
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
@@ -50,15 +50,15 @@ where
     let received = Instant::now();
 
     // Phase: parse.
-    let (request, raw) = match read_request(body).await {
+    let request = match read_request(body).await {
         Ok(r) => r,
         Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
     };
 
     // Phase: resolve the model.
-    let Some(route) = gw.models.get(&request.model) else {
+    let Some(route) = gw.models.get(&request.fields.model) else {
         let e = GatewayError::ModelNotFound {
-            model: request.model.clone(),
+            model: request.fields.model,
             available: gw.model_names.clone(),
         };
         return reject(&gw, UNKNOWN_MODEL, e);
@@ -66,7 +66,14 @@ where
     let mut flight = InFlight::start(route.metrics.clone(), request_id.clone(), received);
 
     // Phase: upstream call.
-    let prepared = PreparedRequest::new(request, raw);
+    let prepared = match PreparedRequest::new(request, route) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = invalid(e);
+            flight.finish(e.status().as_u16());
+            return e.into_response();
+        }
+    };
     let (endpoint, response) = match call_upstream(route, &prepared, &request_id, &mut flight).await
     {
         Ok(ok) => ok,
@@ -89,13 +96,37 @@ fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
     e.into_response()
 }
 
-/// The parsed request and the bytes it was parsed from.
-async fn read_request<B>(body: B) -> Result<(ChatCompletionRequest, Bytes), GatewayError>
+/// A client's request body, checked, with the fields the gateway acts on.
+struct ClientRequest {
+    fields: ProxyFields,
+    raw: Bytes,
+    /// The whole request, when the quick read left the body to the full parse.
+    parsed: Option<ChatCompletionRequest>,
+}
+
+impl ClientRequest {
+    /// The whole request, for the rare paths that rewrite it.
+    fn into_parsed(self) -> Result<(ChatCompletionRequest, Bytes), RequestError> {
+        let request = match self.parsed {
+            Some(r) => r,
+            None => ChatCompletionRequest::from_slice(&self.raw)?,
+        };
+        Ok((request, self.raw))
+    }
+}
+
+fn invalid(e: RequestError) -> GatewayError {
+    GatewayError::invalid_request(e.message, e.param)
+}
+
+/// Reads and checks the body. Most bodies need only [`ProxyFields::read`]; any other goes
+/// through the full parse, which words the error of an invalid one.
+async fn read_request<B>(body: B) -> Result<ClientRequest, GatewayError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let bytes = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+    let raw = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
         .map(http_body_util::Collected::to_bytes)
@@ -108,27 +139,69 @@ where
                 GatewayError::invalid_request(format!("could not read the request body: {e}"), None)
             }
         })?;
-    let request = ChatCompletionRequest::from_slice(&bytes)
-        .map_err(|e| GatewayError::invalid_request(e.message, e.param))?;
-    Ok((request, bytes))
+    if let Some(fields) = ProxyFields::read(&raw) {
+        return Ok(ClientRequest {
+            fields,
+            raw,
+            parsed: None,
+        });
+    }
+    let request = ChatCompletionRequest::from_slice(&raw).map_err(invalid)?;
+    let fields = ProxyFields::of(&request);
+    Ok(ClientRequest {
+        fields,
+        raw,
+        parsed: Some(request),
+    })
 }
 
 /// The request as it goes upstream. Streams always ask the upstream for usage, so the gateway
 /// can count tokens; the usage chunk is dropped again if the client did not ask for it.
 struct PreparedRequest {
-    request: ChatCompletionRequest,
+    model: String,
     stream: bool,
     client_wants_usage: bool,
     /// The body for endpoints that keep the client's model name (the common case): the
     /// client's own bytes when nothing needs changing, else serialised once for all attempts.
     default_body: Bytes,
+    /// The whole request, kept only when the route has an endpoint that renames the model.
+    for_renaming: Option<ChatCompletionRequest>,
 }
 
 impl PreparedRequest {
-    fn new(mut request: ChatCompletionRequest, raw: Bytes) -> Self {
-        let stream = request.is_stream();
-        let client_wants_usage = request.wants_stream_usage();
-        let default_body = if stream && !client_wants_usage {
+    /// Fails only if a body the quick read accepted is refused by the full parse, which the
+    /// two parsers' tests rule out.
+    fn new(mut client: ClientRequest, route: &ModelRoute) -> Result<Self, RequestError> {
+        let model = std::mem::take(&mut client.fields.model);
+        let stream = client.fields.stream;
+        let client_wants_usage = client.fields.include_usage;
+        let adds_usage = stream && !client_wants_usage;
+        let renames = route
+            .endpoints
+            .iter()
+            .any(|e| e.upstream_model().is_some_and(|m| m != model));
+        if !renames {
+            // The client's bytes, or them with usage asked for when that is an insertion.
+            let unchanged = if adds_usage {
+                client
+                    .fields
+                    .with_stream_usage(&client.raw)
+                    .map(Bytes::from)
+            } else {
+                Some(client.raw.clone())
+            };
+            if let Some(default_body) = unchanged {
+                return Ok(PreparedRequest {
+                    model,
+                    stream,
+                    client_wants_usage,
+                    default_body,
+                    for_renaming: None,
+                });
+            }
+        }
+        let (mut request, raw) = client.into_parsed()?;
+        let default_body = if adds_usage {
             request
                 .stream_options
                 .get_or_insert_with(Default::default)
@@ -137,18 +210,19 @@ impl PreparedRequest {
         } else {
             raw
         };
-        PreparedRequest {
-            request,
+        Ok(PreparedRequest {
+            model,
             stream,
             client_wants_usage,
             default_body,
-        }
+            for_renaming: renames.then_some(request),
+        })
     }
 
     fn body_for(&self, endpoint: &UpstreamEndpoint) -> Bytes {
-        match endpoint.upstream_model() {
-            Some(m) if m != self.request.model => {
-                let mut r = self.request.clone();
+        match (endpoint.upstream_model(), &self.for_renaming) {
+            (Some(m), Some(request)) if m != self.model => {
+                let mut r = request.clone();
                 r.model = m.to_owned();
                 Bytes::from(r.to_json_vec())
             }
