@@ -2,10 +2,12 @@
 //!
 //! The request path lives in [`chat`] as named phases; [`config`] is the typed, validated TOML
 //! file; [`upstream`] the pooled clients (over `egress`: direct or proxy tunnel); [`metrics`] the Prometheus registry; [`server`] wires
-//! them into a router with graceful shutdown.
+//! them into a router with graceful shutdown; `downstream` is each client's HTTP/1.1
+//! connection.
 
 pub mod chat;
 pub mod config;
+mod downstream;
 mod egress;
 pub mod error;
 pub mod metrics;

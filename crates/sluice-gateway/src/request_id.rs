@@ -29,9 +29,15 @@ impl RequestId {
     /// A client id is kept when it is 1–200 visible ASCII characters: enough for every
     /// tracing scheme in use, and safe to put in logs and headers as is.
     fn from_client(value: &HeaderValue) -> Option<Self> {
-        let s = value.to_str().ok()?;
-        let ok = !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| RequestId(Arc::from(s)))
+        Self::from_client_bytes(value.as_bytes())
+    }
+
+    /// The same rule on a field's raw value.
+    pub fn from_client_bytes(value: &[u8]) -> Option<Self> {
+        let ok = !value.is_empty() && value.len() <= 200 && value.iter().all(u8::is_ascii_graphic);
+        // Visible ASCII is UTF-8.
+        let s = std::str::from_utf8(value).ok().filter(|_| ok)?;
+        Some(RequestId(Arc::from(s)))
     }
 
     pub fn generate() -> Self {

@@ -32,27 +32,37 @@ pub use in_flight::InFlight;
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// The route as the axum router knows it, so that the router answers other methods on this
-/// path with 405 rather than 404. Served POSTs never come through here: `server::GatewayService`
-/// hands them to [`chat_completions`] before routing.
+/// path with 405 rather than 404. The gateway's connections answer POSTs on this path
+/// without routing (`downstream`); this serves one that reaches the router anyway.
 pub async fn chat_route(
     State(gw): State<Arc<GatewayState>>,
     Extension(request_id): Extension<RequestId>,
     body: Body,
 ) -> Response {
+    let body = match collect_body(body).await {
+        Ok(b) => b,
+        Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
+    };
     chat_completions(gw, request_id, body).await
 }
 
-pub async fn chat_completions<B>(gw: Arc<GatewayState>, request_id: RequestId, body: B) -> Response
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// Counts a chat request refused before it was read (too large, badly framed).
+pub fn count_refused(gw: &GatewayState, status: StatusCode) {
+    gw.metrics.count_request(UNKNOWN_MODEL, status.as_u16());
+}
+
+/// Answers one chat request, whose whole body is `body`.
+pub async fn chat_completions(
+    gw: Arc<GatewayState>,
+    request_id: RequestId,
+    body: Bytes,
+) -> Response {
     let received = Instant::now();
 
     // Phase: parse.
-    let request = match read_request(body).await {
+    let request = match read_request(body) {
         Ok(r) => r,
-        Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
+        Err(e) => return reject(&gw, UNKNOWN_MODEL, invalid(e)),
     };
 
     // Phase: resolve the model.
@@ -119,14 +129,8 @@ fn invalid(e: RequestError) -> GatewayError {
     GatewayError::invalid_request(e.message, e.param)
 }
 
-/// Reads and checks the body. Most bodies need only [`ProxyFields::read`]; any other goes
-/// through the full parse, which words the error of an invalid one.
-async fn read_request<B>(body: B) -> Result<ClientRequest, GatewayError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let raw = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+async fn collect_body(body: Body) -> Result<Bytes, GatewayError> {
+    http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
         .map(http_body_util::Collected::to_bytes)
@@ -138,7 +142,12 @@ where
             } else {
                 GatewayError::invalid_request(format!("could not read the request body: {e}"), None)
             }
-        })?;
+        })
+}
+
+/// Checks the body. Most bodies need only [`ProxyFields::read`]; any other goes through
+/// the full parse, which words the error of an invalid one.
+fn read_request(raw: Bytes) -> Result<ClientRequest, RequestError> {
     if let Some(fields) = ProxyFields::read(&raw) {
         return Ok(ClientRequest {
             fields,
@@ -146,7 +155,7 @@ where
             parsed: None,
         });
     }
-    let request = ChatCompletionRequest::from_slice(&raw).map_err(invalid)?;
+    let request = ChatCompletionRequest::from_slice(&raw)?;
     let fields = ProxyFields::of(&request);
     Ok(ClientRequest {
         fields,
@@ -362,7 +371,7 @@ mod tests {
         // Inside a runtime: the connection pools start their sweep.
         let size = runtime.block_on(async {
             let gw = std::sync::Arc::new(crate::server::GatewayState::new(&config).unwrap());
-            let body = http_body_util::Full::new(bytes::Bytes::new());
+            let body = bytes::Bytes::new();
             let id = crate::request_id::RequestId::generate();
             std::mem::size_of_val(&super::chat_completions(gw, id, body))
         });

@@ -12,7 +12,7 @@
 //! proxy policies and boxes several layers per request; on this path that cost more CPU than
 //! the gateway's own work.)
 
-mod h1;
+pub(crate) mod h1;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,250 @@
+//! A client's request head: parsed, and its body framing decided (RFC 9112 §6).
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use bytes::Bytes;
+
+/// Largest request head (request line and header fields) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a request head.
+const MAX_HEADERS: usize = 100;
+
+/// How the request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// `Content-Length` bytes (0 when the request has neither framing field).
+    Length(u64),
+    Chunked,
+}
+
+/// The parts of a request head the connection acts on. The target and the header fields
+/// stay in the head's bytes: the chat path needs only the path and `x-request-id`, and
+/// building a `Uri` and a `HeaderMap` for every request (a lookup, an allocation and a hash
+/// per field) cost more than parsing the head. [`RequestHead::uri`] and
+/// [`RequestHead::headers`] build them for the router's requests.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The head as received, request line to the blank line.
+    pub bytes: Bytes,
+    pub method: Method,
+    target: Range<usize>,
+    pub version: Version,
+    /// The raw value of the last `x-request-id` field.
+    request_id: Option<Range<usize>>,
+    pub framing: BodyFraming,
+    /// The client asked for `100 Continue` before it sends the body.
+    pub expects_continue: bool,
+    /// The client keeps the connection for another request (HTTP/1.1 unless
+    /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
+    pub keep_alive: bool,
+}
+
+/// A head the gateway refuses: the status to answer with and why, after which the
+/// connection closes (its framing can no longer be trusted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl HeadError {
+    fn bad(message: impl Into<String>) -> Self {
+        HeadError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl RequestHead {
+    /// The request target's path, without the query.
+    pub fn path(&self) -> &[u8] {
+        let target = &self.bytes[self.target.clone()];
+        let end = memchr::memchr(b'?', target).unwrap_or(target.len());
+        &target[..end]
+    }
+
+    pub fn request_id(&self) -> Option<&[u8]> {
+        self.request_id.clone().map(|r| &self.bytes[r])
+    }
+
+    pub fn uri(&self) -> Result<Uri, HeadError> {
+        Uri::from_maybe_shared(self.bytes.slice(self.target.clone())).map_err(|_| {
+            HeadError::bad(format!(
+                "request target `{}` is not a valid path",
+                String::from_utf8_lossy(&self.bytes[self.target.clone()])
+            ))
+        })
+    }
+
+    /// Every header field, in order.
+    pub fn headers(&self) -> Result<HeaderMap, HeadError> {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        // The same bytes parsed before, so this cannot fail differently.
+        httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut request, &self.bytes, &mut fields)
+            .map_err(|e| HeadError::bad(format!("malformed request head: {e}")))?;
+        let mut headers = HeaderMap::with_capacity(request.headers.len());
+        for field in request.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| HeadError::bad(format!("invalid header name `{}`", field.name)))?;
+            let value = HeaderValue::from_bytes(field.value)
+                .map_err(|_| HeadError::bad(format!("invalid value of header `{}`", field.name)))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Parses a complete head at the start of `buf` and splits it off, or returns `None` (and
+/// leaves `buf` alone) while it has not all arrived.
+pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    let data: &[u8] = buf;
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        data,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if data.len() > MAX_HEAD_BYTES {
+                return Err(too_large());
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                message: format!("the request has more than {MAX_HEADERS} header fields"),
+            })
+        }
+        Err(e) => return Err(HeadError::bad(format!("malformed request head: {e}"))),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(too_large());
+    }
+    let version = match request.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let method = request
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .ok_or_else(|| HeadError::bad("invalid request method"))?;
+    let target = request.path.unwrap_or_default();
+    // Origin form only: a proxy's absolute form or `*` is not for a gateway.
+    if !target.starts_with('/') {
+        return Err(HeadError::bad(format!(
+            "request target `{target}` is not a path"
+        )));
+    }
+    let target = range_in(data, target.as_bytes());
+    let mut request_id = None;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut expects_continue = false;
+    let http11 = version == Version::HTTP_11;
+    let mut keep_alive = http11;
+    for field in request.headers.iter() {
+        let name_bytes = field.name.as_bytes();
+        if name_bytes.eq_ignore_ascii_case(b"content-length") {
+            let n = content_length(field.value)?;
+            if length.is_some_and(|m| m != n) {
+                return Err(HeadError::bad("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        } else if name_bytes.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked` alone: a body under another coding cannot be read (RFC 9112
+            // §6.1), and a repeated field could hide one.
+            if chunked || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError {
+                    status: StatusCode::NOT_IMPLEMENTED,
+                    message: "only the `chunked` transfer coding is supported".into(),
+                });
+            }
+            chunked = true;
+        } else if name_bytes.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    keep_alive = true;
+                }
+            }
+        } else if name_bytes.eq_ignore_ascii_case(b"expect") {
+            if !field
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
+                return Err(HeadError {
+                    status: StatusCode::EXPECTATION_FAILED,
+                    message: "the only expectation supported is `100-continue`".into(),
+                });
+            }
+            expects_continue = http11;
+        } else if name_bytes.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes()) {
+            request_id = Some(range_in(data, field.value));
+        }
+    }
+    let framing = match (chunked, length) {
+        // Both framings: a request smuggling attempt or a broken client (RFC 9112 §6.3).
+        (true, Some(_)) => {
+            return Err(HeadError::bad(
+                "a request cannot have both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (true, None) if !http11 => {
+            return Err(HeadError::bad(
+                "Transfer-Encoding is not defined for HTTP/1.0 requests",
+            ))
+        }
+        (true, None) => BodyFraming::Chunked,
+        (false, n) => BodyFraming::Length(n.unwrap_or(0)),
+    };
+    Ok(Some(RequestHead {
+        bytes: buf.split_to(len).freeze(),
+        method,
+        target,
+        version,
+        request_id,
+        framing,
+        expects_continue,
+        keep_alive,
+    }))
+}
+
+/// Where `part`, a slice of `buf`, lies in it.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn too_large() -> HeadError {
+    HeadError {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        message: format!(
+            "the request head is larger than {} KiB",
+            MAX_HEAD_BYTES / 1024
+        ),
+    }
+}
+
+fn content_length(value: &[u8]) -> Result<u64, HeadError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(HeadError::bad(format!(
+            "invalid Content-Length `{}`",
+            String::from_utf8_lossy(value)
+        )));
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}

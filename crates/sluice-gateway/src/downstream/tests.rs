@@ -1,0 +1,1 @@
+//! Raw-socket tests of the client connection.
