@@ -56,12 +56,12 @@ impl UsageSummary {
             }
             match b {
                 b'"' => {
-                    let Some(end) = string_end(body, i + 1) else {
+                    let Some((end, escaped)) = string_end(body, i + 1) else {
                         return fail(format!("a string starting at byte {i} is not closed"));
                     };
                     if depth == 1 && key_next {
                         key_next = false;
-                        if is_usage_key(&body[i..=end]) {
+                        if is_usage_key(&body[i..=end], escaped) {
                             if usage.is_some() {
                                 return fail("duplicate field `usage`".into());
                             }
@@ -120,25 +120,61 @@ fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The index of the quote that closes the string whose contents start at `i`.
-fn string_end(body: &[u8], mut i: usize) -> Option<usize> {
+/// The index of the quote that closes the string whose contents start at `i`, and whether
+/// the string holds an escape.
+fn string_end(body: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
     loop {
-        let j = i + memchr::memchr2(b'"', b'\\', body.get(i..)?)?;
+        let j = i + quote_or_backslash(body.get(i..)?)?;
         if body[j] == b'"' {
-            return Some(j);
+            return Some((j, escaped));
         }
         // An escape: the next byte is never the end of the string.
+        escaped = true;
         i = j + 2;
     }
 }
 
+/// How far into `s` the scan looks eight bytes at a time before `memchr` takes over.
+const SHORT_STRING: usize = 64;
+
+/// The index of the first `"` or `\` in `s`. Most strings of a completion are keys and
+/// short values, for which setting up `memchr`'s vector loop costs more than the search:
+/// their first bytes are tested eight at a time in a register, and only a longer string
+/// (the content) goes on to `memchr`.
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero exactly where `(x - ONES) & !x & HIGHS` has its high bit, up to
+    // the first such byte; bytes above it may be marked falsely, so only the lowest counts.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let head = &s[..s.len().min(SHORT_STRING)];
+    let mut words = head.chunks_exact(8);
+    for (k, chunk) in words.by_ref().enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return Some(k * 8 + (hits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    let tail_start = head.len() - tail.len();
+    if let Some(p) = tail.iter().position(|&b| b == b'"' || b == b'\\') {
+        return Some(tail_start + p);
+    }
+    let rest = s.get(SHORT_STRING..)?;
+    memchr::memchr2(b'"', b'\\', rest).map(|p| SHORT_STRING + p)
+}
+
 /// `quoted` is a key with its quotes; escapes (`"\u0075sage"`) are decoded as serde would.
-fn is_usage_key(quoted: &[u8]) -> bool {
-    let raw = &quoted[1..quoted.len() - 1];
-    if raw.contains(&b'\\') {
+fn is_usage_key(quoted: &[u8], escaped: bool) -> bool {
+    if escaped {
         serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == "usage")
     } else {
-        raw == b"usage"
+        &quoted[1..quoted.len() - 1] == b"usage"
     }
 }
 
@@ -234,7 +270,7 @@ fn plain_object(
         if body.get(i) != Some(&b'"') {
             return None;
         }
-        let end = i + 1 + memchr::memchr2(b'"', b'\\', body.get(i + 1..)?)?;
+        let end = i + 1 + quote_or_backslash(body.get(i + 1..)?)?;
         if body[end] != b'"' {
             return None;
         }
@@ -362,6 +398,37 @@ mod tests {
         assert_eq!(plain.1, usages[0].len());
         assert_eq!(plain.0.prompt_tokens_details.unwrap().cached_tokens, 0);
         assert!(plain_usage(usages[6].as_bytes(), 0).is_none());
+    }
+
+    #[test]
+    fn quote_or_backslash_finds_the_first_of_either() {
+        // Every length across the word, tail and `memchr` parts, the target at every place,
+        // among bytes that differ from `"` and `\` in one bit or only in the high bit.
+        let fillers = [
+            b'a',
+            b'"' ^ 1,
+            b'\\' ^ 4,
+            b'"' | 0x80,
+            b'\\' | 0x80,
+            0xff,
+            0,
+        ];
+        for len in 0..150 {
+            for filler in fillers {
+                let mut s = vec![filler; len];
+                assert_eq!(quote_or_backslash(&s), None, "{len} {filler}");
+                for at in 0..len {
+                    for target in [b'"', b'\\'] {
+                        s[at] = target;
+                        if at + 3 < len {
+                            s[at + 3] = b'"';
+                        }
+                        assert_eq!(quote_or_backslash(&s), Some(at), "{len} {filler} {at}");
+                        s.fill(filler);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
