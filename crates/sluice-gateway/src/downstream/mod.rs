@@ -43,13 +43,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::chat::{self, MAX_REQUEST_BYTES};
+use crate::chat::{self, ChatAnswer, MAX_REQUEST_BYTES};
 use crate::error::GatewayError;
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::server::GatewayState;
 use crate::upstream::h1::{decode, Chunk, Decoded, Framing, ResponseError};
 use request::{BodyFraming, HeadError, RequestHead};
-use response::{encode_chunk, encode_head, ResponseFraming, LAST_CHUNK};
+use response::{encode_chunk, encode_head, encode_ok_head, ResponseFraming, LAST_CHUNK};
 
 /// A client that does not finish its next request head within this closes the connection:
 /// an idle keep-alive connection, or a head sent too slowly.
@@ -166,13 +166,36 @@ async fn exchange(
             .unwrap_or_else(RequestId::generate);
         let span = tracing::debug_span!("request", request_id = %id.as_str(), path = "/v1/chat/completions");
         let answer = chat::chat_completions(cx.state.clone(), id.clone(), body).instrument(span);
-        let Some(mut response) = until_client_gone(answer, rd, buf).await else {
-            return Exchange::Close;
-        };
-        if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-            response.headers_mut().insert(crate::request_id::HEADER, v);
+        match until_client_gone(answer, rd, buf).await {
+            None => return Exchange::Close,
+            Some(ChatAnswer::Completion { content_type, body }) => {
+                let keep_alive = keep_alive && !cx.drain.is_cancelled();
+                let content_type = content_type.unwrap_or(ChatAnswer::DEFAULT_CONTENT_TYPE);
+                out.clear();
+                // Request ids are visible ASCII (`RequestId`), valid as a field value.
+                encode_ok_head(
+                    out,
+                    &[
+                        (b"content-type", content_type.as_bytes()),
+                        (crate::request_id::HEADER.as_bytes(), id.as_str().as_bytes()),
+                    ],
+                    body.len() as u64,
+                    keep_alive,
+                    head.version,
+                );
+                out.extend_from_slice(&body);
+                return match wr.write_all(out).await {
+                    Ok(()) if keep_alive => Exchange::KeepAlive,
+                    _ => Exchange::Close,
+                };
+            }
+            Some(ChatAnswer::Response(mut response)) => {
+                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                    response.headers_mut().insert(crate::request_id::HEADER, v);
+                }
+                response
+            }
         }
-        response
     } else {
         let request = match routed_request(&head, body) {
             Ok(r) => r,

@@ -1,7 +1,6 @@
 //! A response head as bytes, and the framing of the body that follows it.
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, response::Parts, HeaderName, StatusCode, Version};
@@ -80,20 +79,58 @@ pub fn encode_head(
             continue;
         }
         has_date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !has_date {
+    end_head(out, !has_date, framing, keep_alive, request_version);
+}
+
+/// Appends the head of a `200 OK` whose body is `length` bytes, with `fields` (names and
+/// values the caller knows are valid) and the fields the connection adds to every head.
+pub fn encode_ok_head(
+    out: &mut Vec<u8>,
+    fields: &[(&[u8], &[u8])],
+    length: u64,
+    keep_alive: bool,
+    request_version: Version,
+) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in fields {
+        push_field(out, name, value);
+    }
+    end_head(
+        out,
+        true,
+        ResponseFraming::Length(length),
+        keep_alive,
+        request_version,
+    );
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date` (unless the response had one), framing, `connection`, and the empty line.
+fn end_head(
+    out: &mut Vec<u8>,
+    add_date: bool,
+    framing: ResponseFraming,
+    keep_alive: bool,
+    request_version: Version,
+) {
+    if add_date {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
         ResponseFraming::Length(n) | ResponseFraming::None { length: Some(n) } => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ResponseFraming::None { length: None } | ResponseFraming::UntilClose => {}
@@ -108,9 +145,18 @@ pub fn encode_head(
 
 /// Appends one chunk of a chunked body (RFC 9112 §7.1).
 pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    let _ = write!(out, "{:x}\r\n", data.len());
+    push_hex(out, data.len());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in lowercase hexadecimal, without leading zeros (`0` for zero).
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (shift * 4)) & 0xf]);
+    }
 }
 
 /// The last chunk of a chunked body, without trailers.
@@ -132,4 +178,29 @@ fn push_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_sizes_are_hexadecimal_as_format_writes_them() {
+        for n in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4095,
+            65_536,
+            1 << 40,
+            usize::MAX,
+        ] {
+            let mut out = Vec::new();
+            super::push_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").into_bytes(), "{n}");
+        }
+    }
 }

@@ -355,15 +355,15 @@ fn request_head_prefix(
 /// The per-request end of the head: the request id (when it is a valid header value; client
 /// ids are checked on the way in, generated ones always are) and the body length.
 fn request_head_rest(request_id: &str, body_len: usize) -> Vec<u8> {
-    use std::io::Write;
     let mut rest = Vec::with_capacity(96);
     if !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic()) {
         rest.extend_from_slice(b"x-request-id: ");
         rest.extend_from_slice(request_id.as_bytes());
         rest.extend_from_slice(b"\r\n");
     }
-    // Writing to a Vec cannot fail.
-    let _ = write!(rest, "content-length: {body_len}\r\n\r\n");
+    rest.extend_from_slice(b"content-length: ");
+    rest.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+    rest.extend_from_slice(b"\r\n\r\n");
     rest
 }
 
