@@ -24,7 +24,7 @@ mod response;
 mod tests;
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -165,7 +165,8 @@ async fn exchange(
             .and_then(RequestId::from_client_bytes)
             .unwrap_or_else(RequestId::generate);
         let span = tracing::debug_span!("request", request_id = %id.as_str(), path = "/v1/chat/completions");
-        let answer = chat::chat_completions(cx.state.clone(), id.clone(), body).instrument(span);
+        let answer =
+            pin!(chat::chat_completions(cx.state.clone(), id.clone(), body).instrument(span));
         match until_client_gone(answer, rd, buf).await {
             None => return Exchange::Close,
             Some(ChatAnswer::Completion { content_type, body }) => {
@@ -205,7 +206,7 @@ async fn exchange(
             }
         };
         let answer = RequestIdLayer.layer(cx.router.clone()).call(request);
-        match until_client_gone(answer, rd, buf).await {
+        match until_client_gone(pin!(answer), rd, buf).await {
             Some(Ok(response)) => response,
             Some(Err(never)) => match never {},
             None => return Exchange::Close,
@@ -334,12 +335,15 @@ async fn send_continue(wr: &mut WriteHalf<'_>) -> Result<(), BodyError> {
 /// `future`'s output, or `None` if the client closes the connection first (then `future`
 /// is dropped, which cancels whatever it was doing). Bytes the client sends meanwhile (a
 /// pipelined request) are kept in `buf`.
+///
+/// Takes the future pinned where the caller made it: a chat request's future is some 4 KiB,
+/// and each move by value (into this function's state, then into a local) was a copy of
+/// all of it.
 async fn until_client_gone<F: Future>(
-    future: F,
+    mut future: Pin<&mut F>,
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
 ) -> Option<F::Output> {
-    let mut future = pin!(future);
     let mut gone = pin!(client_gone(rd, buf));
     poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
@@ -441,7 +445,7 @@ async fn write_response(
             // Each piece goes out as it comes: an event stream's tokens must not wait.
             wr.write_all(out).await.map_err(drop)?;
             loop {
-                let Some(frame) = until_client_gone(body.frame(), rd, buf).await else {
+                let Some(frame) = until_client_gone(pin!(body.frame()), rd, buf).await else {
                     return Err(());
                 };
                 let Some(frame) = frame else { break };
