@@ -6,6 +6,8 @@ use std::ops::Range;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use bytes::Bytes;
 
+use crate::upstream::h1::connection_persistence;
+
 /// Largest request head (request line and header fields) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in a request head.
@@ -169,13 +171,8 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
             }
             chunked = true;
         } else if name_bytes.eq_ignore_ascii_case(b"connection") {
-            for token in field.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    keep_alive = true;
-                }
+            if let Some(persistent) = connection_persistence(field.value, http11) {
+                keep_alive = persistent;
             }
         } else if name_bytes.eq_ignore_ascii_case(b"expect") {
             if !field

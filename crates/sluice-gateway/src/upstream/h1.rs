@@ -258,13 +258,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     .trim_ascii();
                 transfer_coding = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                        close = false;
-                    }
+                if let Some(persistent) = connection_persistence(field.value, http11) {
+                    close = !persistent;
                 }
             } else {
                 let kept = KEPT_HEADERS
@@ -435,6 +430,22 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ResponseError> {
         let v = char::from(d).to_digit(16).ok_or_else(invalid)?;
         Ok(n * 16 + u64::from(v))
     })
+}
+
+/// What a `Connection` field value says about persistence, for either side of a connection:
+/// `Some(false)` when it lists `close` (which wins over anything else listed), `Some(true)`
+/// when an HTTP/1.0 message lists `keep-alive`, `None` when it says nothing about it.
+pub(crate) fn connection_persistence(value: &[u8], http11: bool) -> Option<bool> {
+    let mut persistent = None;
+    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            return Some(false);
+        }
+        if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+            persistent = Some(true);
+        }
+    }
+    persistent
 }
 
 #[cfg(test)]

@@ -329,3 +329,24 @@ async fn a_write_to_a_closed_connection_says_nothing_was_sent() {
         .unwrap_err();
     assert!(!e.sent_any, "{e}");
 }
+
+#[test]
+fn connection_field_close_wins_and_keep_alive_counts_only_for_http_1_0() {
+    let cases: [(&[u8], bool, Option<bool>); 7] = [
+        (b"close", true, Some(false)),
+        (b" CLOSE ", false, Some(false)),
+        (b"keep-alive, close", false, Some(false)),
+        (b"close, keep-alive", false, Some(false)),
+        (b"Keep-Alive", false, Some(true)),
+        (b"keep-alive", true, None),
+        (b"upgrade", false, None),
+    ];
+    for (value, http11, expected) in cases {
+        assert_eq!(
+            super::connection_persistence(value, http11),
+            expected,
+            "{:?} http11={http11}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
