@@ -159,7 +159,7 @@ async fn exchange(
     };
     let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
 
-    let response = if is_chat {
+    let answer = if is_chat {
         let id = head
             .request_id()
             .and_then(RequestId::from_client_bytes)
@@ -169,32 +169,16 @@ async fn exchange(
             pin!(chat::chat_completions(cx.state.clone(), id.clone(), body).instrument(span));
         match until_client_gone(answer, rd, buf).await {
             None => return Exchange::Close,
-            Some(ChatAnswer::Completion { content_type, body }) => {
-                let keep_alive = keep_alive && !cx.drain.is_cancelled();
-                let content_type = content_type.unwrap_or(ChatAnswer::DEFAULT_CONTENT_TYPE);
-                out.clear();
-                // Request ids are visible ASCII (`RequestId`), valid as a field value.
-                encode_ok_head(
-                    out,
-                    &[
-                        (b"content-type", content_type.as_bytes()),
-                        (crate::request_id::HEADER.as_bytes(), id.as_str().as_bytes()),
-                    ],
-                    body.len() as u64,
-                    keep_alive,
-                    head.version,
-                );
-                out.extend_from_slice(&body);
-                return match wr.write_all(out).await {
-                    Ok(()) if keep_alive => Exchange::KeepAlive,
-                    _ => Exchange::Close,
-                };
-            }
+            Some(ChatAnswer::Completion { content_type, body }) => Answer::Completion {
+                content_type: content_type.unwrap_or(ChatAnswer::DEFAULT_CONTENT_TYPE),
+                request_id: id,
+                body,
+            },
             Some(ChatAnswer::Response(mut response)) => {
                 if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                     response.headers_mut().insert(crate::request_id::HEADER, v);
                 }
-                response
+                Answer::Response(response)
             }
         }
     } else {
@@ -207,17 +191,56 @@ async fn exchange(
         };
         let answer = RequestIdLayer.layer(cx.router.clone()).call(request);
         match until_client_gone(pin!(answer), rd, buf).await {
-            Some(Ok(response)) => response,
+            Some(Ok(response)) => Answer::Response(response),
             Some(Err(never)) => match never {},
             None => return Exchange::Close,
         }
     };
     // A draining gateway tells the client on the answer that the connection ends.
     let keep_alive = keep_alive && !cx.drain.is_cancelled();
-    match write_response(wr, rd, buf, out, response, &head, keep_alive).await {
+    let written = match answer {
+        Answer::Completion {
+            content_type,
+            request_id,
+            body,
+        } => {
+            out.clear();
+            // Request ids are visible ASCII (`RequestId`), valid as a field value.
+            encode_ok_head(
+                out,
+                &[
+                    (b"content-type", content_type.as_bytes()),
+                    (
+                        crate::request_id::HEADER.as_bytes(),
+                        request_id.as_str().as_bytes(),
+                    ),
+                ],
+                body.len() as u64,
+                keep_alive,
+                head.version,
+            );
+            out.extend_from_slice(&body);
+            wr.write_all(out).await.map(|()| keep_alive).map_err(drop)
+        }
+        Answer::Response(response) => {
+            write_response(wr, rd, buf, out, response, &head, keep_alive).await
+        }
+    };
+    match written {
         Ok(true) => Exchange::KeepAlive,
         _ => Exchange::Close,
     }
+}
+
+/// An answer ready to be written to the client.
+enum Answer {
+    /// A chat completion: its head is written here, without a `Response` (see `ChatAnswer`).
+    Completion {
+        content_type: HeaderValue,
+        request_id: RequestId,
+        body: Bytes,
+    },
+    Response(Response),
 }
 
 /// The request for the axum router, with everything the head carried.
