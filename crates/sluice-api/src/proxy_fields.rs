@@ -27,8 +27,9 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::ChatCompletionRequest;
 
-/// `model`, `stream` and `stream_options.include_usage` of a valid chat request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `model`, `stream` and `stream_options.include_usage` of a valid chat request. The default
+/// is what a request with none of them would say (an empty model).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyFields {
     pub model: String,
     pub stream: bool,

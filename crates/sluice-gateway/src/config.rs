@@ -1,5 +1,5 @@
 //! The gateway's configuration: one TOML file, deserialised into typed structs with
-//! `deny_unknown_fields`, then checked by [`Config::validate`], which reports every problem at
+//! `deny_unknown_fields`, then checked by [`Config::resolve`], which reports every problem at
 //! once, each naming the key and the fix. Secrets never live in the file: an endpoint names the
 //! environment variable that holds its key (`api_key_env`), read once at load.
 
@@ -34,6 +34,18 @@ pub struct ServerConfig {
     pub drain_timeout: ConfigDuration,
     /// Worker threads, each serving its own connections end to end. Default: one per core.
     pub workers: Option<usize>,
+    /// Client connections open at once, over all workers; beyond it new ones are closed at
+    /// once.
+    pub max_connections: Option<usize>,
+    /// Longest wait for the next piece of a request body.
+    pub body_read_timeout: Option<ConfigDuration>,
+    /// Longest time for a whole request body.
+    pub body_timeout: Option<ConfigDuration>,
+    /// Longest wait for a client to take the next piece of an answer; a client that stops
+    /// reading is dropped (and its upstream request cancelled).
+    pub write_timeout: Option<ConfigDuration>,
+    /// Largest non-streaming upstream answer relayed, in bytes; a larger one is a 502.
+    pub max_response_bytes: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -42,7 +54,58 @@ impl Default for ServerConfig {
             listen: default_listen(),
             drain_timeout: default_drain(),
             workers: None,
+            max_connections: None,
+            body_read_timeout: None,
+            body_timeout: None,
+            write_timeout: None,
+            max_response_bytes: None,
         }
+    }
+}
+
+impl ServerConfig {
+    fn client_limits(&self, problems: &mut Vec<ConfigProblem>) -> ClientLimits {
+        let built_in = ClientLimits::BUILT_IN;
+        let mut positive = |key: &str, value: Option<ConfigDuration>, default: Duration| match value
+        {
+            Some(ConfigDuration(d)) if d.is_zero() => {
+                problems.push(ConfigProblem {
+                    key: format!("server.{key}"),
+                    message: "must be longer than zero; leave it out for the default".into(),
+                });
+                default
+            }
+            Some(ConfigDuration(d)) => d,
+            None => default,
+        };
+        let limits = ClientLimits {
+            max_connections: self.max_connections.unwrap_or(built_in.max_connections),
+            header_timeout: built_in.header_timeout,
+            body_read_timeout: positive(
+                "body_read_timeout",
+                self.body_read_timeout,
+                built_in.body_read_timeout,
+            ),
+            body_timeout: positive("body_timeout", self.body_timeout, built_in.body_timeout),
+            write_timeout: positive("write_timeout", self.write_timeout, built_in.write_timeout),
+            max_response_bytes: self
+                .max_response_bytes
+                .unwrap_or(built_in.max_response_bytes),
+        };
+        if limits.max_connections == 0 {
+            problems.push(ConfigProblem {
+                key: "server.max_connections".into(),
+                message: "must be at least 1; leave it out for the default (16384)".into(),
+            });
+        }
+        if limits.max_response_bytes < 1024 {
+            problems.push(ConfigProblem {
+                key: "server.max_response_bytes".into(),
+                message: "must be at least 1024 bytes; leave it out for the default (64 MiB)"
+                    .into(),
+            });
+        }
+        limits
     }
 }
 
@@ -100,6 +163,35 @@ impl ConnectionLimits {
     }
 }
 
+/// How client connections are bounded: every read and write has a deadline, every buffer
+/// a bound, and the number of connections a cap. Defaults are nginx's where nginx has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_connections: usize,
+    /// For a whole request head (nginx: `client_header_timeout`, 60 s; idle keep-alive
+    /// connections close after it too).
+    pub header_timeout: Duration,
+    /// Between two reads of a request body (nginx: `client_body_timeout`, 60 s).
+    pub body_read_timeout: Duration,
+    /// For a whole request body.
+    pub body_timeout: Duration,
+    /// For each write of an answer (nginx: `send_timeout`, 60 s).
+    pub write_timeout: Duration,
+    /// Largest non-streaming upstream answer.
+    pub max_response_bytes: u64,
+}
+
+impl ClientLimits {
+    pub const BUILT_IN: ClientLimits = ClientLimits {
+        max_connections: 16_384,
+        header_timeout: Duration::from_secs(30),
+        body_read_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(300),
+        write_timeout: Duration::from_secs(60),
+        max_response_bytes: 64 * 1024 * 1024,
+    };
+}
+
 /// Upstream timeouts. In `[defaults.timeouts]` every field has a built-in default; on an
 /// endpoint each field overrides the default when set.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -149,6 +241,9 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
+    /// What errors, logs and metrics call this endpoint. Clients see this name, never the
+    /// URL. Default: `MODEL/INDEX` (`gpt-4o/0`).
+    pub name: Option<String>,
     /// Base URL of an OpenAI-compatible API, up to and including `/v1`
     /// (`https://api.openai.com/v1`, `http://vllm-0:8000/v1`).
     pub url: String,
@@ -253,6 +348,7 @@ pub struct ResolvedConfig {
     pub listen: SocketAddr,
     pub workers: usize,
     pub drain_timeout: Duration,
+    pub client_limits: ClientLimits,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -264,10 +360,13 @@ pub struct ResolvedModel {
 
 #[derive(Clone)]
 pub struct ResolvedEndpoint {
+    /// The endpoint's name in errors, logs and metrics (`name`, or `MODEL/INDEX`).
+    pub label: String,
     /// `{url}/chat/completions`.
-    pub chat_url: reqwest::Url,
-    /// The configured base URL, for logs, metrics and readiness.
-    pub base_url: reqwest::Url,
+    pub chat_url: url::Url,
+    /// The configured base URL, for readiness probes and operators' logs; never shown to
+    /// clients.
+    pub base_url: url::Url,
     pub api_key: Option<String>,
     pub upstream_model: Option<String>,
     pub timeouts: Timeouts,
@@ -278,6 +377,7 @@ impl fmt::Debug for ResolvedEndpoint {
     // Hand-written so the API key can never reach a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResolvedEndpoint")
+            .field("label", &self.label)
             .field("base_url", &self.base_url.as_str())
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("upstream_model", &self.upstream_model)
@@ -343,6 +443,8 @@ impl Config {
             }
         };
 
+        let client_limits = self.server.client_limits(&mut problems);
+
         let defaults = Timeouts::BUILT_IN.overridden_by(&self.defaults.timeouts);
         check_timeouts(&mut problems, "defaults.timeouts", &defaults);
         let connection_defaults =
@@ -372,9 +474,11 @@ impl Config {
             let mut endpoints = Vec::new();
             for (i, ep) in model.endpoints.iter().enumerate() {
                 let ekey = format!("{key}.endpoints[{i}]");
+                let label = ep.name.clone().unwrap_or_else(|| format!("{name}/{i}"));
                 if let Some(resolved) = resolve_endpoint(
                     &mut problems,
                     &ekey,
+                    label,
                     ep,
                     (defaults, connection_defaults),
                     env,
@@ -396,6 +500,7 @@ impl Config {
                 listen,
                 workers,
                 drain_timeout: self.server.drain_timeout.0,
+                client_limits,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -461,6 +566,7 @@ fn check_connections(problems: &mut Vec<ConfigProblem>, key: &str, c: &Connectio
 fn resolve_endpoint(
     problems: &mut Vec<ConfigProblem>,
     key: &str,
+    label: String,
     ep: &EndpointConfig,
     (defaults, connection_defaults): (Timeouts, ConnectionLimits),
     env: &dyn Fn(&str) -> Option<String>,
@@ -472,6 +578,13 @@ fn resolve_endpoint(
             message: m,
         })
     };
+    if label.is_empty() || label.len() > 128 || label.chars().any(char::is_control) {
+        push(
+            ".name",
+            "must be 1 to 128 printable characters; it names the endpoint in errors and metrics"
+                .into(),
+        );
+    }
     if ep.api_key.is_some() {
         push(
             ".api_key",
@@ -480,7 +593,7 @@ fn resolve_endpoint(
                 .into(),
         );
     }
-    let base_url = match reqwest::Url::parse(ep.url.trim_end_matches('/')) {
+    let base_url = match url::Url::parse(ep.url.trim_end_matches('/')) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
             if u.query().is_some() || u.fragment().is_some() {
                 push(
@@ -555,6 +668,7 @@ fn resolve_endpoint(
         base_url.path().trim_end_matches('/')
     ));
     Some(ResolvedEndpoint {
+        label,
         chat_url,
         base_url,
         api_key,

@@ -1,24 +1,20 @@
-//! One error type for the request path. Each variant records which side failed and whether
-//! trying another endpoint is safe, decided where the error happens; status codes, retries and
-//! metric labels are all read off it.
+//! One error type for the request path. Each variant decides, where the error is made, its
+//! status, whether trying another endpoint is safe, and its metric kind; retries, status
+//! codes and metric labels are all read off it. Messages name an endpoint by its configured
+//! label, never by its URL or address: they reach clients.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use sluice_api::ErrorResponse;
 
-/// Which side of the gateway an error comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorSide {
-    Client,
-    Upstream,
-    Internal,
-}
-
 /// Which deadline expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
     Connect,
+    /// Waiting for a connection of the endpoint's pool (none idle, connects at their limit):
+    /// nothing was sent.
+    PoolWait,
     FirstByte,
     Total,
 }
@@ -27,6 +23,7 @@ impl TimeoutPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             TimeoutPhase::Connect => "connect",
+            TimeoutPhase::PoolWait => "pool_wait",
             TimeoutPhase::FirstByte => "first_byte",
             TimeoutPhase::Total => "total",
         }
@@ -44,6 +41,24 @@ pub enum GatewayError {
     #[error("the request body is larger than the {limit_mib} MiB limit")]
     PayloadTooLarge { limit_mib: usize },
 
+    #[error("the request body did not arrive in time: {what} ({limit:?})")]
+    RequestTimeout {
+        what: &'static str,
+        limit: std::time::Duration,
+    },
+
+    #[error("{reason}")]
+    Unauthorized { reason: &'static str },
+
+    #[error("this API key may not use model `{model}`")]
+    ModelNotAllowed { model: String },
+
+    #[error("rate limit reached: {reason}; retry after {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+
     #[error("model `{model}` is not configured on this gateway; available models: {}", available.join(", "))]
     ModelNotFound {
         model: String,
@@ -56,9 +71,9 @@ pub enum GatewayError {
     UpstreamRejected {
         endpoint: String,
         status: StatusCode,
-        body: Bytes,
-        content_type: Option<HeaderValue>,
-        retry_after: Option<HeaderValue>,
+        /// Boxed: every phase returns a `Result` with this error, which would otherwise be
+        /// as large as this rare variant.
+        answer: Box<RejectedAnswer>,
     },
 
     #[error("upstream {endpoint} failed with {status}: {excerpt}")]
@@ -71,7 +86,7 @@ pub enum GatewayError {
     #[error("upstream {endpoint} is unreachable: {reason}")]
     UpstreamUnreachable { endpoint: String, reason: String },
 
-    #[error("upstream {endpoint} did not answer within the {} timeout ({:?})", phase.as_str(), limit)]
+    #[error("{}", timeout_message(endpoint, *phase, *limit))]
     UpstreamTimeout {
         endpoint: String,
         phase: TimeoutPhase,
@@ -80,6 +95,26 @@ pub enum GatewayError {
 
     #[error("upstream {endpoint} sent an invalid response: {reason}")]
     UpstreamProtocol { endpoint: String, reason: String },
+}
+
+fn timeout_message(endpoint: &str, phase: TimeoutPhase, limit: std::time::Duration) -> String {
+    match phase {
+        TimeoutPhase::PoolWait => format!(
+            "no connection to upstream {endpoint} came free within the first_byte timeout ({limit:?}); the request was not sent"
+        ),
+        _ => format!(
+            "upstream {endpoint} did not answer within the {} timeout ({limit:?})",
+            phase.as_str()
+        ),
+    }
+}
+
+/// What of an upstream's 4xx answer is passed to the client.
+#[derive(Debug)]
+pub struct RejectedAnswer {
+    pub body: Bytes,
+    pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
 }
 
 impl GatewayError {
@@ -94,25 +129,16 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::UpstreamRejected { status, .. } => *status,
             GatewayError::UpstreamFailed { .. }
             | GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        }
-    }
-
-    pub fn side(&self) -> ErrorSide {
-        match self {
-            GatewayError::InvalidRequest { .. }
-            | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::ModelNotFound { .. } => ErrorSide::Client,
-            GatewayError::UpstreamRejected { .. }
-            | GatewayError::UpstreamFailed { .. }
-            | GatewayError::UpstreamUnreachable { .. }
-            | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::UpstreamProtocol { .. } => ErrorSide::Upstream,
         }
     }
 
@@ -123,7 +149,7 @@ impl GatewayError {
             self,
             GatewayError::UpstreamUnreachable { .. }
                 | GatewayError::UpstreamTimeout {
-                    phase: TimeoutPhase::Connect,
+                    phase: TimeoutPhase::Connect | TimeoutPhase::PoolWait,
                     ..
                 }
         )
@@ -134,12 +160,17 @@ impl GatewayError {
         Some(match self {
             GatewayError::InvalidRequest { .. }
             | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestTimeout { .. }
+            | GatewayError::Unauthorized { .. }
+            | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::RateLimited { .. }
             | GatewayError::ModelNotFound { .. } => return None,
             GatewayError::UpstreamRejected { .. } => "status_4xx",
             GatewayError::UpstreamFailed { .. } => "status_5xx",
             GatewayError::UpstreamUnreachable { .. } => "connect",
             GatewayError::UpstreamTimeout { phase, .. } => match phase {
                 TimeoutPhase::Connect => "timeout_connect",
+                TimeoutPhase::PoolWait => "timeout_pool_wait",
                 TimeoutPhase::FirstByte => "timeout_first_byte",
                 TimeoutPhase::Total => "timeout_total",
             },
@@ -160,6 +191,19 @@ impl GatewayError {
             }
             GatewayError::PayloadTooLarge { .. } => {
                 ErrorResponse::new("invalid_request_error", Some("request_too_large"), message)
+            }
+            GatewayError::RequestTimeout { .. } => {
+                ErrorResponse::new("invalid_request_error", Some("request_timeout"), message)
+            }
+            GatewayError::Unauthorized { .. } => {
+                ErrorResponse::new("authentication_error", Some("invalid_api_key"), message)
+            }
+            GatewayError::ModelNotAllowed { .. } => {
+                ErrorResponse::new("permission_error", Some("model_not_allowed"), message)
+                    .with_param("model")
+            }
+            GatewayError::RateLimited { .. } => {
+                ErrorResponse::new("rate_limit_error", Some("rate_limit_exceeded"), message)
             }
             GatewayError::ModelNotFound { .. } => {
                 ErrorResponse::new("invalid_request_error", Some("model_not_found"), message)
@@ -183,14 +227,12 @@ impl GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        if let GatewayError::UpstreamRejected {
-            status,
-            body,
-            content_type,
-            retry_after,
-            ..
-        } = self
-        {
+        if let GatewayError::UpstreamRejected { status, answer, .. } = self {
+            let RejectedAnswer {
+                body,
+                content_type,
+                retry_after,
+            } = *answer;
             let mut resp = (status, body).into_response();
             let headers = resp.headers_mut();
             headers.insert(
@@ -203,7 +245,14 @@ impl IntoResponse for GatewayError {
             return resp;
         }
         let status = self.status();
-        json_error(status, &self.to_body())
+        let mut response = json_error(status, &self.to_body());
+        if let GatewayError::RateLimited { retry_after, .. } = &self {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -13,7 +13,10 @@ pub mod error;
 pub mod metrics;
 mod ops;
 pub mod request_id;
+pub mod routing;
 pub mod server;
+pub mod services;
+pub mod state;
 pub mod upstream;
 pub mod workers;
 

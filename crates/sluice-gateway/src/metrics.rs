@@ -86,6 +86,7 @@ pub struct GatewayMetrics {
     connections_opened: Family<EndpointLabels, Counter>,
     connections: Family<ConnectionStateLabels, Gauge>,
     connection_waiters: Family<EndpointLabels, Gauge>,
+    pool_wait: HistogramFamily<EndpointLabels>,
     pools: Mutex<Vec<WatchedPool>>,
 }
 
@@ -170,6 +171,13 @@ impl GatewayMetrics {
             "Requests waiting for an upstream connection: none idle and max_connecting connects already in progress",
             connection_waiters.clone(),
         );
+        let pool_wait: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(overhead_histogram);
+        registry.register(
+            "upstream_pool_wait_seconds",
+            "Time a request waited for an upstream connection (idle, handed over, or newly opened), by endpoint",
+            pool_wait.clone(),
+        );
         GatewayMetrics {
             registry,
             requests,
@@ -182,6 +190,7 @@ impl GatewayMetrics {
             connections_opened,
             connections,
             connection_waiters,
+            pool_wait,
             pools: Mutex::new(Vec::new()),
         }
     }
@@ -189,6 +198,13 @@ impl GatewayMetrics {
     /// The counter a pool of `endpoint` increments for each connection it opens.
     pub fn connections_opened(&self, endpoint: &str) -> Counter {
         Counter::clone(&self.connections_opened.get_or_create(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        }))
+    }
+
+    /// The pool-wait histogram of `endpoint`, resolved once per endpoint and worker.
+    pub fn pool_wait(&self, endpoint: &str) -> Histogram {
+        Histogram::clone(&self.pool_wait.get_or_create(&EndpointLabels {
             endpoint: endpoint.to_owned(),
         }))
     }

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::json;
 use sluice_api::models::{ModelList, ModelObject};
 
-use crate::server::GatewayState;
+use crate::state::WorkerState;
 use crate::upstream::UpstreamEndpoint;
 
 /// How long readiness waits for one endpoint's TCP handshake.
@@ -21,14 +21,21 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn ready(State(gw): State<Arc<GatewayState>>) -> Response {
-    let checks = gw.models.values().map(|route| async move {
-        let probes = route.endpoints.iter().map(|e| reachable(e));
-        let any = futures_util::future::join_all(probes)
-            .await
-            .into_iter()
-            .any(|ok| ok);
-        (route.name.clone(), any)
+pub async fn ready(State(w): State<Arc<WorkerState>>) -> Response {
+    let checks = w.shared.model_names.iter().map(|name| {
+        let endpoints = w
+            .shared
+            .models
+            .get(name)
+            .map_or(&[][..], |model| w.endpoints(model));
+        async move {
+            let probes = endpoints.iter().map(|e| reachable(e));
+            let any = futures_util::future::join_all(probes)
+                .await
+                .into_iter()
+                .any(|ok| ok);
+            (name.clone(), any)
+        }
     });
     let results = futures_util::future::join_all(checks).await;
     let unreachable: Vec<&String> = results
@@ -68,22 +75,23 @@ async fn reachable(endpoint: &UpstreamEndpoint) -> bool {
     )
 }
 
-pub async fn metrics(State(gw): State<Arc<GatewayState>>) -> Response {
+pub async fn metrics(State(w): State<Arc<WorkerState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        gw.metrics.encode(),
+        w.shared.metrics.encode(),
     )
         .into_response()
 }
 
-pub async fn models(State(gw): State<Arc<GatewayState>>) -> Response {
-    let data = gw
+pub async fn models(State(w): State<Arc<WorkerState>>) -> Response {
+    let data = w
+        .shared
         .model_names
         .iter()
-        .map(|name| ModelObject::new(name.clone(), gw.started_unix, "sluice"))
+        .map(|name| ModelObject::new(name.clone(), w.shared.started_unix, "sluice"))
         .collect();
     Json(ModelList::new(data)).into_response()
 }

@@ -1,13 +1,12 @@
-//! Wiring: the shared state, the router, binding, and graceful shutdown.
+//! Wiring: builds the state (`state`), the router, binds, accepts, and shuts down gracefully.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -15,18 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
 use crate::downstream::{self, ConnectionContext};
-use crate::metrics::GatewayMetrics;
-use crate::upstream::ModelRoute;
-use crate::{chat, ops};
-
-/// Everything a request handler reads. Built once from the resolved config.
-pub struct GatewayState {
-    pub models: HashMap<String, ModelRoute>,
-    /// Configured model names, sorted: for `/v1/models` and for "unknown model" errors.
-    pub model_names: Vec<String>,
-    pub metrics: Arc<GatewayMetrics>,
-    pub started_unix: u64,
-}
+use crate::ops;
+use crate::state::{GatewayShared, Services, WorkerBuildError, WorkerState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,49 +24,15 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the HTTP client for model `{model}`: {source}")]
-    Client {
-        model: String,
-        source: crate::upstream::ClientBuildError,
-    },
+    #[error(transparent)]
+    Client(#[from] WorkerBuildError),
 }
 
-impl GatewayState {
-    pub fn new(config: &ResolvedConfig) -> Result<Self, StartError> {
-        Self::with_metrics(config, Arc::new(GatewayMetrics::new()))
-    }
-
-    /// State whose metrics are recorded in `metrics`, shared with other workers.
-    pub fn with_metrics(
-        config: &ResolvedConfig,
-        metrics: Arc<GatewayMetrics>,
-    ) -> Result<Self, StartError> {
-        let mut models = HashMap::new();
-        for (name, model) in &config.models {
-            let route = ModelRoute::new(model, &metrics).map_err(|source| StartError::Client {
-                model: name.clone(),
-                source,
-            })?;
-            models.insert(name.clone(), route);
-        }
-        let mut model_names: Vec<String> = models.keys().cloned().collect();
-        model_names.sort();
-        let started_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Ok(GatewayState {
-            models,
-            model_names,
-            metrics,
-            started_unix,
-        })
-    }
-}
-
-/// Every route, the hot path included (see [`GatewayService`] for its shortcut).
-fn routes(state: Arc<GatewayState>) -> Router {
+/// Every route but the chat path's POST, which the client connection answers without routing
+/// (`downstream`); the chat path is listed so that other methods on it get 405, not 404.
+fn routes(state: Arc<WorkerState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat::chat_route))
+        .route("/v1/chat/completions", any(method_not_allowed))
         .route("/v1/models", get(ops::models))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -101,14 +56,23 @@ async fn method_not_allowed() -> axum::response::Response {
 /// A gateway bound to its port, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
-    state: Arc<GatewayState>,
+    worker: Arc<WorkerState>,
     drain_timeout: Duration,
 }
 
 impl Gateway {
     /// Binds `config.listen` (port 0 picks a free port) and builds the upstream clients.
     pub async fn bind(config: &ResolvedConfig) -> Result<Self, StartError> {
-        let state = Arc::new(GatewayState::new(config)?);
+        Self::bind_with(config, Services::default()).await
+    }
+
+    /// As [`Gateway::bind`], with the services behind the phases.
+    pub async fn bind_with(
+        config: &ResolvedConfig,
+        services: Services,
+    ) -> Result<Self, StartError> {
+        let shared = Arc::new(GatewayShared::new(config, services));
+        let worker = Arc::new(WorkerState::new(shared, config)?);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -118,7 +82,7 @@ impl Gateway {
                 })?;
         Ok(Gateway {
             listener,
-            state,
+            worker,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -126,12 +90,12 @@ impl Gateway {
     /// A gateway on an already bound listener.
     pub fn on_listener(
         listener: TcpListener,
-        state: Arc<GatewayState>,
+        worker: Arc<WorkerState>,
         drain_timeout: Duration,
     ) -> Self {
         Gateway {
             listener,
-            state,
+            worker,
             drain_timeout,
         }
     }
@@ -140,8 +104,8 @@ impl Gateway {
         self.listener.local_addr()
     }
 
-    pub fn state(&self) -> &Arc<GatewayState> {
-        &self.state
+    pub fn shared(&self) -> &Arc<GatewayShared> {
+        &self.worker.shared
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests (and
@@ -151,8 +115,8 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let context = ConnectionContext {
-            state: self.state.clone(),
-            router: routes(self.state.clone()),
+            worker: self.worker.clone(),
+            router: routes(self.worker.clone()),
             drain: CancellationToken::new(),
         };
         let mut connections = JoinSet::new();
@@ -164,8 +128,8 @@ impl Gateway {
                 // Reap finished connections so the set does not grow with every client.
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -173,13 +137,21 @@ impl Gateway {
                     continue;
                 }
             };
+            let Some(slot) = self.worker.shared.admit_connection() else {
+                // At `max_connections`: closed at once, before it costs a buffer or a task.
+                tracing::debug!(%peer, "client connection refused: max_connections reached");
+                drop(stream);
+                continue;
+            };
             // Token-by-token streams are many small writes: never hold one back.
             let _ = stream.set_nodelay(true);
             // Boxed once here: the connection's future holds a request's (kilobytes), and
             // spawning would otherwise copy it several times.
             connections.spawn(Box::pin(downstream::serve_connection(
                 stream,
+                peer,
                 context.clone(),
+                slot,
             )));
         }
         drop(self.listener);

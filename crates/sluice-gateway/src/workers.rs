@@ -2,10 +2,11 @@
 //!
 //! Each worker is an OS thread with a single-threaded tokio runtime, its own listening socket
 //! on the shared address (`SO_REUSEPORT`: the kernel spreads connections over the workers)
-//! and its own upstream connection pools. A request is accepted, parsed, forwarded and
-//! answered on one thread, so the hot path has no cross-thread wake-ups; profiling the
-//! work-stealing runtime showed a third of the gateway's CPU going to parking and unparking
-//! threads. Only the metrics registry is shared (atomics).
+//! and its own upstream connection pools (`WorkerState`). A request is accepted, parsed,
+//! forwarded and answered on one thread, so the hot path has no cross-thread wake-ups; on
+//! the work-stealing runtime, parking and unparking threads cost more CPU than the request's
+//! own work (docs/benchmarks.md). What all workers see — models, routers, metrics, the
+//! services — is one `GatewayShared`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,13 +16,13 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::ResolvedConfig;
-use crate::metrics::GatewayMetrics;
-use crate::server::{Gateway, GatewayState, StartError};
+use crate::server::{Gateway, StartError};
+use crate::state::{GatewayShared, Services, WorkerState};
 
 /// Running workers; [`WorkerPool::shutdown`] drains and stops them.
 pub struct WorkerPool {
     addr: SocketAddr,
-    metrics: Arc<GatewayMetrics>,
+    shared: Arc<GatewayShared>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -31,13 +32,21 @@ impl WorkerPool {
     /// worker has built its state, or with the first worker's error. Call from within a tokio
     /// runtime (the sockets are created on it, then handed to the workers).
     pub async fn start(config: &ResolvedConfig) -> Result<WorkerPool, StartError> {
+        Self::start_with(config, Services::default()).await
+    }
+
+    /// As [`WorkerPool::start`], with the services behind the phases.
+    pub async fn start_with(
+        config: &ResolvedConfig,
+        services: Services,
+    ) -> Result<WorkerPool, StartError> {
         let workers = config.workers.max(1);
         let listeners = bind_all(config.listen, workers)?;
         let addr = listeners
             .first()
             .and_then(|l| l.local_addr().ok())
             .unwrap_or(config.listen);
-        let metrics = Arc::new(GatewayMetrics::new());
+        let shared = Arc::new(GatewayShared::new(config, services));
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
         let mut ready = Vec::with_capacity(workers);
@@ -46,7 +55,7 @@ impl WorkerPool {
             ready.push(ready_rx);
             let worker = Worker {
                 config: config.clone(),
-                metrics: metrics.clone(),
+                shared: shared.clone(),
                 listener,
                 stopped: stopped.clone(),
             };
@@ -58,7 +67,7 @@ impl WorkerPool {
         }
         let mut pool = WorkerPool {
             addr,
-            metrics,
+            shared,
             stop,
             threads,
         };
@@ -85,8 +94,8 @@ impl WorkerPool {
         self.addr
     }
 
-    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
-        &self.metrics
+    pub fn shared(&self) -> &Arc<GatewayShared> {
+        &self.shared
     }
 
     pub fn workers(&self) -> usize {
@@ -118,7 +127,7 @@ impl WorkerPool {
 
 struct Worker {
     config: ResolvedConfig,
-    metrics: Arc<GatewayMetrics>,
+    shared: Arc<GatewayShared>,
     listener: std::net::TcpListener,
     stopped: watch::Receiver<bool>,
 }
@@ -130,7 +139,7 @@ impl Worker {
             .build()?;
         let Worker {
             config,
-            metrics,
+            shared,
             listener,
             mut stopped,
         } = self;
@@ -143,15 +152,15 @@ impl Worker {
                     return Ok(());
                 }
             };
-            let state = match GatewayState::with_metrics(&config, metrics) {
-                Ok(s) => Arc::new(s),
+            let worker = match WorkerState::new(shared, &config) {
+                Ok(w) => Arc::new(w),
                 Err(e) => {
-                    let _ = ready.send(Err(e));
+                    let _ = ready.send(Err(e.into()));
                     return Ok(());
                 }
             };
             let _ = ready.send(Ok(()));
-            let gateway = Gateway::on_listener(listener, state, config.drain_timeout);
+            let gateway = Gateway::on_listener(listener, worker, config.drain_timeout);
             gateway
                 .serve(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;

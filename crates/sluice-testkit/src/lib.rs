@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use sluice_gateway::server::GatewayState;
+use sluice_gateway::state::{GatewayShared, Services};
 use sluice_gateway::{Config, Gateway};
 pub use sluice_mock::{MockOptions, MockServer};
 use tokio::sync::oneshot;
@@ -74,7 +74,7 @@ pub fn gateway_toml(model: &str, urls: &[String], extra: &str) -> String {
 /// SIGTERM) or when dropped.
 pub struct TestGateway {
     pub addr: SocketAddr,
-    pub state: Arc<GatewayState>,
+    pub shared: Arc<GatewayShared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -83,20 +83,28 @@ impl TestGateway {
     /// Parses, validates and starts a gateway from TOML (environment variables as in the
     /// process).
     pub async fn start_toml(toml: &str) -> TestGateway {
+        Self::start_with(toml, Services::default()).await
+    }
+
+    /// As [`TestGateway::start_toml`], with the services behind the phases (a test's own key
+    /// store, cache, limiter or audit sink).
+    pub async fn start_with(toml: &str, services: Services) -> TestGateway {
         let path = Path::new("test.toml");
         let config = Config::from_toml(toml, path)
             .and_then(|c| c.resolve(path, &|name| std::env::var(name).ok()))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-        let gateway = Gateway::bind(&config).await.expect("gateway binds");
+        let gateway = Gateway::bind_with(&config, services)
+            .await
+            .expect("gateway binds");
         let addr = gateway.local_addr().expect("local addr");
-        let state = gateway.state().clone();
+        let shared = gateway.shared().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(async move {
             let _ = stopped.await;
         }));
         TestGateway {
             addr,
-            state,
+            shared,
             stop: Some(stop),
             task: Some(task),
         }

@@ -34,8 +34,12 @@ fn rewrite(config: &mut Config, urls: &BTreeMap<String, String>) {
     for model in config.models.values_mut() {
         for ep in &mut model.endpoints {
             if let Some(name) = ep.url.strip_prefix(SCHEME) {
-                if let Some(url) = urls.get(name.trim_end_matches('/')) {
+                let name = name.trim_end_matches('/').to_owned();
+                if let Some(url) = urls.get(&name) {
                     ep.url = url.clone();
+                    // Metrics and errors name the engine as the config does, not by its
+                    // ephemeral port.
+                    ep.name.get_or_insert(name);
                 }
             }
         }

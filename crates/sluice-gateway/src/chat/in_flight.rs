@@ -10,28 +10,28 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::metrics::{ModelMetrics, CLIENT_CLOSED};
-use crate::request_id::RequestId;
 
 pub struct InFlight {
     /// The model's metric handles; its name is the `model` label of everything recorded.
     pub model: Arc<ModelMetrics>,
-    /// For the request's log lines.
-    pub request_id: RequestId,
     pub received: Instant,
     /// Time spent waiting on the upstream: for the response head, for the body, for each
     /// stream chunk. The rest of the request's duration is the gateway's own overhead.
     pub upstream_wait: Duration,
+    /// The part of `upstream_wait` spent waiting for a pooled connection: the gateway's own
+    /// queueing, so it counts as overhead.
+    pub pool_wait: Duration,
     finished: bool,
 }
 
 impl InFlight {
-    pub fn start(model: Arc<ModelMetrics>, request_id: RequestId, received: Instant) -> Self {
+    pub fn start(model: Arc<ModelMetrics>, received: Instant) -> Self {
         model.request_started();
         InFlight {
             model,
-            request_id,
             received,
             upstream_wait: Duration::ZERO,
+            pool_wait: Duration::ZERO,
             finished: false,
         }
     }
@@ -54,8 +54,9 @@ impl InFlight {
             return;
         }
         self.finished = true;
+        let upstream = self.upstream_wait.saturating_sub(self.pool_wait);
         self.model
-            .request_finished(status, self.received.elapsed(), self.upstream_wait);
+            .request_finished(status, self.received.elapsed(), upstream);
     }
 }
 

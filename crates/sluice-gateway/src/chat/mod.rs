@@ -1,417 +1,504 @@
-//! `POST /v1/chat/completions`: the hot path, as named phases over one request.
+//! `POST /v1/chat/completions`: the request path, as named phases over one [`RequestCtx`].
 //!
-//! parse → resolve model → upstream call (round robin, next endpoint on connect failure)
-//! → respond (unary, or a stream relayed event by event) → account (metrics, in `InFlight`).
+//! ```text
+//!  client connection (downstream): head → RequestCtx
+//!    authenticate ─── on the head, before the body is read
+//!  client connection: body
+//!    parse ────────── quick read of model/stream; the full parse later, once, on demand
+//!    resolve_model ── the model's entry (endpoints, router, metrics); accounting starts
+//!    cache_lookup ─── [cache configured] a hit answers now
+//!    admit ────────── [limiter configured] reserve capacity, or 429
+//!    route ────────── the model's router orders its endpoints
+//!    call_upstream ── next endpoint only while a failure is retry-safe
+//!    respond ──────── a whole completion, or a stream relayed event by event (`relay`)
+//!    finish ───────── metrics, usage reconciled, cache write, audit: exactly once
+//! ```
+//!
+//! Each phase returns `Ok(Flow::Continue)`, `Ok(Flow::Reply(..))` (answer now) or an error;
+//! [`chat_completions`] is the one exit that records, logs and renders errors and puts the
+//! headers the phases set on every kind of answer. A phase whose service is not configured is
+//! a branch on `None`.
+//!
+//! Future size policy: a request's future lives in its connection's state and is polled in
+//! place (pinned where it is made). A step that is rare or that awaits a service (connecting,
+//! reading an error body, a cache or limiter call) boxes its own future, so the common path's
+//! state stays small; docs/benchmarks.md has the measured cost.
 
+mod ctx;
 mod in_flight;
+mod outgoing;
 mod relay;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use sluice_api::chat::UsageSummary;
-use sluice_api::{ChatCompletionRequest, ProxyFields, RequestError};
-use tokio::time::Instant;
+use sluice_api::{RequestError, Usage};
 
-use crate::error::GatewayError;
-use crate::metrics::UNKNOWN_MODEL;
-use crate::request_id::RequestId;
-use crate::server::GatewayState;
-use crate::upstream::{ModelRoute, UpstreamEndpoint, UpstreamResponse};
-
+pub use ctx::{AnswerHeaders, HeadView, RequestBody, RequestCtx};
 pub use in_flight::InFlight;
+use outgoing::OutgoingRequest;
+
+use crate::error::{GatewayError, TimeoutPhase};
+use crate::metrics::UNKNOWN_MODEL;
+use crate::routing::{AttemptOrder, RouteQuery};
+use crate::services::{Admission, AuditRecord, AuthError, CacheQuery, CachedAnswer, Phase};
+use crate::state::WorkerState;
+use crate::upstream::{Sent, UpstreamEndpoint, UpstreamResponse};
 
 /// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
 /// this a request is more likely a mistake than a prompt.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
-/// The route as the axum router knows it, so that the router answers other methods on this
-/// path with 405 rather than 404. The gateway's connections answer POSTs on this path
-/// without routing (`downstream`); this serves one that reaches the router anyway.
-pub async fn chat_route(
-    State(gw): State<Arc<GatewayState>>,
-    Extension(request_id): Extension<RequestId>,
-    body: Body,
-) -> Response {
-    let body = match collect_body(body).await {
-        Ok(b) => b,
-        Err(e) => return reject(&gw, UNKNOWN_MODEL, e),
-    };
-    chat_completions(gw, request_id, body).await.into_response()
-}
-
-/// Counts a chat request refused before it was read (too large, badly framed).
-pub fn count_refused(gw: &GatewayState, status: StatusCode) {
-    gw.metrics.count_request(UNKNOWN_MODEL, status.as_u16());
-}
+/// `x-sluice-cache`: `hit` or `miss`, on answers of a gateway with a cache.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-sluice-cache");
 
 /// What a chat request is answered with.
 pub enum ChatAnswer {
-    /// A whole completion, sent as the upstream sent it with its content type: the common
-    /// answer, which the client connection writes out without building a [`Response`] (its
-    /// header map was a few percent of the gateway's instructions per request).
+    /// A whole completion with its content type: the common answer, which the client
+    /// connection writes out with a head it builds itself (no `Response`, no header map).
     Completion {
-        content_type: Option<HeaderValue>,
+        content_type: HeaderValue,
         body: Bytes,
+        headers: AnswerHeaders,
     },
-    /// Anything else: errors and streams.
+    /// Anything else: errors and streams, with the phases' headers already in place.
     Response(Response),
 }
 
-impl ChatAnswer {
-    /// The content type a completion is sent with when the upstream named none.
-    pub const DEFAULT_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/json");
+/// The instant by which an answer must be written out, carried in a streamed response's
+/// extensions: the client connection holds each write to it, so a client that stops reading
+/// cannot keep a stream past its total timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerDeadline(pub tokio::time::Instant);
+
+/// What the phases produce when the request is answered.
+enum Reply {
+    Completion {
+        content_type: HeaderValue,
+        body: Bytes,
+        usage: Option<Usage>,
+    },
+    Stream {
+        endpoint: Arc<UpstreamEndpoint>,
+        response: UpstreamResponse,
+        client_wants_usage: bool,
+    },
 }
 
-impl From<Response> for ChatAnswer {
-    fn from(response: Response) -> Self {
-        ChatAnswer::Response(response)
+/// What a phase says about what comes next.
+enum Flow {
+    Continue,
+    Reply(Reply),
+}
+
+/// Phase: authenticate. Runs on the head, before the body is read: a caller without a valid
+/// key never makes the gateway buffer a body. An error is the answer (through [`refuse`]).
+pub fn authenticate(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let Some(keys) = ctx.shared.services.keys.clone() else {
+        return Ok(());
+    };
+    match keys.authenticate(ctx.head.bearer_token()) {
+        Ok(principal) => {
+            ctx.principal = principal;
+            ctx.decide(Phase::Authenticate, "key", || None);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.decide(Phase::Authenticate, "refused", || None);
+            Err(GatewayError::Unauthorized {
+                reason: match e {
+                    AuthError::Missing => {
+                        "this gateway needs an API key: send `Authorization: Bearer KEY`"
+                    }
+                    AuthError::Invalid => "the API key is not valid",
+                },
+            })
+        }
     }
 }
 
-impl IntoResponse for ChatAnswer {
-    fn into_response(self) -> Response {
-        match self {
-            ChatAnswer::Completion { content_type, body } => {
-                let mut response = Response::new(Body::from(body));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    content_type.unwrap_or(ChatAnswer::DEFAULT_CONTENT_TYPE),
-                );
-                response
+/// Answers one chat request whose head made `ctx` and whose whole body is `raw`.
+pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: Bytes) -> ChatAnswer {
+    match run_phases(worker, &mut ctx, raw).await {
+        Ok(Reply::Completion {
+            content_type,
+            body,
+            usage,
+        }) => {
+            let cached = ctx.cache_write.then(|| CachedAnswer {
+                content_type: content_type.clone(),
+                body: body.clone(),
+            });
+            finish(&mut ctx, StatusCode::OK.as_u16(), usage.as_ref());
+            if let Some(answer) = cached {
+                store_in_cache(&ctx, answer);
             }
-            ChatAnswer::Response(response) => response,
+            ChatAnswer::Completion {
+                content_type,
+                body,
+                headers: std::mem::take(&mut ctx.answer_headers),
+            }
         }
+        Ok(Reply::Stream {
+            endpoint,
+            response,
+            client_wants_usage,
+        }) => {
+            let headers = std::mem::take(&mut ctx.answer_headers);
+            let mut response = relay::stream_response(endpoint, response, ctx, client_wants_usage);
+            headers.apply(response.headers_mut());
+            ChatAnswer::Response(response)
+        }
+        Err(e) => refuse(ctx, e),
     }
 }
 
-/// Answers one chat request, whose whole body is `body`.
-pub async fn chat_completions(
-    gw: Arc<GatewayState>,
-    request_id: RequestId,
-    body: Bytes,
-) -> ChatAnswer {
-    let received = Instant::now();
-
-    // Phase: parse.
-    let request = match read_request(body) {
-        Ok(r) => r,
-        Err(e) => return reject(&gw, UNKNOWN_MODEL, invalid(e)).into(),
-    };
-
-    // Phase: resolve the model.
-    let Some(route) = gw.models.get(&request.fields.model) else {
-        let e = GatewayError::ModelNotFound {
-            model: request.fields.model,
-            available: gw.model_names.clone(),
-        };
-        return reject(&gw, UNKNOWN_MODEL, e).into();
-    };
-    let mut flight = InFlight::start(route.metrics.clone(), request_id.clone(), received);
-
-    // Phase: upstream call.
-    let prepared = match PreparedRequest::new(request, route) {
-        Ok(p) => p,
-        Err(e) => {
-            let e = invalid(e);
-            flight.finish(e.status().as_u16());
-            return e.into_response().into();
-        }
-    };
-    let (endpoint, response) = match call_upstream(route, &prepared, &request_id, &mut flight).await
-    {
-        Ok(ok) => ok,
-        Err(e) => {
-            flight.finish(e.status().as_u16());
-            return e.into_response().into();
-        }
-    };
-
-    // Phase: respond (and account, when the answer ends).
-    if prepared.stream {
-        relay::stream_response(endpoint, response, flight, prepared.client_wants_usage).into()
-    } else {
-        unary_response(endpoint, response, flight).await
-    }
-}
-
-fn reject(gw: &GatewayState, model_label: &str, e: GatewayError) -> Response {
-    gw.metrics.count_request(model_label, e.status().as_u16());
-    e.into_response()
-}
-
-/// A client's request body, checked, with the fields the gateway acts on.
-struct ClientRequest {
-    fields: ProxyFields,
+/// The phases after the body arrived, in order.
+async fn run_phases(
+    worker: &WorkerState,
+    ctx: &mut RequestCtx,
     raw: Bytes,
-    /// The whole request, when the quick read left the body to the full parse. Boxed: this
-    /// struct is moved along the request path, and the parsed request is the rare case.
-    parsed: Option<Box<ChatCompletionRequest>>,
-}
-
-impl ClientRequest {
-    /// The whole request, for the rare paths that rewrite it.
-    fn into_parsed(self) -> Result<(Box<ChatCompletionRequest>, Bytes), RequestError> {
-        let request = match self.parsed {
-            Some(r) => r,
-            None => Box::new(ChatCompletionRequest::from_slice(&self.raw)?),
-        };
-        Ok((request, self.raw))
+) -> Result<Reply, GatewayError> {
+    parse(ctx, raw)?;
+    resolve_model(ctx)?;
+    if let Flow::Reply(reply) = cache_lookup(ctx).await? {
+        return Ok(reply);
     }
+    admit(ctx).await?;
+    let order = route(ctx);
+    let (endpoint, sent) = call_upstream(worker, ctx, &order).await?;
+    respond(ctx, endpoint, sent).await
 }
 
-fn invalid(e: RequestError) -> GatewayError {
-    GatewayError::invalid_request(e.message, e.param)
+/// Phase: parse. The quick read suffices to relay; [`RequestBody::parsed`] does the full
+/// parse when a later phase needs the messages.
+fn parse(ctx: &mut RequestCtx, raw: Bytes) -> Result<(), GatewayError> {
+    ctx.body = RequestBody::read(raw).map_err(invalid)?;
+    Ok(())
 }
 
-async fn collect_body(body: Body) -> Result<Bytes, GatewayError> {
-    http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::PayloadTooLarge {
-                    limit_mib: MAX_REQUEST_BYTES / (1024 * 1024),
-                }
-            } else {
-                GatewayError::invalid_request(format!("could not read the request body: {e}"), None)
-            }
-        })
-}
-
-/// Checks the body. Most bodies need only [`ProxyFields::read`]; any other goes through
-/// the full parse, which words the error of an invalid one.
-fn read_request(raw: Bytes) -> Result<ClientRequest, RequestError> {
-    if let Some(fields) = ProxyFields::read(&raw) {
-        return Ok(ClientRequest {
-            fields,
-            raw,
-            parsed: None,
+/// Phase: resolve the model. From here on the request is accounted under its model.
+fn resolve_model(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let name = &ctx.body.fields.model;
+    let Some(model) = ctx.shared.models.get(name).cloned() else {
+        return Err(GatewayError::ModelNotFound {
+            model: name.clone(),
+            available: ctx.shared.model_names.clone(),
+        });
+    };
+    if !ctx.principal.may_use(&model.name) {
+        return Err(GatewayError::ModelNotAllowed {
+            model: model.name.clone(),
         });
     }
-    let request = ChatCompletionRequest::from_slice(&raw)?;
-    let fields = ProxyFields::of(&request);
-    Ok(ClientRequest {
-        fields,
-        raw,
-        parsed: Some(Box::new(request)),
+    ctx.flight = Some(InFlight::start(model.metrics.clone(), ctx.received));
+    ctx.model = Some(model);
+    Ok(())
+}
+
+/// Phase: cache lookup, when a cache is configured. Streams are not cached yet: they bypass.
+async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+    let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
+        return Ok(Flow::Continue);
+    };
+    if ctx.body.fields.stream {
+        ctx.decide(Phase::CacheLookup, "bypass", || Some("stream".into()));
+        return Ok(Flow::Continue);
+    }
+    let query = CacheQuery {
+        tenant: ctx.principal.tenant(),
+        model: &model.name,
+        body: &ctx.body.raw,
+    };
+    let hit = cache.lookup(query).await;
+    let outcome = if hit.is_some() { "hit" } else { "miss" };
+    ctx.answer_headers
+        .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
+    ctx.decide(Phase::CacheLookup, outcome, || None);
+    Ok(match hit {
+        Some(answer) => Flow::Reply(Reply::Completion {
+            content_type: answer.content_type,
+            body: answer.body,
+            // Served without an upstream: no tokens were spent.
+            usage: None,
+        }),
+        None => {
+            ctx.cache_write = true;
+            Flow::Continue
+        }
     })
 }
 
-/// The request as it goes upstream. Streams always ask the upstream for usage, so the gateway
-/// can count tokens; the usage chunk is dropped again if the client did not ask for it.
-struct PreparedRequest {
-    model: String,
-    stream: bool,
-    client_wants_usage: bool,
-    /// The body for endpoints that keep the client's model name (the common case): the
-    /// client's own bytes when nothing needs changing, else serialised once for all attempts.
-    default_body: Bytes,
-    /// The whole request, kept only when the route has an endpoint that renames the model.
-    for_renaming: Option<Box<ChatCompletionRequest>>,
-}
-
-impl PreparedRequest {
-    /// Fails only if a body the quick read accepted is refused by the full parse, which the
-    /// two parsers' tests rule out.
-    fn new(mut client: ClientRequest, route: &ModelRoute) -> Result<Self, RequestError> {
-        let model = std::mem::take(&mut client.fields.model);
-        let stream = client.fields.stream;
-        let client_wants_usage = client.fields.include_usage;
-        let adds_usage = stream && !client_wants_usage;
-        let renames = route
-            .endpoints
-            .iter()
-            .any(|e| e.upstream_model().is_some_and(|m| m != model));
-        if !renames {
-            // The client's bytes, or them with usage asked for when that is an insertion.
-            let unchanged = if adds_usage {
-                client
-                    .fields
-                    .with_stream_usage(&client.raw)
-                    .map(Bytes::from)
-            } else {
-                Some(client.raw.clone())
-            };
-            if let Some(default_body) = unchanged {
-                return Ok(PreparedRequest {
-                    model,
-                    stream,
-                    client_wants_usage,
-                    default_body,
-                    for_renaming: None,
-                });
-            }
+/// Phase: admit, when a limiter is configured: reserve the request's estimated tokens
+/// (prompt as estimated from the messages, plus the output cap) or refuse with 429.
+async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let (Some(limiter), Some(model)) = (ctx.shared.services.limiter.clone(), ctx.model.clone())
+    else {
+        return Ok(());
+    };
+    let estimated_tokens = estimate_tokens(ctx.body.parsed().map_err(invalid)?);
+    let admission = Admission {
+        tenant: ctx.principal.tenant(),
+        model: &model.name,
+        estimated_tokens,
+    };
+    match limiter.admit(admission).await {
+        Ok(permit) => {
+            ctx.permit = Some(permit);
+            ctx.decide(Phase::Admit, "admitted", || {
+                Some(format!("{estimated_tokens} tokens"))
+            });
+            Ok(())
         }
-        let (mut request, raw) = client.into_parsed()?;
-        let default_body = if adds_usage {
-            request
-                .stream_options
-                .get_or_insert_with(Default::default)
-                .include_usage = Some(true);
-            Bytes::from(request.to_json_vec())
-        } else {
-            raw
-        };
-        Ok(PreparedRequest {
-            model,
-            stream,
-            client_wants_usage,
-            default_body,
-            for_renaming: renames.then_some(request),
-        })
-    }
-
-    fn body_for(&self, endpoint: &UpstreamEndpoint) -> Bytes {
-        match (endpoint.upstream_model(), &self.for_renaming) {
-            (Some(m), Some(request)) if m != self.model => {
-                let mut r = ChatCompletionRequest::clone(request);
-                r.model = m.to_owned();
-                Bytes::from(r.to_json_vec())
-            }
-            _ => self.default_body.clone(),
+        Err(refusal) => {
+            ctx.decide(Phase::Admit, "refused", || Some(refusal.reason.clone()));
+            Err(GatewayError::RateLimited {
+                reason: refusal.reason,
+                retry_after: refusal.retry_after,
+            })
         }
     }
 }
 
-/// Sends to the endpoint round robin picks; when an endpoint cannot be reached (the request
-/// provably never arrived) moves on to the next. Non-2xx answers become errors here.
+/// Phase: route. The model's router orders its endpoints.
+fn route(ctx: &mut RequestCtx) -> AttemptOrder {
+    let Some(model) = ctx.model.clone() else {
+        return AttemptOrder::Ranked(Vec::new());
+    };
+    let query = RouteQuery {
+        model: &model.name,
+        tenant: ctx.principal.tenant(),
+    };
+    let order = model
+        .router
+        .attempt_order(&query, model.endpoint_labels.len());
+    ctx.decide(Phase::Route, model.router.name(), || {
+        order
+            .first()
+            .and_then(|i| model.endpoint_labels.get(i).cloned())
+    });
+    order
+}
+
+/// Phase: call the upstream. Tries the endpoints in `order`, moving on only when a failure
+/// proved the request never reached the endpoint. A non-2xx answer becomes an error here.
 async fn call_upstream(
-    route: &ModelRoute,
-    prepared: &PreparedRequest,
-    request_id: &RequestId,
-    flight: &mut InFlight,
-) -> Result<(Arc<UpstreamEndpoint>, UpstreamResponse), GatewayError> {
+    worker: &WorkerState,
+    ctx: &mut RequestCtx,
+    order: &AttemptOrder,
+) -> Result<(Arc<UpstreamEndpoint>, Sent), GatewayError> {
+    let endpoints = match &ctx.model {
+        Some(model) => worker.endpoints(model),
+        None => &[],
+    };
+    let outgoing = OutgoingRequest::new(&mut ctx.body, endpoints).map_err(invalid)?;
+    let Some(flight) = ctx.flight.as_mut() else {
+        return Err(GatewayError::invalid_request("no model resolved", None));
+    };
     let mut last_error = None;
-    for endpoint in route.attempt_order() {
-        let body = prepared.body_for(endpoint);
-        let result = flight
-            .wait_upstream(endpoint.send(body, request_id.as_str()))
-            .await;
-        let response = match result {
-            Ok(r) => r,
+    let mut answered = None;
+    for endpoint in order.iter().filter_map(|i| endpoints.get(i)) {
+        let body = outgoing.body_for(endpoint);
+        match flight
+            .wait_upstream(endpoint.send(body, ctx.id.as_str()))
+            .await
+        {
+            Ok(sent) => {
+                flight.pool_wait += sent.pool_wait;
+                answered = Some((endpoint.clone(), sent));
+                break;
+            }
             Err(e) => {
                 if let Some(kind) = e.upstream_kind() {
                     flight.model.upstream_error(&endpoint.label, kind);
                 }
-                tracing::warn!(request_id = request_id.as_str(), endpoint = %endpoint.label, error = %e, "upstream call failed");
-                if e.retry_safe() {
-                    last_error = Some(e);
-                    continue;
+                tracing::warn!(request_id = ctx.id.as_str(), endpoint = %endpoint.label, error = %e, "upstream call failed");
+                if !e.retry_safe() {
+                    return Err(e);
                 }
-                return Err(e);
+                last_error = Some(e);
             }
-        };
-        if response.status().is_success() {
-            return Ok((endpoint.clone(), response));
         }
-        // Boxed: reading an error body is the rare path; inline, its state would grow every
-        // request's future, which is moved on the request path.
-        let e = flight
-            .wait_upstream(Box::pin(endpoint.rejection(response)))
-            .await;
-        if let Some(kind) = e.upstream_kind() {
-            flight.model.upstream_error(&endpoint.label, kind);
-        }
-        return Err(e);
     }
-    Err(
-        last_error.unwrap_or_else(|| GatewayError::UpstreamUnreachable {
-            endpoint: route.name.clone(),
-            reason: "the model has no endpoint".into(),
-        }),
-    )
+    let Some((endpoint, sent)) = answered else {
+        return Err(
+            last_error.unwrap_or_else(|| GatewayError::UpstreamUnreachable {
+                endpoint: ctx.body.fields.model.clone(),
+                reason: "the model has no endpoint".into(),
+            }),
+        );
+    };
+    if !sent.response.status().is_success() {
+        let e = flight
+            .wait_upstream(Box::pin(endpoint.rejection(sent.response)))
+            .await;
+        return Err(upstream_failed(flight, &endpoint, e));
+    }
+    ctx.decide(Phase::Upstream, "answered", || Some(endpoint.label.clone()));
+    Ok((endpoint, sent))
 }
 
-async fn unary_response(
+/// Phase: respond. A stream is handed to the relay; a whole completion is read (bounded by
+/// the total timeout and `max_response_bytes`) and its usage counted.
+async fn respond(
+    ctx: &mut RequestCtx,
     endpoint: Arc<UpstreamEndpoint>,
-    response: UpstreamResponse,
-    mut flight: InFlight,
-) -> ChatAnswer {
-    let deadline = flight.received + endpoint.timeouts().total;
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    sent: Sent,
+) -> Result<Reply, GatewayError> {
+    if ctx.body.fields.stream {
+        return Ok(Reply::Stream {
+            endpoint,
+            response: sent.response,
+            client_wants_usage: ctx.body.fields.include_usage,
+        });
+    }
+    let Some(flight) = ctx.flight.as_mut() else {
+        return Err(GatewayError::invalid_request("no model resolved", None));
+    };
+    let deadline = ctx.received + endpoint.timeouts().total;
+    let limit = ctx.shared.client_limits.max_response_bytes;
+    let response = sent.response;
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let too_large = || GatewayError::UpstreamProtocol {
+        endpoint: endpoint.label.clone(),
+        reason: format!(
+            "the answer is larger than the {limit}-byte limit (server.max_response_bytes)"
+        ),
+    };
+    if response.body().size_hint().lower() > limit {
+        return Err(upstream_failed(flight, &endpoint, too_large()));
+    }
+    let read = http_body_util::Limited::new(response.into_body(), limit as usize).collect();
     let body = match flight
-        .wait_upstream(tokio::time::timeout_at(
-            deadline,
-            response.into_body().collect(),
-        ))
+        .wait_upstream(tokio::time::timeout_at(deadline, read))
         .await
     {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => return fail(flight, &endpoint, endpoint.body_error(&e)).into(),
+        Ok(Err(e)) => {
+            let e = match e.downcast::<crate::upstream::ResponseError>() {
+                Ok(e) => endpoint.body_error(&e),
+                Err(_) => too_large(),
+            };
+            return Err(upstream_failed(flight, &endpoint, e));
+        }
         Err(_) => {
             let e = GatewayError::UpstreamTimeout {
                 endpoint: endpoint.label.clone(),
-                phase: crate::error::TimeoutPhase::Total,
+                phase: TimeoutPhase::Total,
                 limit: endpoint.timeouts().total,
             };
-            return fail(flight, &endpoint, e).into();
+            return Err(upstream_failed(flight, &endpoint, e));
         }
     };
-    match UsageSummary::from_body(&body) {
-        Ok(summary) => {
-            if let Some(usage) = summary.usage {
-                flight.model.usage(&usage);
-            }
-        }
+    let usage = match UsageSummary::from_body(&body) {
+        Ok(summary) => summary.usage,
         Err(e) => {
             let e = GatewayError::UpstreamProtocol {
                 endpoint: endpoint.label.clone(),
                 reason: format!("the response body is not a chat completion: {e}"),
             };
-            return fail(flight, &endpoint, e).into();
+            return Err(upstream_failed(flight, &endpoint, e));
         }
-    }
-    flight.finish(StatusCode::OK.as_u16());
-    ChatAnswer::Completion { content_type, body }
+    };
+    Ok(Reply::Completion {
+        content_type,
+        body,
+        usage,
+    })
 }
 
-fn fail(flight: InFlight, endpoint: &UpstreamEndpoint, e: GatewayError) -> Response {
+fn upstream_failed(
+    flight: &InFlight,
+    endpoint: &UpstreamEndpoint,
+    e: GatewayError,
+) -> GatewayError {
     if let Some(kind) = e.upstream_kind() {
         flight.model.upstream_error(&endpoint.label, kind);
     }
-    tracing::warn!(request_id = flight.request_id.as_str(), endpoint = %endpoint.label, error = %e, "upstream response failed");
-    flight.finish(e.status().as_u16());
-    e.into_response()
+    e
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    /// A request's future is moved (copied) several times on the request path, once into its
-    /// box; at 6.6 KiB those copies were 7 % of the gateway's instructions per request. Rare
-    /// steps (connecting, reading an error body) are boxed to keep it small; this catches a
-    /// change that inlines a large one again.
-    #[test]
-    fn a_request_future_stays_small() {
-        let path = std::path::Path::new("size.toml");
-        let config = crate::config::Config::from_toml(
-            "[models.m]\n[[models.m.endpoints]]\nurl = \"http://127.0.0.1:1/v1\"\n",
-            path,
-        )
-        .unwrap()
-        .resolve(path, &|_| None)
-        .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        // Inside a runtime: the connection pools start their sweep.
-        let size = runtime.block_on(async {
-            let gw = std::sync::Arc::new(crate::server::GatewayState::new(&config).unwrap());
-            let body = bytes::Bytes::new();
-            let id = crate::request_id::RequestId::generate();
-            std::mem::size_of_val(&super::chat_completions(gw, id, body))
-        });
-        eprintln!("chat_completions future: {size} bytes");
-        assert!(size <= 4096, "{size} bytes");
+/// The one exit for errors: accounts the request, logs, and renders the error with the
+/// headers the phases set.
+pub fn refuse(mut ctx: RequestCtx, e: GatewayError) -> ChatAnswer {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::warn!(request_id = ctx.id.as_str(), error = %e, "request failed");
+    } else {
+        tracing::debug!(request_id = ctx.id.as_str(), error = %e, "request refused");
     }
+    finish(&mut ctx, status.as_u16(), None);
+    let mut response = e.into_response();
+    std::mem::take(&mut ctx.answer_headers).apply(response.headers_mut());
+    ChatAnswer::Response(response)
+}
+
+/// Phase: finish, exactly once per request (on the answer, at a stream's end, or when the
+/// context is dropped unfinished): metrics, the permit reconciled with the usage, the audit
+/// record. The cache write, which needs the answer, follows in [`chat_completions`].
+fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>) {
+    if std::mem::replace(&mut ctx.finished, true) {
+        return;
+    }
+    match ctx.flight.take() {
+        Some(flight) => {
+            if let Some(usage) = usage {
+                flight.model.usage(usage);
+            }
+            flight.finish(status);
+        }
+        None => ctx.shared.metrics.count_request(UNKNOWN_MODEL, status),
+    }
+    if let Some(permit) = ctx.permit.take() {
+        permit.reconcile(usage.map(|u| u.prompt_tokens + u.completion_tokens));
+    }
+    if let Some(audit) = &ctx.shared.services.audit {
+        audit.record(AuditRecord {
+            request_id: ctx.id.as_str().to_owned(),
+            tenant: ctx.principal.tenant().to_owned(),
+            model: ctx.model.as_ref().map(|m| m.name.clone()),
+            status,
+            decisions: ctx.decisions.take(),
+            duration: ctx.received.elapsed(),
+        });
+    }
+}
+
+fn store_in_cache(ctx: &RequestCtx, answer: CachedAnswer) {
+    let (Some(cache), Some(model)) = (&ctx.shared.services.cache, &ctx.model) else {
+        return;
+    };
+    cache.store(
+        CacheQuery {
+            tenant: ctx.principal.tenant(),
+            model: &model.name,
+            body: &ctx.body.raw,
+        },
+        answer,
+    );
+}
+
+/// A rough prompt-token estimate for admission (about four characters a token), plus the
+/// output cap. The limiter reconciles with the upstream's usage when the request ends.
+fn estimate_tokens(request: &sluice_api::ChatCompletionRequest) -> u64 {
+    let chars: usize = request
+        .messages
+        .iter()
+        .filter_map(|m| m.content.as_ref())
+        .map(|c| c.text().len())
+        .sum();
+    (chars as u64).div_ceil(4) + u64::from(request.output_cap().unwrap_or(0))
+}
+
+fn invalid(e: RequestError) -> GatewayError {
+    GatewayError::invalid_request(e.message, e.param)
 }

@@ -21,7 +21,7 @@ use sluice_api::sse::{SseEvent, SseParser, DONE_EVENT};
 use sluice_api::{ErrorResponse, Usage};
 use tokio::time::Instant;
 
-use super::InFlight;
+use super::RequestCtx;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::upstream::{error_chain, ResponseError, UpstreamEndpoint, UpstreamResponse};
 
@@ -33,18 +33,20 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ResponseError>> + Send
 pub fn stream_response(
     endpoint: Arc<UpstreamEndpoint>,
     response: UpstreamResponse,
-    flight: InFlight,
+    ctx: RequestCtx,
     client_wants_usage: bool,
 ) -> Response {
     let timeouts = endpoint.timeouts();
+    let received = ctx.received;
     let relay = StreamRelay {
         upstream: Box::pin(BodyDataStream::new(response.into_body())),
         parser: SseParser::new(),
         events: Vec::new(),
-        total_deadline: flight.received + timeouts.total,
-        first_event_deadline: Some(flight.received + timeouts.first_byte),
+        total_deadline: received + timeouts.total,
+        first_event_deadline: Some(received + timeouts.first_byte),
         endpoint,
-        flight: Some(flight),
+        ctx,
+        done: false,
         client_wants_usage,
         saw_done: false,
         seen_token: false,
@@ -58,6 +60,8 @@ pub fn stream_response(
     });
     let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = StatusCode::OK;
+    resp.extensions_mut()
+        .insert(super::AnswerDeadline(received + timeouts.total));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -77,8 +81,10 @@ struct StreamRelay {
     /// Until the first event arrives, the first-byte timeout applies too.
     first_event_deadline: Option<Instant>,
     endpoint: Arc<UpstreamEndpoint>,
-    /// `None` once the request is accounted for.
-    flight: Option<InFlight>,
+    /// The request's context: accounted (finished) when the stream ends, or as 499 when the
+    /// client goes away and this relay is dropped.
+    ctx: RequestCtx,
+    done: bool,
     client_wants_usage: bool,
     saw_done: bool,
     seen_token: bool,
@@ -96,7 +102,10 @@ impl StreamRelay {
     /// The next bytes for the client, or `None` when the response is complete.
     async fn next_output(&mut self) -> Option<Bytes> {
         loop {
-            let flight = self.flight.as_mut()?;
+            if self.done {
+                return None;
+            }
+            let flight = self.ctx.flight.as_mut()?;
             if self.saw_done {
                 // Read the upstream to its end, briefly, so its connection can go back to the
                 // pool; nothing after `[DONE]` is relayed.
@@ -192,7 +201,7 @@ impl StreamRelay {
             // Not a chunk sluice understands: pass it on untouched.
             return true;
         };
-        let Some(flight) = &self.flight else {
+        let Some(flight) = &self.ctx.flight else {
             return true;
         };
         if summary.error.is_some() {
@@ -221,23 +230,20 @@ impl StreamRelay {
     }
 
     fn fail_with(&mut self, body: ErrorResponse, kind: Option<&'static str>) -> Bytes {
-        let request_id = self.flight.as_ref().map_or("", |f| f.request_id.as_str());
+        let request_id = self.ctx.id.as_str();
         tracing::warn!(request_id, endpoint = %self.endpoint.label, error = %body.error.message, "stream ended with an error");
         self.finish(kind);
         Bytes::from(sluice_api::sse::encode_event(None, &body.to_json()))
     }
 
     fn finish(&mut self, error_kind: Option<&'static str>) {
-        let Some(flight) = self.flight.take() else {
+        if std::mem::replace(&mut self.done, true) {
             return;
-        };
-        if let Some(kind) = error_kind {
+        }
+        if let (Some(kind), Some(flight)) = (error_kind, &self.ctx.flight) {
             flight.model.upstream_error(&self.endpoint.label, kind);
         }
-        if let Some(u) = &self.usage {
-            flight.model.usage(u);
-        }
         // The head went out as 200; a broken stream is counted by its upstream error.
-        flight.finish(StatusCode::OK.as_u16());
+        super::finish(&mut self.ctx, StatusCode::OK.as_u16(), self.usage.as_ref());
     }
 }

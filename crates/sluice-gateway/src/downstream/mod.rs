@@ -3,27 +3,32 @@
 //!
 //! Why not hyper's server connection: on the gateway's path (a JSON POST in, a JSON or SSE
 //! answer out) hyper's dispatcher, its `HeaderMap` and `Uri` for every request, and its
-//! per-request service plumbing were about a quarter of the gateway's instructions per
-//! proxied request (docs/benchmarks.md). The chat path here reads only the path and
-//! `x-request-id` from the head; everything else goes to the axum router as a full
-//! `http::Request`, built only then.
+//! per-request service plumbing cost more than the gateway's own work (docs/benchmarks.md).
+//! The chat path gets a [`HeadView`] over the head's bytes; everything else goes to the axum
+//! router as a full `http::Request`, built only then. This code is frozen: security fixes and
+//! tests only; TLS and HTTP/2 will come from hyper behind the same head view.
 //!
 //! What it implements of RFC 9112: request bodies framed by `Content-Length` or the
 //! `chunked` coding (both at once, another coding, or a conflicting length are refused),
 //! `Expect: 100-continue`, persistence by version and `Connection`, pipelined requests
 //! answered in order, responses framed by length, chunks, or (for HTTP/1.0 clients) the end
-//! of the connection, and no body for HEAD, 1xx, 204 and 304. A request head must arrive
-//! within [`HEADER_READ_TIMEOUT`] of the connection being ready for it. While a request is
-//! answered, the connection watches the client: if it goes away, the answer is dropped,
+//! of the connection, and no body for HEAD, 1xx, 204 and 304; origin-form and absolute-form
+//! targets; exactly one `Host` on HTTP/1.1; 505 for other versions.
+//!
+//! Bounds (`ClientLimits`): a request head must arrive within the header timeout of the
+//! connection being ready for it; a body within the body timeout, with no read waiting
+//! longer than the body-read timeout (408 and close); every write of an answer within the
+//! write timeout, and a stream's writes within its total deadline too (the client is
+//! dropped). Bodies are capped (32 MiB on the chat path, 64 KiB elsewhere). While a request
+//! is answered, the connection watches the client: if it goes away, the answer is dropped,
 //! which cancels the upstream call. On drain, idle connections close at once and busy ones
 //! after their answer.
 
 mod request;
 mod response;
-#[cfg(test)]
-mod tests;
 
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -43,17 +48,19 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::chat::{self, ChatAnswer, MAX_REQUEST_BYTES};
+use tokio::time::Instant;
+
+use crate::chat::{self, ChatAnswer, HeadView, RequestCtx, MAX_REQUEST_BYTES};
+use crate::config::ClientLimits;
 use crate::error::GatewayError;
 use crate::request_id::{RequestId, RequestIdLayer};
-use crate::server::GatewayState;
+use crate::state::{ConnectionSlot, WorkerState};
 use crate::upstream::h1::{decode, Chunk, Decoded, Framing, ResponseError};
-use request::{BodyFraming, HeadError, RequestHead};
+use request::{BodyFraming, HeadError, HeadScan, RequestHead};
 use response::{encode_chunk, encode_head, encode_ok_head, ResponseFraming, LAST_CHUNK};
 
-/// A client that does not finish its next request head within this closes the connection:
-/// an idle keep-alive connection, or a head sent too slowly.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body accepted on routes other than chat (they take none worth the name).
+const MAX_OTHER_BODY: usize = 64 * 1024;
 /// Room asked of each read.
 const READ_CHUNK: usize = 8 * 1024;
 /// How long a connection that is closed after refusing a request keeps reading (and
@@ -66,7 +73,7 @@ const CHAT_PATH: &[u8] = b"/v1/chat/completions";
 /// What every connection of a gateway shares.
 #[derive(Clone)]
 pub struct ConnectionContext {
-    pub state: Arc<GatewayState>,
+    pub worker: Arc<WorkerState>,
     /// Every route but the chat path's POST, which is answered without routing.
     pub router: Router,
     /// Cancelled when the gateway begins to drain.
@@ -84,20 +91,28 @@ enum Exchange {
 }
 
 /// Serves `stream` until the client closes it, a request ends it, or the gateway drains.
-pub async fn serve_connection(mut stream: TcpStream, cx: ConnectionContext) {
+/// `_slot` counts the connection against `max_connections` while it is open.
+pub async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cx: ConnectionContext,
+    _slot: ConnectionSlot,
+) {
+    let limits = cx.worker.shared.client_limits;
     let (mut rd, mut wr) = stream.split();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(4096);
+    let mut scan = HeadScan::default();
     let drain = cx.drain.clone();
     let mut drained = pin!(drain.cancelled());
-    let mut head_deadline = pin!(tokio::time::sleep(HEADER_READ_TIMEOUT));
+    let mut head_deadline = pin!(tokio::time::sleep(limits.header_timeout));
     let ending = loop {
         head_deadline
             .as_mut()
-            .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+            .reset(Instant::now() + limits.header_timeout);
         let head = tokio::select! {
             biased;
-            head = read_head(&mut rd, &mut buf) => head,
+            head = read_head(&mut rd, &mut buf, &mut scan) => head,
             () = &mut drained => break Exchange::Close,
             () = &mut head_deadline => {
                 if !buf.is_empty() {
@@ -105,10 +120,10 @@ pub async fn serve_connection(mut stream: TcpStream, cx: ConnectionContext) {
                         status: StatusCode::REQUEST_TIMEOUT,
                         message: format!(
                             "the request head did not arrive within {} s",
-                            HEADER_READ_TIMEOUT.as_secs()
+                            limits.header_timeout.as_secs()
                         ),
                     };
-                    let _ = write_refusal(&mut wr, &mut out, e).await;
+                    let _ = write_refusal(&mut wr, &mut out, e, &limits).await;
                 }
                 break Exchange::Close;
             }
@@ -117,11 +132,18 @@ pub async fn serve_connection(mut stream: TcpStream, cx: ConnectionContext) {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break Exchange::Close,
             HeadRead::Refused(e) => {
-                let _ = write_refusal(&mut wr, &mut out, e).await;
+                let _ = write_refusal(&mut wr, &mut out, e, &limits).await;
                 break Exchange::CloseLingering;
             }
         };
-        match exchange(&cx, head, &mut rd, &mut wr, &mut buf, &mut out).await {
+        let io = Io {
+            rd: &mut rd,
+            wr: &mut wr,
+            buf: &mut buf,
+            out: &mut out,
+            limits: &limits,
+        };
+        match exchange(&cx, head, peer, io).await {
             Exchange::KeepAlive => continue,
             other => break other,
         }
@@ -136,111 +158,163 @@ pub async fn serve_connection(mut stream: TcpStream, cx: ConnectionContext) {
     }
 }
 
+/// The connection's halves and buffers, lent to one exchange.
+struct Io<'a, 'c> {
+    rd: &'a mut ReadHalf<'c>,
+    wr: &'a mut WriteHalf<'c>,
+    /// Read and not yet consumed.
+    buf: &'a mut BytesMut,
+    /// The answer being written.
+    out: &'a mut Vec<u8>,
+    limits: &'a ClientLimits,
+}
+
 /// Reads the body of the request `head` starts, answers it, and says what comes next.
 async fn exchange(
     cx: &ConnectionContext,
     head: RequestHead,
-    rd: &mut ReadHalf<'_>,
-    wr: &mut WriteHalf<'_>,
-    buf: &mut BytesMut,
-    out: &mut Vec<u8>,
+    peer: SocketAddr,
+    io: Io<'_, '_>,
 ) -> Exchange {
-    let is_chat = head.method == Method::POST && head.path() == CHAT_PATH;
-    let body = match read_body(&head, rd, wr, buf).await {
+    if head.method == Method::POST && head.path() == CHAT_PATH {
+        return chat_exchange(cx, head, peer, io).await;
+    }
+    let Io {
+        rd,
+        wr,
+        buf,
+        out,
+        limits,
+    } = io;
+    let body = match read_body(&head, MAX_OTHER_BODY, rd, wr, buf, limits).await {
         Ok(body) => body,
         Err(BodyError::Closed) => return Exchange::Close,
         Err(BodyError::Refused(e)) => {
-            if is_chat {
-                chat::count_refused(&cx.state, e.status());
-            }
-            let _ = write_response(wr, rd, buf, out, e.into_response(), &head, false).await;
+            let _ = write_response(wr, rd, buf, out, e.into_response(), &head, false, limits).await;
             return Exchange::CloseLingering;
         }
     };
-    let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
-
-    let answer = if is_chat {
-        let id = head
-            .request_id()
-            .and_then(RequestId::from_client_bytes)
-            .unwrap_or_else(RequestId::generate);
-        let span = tracing::debug_span!("request", request_id = %id.as_str(), path = "/v1/chat/completions");
-        let answer =
-            pin!(chat::chat_completions(cx.state.clone(), id.clone(), body).instrument(span));
-        match until_client_gone(answer, rd, buf).await {
-            None => return Exchange::Close,
-            Some(ChatAnswer::Completion { content_type, body }) => Answer::Completion {
-                content_type: content_type.unwrap_or(ChatAnswer::DEFAULT_CONTENT_TYPE),
-                request_id: id,
-                body,
-            },
-            Some(ChatAnswer::Response(mut response)) => {
-                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-                    response.headers_mut().insert(crate::request_id::HEADER, v);
-                }
-                Answer::Response(response)
-            }
+    let request = match routed_request(&head, body) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_refusal(wr, out, e, limits).await;
+            return Exchange::Close;
         }
-    } else {
-        let request = match routed_request(&head, body) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = write_refusal(wr, out, e).await;
-                return Exchange::Close;
-            }
-        };
-        let answer = RequestIdLayer.layer(cx.router.clone()).call(request);
-        match until_client_gone(pin!(answer), rd, buf).await {
-            Some(Ok(response)) => Answer::Response(response),
-            Some(Err(never)) => match never {},
-            None => return Exchange::Close,
-        }
+    };
+    let answer = RequestIdLayer.layer(cx.router.clone()).call(request);
+    let response = match until_client_gone(pin!(answer), rd, buf).await {
+        Some(Ok(response)) => response,
+        Some(Err(never)) => match never {},
+        None => return Exchange::Close,
     };
     // A draining gateway tells the client on the answer that the connection ends.
-    let keep_alive = keep_alive && !cx.drain.is_cancelled();
-    let written = match answer {
-        Answer::Completion {
-            content_type,
-            request_id,
-            body,
-        } => {
-            out.clear();
-            // Request ids are visible ASCII (`RequestId`), valid as a field value.
-            encode_ok_head(
-                out,
-                &[
-                    (b"content-type", content_type.as_bytes()),
-                    (
-                        crate::request_id::HEADER.as_bytes(),
-                        request_id.as_str().as_bytes(),
-                    ),
-                ],
-                body.len() as u64,
-                keep_alive,
-                head.version,
-            );
-            out.extend_from_slice(&body);
-            wr.write_all(out).await.map(|()| keep_alive).map_err(drop)
-        }
-        Answer::Response(response) => {
-            write_response(wr, rd, buf, out, response, &head, keep_alive).await
-        }
-    };
-    match written {
+    let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
+    match write_response(wr, rd, buf, out, response, &head, keep_alive, limits).await {
         Ok(true) => Exchange::KeepAlive,
         _ => Exchange::Close,
     }
 }
 
-/// An answer ready to be written to the client.
-enum Answer {
-    /// A chat completion: its head is written here, without a `Response` (see `ChatAnswer`).
-    Completion {
-        content_type: HeaderValue,
-        request_id: RequestId,
-        body: Bytes,
-    },
-    Response(Response),
+/// The chat path: a context on the head, authentication before the body is read, then the
+/// body and the phases (`chat`).
+async fn chat_exchange(
+    cx: &ConnectionContext,
+    head: RequestHead,
+    peer: SocketAddr,
+    io: Io<'_, '_>,
+) -> Exchange {
+    let Io {
+        rd,
+        wr,
+        buf,
+        out,
+        limits,
+    } = io;
+    let id = head
+        .request_id()
+        .and_then(RequestId::from_client_bytes)
+        .unwrap_or_else(RequestId::generate);
+    let view = HeadView::new(
+        head.bytes.clone(),
+        head.method.clone(),
+        head.target_range(),
+        peer,
+    );
+    let mut ctx = RequestCtx::new(cx.worker.shared.clone(), view, id.clone());
+    let body = match chat::authenticate(&mut ctx).err() {
+        Some(e) => Err(BodyError::Refused(e)),
+        None => read_body(&head, MAX_REQUEST_BYTES, rd, wr, buf, limits).await,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(BodyError::Closed) => return Exchange::Close,
+        Err(BodyError::Refused(e)) => {
+            // Refused before the body was read (or while): answer, then close.
+            let answer = chat::refuse(ctx, e);
+            let _ = write_chat_answer(wr, rd, buf, out, answer, &head, &id, false, limits).await;
+            return Exchange::CloseLingering;
+        }
+    };
+    let span =
+        tracing::debug_span!("request", request_id = %id.as_str(), path = "/v1/chat/completions");
+    let answer = pin!(chat::chat_completions(&cx.worker, ctx, body).instrument(span));
+    let Some(answer) = until_client_gone(answer, rd, buf).await else {
+        return Exchange::Close;
+    };
+    let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
+    match write_chat_answer(wr, rd, buf, out, answer, &head, &id, keep_alive, limits).await {
+        Ok(true) => Exchange::KeepAlive,
+        _ => Exchange::Close,
+    }
+}
+
+/// Writes a chat answer: a completion with the head built here (no `Response`), anything
+/// else through [`write_response`]. Both carry the request id.
+#[allow(clippy::too_many_arguments)]
+async fn write_chat_answer(
+    wr: &mut WriteHalf<'_>,
+    rd: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    answer: ChatAnswer,
+    head: &RequestHead,
+    id: &RequestId,
+    keep_alive: bool,
+    limits: &ClientLimits,
+) -> Result<bool, ()> {
+    match answer {
+        ChatAnswer::Completion {
+            content_type,
+            body,
+            headers,
+        } => {
+            out.clear();
+            let fixed: [(&[u8], &[u8]); 2] = [
+                (b"content-type", content_type.as_bytes()),
+                // Request ids are visible ASCII (`RequestId`), valid as a field value.
+                (crate::request_id::HEADER.as_bytes(), id.as_str().as_bytes()),
+            ];
+            let length = body.len() as u64;
+            if headers.is_empty() {
+                encode_ok_head(out, &fixed, length, keep_alive, head.version);
+            } else {
+                let phases = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                let fields: Vec<(&[u8], &[u8])> = fixed.into_iter().chain(phases).collect();
+                encode_ok_head(out, &fields, length, keep_alive, head.version);
+            }
+            out.extend_from_slice(&body);
+            write_by(wr, out, Instant::now() + limits.write_timeout).await?;
+            Ok(keep_alive)
+        }
+        ChatAnswer::Response(mut response) => {
+            if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                response.headers_mut().insert(crate::request_id::HEADER, v);
+            }
+            write_response(wr, rd, buf, out, response, head, keep_alive, limits).await
+        }
+    }
 }
 
 /// The request for the axum router, with everything the head carried.
@@ -260,10 +334,10 @@ enum HeadRead {
     Refused(HeadError),
 }
 
-async fn read_head(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> HeadRead {
+async fn read_head(rd: &mut ReadHalf<'_>, buf: &mut BytesMut, scan: &mut HeadScan) -> HeadRead {
     loop {
         if !buf.is_empty() {
-            match request::parse(buf) {
+            match request::parse(buf, scan) {
                 Ok(Some(head)) => return HeadRead::Head(head),
                 Ok(None) => {}
                 Err(e) => return HeadRead::Refused(e),
@@ -284,46 +358,52 @@ enum BodyError {
     Refused(GatewayError),
 }
 
+/// Reads the body `head` announces, at most `max` bytes, each read within the body-read
+/// timeout and all of it within the body timeout.
 async fn read_body(
     head: &RequestHead,
+    max: usize,
     rd: &mut ReadHalf<'_>,
     wr: &mut WriteHalf<'_>,
     buf: &mut BytesMut,
+    limits: &ClientLimits,
 ) -> Result<Bytes, BodyError> {
     let too_large = || {
         BodyError::Refused(GatewayError::PayloadTooLarge {
-            limit_mib: MAX_REQUEST_BYTES / (1024 * 1024),
+            limit_mib: max / (1024 * 1024),
         })
+    };
+    let mut reader = BodyReader {
+        rd,
+        deadline: Instant::now() + limits.body_timeout,
+        limits,
     };
     match head.framing {
         BodyFraming::Length(0) => Ok(Bytes::new()),
         BodyFraming::Length(n) => {
             let n = usize::try_from(n)
                 .ok()
-                .filter(|&n| n <= MAX_REQUEST_BYTES)
+                .filter(|&n| n <= max)
                 .ok_or_else(too_large)?;
             if head.expects_continue && buf.len() < n {
-                send_continue(wr).await?;
+                send_continue(wr, limits).await?;
             }
             while buf.len() < n {
                 buf.reserve((n - buf.len()).min(1024 * 1024));
-                match rd.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Err(BodyError::Closed),
-                    Ok(_) => {}
-                }
+                reader.read(buf).await?;
             }
             Ok(buf.split_to(n).freeze())
         }
         BodyFraming::Chunked => {
             if head.expects_continue && buf.is_empty() {
-                send_continue(wr).await?;
+                send_continue(wr, limits).await?;
             }
             let mut framing = Framing::Chunked(Chunk::Size);
             let mut body = BytesMut::new();
             loop {
                 match decode(buf, &mut framing) {
                     Ok(Decoded::Data(data)) => {
-                        if body.len() + data.len() > MAX_REQUEST_BYTES {
+                        if body.len() + data.len() > max {
                             return Err(too_large());
                         }
                         body.extend_from_slice(&data);
@@ -331,10 +411,7 @@ async fn read_body(
                     Ok(Decoded::End) => return Ok(body.freeze()),
                     Ok(Decoded::NeedMore) => {
                         buf.reserve(READ_CHUNK);
-                        match rd.read_buf(buf).await {
-                            Ok(0) | Err(_) => return Err(BodyError::Closed),
-                            Ok(_) => {}
-                        }
+                        reader.read(buf).await?;
                     }
                     Err(ResponseError::Invalid(why)) => {
                         return Err(BodyError::Refused(GatewayError::invalid_request(
@@ -349,10 +426,58 @@ async fn read_body(
     }
 }
 
-async fn send_continue(wr: &mut WriteHalf<'_>) -> Result<(), BodyError> {
-    wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-        .await
-        .map_err(|_| BodyError::Closed)
+/// Reads of one request body, under its two deadlines.
+struct BodyReader<'a, 'c> {
+    rd: &'a mut ReadHalf<'c>,
+    /// The whole body's.
+    deadline: Instant,
+    limits: &'a ClientLimits,
+}
+
+impl BodyReader<'_, '_> {
+    async fn read(&mut self, buf: &mut BytesMut) -> Result<(), BodyError> {
+        let next_read = Instant::now() + self.limits.body_read_timeout;
+        let (deadline, what, limit) = if next_read < self.deadline {
+            (
+                next_read,
+                "no part of it arrived within the body read timeout",
+                self.limits.body_read_timeout,
+            )
+        } else {
+            (
+                self.deadline,
+                "the whole body did not arrive within the body timeout",
+                self.limits.body_timeout,
+            )
+        };
+        match tokio::time::timeout_at(deadline, self.rd.read_buf(buf)).await {
+            Err(_) => Err(BodyError::Refused(GatewayError::RequestTimeout {
+                what,
+                limit,
+            })),
+            Ok(Ok(0) | Err(_)) => Err(BodyError::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+async fn send_continue(wr: &mut WriteHalf<'_>, limits: &ClientLimits) -> Result<(), BodyError> {
+    write_by(
+        wr,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        Instant::now() + limits.write_timeout,
+    )
+    .await
+    .map_err(|()| BodyError::Closed)
+}
+
+/// Writes all of `bytes` by `deadline`; `Err` when the client failed or did not take them in
+/// time (then the connection is closed, which drops whatever answer was being written).
+async fn write_by(wr: &mut WriteHalf<'_>, bytes: &[u8], deadline: Instant) -> Result<(), ()> {
+    match tokio::time::timeout_at(deadline, wr.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// `future`'s output, or `None` if the client closes the connection first (then `future`
@@ -400,7 +525,8 @@ async fn write_refusal(
     wr: &mut WriteHalf<'_>,
     out: &mut Vec<u8>,
     e: HeadError,
-) -> std::io::Result<()> {
+    limits: &ClientLimits,
+) -> Result<(), ()> {
     let kind = if e.status.is_server_error() {
         "server_error"
     } else {
@@ -425,11 +551,13 @@ async fn write_refusal(
         axum::http::Version::HTTP_11,
     );
     out.extend_from_slice(&body);
-    wr.write_all(out).await
+    write_by(wr, out, Instant::now() + limits.write_timeout).await
 }
 
 /// Writes `response` to the request `head` started. `Ok(true)` if the connection may carry
-/// another request.
+/// another request. Each write must finish within the write timeout, and within the answer's
+/// own deadline (`AnswerDeadline`: a stream's total timeout) when it has one.
+#[allow(clippy::too_many_arguments)]
 async fn write_response(
     wr: &mut WriteHalf<'_>,
     rd: &mut ReadHalf<'_>,
@@ -438,8 +566,14 @@ async fn write_response(
     response: Response,
     head: &RequestHead,
     keep_alive: bool,
+    limits: &ClientLimits,
 ) -> Result<bool, ()> {
     let (parts, mut body) = response.into_parts();
+    let answer_deadline = parts.extensions.get::<chat::AnswerDeadline>().map(|d| d.0);
+    let by = || {
+        let next = Instant::now() + limits.write_timeout;
+        answer_deadline.map_or(next, |d| d.min(next))
+    };
     let length = hyper::body::Body::size_hint(&body).exact();
     let framing = ResponseFraming::choose(
         parts.status,
@@ -452,7 +586,7 @@ async fn write_response(
     encode_head(out, &parts, framing, keep_alive, head.version);
     match framing {
         ResponseFraming::None { .. } => {
-            wr.write_all(out).await.map_err(drop)?;
+            write_by(wr, out, by()).await?;
         }
         ResponseFraming::Length(_) => {
             // A body of known length is (in the gateway) already in memory: one write with
@@ -462,11 +596,11 @@ async fn write_response(
                     out.extend_from_slice(&data);
                 }
             }
-            wr.write_all(out).await.map_err(drop)?;
+            write_by(wr, out, by()).await?;
         }
         ResponseFraming::Chunked | ResponseFraming::UntilClose => {
             // Each piece goes out as it comes: an event stream's tokens must not wait.
-            wr.write_all(out).await.map_err(drop)?;
+            write_by(wr, out, by()).await?;
             loop {
                 let Some(frame) = until_client_gone(pin!(body.frame()), rd, buf).await else {
                     return Err(());
@@ -485,10 +619,10 @@ async fn write_response(
                 } else {
                     out.extend_from_slice(&data);
                 }
-                wr.write_all(out).await.map_err(drop)?;
+                write_by(wr, out, by()).await?;
             }
             if framing == ResponseFraming::Chunked {
-                wr.write_all(LAST_CHUNK).await.map_err(drop)?;
+                write_by(wr, LAST_CHUNK, by()).await?;
             }
         }
     }

@@ -61,11 +61,26 @@ impl HeadError {
 }
 
 impl RequestHead {
-    /// The request target's path, without the query.
+    /// The request target's path, without the query (for an absolute-form target, the path
+    /// after its authority).
     pub fn path(&self) -> &[u8] {
-        let target = &self.bytes[self.target.clone()];
+        let target = self.origin_form();
         let end = memchr::memchr(b'?', target).unwrap_or(target.len());
         &target[..end]
+    }
+
+    /// The target in origin form: path and query (`/` when an absolute-form target has no
+    /// path).
+    pub fn origin_form(&self) -> &[u8] {
+        match &self.bytes[self.target.clone()] {
+            b"" => b"/",
+            target => target,
+        }
+    }
+
+    /// Where the target lies in [`RequestHead::bytes`] (origin form).
+    pub fn target_range(&self) -> Range<usize> {
+        self.target.clone()
     }
 
     pub fn request_id(&self) -> Option<&[u8]> {
@@ -73,7 +88,12 @@ impl RequestHead {
     }
 
     pub fn uri(&self) -> Result<Uri, HeadError> {
-        Uri::from_maybe_shared(self.bytes.slice(self.target.clone())).map_err(|_| {
+        let target = if self.target.is_empty() {
+            Bytes::from_static(b"/")
+        } else {
+            self.bytes.slice(self.target.clone())
+        };
+        Uri::from_maybe_shared(target).map_err(|_| {
             HeadError::bad(format!(
                 "request target `{}` is not a valid path",
                 String::from_utf8_lossy(&self.bytes[self.target.clone()])
@@ -101,9 +121,52 @@ impl RequestHead {
     }
 }
 
+/// Where the search for the end of a head resumes: the bytes before it hold no end of head,
+/// so a head that arrives a byte at a time is scanned once in all, not once per byte.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    scanned: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` holds a whole head (up to an empty line), scanning only bytes not
+    /// scanned before. Call [`HeadScan::reset`] when the buffer's head is consumed.
+    fn complete(&mut self, buf: &[u8]) -> bool {
+        // Resume a little before the end: a line break may have been cut in two.
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = buf.len();
+        let window = &buf[from.min(buf.len())..];
+        // The head's end is an empty line; httparse accepts LF as well as CRLF endings.
+        memchr::memchr_iter(b'\n', window).any(|i| {
+            let rest = &window[i + 1..];
+            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+        })
+    }
+
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+    }
+}
+
 /// Parses a complete head at the start of `buf` and splits it off, or returns `None` (and
-/// leaves `buf` alone) while it has not all arrived.
-pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError> {
+/// leaves `buf` alone) while it has not all arrived. `scan` remembers how far earlier calls
+/// looked for the head's end.
+pub fn parse(
+    buf: &mut bytes::BytesMut,
+    scan: &mut HeadScan,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Leading empty lines before a request line are allowed (RFC 9112 §2.2): httparse skips
+    // them, so the end-of-head scan must too.
+    let leading = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if !scan.complete(&buf[leading..]) && !buf.is_empty() {
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(too_large());
+        }
+        return Ok(None);
+    }
     let data: &[u8] = buf;
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -112,7 +175,10 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
         data,
         &mut fields,
     ) {
-        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Complete(n)) => {
+            scan.reset();
+            n
+        }
         Ok(httparse::Status::Partial) => {
             if data.len() > MAX_HEAD_BYTES {
                 return Err(too_large());
@@ -123,6 +189,12 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
             return Err(HeadError {
                 status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 message: format!("the request has more than {MAX_HEADERS} header fields"),
+            })
+        }
+        Err(httparse::Error::Version) if names_another_version(data) => {
+            return Err(HeadError {
+                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                message: "this port speaks HTTP/1.1 (and 1.0) only".into(),
             })
         }
         Err(e) => return Err(HeadError::bad(format!("malformed request head: {e}"))),
@@ -138,14 +210,9 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
         .method
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .ok_or_else(|| HeadError::bad("invalid request method"))?;
-    let target = request.path.unwrap_or_default();
-    // Origin form only: a proxy's absolute form or `*` is not for a gateway.
-    if !target.starts_with('/') {
-        return Err(HeadError::bad(format!(
-            "request target `{target}` is not a path"
-        )));
-    }
+    let target = origin_form(request.path.unwrap_or_default())?;
     let target = range_in(data, target.as_bytes());
+    let mut hosts = 0;
     let mut request_id = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -188,7 +255,17 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
             expects_continue = http11;
         } else if name_bytes.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes()) {
             request_id = Some(range_in(data, field.value));
+        } else if name_bytes.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
         }
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; none has two.
+    if (http11 && hosts != 1) || hosts > 1 {
+        return Err(HeadError::bad(if hosts == 0 {
+            "an HTTP/1.1 request must carry a Host header field"
+        } else {
+            "a request must not carry more than one Host header field"
+        }));
     }
     let framing = match (chunked, length) {
         // Both framings: a request smuggling attempt or a broken client (RFC 9112 §6.3).
@@ -215,6 +292,43 @@ pub fn parse(buf: &mut bytes::BytesMut) -> Result<Option<RequestHead>, HeadError
         expects_continue,
         keep_alive,
     }))
+}
+
+/// The origin form (path and query) of a request target: the target itself, or the part of
+/// an absolute-form target after its authority (RFC 9112 §3.2.2: servers accept both).
+/// `*` (OPTIONS) and authority form (CONNECT) are not for a gateway.
+fn origin_form(target: &str) -> Result<&str, HeadError> {
+    if target.starts_with('/') {
+        return Ok(target);
+    }
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
+    });
+    let Some(rest) = rest else {
+        return Err(HeadError::bad(format!(
+            "request target `{target}` is neither a path nor an absolute http(s) URL"
+        )));
+    };
+    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    if path_start == 0 {
+        return Err(HeadError::bad(format!(
+            "request target `{target}` has no host"
+        )));
+    }
+    Ok(&rest[path_start..])
+}
+
+/// Whether a request line httparse refused for its version names another HTTP version
+/// (`HTTP/2.0`, `HTTP/3`): answered 505 rather than 400.
+fn names_another_version(data: &[u8]) -> bool {
+    let line_end = memchr::memchr(b'\n', data).unwrap_or(data.len());
+    let line = data[..line_end].trim_ascii_end();
+    line.rsplit(|&b| b == b' ')
+        .next()
+        .and_then(|v| v.strip_prefix(b"HTTP/"))
+        .is_some_and(|v| !v.is_empty() && v[0].is_ascii_digit() && !v.starts_with(b"1."))
 }
 
 /// Where `part`, a slice of `buf`, lies in it.

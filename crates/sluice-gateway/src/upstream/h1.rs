@@ -91,6 +91,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request once the body has been read.
     pub keep_alive: bool,
+    /// The body's content coding, when it is not `identity` (the gateway asks for identity
+    /// and refuses anything else rather than forward encoded bytes unlabelled).
+    pub content_coding: Option<String>,
 }
 
 /// The upstream header fields [`ResponseHead::headers`] keeps.
@@ -237,8 +240,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let http11 = response.version == Some(1);
         let mut headers = HeaderMap::new();
         let mut length: Option<u64> = None;
-        let mut transfer_coding: Option<bool> = None; // Some(whether chunked is the last)
+        let mut chunked = false;
         let mut close = !http11;
+        let mut content_coding: Option<String> = None;
         for field in response.headers.iter() {
             let name = field.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -250,13 +254,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = field
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                transfer_coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+                // `chunked` alone: a body under another transfer coding (`gzip, chunked`)
+                // would have to be decoded, and the gateway asked for none.
+                let value = field.value.trim_ascii();
+                if chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(ResponseError::Invalid(format!(
+                        "unsupported Transfer-Encoding `{}` (only `chunked` is accepted)",
+                        String::from_utf8_lossy(value)
+                    )));
+                }
+                chunked = true;
+            } else if name.eq_ignore_ascii_case(b"content-encoding") {
+                let value = field.value.trim_ascii();
+                if !value.is_empty() && !value.eq_ignore_ascii_case(b"identity") {
+                    content_coding = Some(String::from_utf8_lossy(value).into_owned());
+                }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 if let Some(persistent) = connection_persistence(field.value, http11) {
                     close = !persistent;
@@ -279,15 +291,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Done
-        } else if let Some(chunked) = transfer_coding {
+        } else if chunked {
             // Transfer-Encoding overrides Content-Length; a message with both may have been
             // smuggled past something, so the connection is not reused.
             close |= length.is_some();
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::UntilClose
-            }
+            Framing::Chunked(Chunk::Size)
         } else {
             match length {
                 Some(0) => Framing::Done,
@@ -300,6 +308,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             headers,
             framing,
             keep_alive: !close && framing != Framing::UntilClose,
+            content_coding,
         }))
     }
 }

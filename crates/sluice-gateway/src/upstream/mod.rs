@@ -15,21 +15,23 @@
 pub(crate) mod h1;
 mod pool;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Uri};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
 
 pub use h1::ResponseError;
 use pool::{ConnectError, ConnectionPool};
 pub use pool::{PoolStats, PooledBody};
 
-use crate::config::{ResolvedEndpoint, ResolvedModel, Timeouts};
+use crate::config::{ResolvedEndpoint, Timeouts};
 use crate::egress::{Egress, EgressRoute};
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::metrics::{GatewayMetrics, ModelMetrics, PoolGauges};
+use crate::metrics::{GatewayMetrics, PoolGauges};
 
 /// How much of an upstream error body is kept: enough to pass a provider's error through,
 /// bounded so a misbehaving upstream cannot make the gateway buffer without limit.
@@ -40,6 +42,14 @@ const MAX_ERROR_BODY: usize = 1024 * 1024;
 const MAX_UNSENT_RETRIES: usize = 4;
 
 const USER_AGENT: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+
+/// Why an exchange produced no response head.
+enum Unanswered {
+    /// Not a byte of the request went out.
+    Unsent(h1::WriteError),
+    /// The request (or part of it) went out; what went wrong.
+    Failed(String),
+}
 
 /// An upstream answer whose head has arrived; the body streams.
 pub type UpstreamResponse = http::Response<PooledBody>;
@@ -54,13 +64,23 @@ pub enum ClientBuildError {
 }
 
 pub struct UpstreamEndpoint {
-    /// The configured base URL; the `endpoint` label of metrics and the name in errors.
+    /// The endpoint's configured name: the `endpoint` label of metrics and the name in
+    /// errors. Clients are never told its URL or address.
     pub label: String,
     config: ResolvedEndpoint,
     /// The request line and the headers every request carries, up to the per-request ones.
     /// Holds the API key: never logged.
     head_prefix: Bytes,
     pool: Arc<ConnectionPool>,
+    /// `sluice_upstream_pool_wait_seconds` of this endpoint.
+    pool_wait: Histogram,
+}
+
+/// An upstream answer whose head arrived, and how long the request waited for the
+/// connection it went on (the gateway's own queueing, not the upstream's time).
+pub struct Sent {
+    pub response: UpstreamResponse,
+    pub pool_wait: Duration,
 }
 
 impl UpstreamEndpoint {
@@ -88,7 +108,7 @@ impl UpstreamEndpoint {
                     url: config.chat_url.to_string(),
                     reason: e.to_string(),
                 })?;
-        let label = config.base_url.as_str().trim_end_matches('/').to_owned();
+        let label = config.label.clone();
         let (egress, route) = Egress::for_endpoint(&chat_uri, config.timeouts.connect);
         match route {
             EgressRoute::Direct => {}
@@ -136,11 +156,13 @@ impl UpstreamEndpoint {
             .as_ref()
             .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok());
         let head_prefix = request_head_prefix(&chat_path, &host, authorization.as_ref());
+        let pool_wait = metrics.pool_wait(&label);
         Ok(UpstreamEndpoint {
             label,
             config,
             head_prefix,
             pool,
+            pool_wait,
         })
     }
 
@@ -152,78 +174,103 @@ impl UpstreamEndpoint {
         self.config.upstream_model.as_deref()
     }
 
-    pub fn base_url(&self) -> &reqwest::Url {
+    pub fn base_url(&self) -> &url::Url {
         &self.config.base_url
     }
 
     /// Posts a chat completion body; resolves with the response head, or with the error that
-    /// stopped it within the connect and first-byte timeouts.
-    pub async fn send(
-        &self,
-        body: Bytes,
-        request_id: &str,
-    ) -> Result<UpstreamResponse, GatewayError> {
-        let first_byte = self.config.timeouts.first_byte;
-        match tokio::time::timeout(first_byte, self.exchange(&body, request_id)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                endpoint: self.label.clone(),
-                phase: TimeoutPhase::FirstByte,
-                limit: first_byte,
-            }),
-            Ok(result) => result,
-        }
-    }
-
-    /// Sends the request on a pooled connection. When a reused connection turns out to be
-    /// closed before any byte of the request went out, the request goes on another.
-    async fn exchange(
-        &self,
-        body: &Bytes,
-        request_id: &str,
-    ) -> Result<UpstreamResponse, GatewayError> {
+    /// stopped it. The first-byte timeout runs from the call: expiring while the request
+    /// still waits for a connection, it is a `pool_wait` timeout (nothing was sent, another
+    /// endpoint may be tried); after the request went out, a `first_byte` one.
+    pub async fn send(&self, body: Bytes, request_id: &str) -> Result<Sent, GatewayError> {
+        let deadline = Instant::now() + self.config.timeouts.first_byte;
         let head_rest = request_head_rest(request_id, body.len());
         let mut unsent = 0;
+        let mut pool_wait = Duration::ZERO;
         loop {
-            let lease = self
-                .pool
-                .checkout()
-                .await
-                .map_err(|e| self.connect_error(e))?;
-            let mut connection = lease.connection;
-            if let Err(e) = connection
-                .write_request([&self.head_prefix, &head_rest, body])
-                .await
-            {
-                if e.sent_any {
-                    // The request may have reached the upstream: not safe to send elsewhere.
+            let waiting = Instant::now();
+            let lease = match tokio::time::timeout_at(deadline, self.pool.checkout()).await {
+                Err(_) => return Err(self.timeout(TimeoutPhase::PoolWait)),
+                Ok(lease) => lease.map_err(|e| self.connect_error(e))?,
+            };
+            let waited = waiting.elapsed();
+            self.pool_wait.observe(waited.as_secs_f64());
+            pool_wait += waited;
+            let exchange = Self::exchange(lease.connection, [&self.head_prefix, &head_rest, &body]);
+            let (connection, head) = match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => return Err(self.timeout(TimeoutPhase::FirstByte)),
+                Ok(Ok(answered)) => answered,
+                Ok(Err(Unanswered::Unsent(e))) => {
+                    // A reused connection the upstream closed while it was idle: the request
+                    // never left, so it may go on another.
+                    unsent += 1;
+                    if !lease.reused || unsent > MAX_UNSENT_RETRIES {
+                        return Err(GatewayError::UpstreamUnreachable {
+                            endpoint: self.label.clone(),
+                            reason: format!(
+                                "the connection closed before the request was sent: {e}"
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                Ok(Err(Unanswered::Failed(reason))) => {
                     return Err(GatewayError::UpstreamProtocol {
                         endpoint: self.label.clone(),
-                        reason: format!("writing the request failed: {e}"),
-                    });
+                        reason,
+                    })
                 }
-                unsent += 1;
-                if !lease.reused || unsent > MAX_UNSENT_RETRIES {
-                    return Err(GatewayError::UpstreamUnreachable {
-                        endpoint: self.label.clone(),
-                        reason: format!("the connection closed before the request was sent: {e}"),
-                    });
-                }
-                continue;
+            };
+            if let Some(coding) = head.content_coding {
+                // Asked for `identity`; bytes under another coding would reach the client
+                // unlabelled. The connection closes with the unread body.
+                return Err(GatewayError::UpstreamProtocol {
+                    endpoint: self.label.clone(),
+                    reason: format!(
+                        "the answer is encoded with `{coding}` although the gateway asked for identity; sluice does not decode content codings"
+                    ),
+                });
             }
-            let head =
-                connection
-                    .read_head()
-                    .await
-                    .map_err(|e| GatewayError::UpstreamProtocol {
-                        endpoint: self.label.clone(),
-                        reason: e.to_string(),
-                    })?;
             let body =
                 PooledBody::new(connection, head.framing, head.keep_alive, self.pool.clone());
             let mut response = http::Response::new(body);
             *response.status_mut() = head.status;
             *response.headers_mut() = head.headers;
-            return Ok(response);
+            return Ok(Sent {
+                response,
+                pool_wait,
+            });
+        }
+    }
+
+    /// Writes a request on `connection` and reads the answer's head.
+    async fn exchange(
+        mut connection: pool::Connection,
+        request: [&[u8]; 3],
+    ) -> Result<(pool::Connection, h1::ResponseHead), Unanswered> {
+        if let Err(e) = connection.write_request(request).await {
+            return Err(if e.sent_any {
+                // The request may have reached the upstream: not safe to send elsewhere.
+                Unanswered::Failed(format!("writing the request failed: {e}"))
+            } else {
+                Unanswered::Unsent(e)
+            });
+        }
+        match connection.read_head().await {
+            Ok(head) => Ok((connection, head)),
+            Err(e) => Err(Unanswered::Failed(e.to_string())),
+        }
+    }
+
+    fn timeout(&self, phase: TimeoutPhase) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            endpoint: self.label.clone(),
+            phase,
+            limit: match phase {
+                TimeoutPhase::Connect => self.config.timeouts.connect,
+                TimeoutPhase::PoolWait | TimeoutPhase::FirstByte => self.config.timeouts.first_byte,
+                TimeoutPhase::Total => self.config.timeouts.total,
+            },
         }
     }
 
@@ -238,9 +285,11 @@ impl UpstreamEndpoint {
             GatewayError::UpstreamRejected {
                 endpoint: self.label.clone(),
                 status,
-                body,
-                content_type,
-                retry_after,
+                answer: Box::new(crate::error::RejectedAnswer {
+                    body,
+                    content_type,
+                    retry_after,
+                }),
             }
         } else {
             let text = String::from_utf8_lossy(&body);
@@ -255,18 +304,15 @@ impl UpstreamEndpoint {
 
     /// No connection could be had: the request was not sent, so another endpoint may try.
     fn connect_error(&self, e: ConnectError) -> GatewayError {
-        match e {
-            ConnectError::Connect(e) if caused_by_timeout(e.as_ref()) => {
-                GatewayError::UpstreamTimeout {
-                    endpoint: self.label.clone(),
-                    phase: TimeoutPhase::Connect,
-                    limit: self.config.timeouts.connect,
-                }
-            }
-            ConnectError::Connect(e) => GatewayError::UpstreamUnreachable {
-                endpoint: self.label.clone(),
-                reason: error_chain(e.as_ref()),
-            },
+        if caused_by_timeout(e.0.as_ref()) {
+            return self.timeout(TimeoutPhase::Connect);
+        }
+        // The connector's message names the address; it goes to the log, not the client.
+        tracing::warn!(endpoint = %self.label, error = %error_chain(e.0.as_ref()), "upstream connect failed");
+        GatewayError::UpstreamUnreachable {
+            endpoint: self.label.clone(),
+            reason: "the connection was refused or failed (the gateway's log has the details)"
+                .into(),
         }
     }
 
@@ -314,7 +360,7 @@ async fn read_bounded(mut body: PooledBody, limit: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// `e` and its sources, joined: reqwest's own message alone rarely says what went wrong.
+/// `e` and its sources, joined: a top-level message alone rarely says what went wrong.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -341,7 +387,9 @@ fn request_head_prefix(
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(host.as_bytes());
-    head.extend_from_slice(b"\r\ncontent-type: application/json\r\nuser-agent: ");
+    head.extend_from_slice(
+        b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\nuser-agent: ",
+    );
     head.extend_from_slice(USER_AGENT.as_bytes());
     head.extend_from_slice(b"\r\n");
     if let Some(auth) = authorization {
@@ -389,45 +437,6 @@ fn origin(uri: &Uri) -> Option<Uri> {
         .path_and_query("/")
         .build()
         .ok()
-}
-
-/// A configured model and the endpoints serving it, picked round robin.
-pub struct ModelRoute {
-    pub name: String,
-    pub metrics: Arc<ModelMetrics>,
-    pub endpoints: Vec<Arc<UpstreamEndpoint>>,
-    next: AtomicUsize,
-}
-
-impl ModelRoute {
-    pub fn new(
-        model: &ResolvedModel,
-        metrics: &Arc<GatewayMetrics>,
-    ) -> Result<Self, ClientBuildError> {
-        let endpoints = model
-            .endpoints
-            .iter()
-            .map(|e| UpstreamEndpoint::new(e.clone(), metrics).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ModelRoute {
-            name: model.name.clone(),
-            metrics: Arc::new(metrics.for_model(&model.name)),
-            endpoints,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    /// The endpoints in the order to try them for one request: round robin picks the first,
-    /// the rest follow so a connect failure can move on to the next.
-    pub fn attempt_order(&self) -> impl Iterator<Item = &Arc<UpstreamEndpoint>> {
-        let n = self.endpoints.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
-        (0..n).map(move |i| &self.endpoints[(start + i) % n])
-    }
 }
 
 #[cfg(test)]

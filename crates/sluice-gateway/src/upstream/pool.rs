@@ -67,12 +67,10 @@ impl PoolGauges for ConnectionPool {
     }
 }
 
-/// Why no connection could be had.
+/// No connection could be had: the connector failed (TCP, proxy tunnel or TLS), so the
+/// request was not sent.
 #[derive(Debug)]
-pub enum ConnectError {
-    /// The connector failed (TCP, proxy tunnel or TLS); the request was not sent.
-    Connect(BoxError),
-}
+pub struct ConnectError(pub BoxError);
 
 pub struct ConnectionPool {
     connector: HttpsConnector<Egress>,
@@ -229,7 +227,7 @@ impl ConnectionPool {
         let io = connector
             .call(self.target.clone())
             .await
-            .map_err(ConnectError::Connect)?;
+            .map_err(ConnectError)?;
         self.lock().opened += 1;
         self.opened.inc();
         Ok(Connection::new(Box::new(TokioIo::new(io))))

@@ -172,7 +172,8 @@ async fn call(endpoint: &UpstreamEndpoint) -> Bytes {
     let resp = endpoint
         .send(Bytes::from_static(b"{}"), "req")
         .await
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -284,7 +285,11 @@ async fn an_expired_idle_connection_is_closed_instead_of_reused() {
 async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     let (url, server) = hyper_server(Answer::SlowStream).await;
     let ep = endpoint(&url, "");
-    let resp = ep.send(Bytes::from_static(b"{}"), "req").await.unwrap();
+    let resp = ep
+        .send(Bytes::from_static(b"{}"), "req")
+        .await
+        .unwrap()
+        .response;
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -292,7 +297,11 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     assert_eq!(ep.pool_stats().idle, 0);
     eventually("the half-read connection closes", || server.closed() == 1).await;
     // A body read to the end does return it.
-    let resp = ep.send(Bytes::from_static(b"{}"), "req").await.unwrap();
+    let resp = ep
+        .send(Bytes::from_static(b"{}"), "req")
+        .await
+        .unwrap()
+        .response;
     resp.into_body().collect().await.unwrap();
     assert_eq!(server.accepted(), 2);
     assert_eq!(ep.pool_stats().idle, 1);
@@ -367,12 +376,13 @@ async fn a_request_carries_the_fixed_headers_its_id_and_its_length() {
     let resp = ep
         .send(Bytes::from_static(b"{\"model\":\"m\"}"), "req-1")
         .await
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "{}");
     let request = seen.lock().unwrap()[0].clone();
     let host = url.trim_start_matches("http://").trim_end_matches("/v1");
     let expected = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\nuser-agent: sluice/{}\r\nauthorization: Bearer sk-test\r\nx-request-id: req-1\r\ncontent-length: 13\r\n\r\n{{\"model\":\"m\"}}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\naccept-encoding: identity\r\nuser-agent: sluice/{}\r\nauthorization: Bearer sk-test\r\nx-request-id: req-1\r\ncontent-length: 13\r\n\r\n{{\"model\":\"m\"}}",
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(request, expected);
@@ -415,7 +425,11 @@ async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
     ])
     .await;
     let ep = endpoint(&url, "");
-    let resp = ep.send(Bytes::from_static(b"{}"), "req").await.unwrap();
+    let resp = ep
+        .send(Bytes::from_static(b"{}"), "req")
+        .await
+        .unwrap()
+        .response;
     let e = resp.into_body().collect().await.unwrap_err();
     assert!(
         e.to_string()

@@ -1,1 +1,0 @@
-//! Raw-socket tests of the client connection.

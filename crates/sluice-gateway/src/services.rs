@@ -1,0 +1,199 @@
+//! The services the request path consults, each behind a small trait.
+//!
+//! The gateway picks an implementation of each from its config at startup (in-process by
+//! default, Redis-backed when several instances share state) and hands it to the path in
+//! [`Services`](crate::state::Services); the phases never see which one it is. A slot left
+//! empty turns its phase into a branch on `None`: a gateway without a cache pays nothing for
+//! the cache phase.
+//!
+//! The contracts every implementation keeps, because the hot path relies on them:
+//! - [`KeyStore::authenticate`] never does I/O: keys are held in memory, revocations pushed
+//!   or polled in the background. It runs on the request head, before the body is read.
+//! - [`CacheStore::lookup`] and [`Limiter::admit`] may await I/O and return boxed futures:
+//!   the box is paid only by a configured phase, and it keeps the request's own future small
+//!   (see `chat` on why that matters).
+//! - [`CacheStore::store`] and [`AuditSink::record`] never block the request: they queue.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+
+/// A future a service returns when it may await I/O.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who is calling: the anonymous tenant while no key store is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    Key(Arc<KeyPrincipal>),
+}
+
+/// What an API key stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrincipal {
+    pub tenant: String,
+    /// The key's own name (never the secret): audit and metrics name the caller by it.
+    pub subject: String,
+    /// Models the key may use; empty means every configured model.
+    pub allowed_models: Vec<String>,
+}
+
+impl Principal {
+    /// The tenant every request belongs to when auth is off.
+    pub const ANONYMOUS_TENANT: &'static str = "anonymous";
+
+    pub fn tenant(&self) -> &str {
+        match self {
+            Principal::Anonymous => Self::ANONYMOUS_TENANT,
+            Principal::Key(k) => &k.tenant,
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        match self {
+            Principal::Anonymous => true,
+            Principal::Key(k) => {
+                k.allowed_models.is_empty() || k.allowed_models.iter().any(|m| m == model)
+            }
+        }
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` field.
+    Missing,
+    /// A token no key matches (or a revoked one: the client is told the same).
+    Invalid,
+}
+
+/// Turns a bearer token into the principal it stands for.
+pub trait KeyStore: Send + Sync {
+    /// `token` is the value after `Bearer `, or `None` when the request carried none.
+    fn authenticate(&self, token: Option<&[u8]>) -> Result<Principal, AuthError>;
+}
+
+/// What a cache is asked about: one tenant's request for one model, as the client sent it.
+/// The store derives its key from these (tenants never share entries).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheQuery<'a> {
+    pub tenant: &'a str,
+    pub model: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A stored completion, answered as the upstream once answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedAnswer {
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+}
+
+pub trait CacheStore: Send + Sync {
+    fn lookup<'a>(&'a self, query: CacheQuery<'a>) -> BoxFuture<'a, Option<CachedAnswer>>;
+    /// Queues `answer` for `query`; never waits for the store.
+    fn store(&self, query: CacheQuery<'_>, answer: CachedAnswer);
+}
+
+/// What a request asks of the model's capacity.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    pub tenant: &'a str,
+    pub model: &'a str,
+    /// Prompt tokens as estimated from the messages, plus the output cap.
+    pub estimated_tokens: u64,
+}
+
+/// Capacity reserved for one request, released when dropped; [`Permit::reconcile`] tells the
+/// limiter what the request really used.
+pub trait Permit: Send {
+    fn reconcile(self: Box<Self>, used_tokens: Option<u64>);
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// When the client may try again (sent as `Retry-After`).
+    pub retry_after: Duration,
+    pub reason: String,
+}
+
+pub trait Limiter: Send + Sync {
+    fn admit<'a>(
+        &'a self,
+        request: Admission<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn Permit>, Refusal>>;
+}
+
+/// One finished request as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub request_id: String,
+    pub tenant: String,
+    /// `None` when the request was refused before its model was known.
+    pub model: Option<String>,
+    /// The status the client got (499 when it went away first).
+    pub status: u16,
+    pub decisions: Vec<Decision>,
+    pub duration: Duration,
+}
+
+pub trait AuditSink: Send + Sync {
+    /// Queues `record`; never blocks the request that finished.
+    fn record(&self, record: AuditRecord);
+}
+
+/// A phase of the request path, as decisions name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Authenticate,
+    Parse,
+    ResolveModel,
+    CacheLookup,
+    Admit,
+    Route,
+    Upstream,
+    Respond,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Authenticate => "authenticate",
+            Phase::Parse => "parse",
+            Phase::ResolveModel => "resolve_model",
+            Phase::CacheLookup => "cache_lookup",
+            Phase::Admit => "admit",
+            Phase::Route => "route",
+            Phase::Upstream => "upstream",
+            Phase::Respond => "respond",
+        }
+    }
+}
+
+/// What one phase decided about a request and why: what the audit log and explanation traces
+/// read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub phase: Phase,
+    /// A short fixed word (`hit`, `miss`, `admitted`, `refused`, `endpoint`, ...).
+    pub outcome: &'static str,
+    /// The particulars (an endpoint label, a refusal's reason), when there are any.
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.phase.as_str(), self.outcome)?;
+        if let Some(d) = &self.detail {
+            write!(f, "({d})")?;
+        }
+        Ok(())
+    }
+}

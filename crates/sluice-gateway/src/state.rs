@@ -1,0 +1,160 @@
+//! The state the request path reads: [`GatewayShared`], built once at startup and shared by
+//! every worker thread, and [`WorkerState`], what one worker owns besides (its upstream
+//! connection pools).
+//!
+//! This module sits below the path (`chat`, `downstream`, `ops` import it) and above nothing
+//! of theirs; `server` and `workers` only build it and hand it out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::{ClientLimits, ResolvedConfig};
+use crate::metrics::{GatewayMetrics, ModelMetrics};
+use crate::routing::{RoundRobin, Router};
+use crate::services::{AuditSink, CacheStore, KeyStore, Limiter};
+use crate::upstream::{ClientBuildError, UpstreamEndpoint};
+
+/// One per gateway, shared by all its workers.
+pub struct GatewayShared {
+    pub models: HashMap<String, Arc<ModelEntry>>,
+    /// Configured model names, sorted: for `/v1/models` and "unknown model" errors.
+    pub model_names: Vec<String>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub services: Services,
+    /// How client connections are bounded (deadlines, sizes, count).
+    pub client_limits: ClientLimits,
+    /// Client connections open on all workers, against `client_limits.max_connections`.
+    pub open_connections: AtomicUsize,
+    pub started_unix: u64,
+}
+
+/// The services behind the phases; an empty slot is a phase that is not configured.
+#[derive(Default, Clone)]
+pub struct Services {
+    pub keys: Option<Arc<dyn KeyStore>>,
+    pub cache: Option<Arc<dyn CacheStore>>,
+    pub limiter: Option<Arc<dyn Limiter>>,
+    pub audit: Option<Arc<dyn AuditSink>>,
+}
+
+/// A configured model as every worker sees it.
+pub struct ModelEntry {
+    pub name: String,
+    /// Position in [`WorkerState`]'s endpoint table.
+    pub index: usize,
+    pub metrics: Arc<ModelMetrics>,
+    pub router: Box<dyn Router>,
+    /// The endpoints' labels, in config order: what errors, logs and metrics call them.
+    pub endpoint_labels: Vec<String>,
+}
+
+impl GatewayShared {
+    pub fn new(config: &ResolvedConfig, services: Services) -> Self {
+        let metrics = Arc::new(GatewayMetrics::new());
+        let mut names: Vec<&String> = config.models.keys().collect();
+        names.sort();
+        let models = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let model = &config.models[*name];
+                let entry = ModelEntry {
+                    name: model.name.clone(),
+                    index,
+                    metrics: Arc::new(metrics.for_model(&model.name)),
+                    router: Box::new(RoundRobin::default()),
+                    endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
+                };
+                ((*name).clone(), Arc::new(entry))
+            })
+            .collect();
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        GatewayShared {
+            models,
+            model_names: names.into_iter().cloned().collect(),
+            metrics,
+            services,
+            client_limits: config.client_limits,
+            open_connections: AtomicUsize::new(0),
+            started_unix,
+        }
+    }
+
+    /// Takes a client connection slot, or `None` when `max_connections` are open; the slot
+    /// is given back when the returned guard drops.
+    pub fn admit_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.client_limits.max_connections;
+        let taken = self
+            .open_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+/// One open client connection, counted against `max_connections` until dropped.
+pub struct ConnectionSlot(Arc<GatewayShared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What one worker thread serves with: the shared state, and its own upstream endpoints
+/// (each with its own connection pool, so a request never leaves the thread that took it).
+pub struct WorkerState {
+    pub shared: Arc<GatewayShared>,
+    /// `endpoints[model.index][i]` serves `model.endpoint_labels[i]`.
+    endpoints: Vec<Vec<Arc<UpstreamEndpoint>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for model `{model}`: {source}")]
+pub struct WorkerBuildError {
+    pub model: String,
+    pub source: ClientBuildError,
+}
+
+impl WorkerState {
+    /// Builds this worker's endpoints. Call from within the worker's runtime (the pools start
+    /// their expiry sweep on it).
+    pub fn new(
+        shared: Arc<GatewayShared>,
+        config: &ResolvedConfig,
+    ) -> Result<Self, WorkerBuildError> {
+        let mut endpoints = Vec::with_capacity(shared.model_names.len());
+        for name in &shared.model_names {
+            let model = &config.models[name];
+            let built = model
+                .endpoints
+                .iter()
+                .map(|e| UpstreamEndpoint::new(e.clone(), &shared.metrics).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| WorkerBuildError {
+                    model: name.clone(),
+                    source,
+                })?;
+            endpoints.push(built);
+        }
+        Ok(WorkerState { shared, endpoints })
+    }
+
+    /// `model`'s endpoints on this worker, in config order.
+    pub fn endpoints(&self, model: &ModelEntry) -> &[Arc<UpstreamEndpoint>] {
+        self.endpoints.get(model.index).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every endpoint of every model, with its model's name.
+    pub fn all_endpoints(&self) -> impl Iterator<Item = (&str, &Arc<UpstreamEndpoint>)> {
+        self.shared
+            .model_names
+            .iter()
+            .zip(&self.endpoints)
+            .flat_map(|(name, eps)| eps.iter().map(move |e| (name.as_str(), e)))
+    }
+}
