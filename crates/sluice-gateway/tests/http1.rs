@@ -427,3 +427,190 @@ async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
         started.elapsed()
     );
 }
+
+async fn gateway_with(mock: &MockServer, server_keys: &str) -> TestGateway {
+    TestGateway::start_toml(&gateway_toml("m", &[mock.base_url()], server_keys)).await
+}
+
+/// A body that stops arriving is answered 408 after the body read timeout; one that drips in
+/// slowly enough to reset that timeout each time is answered 408 at the body timeout. Nothing
+/// reaches the upstream either way.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stalls_or_drips_past_its_deadlines_is_answered_408() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let gw = gateway_with(
+        &mock,
+        "body_read_timeout = \"10s\"\nbody_timeout = \"25s\"\n",
+    )
+    .await;
+
+    let mut stalled = Raw::connect(gw.addr).await;
+    stalled
+        .send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"model\"")
+        .await;
+    let started = tokio::time::Instant::now();
+    let a = stalled.answer().await;
+    assert_eq!(a.status, 408);
+    assert_eq!(a.json()["error"]["code"], "request_timeout");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("body read timeout"));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert!(stalled.closed_now().await);
+
+    let mut dripping = Raw::connect(gw.addr).await;
+    dripping
+        .send(b"POST /health HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // One chunk of one byte every 5 s: each read comes well within 10 s.
+        let _ = dripping.stream.write_all(b"1\r\nx\r\n").await;
+    }
+    let a = dripping.answer().await;
+    assert_eq!(a.status, 408);
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("whole body"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(25), "{waited:?}");
+    assert_eq!(mock.engine().stats().requests_total, 0);
+}
+
+/// A chunked request body may carry a bounded number of trailer fields.
+#[tokio::test]
+async fn request_trailers_are_bounded_in_count() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let gw = gateway(&mock).await;
+    let trailers: String = (0..40).map(|i| format!("x-t{i}: v\r\n")).collect();
+    let mut c = Raw::connect(gw.addr).await;
+    c.send(
+        format!("POST /health HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n{trailers}\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let a = c.answer().await;
+    assert_eq!(a.status, 400);
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("trailer"));
+}
+
+/// Routes other than chat take small bodies: a large one is refused at its head, not
+/// buffered.
+#[tokio::test]
+async fn routes_other_than_chat_refuse_large_bodies_at_the_head() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let gw = gateway(&mock).await;
+    let mut c = Raw::connect(gw.addr).await;
+    c.send(b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        .await;
+    let a = c.answer().await;
+    assert_eq!(a.status, 413);
+    assert!(c.closed_now().await);
+}
+
+/// At `max_connections` a new client connection is closed at once; when one closes, the next
+/// is served.
+#[tokio::test]
+async fn client_connections_beyond_max_connections_are_closed() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let gw = gateway_with(&mock, "max_connections = 2\n").await;
+    let mut first = Raw::connect(gw.addr).await;
+    first.send(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(first.answer().await.status, 200);
+    let mut second = Raw::connect(gw.addr).await;
+    second
+        .send(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert_eq!(second.answer().await.status, 200);
+
+    let mut third = Raw::connect(gw.addr).await;
+    assert!(
+        third.closed_now().await,
+        "a third connection is closed unanswered"
+    );
+
+    drop(first);
+    // The slot comes back when the gateway sees the close.
+    let mut served = false;
+    for _ in 0..100 {
+        let mut next = Raw::connect(gw.addr).await;
+        let _ = next
+            .stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        if next.fill().await > 0 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a slot came free after a connection closed");
+}
+
+/// RFC 9112 §3.2.2: a server accepts a target in absolute form.
+#[tokio::test]
+async fn absolute_form_targets_are_served() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let gw = gateway(&mock).await;
+    let mut c = Raw::connect(gw.addr).await;
+    c.send(b"GET http://gateway.example/health HTTP/1.1\r\nhost: gateway.example\r\n\r\n")
+        .await;
+    assert_eq!(c.answer().await.status, 200);
+    let body = CHAT;
+    c.send(
+        format!(
+            "POST HTTP://gateway.example:8080/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let a = c.answer().await;
+    assert_eq!(a.status, 200);
+    assert!(String::from_utf8(a.body).unwrap().contains("\"usage\""));
+}
+
+/// A client that stops reading a stream is dropped once a write waits past the write
+/// timeout, or past the stream's total timeout, whichever comes first; its upstream request
+/// is cancelled and it is counted as 499.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_is_dropped_and_its_upstream_cancelled() {
+    for (server_keys, extra) in [
+        ("write_timeout = \"500ms\"\n", ""),
+        (
+            "",
+            "[defaults.timeouts]\nfirst_byte = \"500ms\"\ntotal = \"1s\"\n",
+        ),
+    ] {
+        let mock = start_mock(MockOptions::zero_timing()).await;
+        let toml = gateway_toml("m", &[mock.base_url()], &format!("{server_keys}{extra}"));
+        let gw = TestGateway::start_toml(&toml).await;
+        // Far more output than the socket buffers hold, and never read.
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":131072,"ignore_eos":true}"#;
+        // A small receive window, so the gateway's writes block soon.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = Raw {
+            stream: socket.connect(gw.addr).await.unwrap(),
+            buf: Vec::new(),
+        };
+        c.send(&chat_request("", body)).await;
+        sluice_testkit::assert_eventually!(
+            mock.engine().stats().cancelled == 1,
+            Duration::from_secs(30)
+        );
+        let metrics = gw.metrics_text().await;
+        assert_eq!(
+            sluice_testkit::metric_value(&metrics, "sluice_requests_total", &[("status", "499")]),
+            1.0,
+            "{server_keys}{extra}"
+        );
+        drop(c);
+    }
+}

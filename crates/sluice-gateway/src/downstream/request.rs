@@ -126,6 +126,8 @@ impl RequestHead {
 #[derive(Debug, Default)]
 pub struct HeadScan {
     scanned: usize,
+    /// Bytes looked at so far, over all calls: what the linear-cost test counts.
+    examined: usize,
 }
 
 impl HeadScan {
@@ -136,6 +138,7 @@ impl HeadScan {
         let from = self.scanned.saturating_sub(3);
         self.scanned = buf.len();
         let window = &buf[from.min(buf.len())..];
+        self.examined += window.len();
         // The head's end is an empty line; httparse accepts LF as well as CRLF endings.
         memchr::memchr_iter(b'\n', window).any(|i| {
             let rest = &window[i + 1..];
@@ -358,4 +361,69 @@ fn content_length(value: &[u8]) -> Result<u64, HeadError> {
     Ok(digits
         .iter()
         .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A head that arrives a byte at a time is scanned in linear time: each byte is looked
+    /// at a bounded number of times, and the full parse runs once.
+    #[test]
+    fn a_head_dripped_byte_by_byte_is_scanned_once() {
+        let fields: String = (0..90)
+            .map(|i| format!("x-field-{i}: {}\r\n", "v".repeat(400)))
+            .collect();
+        let head = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{fields}content-length: 2\r\n\r\n{{}}");
+        assert!(head.len() > 30_000);
+        let mut buf = bytes::BytesMut::new();
+        let mut scan = HeadScan::default();
+        let mut parsed = None;
+        for &b in head.as_bytes() {
+            buf.extend_from_slice(&[b]);
+            if let Some(h) = parse(&mut buf, &mut scan).unwrap() {
+                parsed = Some(h);
+                break;
+            }
+        }
+        let parsed = parsed.expect("the head parses once complete");
+        assert_eq!(parsed.path(), b"/v1/chat/completions");
+        assert_eq!(parsed.framing, BodyFraming::Length(2));
+        assert!(buf.is_empty(), "the body had not been fed yet");
+        let len = head.len() - 2;
+        assert!(
+            scan.examined <= 4 * len,
+            "{} bytes examined for a {len}-byte head",
+            scan.examined
+        );
+    }
+
+    #[test]
+    fn leading_empty_lines_and_lf_only_heads_are_found() {
+        for head in [
+            "\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET / HTTP/1.1\nhost: x\n\n",
+        ] {
+            let mut buf = bytes::BytesMut::from(head);
+            let h = parse(&mut buf, &mut HeadScan::default()).unwrap().unwrap();
+            assert_eq!(h.path(), b"/");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets_give_their_origin_form() {
+        for (target, origin) in [
+            ("http://h/v1/x?q=1", "/v1/x?q=1"),
+            ("HTTPS://h:8080", ""),
+            ("http://h?q", "?q"),
+            ("/p", "/p"),
+        ] {
+            assert_eq!(origin_form(target).unwrap(), origin, "{target}");
+        }
+        for bad in ["*", "h/x", "ftp://h/x", "http:///x"] {
+            assert!(origin_form(bad).is_err(), "{bad}");
+        }
+    }
 }

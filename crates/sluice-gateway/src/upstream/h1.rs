@@ -30,6 +30,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4096;
+/// Most trailer fields after a chunked body.
+const MAX_TRAILER_FIELDS: u8 = 16;
 /// Room asked of each read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -75,8 +77,8 @@ pub enum Chunk {
     Data(u64),
     /// Expecting the line break that ends chunk data.
     DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailer,
+    /// After the last chunk: trailer lines until an empty one; this many seen so far.
+    Trailer(u8),
 }
 
 /// A response's status line and headers, and how its body is framed.
@@ -360,7 +362,7 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Decoded, Resp
                 };
                 let size = parse_chunk_size(&line)?;
                 *framing = Framing::Chunked(if size == 0 {
-                    Chunk::Trailer
+                    Chunk::Trailer(0)
                 } else {
                     Chunk::Data(size)
                 });
@@ -376,13 +378,20 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Decoded, Resp
                 }
                 *framing = Framing::Chunked(Chunk::Size);
             }
-            Framing::Chunked(Chunk::Trailer) => {
+            Framing::Chunked(Chunk::Trailer(seen)) => {
                 let Some(line) = take_line(buf)? else {
                     return Ok(Decoded::NeedMore);
                 };
-                // Trailer fields carry nothing the gateway uses.
+                // Trailer fields carry nothing the gateway uses; a peer sending many is
+                // stalling or probing.
                 if line.is_empty() {
                     *framing = Framing::Done;
+                } else if *seen >= MAX_TRAILER_FIELDS {
+                    return Err(ResponseError::Invalid(format!(
+                        "more than {MAX_TRAILER_FIELDS} trailer fields"
+                    )));
+                } else {
+                    *seen += 1;
                 }
             }
         }
