@@ -310,11 +310,19 @@ async fn upstream_5xx_is_502_and_refused_is_502_and_slow_is_504() {
 
     // A port nothing listens on: bind one, note it, close it.
     let dead = refused_url();
-    let gw = TestGateway::start_toml(&gateway_toml("m", &[dead], "")).await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", std::slice::from_ref(&dead), "")).await;
     let resp = post(&gw, &hello(json!({}))).await;
     assert_eq!(resp.status(), 502);
     let e: Value = resp.json().await.unwrap();
     assert_eq!(e["error"]["code"], "upstream_unreachable");
+    // Clients learn the endpoint's label, never its address.
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("upstream m/0"), "{message}");
+    let port = dead.rsplit(':').next().unwrap().trim_end_matches("/v1");
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains(port),
+        "{message}"
+    );
 
     let mock = start_mock(zero()).await;
     set_faults(&mock, json!({"added_latency_ms": 3000})).await;
@@ -915,4 +923,133 @@ async fn worker_pool_refuses_a_port_in_use() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("cannot listen on"), "{err}");
+}
+
+/// An upstream that answers every request with the raw bytes `answer`, then closes.
+async fn raw_upstream(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The whole request: its head, then a body as long as it says.
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = conn.write_all(answer).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// The gateway asks for identity; an answer under a content coding or a transfer coding it
+/// would have to decode is a 502 naming the coding, never encoded bytes passed on unlabelled.
+#[tokio::test]
+async fn encoded_upstream_answers_are_refused_naming_the_coding() {
+    for (answer, coding) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\nabcd"[..],
+            "`gzip`",
+        ),
+        (
+            b"HTTP/1.1 400 Bad Request\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\nabcd",
+            "`br`",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+            "`gzip, chunked`",
+        ),
+    ] {
+        let url = raw_upstream(answer).await;
+        let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+        let resp = post(&gw, &hello(json!({}))).await;
+        assert_eq!(resp.status(), 502, "{coding}");
+        assert_eq!(resp.headers().get("content-encoding"), None);
+        let e: Value = resp.json().await.unwrap();
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(coding), "{message}");
+    }
+}
+
+/// A successful answer larger than `server.max_response_bytes` is a 502, not buffered.
+#[tokio::test]
+async fn an_answer_over_max_response_bytes_is_a_502() {
+    let url = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n",
+    )
+    .await;
+    let gw =
+        TestGateway::start_toml(&gateway_toml("m", &[url], "max_response_bytes = 2048\n")).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_response_bytes"), "{message}");
+
+    // A chunked one, whose length is not announced, is cut off at the limit too.
+    let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1000\r\n".to_vec();
+    chunked.extend_from_slice(&[b'a'; 4096]);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let url = raw_upstream(Box::leak(chunked.into_boxed_slice())).await;
+    let gw =
+        TestGateway::start_toml(&gateway_toml("m", &[url], "max_response_bytes = 2048\n")).await;
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_response_bytes"), "{message}");
+}
+
+/// Waiting for a connection (here: a connect that hangs) is the gateway's own queueing:
+/// when the first-byte deadline passes during it, nothing was sent, so the request moves to
+/// the next endpoint, and the timeout is counted as `timeout_pool_wait`, not `first_byte`.
+#[tokio::test]
+async fn a_timeout_while_waiting_for_a_connection_moves_to_the_next_endpoint() {
+    let (hung, _held) = unanswered_connect_url();
+    let live = start_mock(zero()).await;
+    let gw = TestGateway::start_toml(&gateway_toml(
+        "m",
+        &[hung, live.base_url()],
+        "[defaults.timeouts]\nconnect = \"5s\"\nfirst_byte = \"300ms\"\n",
+    ))
+    .await;
+    // Round robin starts the first request at the hung endpoint.
+    let resp = post(&gw, &hello(json!({}))).await;
+    assert_eq!(resp.status(), 200);
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_errors_total",
+            &[("endpoint", "m/0"), ("kind", "timeout_pool_wait")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_upstream_pool_wait_seconds_count",
+            &[("endpoint", "m/1")]
+        ),
+        1.0
+    );
 }
