@@ -54,10 +54,13 @@ impl Audit {
     }
 }
 
-#[derive(Default)]
-struct MemoryCache(Mutex<HashMap<(String, String, Vec<u8>), CachedAnswer>>);
+/// Tenant, model, body.
+type CacheKey = (String, String, Vec<u8>);
 
-fn key(q: &CacheQuery<'_>) -> (String, String, Vec<u8>) {
+#[derive(Default)]
+struct MemoryCache(Mutex<HashMap<CacheKey, CachedAnswer>>);
+
+fn key(q: &CacheQuery<'_>) -> CacheKey {
     (q.tenant.to_owned(), q.model.to_owned(), q.body.to_vec())
 }
 
