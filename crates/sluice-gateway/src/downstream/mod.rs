@@ -174,42 +174,35 @@ async fn exchange(
     cx: &ConnectionContext,
     head: RequestHead,
     peer: SocketAddr,
-    io: Io<'_, '_>,
+    mut io: Io<'_, '_>,
 ) -> Exchange {
     if head.method == Method::POST && head.path() == CHAT_PATH {
         return chat_exchange(cx, head, peer, io).await;
     }
-    let Io {
-        rd,
-        wr,
-        buf,
-        out,
-        limits,
-    } = io;
-    let body = match read_body(&head, MAX_OTHER_BODY, rd, wr, buf, limits).await {
+    let body = match read_body(&head, MAX_OTHER_BODY, &mut io).await {
         Ok(body) => body,
         Err(BodyError::Closed) => return Exchange::Close,
         Err(BodyError::Refused(e)) => {
-            let _ = write_response(wr, rd, buf, out, e.into_response(), &head, false, limits).await;
+            let _ = write_response(&mut io, e.into_response(), &head, false).await;
             return Exchange::CloseLingering;
         }
     };
     let request = match routed_request(&head, body) {
         Ok(r) => r,
         Err(e) => {
-            let _ = write_refusal(wr, out, e, limits).await;
+            let _ = write_refusal(io.wr, io.out, e, io.limits).await;
             return Exchange::Close;
         }
     };
     let answer = RequestIdLayer.layer(cx.router.clone()).call(request);
-    let response = match until_client_gone(pin!(answer), rd, buf).await {
+    let response = match until_client_gone(pin!(answer), io.rd, io.buf).await {
         Some(Ok(response)) => response,
         Some(Err(never)) => match never {},
         None => return Exchange::Close,
     };
     // A draining gateway tells the client on the answer that the connection ends.
     let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
-    match write_response(wr, rd, buf, out, response, &head, keep_alive, limits).await {
+    match write_response(&mut io, response, &head, keep_alive).await {
         Ok(true) => Exchange::KeepAlive,
         _ => Exchange::Close,
     }
@@ -221,15 +214,8 @@ async fn chat_exchange(
     cx: &ConnectionContext,
     head: RequestHead,
     peer: SocketAddr,
-    io: Io<'_, '_>,
+    mut io: Io<'_, '_>,
 ) -> Exchange {
-    let Io {
-        rd,
-        wr,
-        buf,
-        out,
-        limits,
-    } = io;
     let id = head
         .request_id()
         .and_then(RequestId::from_client_bytes)
@@ -243,7 +229,7 @@ async fn chat_exchange(
     let mut ctx = RequestCtx::new(cx.worker.shared.clone(), view, id.clone());
     let body = match chat::authenticate(&mut ctx).err() {
         Some(e) => Err(BodyError::Refused(e)),
-        None => read_body(&head, MAX_REQUEST_BYTES, rd, wr, buf, limits).await,
+        None => read_body(&head, MAX_REQUEST_BYTES, &mut io).await,
     };
     let body = match body {
         Ok(body) => body,
@@ -251,18 +237,18 @@ async fn chat_exchange(
         Err(BodyError::Refused(e)) => {
             // Refused before the body was read (or while): answer, then close.
             let answer = chat::refuse(ctx, e);
-            let _ = write_chat_answer(wr, rd, buf, out, answer, &head, &id, false, limits).await;
+            let _ = write_chat_answer(&mut io, answer, &head, &id, false).await;
             return Exchange::CloseLingering;
         }
     };
     let span =
         tracing::debug_span!("request", request_id = %id.as_str(), path = "/v1/chat/completions");
     let answer = pin!(chat::chat_completions(&cx.worker, ctx, body).instrument(span));
-    let Some(answer) = until_client_gone(answer, rd, buf).await else {
+    let Some(answer) = until_client_gone(answer, io.rd, io.buf).await else {
         return Exchange::Close;
     };
     let keep_alive = head.keep_alive && !cx.drain.is_cancelled();
-    match write_chat_answer(wr, rd, buf, out, answer, &head, &id, keep_alive, limits).await {
+    match write_chat_answer(&mut io, answer, &head, &id, keep_alive).await {
         Ok(true) => Exchange::KeepAlive,
         _ => Exchange::Close,
     }
@@ -270,17 +256,12 @@ async fn chat_exchange(
 
 /// Writes a chat answer: a completion with the head built here (no `Response`), anything
 /// else through [`write_response`]. Both carry the request id.
-#[allow(clippy::too_many_arguments)]
 async fn write_chat_answer(
-    wr: &mut WriteHalf<'_>,
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-    out: &mut Vec<u8>,
+    io: &mut Io<'_, '_>,
     answer: ChatAnswer,
     head: &RequestHead,
     id: &RequestId,
     keep_alive: bool,
-    limits: &ClientLimits,
 ) -> Result<bool, ()> {
     match answer {
         ChatAnswer::Completion {
@@ -288,6 +269,7 @@ async fn write_chat_answer(
             body,
             headers,
         } => {
+            let out = &mut *io.out;
             out.clear();
             let fixed: [(&[u8], &[u8]); 2] = [
                 (b"content-type", content_type.as_bytes()),
@@ -305,14 +287,14 @@ async fn write_chat_answer(
                 encode_ok_head(out, &fields, length, keep_alive, head.version);
             }
             out.extend_from_slice(&body);
-            write_by(wr, out, Instant::now() + limits.write_timeout).await?;
+            write_by(io.wr, out, Instant::now() + io.limits.write_timeout).await?;
             Ok(keep_alive)
         }
         ChatAnswer::Response(mut response) => {
             if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                 response.headers_mut().insert(crate::request_id::HEADER, v);
             }
-            write_response(wr, rd, buf, out, response, head, keep_alive, limits).await
+            write_response(io, response, head, keep_alive).await
         }
     }
 }
@@ -363,18 +345,16 @@ enum BodyError {
 async fn read_body(
     head: &RequestHead,
     max: usize,
-    rd: &mut ReadHalf<'_>,
-    wr: &mut WriteHalf<'_>,
-    buf: &mut BytesMut,
-    limits: &ClientLimits,
+    io: &mut Io<'_, '_>,
 ) -> Result<Bytes, BodyError> {
+    let (wr, buf, limits) = (&mut *io.wr, &mut *io.buf, io.limits);
     let too_large = || {
         BodyError::Refused(GatewayError::PayloadTooLarge {
             limit_mib: max / (1024 * 1024),
         })
     };
     let mut reader = BodyReader {
-        rd,
+        rd: &mut *io.rd,
         deadline: Instant::now() + limits.body_timeout,
         limits,
     };
@@ -557,17 +537,19 @@ async fn write_refusal(
 /// Writes `response` to the request `head` started. `Ok(true)` if the connection may carry
 /// another request. Each write must finish within the write timeout, and within the answer's
 /// own deadline (`AnswerDeadline`: a stream's total timeout) when it has one.
-#[allow(clippy::too_many_arguments)]
 async fn write_response(
-    wr: &mut WriteHalf<'_>,
-    rd: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
-    out: &mut Vec<u8>,
+    io: &mut Io<'_, '_>,
     response: Response,
     head: &RequestHead,
     keep_alive: bool,
-    limits: &ClientLimits,
 ) -> Result<bool, ()> {
+    let Io {
+        rd,
+        wr,
+        buf,
+        out,
+        limits,
+    } = io;
     let (parts, mut body) = response.into_parts();
     let answer_deadline = parts.extensions.get::<chat::AnswerDeadline>().map(|d| d.0);
     let by = || {
