@@ -2,6 +2,7 @@
 //! ephemeral loopback ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -1051,5 +1052,117 @@ async fn a_timeout_while_waiting_for_a_connection_moves_to_the_next_endpoint() {
             &[("endpoint", "m/1")]
         ),
         1.0
+    );
+}
+
+/// An upstream that answers each request with a valid completion and then, 300 ms after the
+/// first answer on each connection, sends a second, unsolicited response on it. Returns the
+/// URL and how many unsolicited responses it has sent.
+async fn upstream_with_unsolicited_answers() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const VALID: &str = r#"{"id":"valid","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    const UNSOLICITED: &str = r#"{"id":"unsolicited","object":"chat.completion","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}"#;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut rd, wr) = conn.into_split();
+                let wr = Arc::new(tokio::sync::Mutex::new(wr));
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut first = true;
+                loop {
+                    // One whole request (head and Content-Length body).
+                    let request_len = loop {
+                        let text = String::from_utf8_lossy(&seen).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if seen.len() >= end + 4 + length {
+                                break end + 4 + length;
+                            }
+                        }
+                        match rd.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    seen.drain(..request_len);
+                    let answer = |body: &str| {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    let _ = wr.lock().await.write_all(answer(VALID).as_bytes()).await;
+                    if std::mem::take(&mut first) {
+                        let (wr, counter) = (wr.clone(), counter.clone());
+                        let stray = answer(UNSOLICITED);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = wr.lock().await.write_all(stray.as_bytes()).await;
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        });
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), sent)
+}
+
+/// A connection on which bytes arrived while it was idle is never used again, so no client
+/// receives a response meant for no request (or another one).
+#[tokio::test]
+async fn bytes_arriving_on_an_idle_upstream_connection_reach_no_client() {
+    use std::sync::atomic::Ordering;
+    let (url, unsolicited) = upstream_with_unsolicited_answers().await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+    let mut bodies = Vec::new();
+    // Two in a row on the first connection, most likely before its stray answer comes.
+    for _ in 0..2 {
+        let resp = post(&gw, &hello(json!({}))).await;
+        assert_eq!(resp.status(), 200);
+        bodies.push(resp.text().await.unwrap());
+    }
+    assert_eventually!(unsolicited.load(Ordering::SeqCst) == 1);
+    // Later requests: the connection the stray answer sits on must not carry them.
+    for _ in 0..3 {
+        let resp = post(&gw, &hello(json!({}))).await;
+        assert_eq!(resp.status(), 200);
+        bodies.push(resp.text().await.unwrap());
+    }
+    for body in &bodies {
+        assert!(body.contains("\"valid\""), "{body}");
+    }
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_tokens_total", &[("kind", "input")]),
+        5.0,
+        "only the five real answers were counted"
+    );
+}
+
+/// An answer the gateway refused (a 200 that is not a completion) closes its connection:
+/// the next request opens a new one.
+#[tokio::test]
+async fn a_refused_answer_closes_its_upstream_connection() {
+    let url = fixed_upstream("<html>maintenance</html>").await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+    for _ in 0..2 {
+        assert_eq!(post(&gw, &hello(json!({}))).await.status(), 502);
+    }
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_upstream_connections_opened_total", &[]),
+        2.0
     );
 }

@@ -34,8 +34,6 @@ use std::sync::Arc;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Body as _;
 use sluice_api::chat::UsageSummary;
 use sluice_api::{RequestError, Usage};
 
@@ -48,7 +46,7 @@ use crate::metrics::UNKNOWN_MODEL;
 use crate::routing::{AttemptOrder, RouteQuery};
 use crate::services::{Admission, AuditRecord, AuthError, CacheQuery, CachedAnswer, Phase};
 use crate::state::WorkerState;
-use crate::upstream::{Sent, UpstreamEndpoint, UpstreamResponse};
+use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
 
 /// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
 /// this a request is more likely a mistake than a prompt.
@@ -368,25 +366,20 @@ async fn respond(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let too_large = || GatewayError::UpstreamProtocol {
-        endpoint: endpoint.label.clone(),
-        reason: format!(
-            "the answer is larger than the {limit}-byte limit (server.max_response_bytes)"
-        ),
-    };
-    if response.body().size_hint().lower() > limit {
-        return Err(upstream_failed(flight, &endpoint, too_large()));
-    }
-    let read = http_body_util::Limited::new(response.into_body(), limit as usize).collect();
+    let mut upstream_body = response.into_body();
+    let read = read_whole(&mut upstream_body, limit);
     let body = match flight
         .wait_upstream(tokio::time::timeout_at(deadline, read))
         .await
     {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => {
-            let e = match e.downcast::<crate::upstream::ResponseError>() {
-                Ok(e) => endpoint.body_error(&e),
-                Err(_) => too_large(),
+        Ok(Ok(b)) => b,
+        Ok(Err(WholeBodyError::Response(e))) => {
+            return Err(upstream_failed(flight, &endpoint, endpoint.body_error(&e)))
+        }
+        Ok(Err(e @ WholeBodyError::TooLarge(_))) => {
+            let e = GatewayError::UpstreamProtocol {
+                endpoint: endpoint.label.clone(),
+                reason: format!("{e} (server.max_response_bytes)"),
             };
             return Err(upstream_failed(flight, &endpoint, e));
         }
@@ -400,7 +393,11 @@ async fn respond(
         }
     };
     let usage = match UsageSummary::from_body(&body) {
-        Ok(summary) => summary.usage,
+        Ok(summary) => {
+            // Read cleanly and accepted: only now may the connection carry another request.
+            upstream_body.release();
+            summary.usage
+        }
         Err(e) => {
             let e = GatewayError::UpstreamProtocol {
                 endpoint: endpoint.label.clone(),

@@ -7,15 +7,13 @@
 //! (client gone) drops the upstream stream with it, which closes the upstream connection: the
 //! engine sees the cancellation.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use http_body_util::BodyDataStream;
+use http_body_util::BodyExt;
 use sluice_api::chat::ChunkSummary;
 use sluice_api::sse::{SseEvent, SseParser, DONE_EVENT};
 use sluice_api::{ErrorResponse, Usage};
@@ -23,12 +21,10 @@ use tokio::time::Instant;
 
 use super::RequestCtx;
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::upstream::{error_chain, ResponseError, UpstreamEndpoint, UpstreamResponse};
+use crate::upstream::{error_chain, PooledBody, UpstreamEndpoint, UpstreamResponse};
 
 /// How long to wait for the upstream to end its response after `[DONE]`.
 const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
-
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ResponseError>> + Send>>;
 
 pub fn stream_response(
     endpoint: Arc<UpstreamEndpoint>,
@@ -39,7 +35,7 @@ pub fn stream_response(
     let timeouts = endpoint.timeouts();
     let received = ctx.received;
     let relay = StreamRelay {
-        upstream: Box::pin(BodyDataStream::new(response.into_body())),
+        upstream: response.into_body(),
         parser: SseParser::new(),
         events: Vec::new(),
         total_deadline: received + timeouts.total,
@@ -74,7 +70,7 @@ pub fn stream_response(
 }
 
 struct StreamRelay {
-    upstream: ByteStream,
+    upstream: PooledBody,
     parser: SseParser,
     events: Vec<SseEvent>,
     total_deadline: Instant,
@@ -110,10 +106,12 @@ impl StreamRelay {
                 // Read the upstream to its end, briefly, so its connection can go back to the
                 // pool; nothing after `[DONE]` is relayed.
                 let upstream = &mut self.upstream;
-                let drain = async { while let Some(Ok(_)) = upstream.next().await {} };
+                let drain = async { while let Some(Ok(_)) = upstream.frame().await {} };
                 let _ = flight
                     .wait_upstream(tokio::time::timeout(DRAIN_AFTER_DONE, drain))
                     .await;
+                // A stream that ended with `[DONE]` and then its body: a clean exchange.
+                self.upstream.release();
                 self.finish(None);
                 return None;
             }
@@ -122,13 +120,17 @@ impl StreamRelay {
                 _ => (self.total_deadline, TimeoutPhase::Total),
             };
             let next = flight
-                .wait_upstream(tokio::time::timeout_at(deadline, self.upstream.next()))
+                .wait_upstream(tokio::time::timeout_at(deadline, self.upstream.frame()))
                 .await;
             let next = match next {
                 Err(_) => Next::Timeout(phase),
                 Ok(None) => Next::End,
                 Ok(Some(Err(e))) => Next::Broken(error_chain(&e)),
-                Ok(Some(Ok(bytes))) => Next::Chunk(bytes),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(bytes) => Next::Chunk(bytes),
+                    // The client connection's bodies carry data frames only.
+                    Err(_) => continue,
+                },
             };
             match next {
                 Next::Chunk(bytes) => {

@@ -344,7 +344,8 @@ fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Reads at most `limit` bytes of a body; a body that fails midway yields what arrived.
+/// Reads at most `limit` bytes of a body; a body that fails midway yields what arrived. An
+/// error answer read to its end was a clean exchange: its connection goes back.
 async fn read_bounded(mut body: PooledBody, limit: usize) -> Bytes {
     let mut out = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
@@ -357,7 +358,52 @@ async fn read_bounded(mut body: PooledBody, limit: usize) -> Bytes {
             break;
         }
     }
+    body.release();
     Bytes::from(out)
+}
+
+/// Why a whole body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WholeBodyError {
+    #[error("the answer is larger than the {0}-byte limit")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+}
+
+/// Reads all of `body`, refusing more than `limit` bytes (announced or received). The
+/// connection stays with the body until the caller accepts the answer and releases it.
+pub async fn read_whole(body: &mut PooledBody, limit: u64) -> Result<Bytes, WholeBodyError> {
+    use hyper::body::Body as _;
+    if body.size_hint().lower() > limit {
+        return Err(WholeBodyError::TooLarge(limit));
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if (so_far + data.len()) as u64 > limit {
+            return Err(WholeBodyError::TooLarge(limit));
+        }
+        // One piece (the usual answer, read in one go) is kept without a copy.
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(match (first, rest.is_empty()) {
+        (Some(only), true) => only,
+        (None, _) => Bytes::new(),
+        (Some(_), false) => Bytes::from(rest),
+    })
 }
 
 /// `e` and its sources, joined: a top-level message alone rarely says what went wrong.

@@ -14,8 +14,10 @@
 //!   connection coming back (handed over directly) or a free slot;
 //! - at most [`ConnectionLimits::max_idle`] connections are kept idle.
 //!
-//! A connection goes back to the pool when its response body has been read to the end
-//! ([`PooledBody`]); a body dropped early closes it (the rest of the response is unread).
+//! A connection goes back to the pool only when its response was read to the end *and* the
+//! gateway accepted it ([`PooledBody::release`]); a body dropped early, or one whose content
+//! the gateway refused (not a completion, too large), closes it: the next request must not
+//! read what this one left behind.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -307,10 +309,11 @@ async fn sweep(pool: Weak<ConnectionPool>) {
     }
 }
 
-/// An upstream response body, read by the request's task from the connection itself; the
-/// connection goes back to the pool once the body has been read to its end.
+/// An upstream response body, read by the request's task from the connection itself. Once
+/// the body has been read to its end, [`PooledBody::release`] gives the connection back;
+/// without it the connection closes when the body is dropped.
 pub struct PooledBody {
-    /// `None` once the body has ended or failed.
+    /// `None` once the body has failed, ended by closing, or been released.
     connection: Option<Connection>,
     framing: Framing,
     keep_alive: bool,
@@ -336,21 +339,29 @@ impl PooledBody {
         body
     }
 
+    /// The exchange was clean and its answer accepted: the connection goes back to the pool,
+    /// if the body was read to its end and the connection may carry another request.
+    /// Otherwise (or when never called) it closes with this body.
+    pub fn release(&mut self) {
+        if self.framing != Framing::Done {
+            return;
+        }
+        if let Some(connection) = self.connection.take() {
+            if self.keep_alive && !connection.has_unread() {
+                self.pool.checkin(connection);
+            }
+        }
+    }
+
     /// The body failed: the connection, in an unknown state, is closed with it.
     fn fail(&mut self, e: ResponseError) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
         self.connection = None;
         Poll::Ready(Some(Err(e)))
     }
 
-    /// The body has been read to its end: the connection goes back unless it may not carry
-    /// another request.
+    /// The body has been read to its end; the connection waits for [`PooledBody::release`].
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let Some(connection) = self.connection.take() {
-            if self.keep_alive && !connection.has_unread() {
-                self.pool.checkin(connection);
-            }
-        }
     }
 }
 

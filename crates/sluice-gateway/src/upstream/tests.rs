@@ -167,7 +167,7 @@ fn resolved_endpoint(keys: &str, env: &dyn Fn(&str) -> Option<String>) -> Resolv
     config.models["m"].endpoints[0].clone()
 }
 
-/// One request, its body read to the end.
+/// One request, its body read to the end and accepted (the connection released).
 async fn call(endpoint: &UpstreamEndpoint) -> Bytes {
     let resp = endpoint
         .send(Bytes::from_static(b"{}"), "req")
@@ -175,7 +175,10 @@ async fn call(endpoint: &UpstreamEndpoint) -> Bytes {
         .unwrap()
         .response;
     assert_eq!(resp.status(), 200);
-    resp.into_body().collect().await.unwrap().to_bytes()
+    let mut body = resp.into_body();
+    let bytes = super::read_whole(&mut body, u64::MAX).await.unwrap();
+    body.release();
+    bytes
 }
 
 /// `n` calls started together; each must get the answer.
@@ -296,14 +299,25 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     drop(body);
     assert_eq!(ep.pool_stats().idle, 0);
     eventually("the half-read connection closes", || server.closed() == 1).await;
-    // A body read to the end does return it.
+    // A body read to the end but not accepted does not return it either.
     let resp = ep
         .send(Bytes::from_static(b"{}"), "req")
         .await
         .unwrap()
         .response;
     resp.into_body().collect().await.unwrap();
-    assert_eq!(server.accepted(), 2);
+    assert_eq!(ep.pool_stats().idle, 0);
+    eventually("the unaccepted connection closes", || server.closed() == 2).await;
+    // Read to the end and released: it goes back.
+    let resp = ep
+        .send(Bytes::from_static(b"{}"), "req")
+        .await
+        .unwrap()
+        .response;
+    let mut body = resp.into_body();
+    while body.frame().await.is_some() {}
+    body.release();
+    assert_eq!(server.accepted(), 3);
     assert_eq!(ep.pool_stats().idle, 1);
 }
 
