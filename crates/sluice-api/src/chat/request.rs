@@ -218,12 +218,14 @@ impl TryFrom<Map<String, Value>> for ChatCompletionRequest {
 
     fn try_from(mut map: Map<String, Value>) -> Result<Self, RequestError> {
         let mut fields = RequestFields::default();
+        // `shift_remove`, not `remove` (a swap under `preserve_order`): the other fields stay
+        // in the order received, as `from_slice` keeps them.
         for key in RequestFields::TYPED {
-            if let (Some(value), Some(slot)) = (map.remove(key), fields.slot(key)) {
+            if let (Some(value), Some(slot)) = (map.shift_remove(key), fields.slot(key)) {
                 *slot = Some(value);
             }
         }
-        fields.messages = map.remove("messages").map(MessagesJson::from_value);
+        fields.messages = map.shift_remove("messages").map(MessagesJson::from_value);
         fields.extra = map;
         fields.into_request()
     }
@@ -393,7 +395,8 @@ impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevelJson, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        // Read as JSON values, not skipped: see `KindOf`.
+        while seq.next_element::<Value>()?.is_some() {}
         Ok(TopLevelJson::Other("an array"))
     }
 
@@ -501,19 +504,22 @@ impl MessageJson {
 }
 
 /// What a JSON value other than the expected kind was, read past and named for the error.
+///
+/// It is read as JSON values, as everywhere else in the request, not skipped with
+/// `IgnoredAny`: that accepts what a `Value` refuses (`1e400`, a lone surrogate, nesting past
+/// serde_json's depth limit), so a body the map path calls "not valid JSON" would get a field
+/// error here instead, or be accepted when a later repeat of the key was valid. Only a body
+/// that is already wrong pays for building the values.
 struct KindOf;
 
 impl KindOf {
     fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<&'static str, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
+        while map.next_entry::<String, Value>()?.is_some() {}
         Ok("an object")
     }
 
     fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<&'static str, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Value>()?.is_some() {}
         Ok("an array")
     }
 }
@@ -814,14 +820,27 @@ mod tests {
             r#"{"model":"m","messages":[{"name":"a","role":"x","content":"c","role":"user","tool_call_id":"t"}]}"#,
             r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":7}]}"#,
             r#"{"model":"m","messages":[{"role":"user","content":{"text":"x"}}]}"#,
+            r#"{"user":"u","model":"m","x":1,"messages":[{"role":"user"}],"temperature":0}"#,
         ];
         for body in bodies {
             let fast = ChatCompletionRequest::from_slice(body.as_bytes());
-            let via_map = serde_json::from_str::<Map<String, Value>>(body)
-                .unwrap()
-                .try_into();
+            let via_map: Result<ChatCompletionRequest, _> =
+                serde_json::from_str::<Map<String, Value>>(body)
+                    .unwrap()
+                    .try_into();
             assert_eq!(fast, via_map, "{body}");
+            // `==` on a map ignores its order; the bytes forwarded do not.
+            if let (Ok(fast), Ok(via_map)) = (&fast, &via_map) {
+                assert_eq!(fast.to_json_vec(), via_map.to_json_vec(), "{body}");
+            }
         }
+        // Taking the typed fields out of the map keeps the others in order (a `remove` under
+        // `preserve_order` swapped the last field into the gap: `user`, `temperature`, `x`).
+        let m: ChatCompletionRequest = serde_json::from_str(bodies[16]).unwrap();
+        assert_eq!(
+            m.extra.keys().collect::<Vec<_>>(),
+            ["user", "x", "temperature"]
+        );
         let m = ChatCompletionRequest::from_slice(bodies[13].as_bytes()).unwrap();
         assert_eq!(
             m.messages[0].role, "user",
@@ -859,6 +878,45 @@ mod tests {
                 format!("request body must be a JSON object, got {kind}")
             );
         }
+    }
+
+    /// A value serde_json refuses (`1e400`, a lone surrogate, nesting past its depth limit)
+    /// makes the body "not valid JSON" wherever it sits, as it does for the map parse: also
+    /// inside a `messages` or a message of the wrong kind, which `from_slice` once skipped
+    /// unchecked and reported as a field error instead, or accepted when a later `messages`
+    /// was valid.
+    #[test]
+    fn what_serde_json_refuses_is_not_json_wherever_it_sits() {
+        // serde_json refuses a 128th nested container: here the top level, `messages`, `n`.
+        let nested = |n: usize| {
+            format!(
+                r#"{{"model":"m","messages":[{}1{}]}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let deep = nested(126);
+        for body in [
+            r#"{"model":"m","messages":{"x":1e400}}"#,
+            r#"{"model":"m","messages":[["\ud800"]]}"#,
+            r#"{"model":"m","messages":{"\ud800":1}}"#,
+            r#"{"messages":[{"role":"user"},[{"b":"\udc00"}]]}"#,
+            r#"{"model":"m","messages":{"x":"\ud800"},"messages":[{"role":"user"}]}"#,
+            &deep,
+            "[1e400]",
+        ] {
+            assert!(serde_json::from_str::<Value>(body).is_err(), "{body}");
+            let e = ChatCompletionRequest::from_slice(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param, None, "{body}");
+            assert!(
+                e.message.starts_with("request body is not valid JSON"),
+                "{body}: {}",
+                e.message
+            );
+        }
+        // One level less deep, the body is JSON and its `messages[0]` is wrong.
+        let e = ChatCompletionRequest::from_slice(nested(125).as_bytes()).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0]"), "{}", e.message);
     }
 
     #[test]
