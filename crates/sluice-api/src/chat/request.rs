@@ -1,11 +1,5 @@
-//! OpenAI chat completions: request, response, stream chunk, usage.
-//!
-//! The request is parsed *leniently*: the fields sluice acts on are typed and validated with
-//! errors that name the field (`messages[2].role`), and every other field — `tools`'
-//! vendor extras, `response_format`, `logprobs`, anything a provider adds tomorrow — is kept in
-//! [`ChatCompletionRequest::extra`] and written back unchanged when the request is forwarded.
-//! Responses are typed strictly enough to produce them (the mock engine does) and to read
-//! `usage` out of them (the gateway does); unknown response fields are ignored on read.
+//! The chat-completion request: its types, the lenient parse that types the fields sluice
+//! acts on and keeps the rest, and the serialisation back to JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -224,12 +218,14 @@ impl TryFrom<Map<String, Value>> for ChatCompletionRequest {
 
     fn try_from(mut map: Map<String, Value>) -> Result<Self, RequestError> {
         let mut fields = RequestFields::default();
+        // `shift_remove`, not `remove` (a swap under `preserve_order`): the other fields stay
+        // in the order received, as `from_slice` keeps them.
         for key in RequestFields::TYPED {
-            if let (Some(value), Some(slot)) = (map.remove(key), fields.slot(key)) {
+            if let (Some(value), Some(slot)) = (map.shift_remove(key), fields.slot(key)) {
                 *slot = Some(value);
             }
         }
-        fields.messages = map.remove("messages").map(MessagesJson::from_value);
+        fields.messages = map.shift_remove("messages").map(MessagesJson::from_value);
         fields.extra = map;
         fields.into_request()
     }
@@ -399,7 +395,8 @@ impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevelJson, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        // Read as JSON values, not skipped: see `KindOf`.
+        while seq.next_element::<Value>()?.is_some() {}
         Ok(TopLevelJson::Other("an array"))
     }
 
@@ -507,19 +504,22 @@ impl MessageJson {
 }
 
 /// What a JSON value other than the expected kind was, read past and named for the error.
+///
+/// It is read as JSON values, as everywhere else in the request, not skipped with
+/// `IgnoredAny`: that accepts what a `Value` refuses (`1e400`, a lone surrogate, nesting past
+/// serde_json's depth limit), so a body the map path calls "not valid JSON" would get a field
+/// error here instead, or be accepted when a later repeat of the key was valid. Only a body
+/// that is already wrong pays for building the values.
 struct KindOf;
 
 impl KindOf {
     fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<&'static str, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
+        while map.next_entry::<String, Value>()?.is_some() {}
         Ok("an object")
     }
 
     fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<&'static str, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Value>()?.is_some() {}
         Ok("an array")
     }
 }
@@ -723,220 +723,6 @@ impl From<Tool> for Value {
     }
 }
 
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    Stop,
-    Length,
-    ToolCalls,
-    ContentFilter,
-}
-
-/// Token accounting. Unknown fields from a provider are ignored on read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_tokens_details: Option<PromptTokensDetails>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromptTokensDetails {
-    #[serde(default)]
-    pub cached_tokens: u64,
-}
-
-/// A non-streaming `chat.completion` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletion {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<Choice>,
-    #[serde(default)]
-    pub usage: Option<Usage>,
-    #[serde(default)]
-    pub system_fingerprint: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Choice {
-    pub index: u32,
-    pub message: AssistantMessage,
-    pub finish_reason: Option<FinishReason>,
-    #[serde(default)]
-    pub logprobs: Option<Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AssistantMessage {
-    pub role: String,
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default)]
-    pub refusal: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCall {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionCall,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionCall {
-    pub name: String,
-    /// JSON text, as OpenAI sends it (a string holding JSON, not a JSON object).
-    pub arguments: String,
-}
-
-/// One `chat.completion.chunk` of a stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChunkChoice>,
-    /// OpenAI sends `"usage": null` on every chunk when usage was requested and the usage
-    /// object on the last, choice-less chunk; absent otherwise.
-    #[serde(default, skip_serializing_if = "UsageField::is_absent")]
-    pub usage: UsageField,
-    #[serde(default)]
-    pub system_fingerprint: Option<String>,
-}
-
-/// The three states of a chunk's `usage` key: absent, `null`, or present.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UsageField {
-    #[default]
-    Absent,
-    Null,
-    Present(Usage),
-}
-
-impl UsageField {
-    pub fn is_absent(&self) -> bool {
-        matches!(self, UsageField::Absent)
-    }
-
-    pub fn usage(&self) -> Option<Usage> {
-        match self {
-            UsageField::Present(u) => Some(*u),
-            _ => None,
-        }
-    }
-}
-
-impl Serialize for UsageField {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            UsageField::Present(u) => u.serialize(s),
-            _ => s.serialize_none(),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for UsageField {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match Option::<Usage>::deserialize(d)? {
-            Some(u) => UsageField::Present(u),
-            None => UsageField::Null,
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChunkChoice {
-    pub index: u32,
-    pub delta: Delta,
-    pub finish_reason: Option<FinishReason>,
-    #[serde(default)]
-    pub logprobs: Option<Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Delta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallDelta>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCallDelta {
-    pub index: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub function: FunctionCallDelta,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionCallDelta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<String>,
-}
-
-impl Delta {
-    /// Whether this delta carries a token: non-empty content or a tool-call fragment.
-    /// This is the event TTFT is measured to (see the LLM metric definitions).
-    pub fn carries_token(&self) -> bool {
-        self.content.as_deref().is_some_and(|c| !c.is_empty())
-            || self.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-    }
-}
-
-/// What the gateway reads from a stream chunk it forwards: whether it carries a token, and
-/// its usage. Parsing only this much keeps per-chunk cost low; every other field is ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ChunkSummary {
-    #[serde(default)]
-    pub choices: Vec<ChunkChoiceSummary>,
-    #[serde(default)]
-    pub usage: Option<Usage>,
-    #[serde(default)]
-    pub error: Option<Value>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ChunkChoiceSummary {
-    #[serde(default)]
-    pub delta: Option<Delta>,
-}
-
-impl ChunkSummary {
-    pub fn carries_token(&self) -> bool {
-        self.choices
-            .iter()
-            .any(|c| c.delta.as_ref().is_some_and(Delta::carries_token))
-    }
-
-    /// The last chunk of a stream with `include_usage`: usage and no choices.
-    pub fn is_usage_only(&self) -> bool {
-        self.choices.is_empty() && self.usage.is_some()
-    }
-}
-
-/// Reads just `usage` from a non-streaming response body.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct UsageSummary {
-    #[serde(default)]
-    pub usage: Option<Usage>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1034,14 +820,27 @@ mod tests {
             r#"{"model":"m","messages":[{"name":"a","role":"x","content":"c","role":"user","tool_call_id":"t"}]}"#,
             r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":7}]}"#,
             r#"{"model":"m","messages":[{"role":"user","content":{"text":"x"}}]}"#,
+            r#"{"user":"u","model":"m","x":1,"messages":[{"role":"user"}],"temperature":0}"#,
         ];
         for body in bodies {
             let fast = ChatCompletionRequest::from_slice(body.as_bytes());
-            let via_map = serde_json::from_str::<Map<String, Value>>(body)
-                .unwrap()
-                .try_into();
+            let via_map: Result<ChatCompletionRequest, _> =
+                serde_json::from_str::<Map<String, Value>>(body)
+                    .unwrap()
+                    .try_into();
             assert_eq!(fast, via_map, "{body}");
+            // `==` on a map ignores its order; the bytes forwarded do not.
+            if let (Ok(fast), Ok(via_map)) = (&fast, &via_map) {
+                assert_eq!(fast.to_json_vec(), via_map.to_json_vec(), "{body}");
+            }
         }
+        // Taking the typed fields out of the map keeps the others in order (a `remove` under
+        // `preserve_order` swapped the last field into the gap: `user`, `temperature`, `x`).
+        let m: ChatCompletionRequest = serde_json::from_str(bodies[16]).unwrap();
+        assert_eq!(
+            m.extra.keys().collect::<Vec<_>>(),
+            ["user", "x", "temperature"]
+        );
         let m = ChatCompletionRequest::from_slice(bodies[13].as_bytes()).unwrap();
         assert_eq!(
             m.messages[0].role, "user",
@@ -1081,6 +880,45 @@ mod tests {
         }
     }
 
+    /// A value serde_json refuses (`1e400`, a lone surrogate, nesting past its depth limit)
+    /// makes the body "not valid JSON" wherever it sits, as it does for the map parse: also
+    /// inside a `messages` or a message of the wrong kind, which `from_slice` once skipped
+    /// unchecked and reported as a field error instead, or accepted when a later `messages`
+    /// was valid.
+    #[test]
+    fn what_serde_json_refuses_is_not_json_wherever_it_sits() {
+        // serde_json refuses a 128th nested container: here the top level, `messages`, `n`.
+        let nested = |n: usize| {
+            format!(
+                r#"{{"model":"m","messages":[{}1{}]}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let deep = nested(126);
+        for body in [
+            r#"{"model":"m","messages":{"x":1e400}}"#,
+            r#"{"model":"m","messages":[["\ud800"]]}"#,
+            r#"{"model":"m","messages":{"\ud800":1}}"#,
+            r#"{"messages":[{"role":"user"},[{"b":"\udc00"}]]}"#,
+            r#"{"model":"m","messages":{"x":"\ud800"},"messages":[{"role":"user"}]}"#,
+            &deep,
+            "[1e400]",
+        ] {
+            assert!(serde_json::from_str::<Value>(body).is_err(), "{body}");
+            let e = ChatCompletionRequest::from_slice(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param, None, "{body}");
+            assert!(
+                e.message.starts_with("request body is not valid JSON"),
+                "{body}: {}",
+                e.message
+            );
+        }
+        // One level less deep, the body is JSON and its `messages[0]` is wrong.
+        let e = ChatCompletionRequest::from_slice(nested(125).as_bytes()).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0]"), "{}", e.message);
+    }
+
     #[test]
     fn content_parts_give_their_text() {
         let req = parse(
@@ -1090,41 +928,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "a\nb");
-    }
-
-    #[test]
-    fn chunk_usage_field_has_three_states() {
-        let absent: ChatCompletionChunk = serde_json::from_value(json!({
-            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []
-        }))
-        .unwrap();
-        assert_eq!(absent.usage, UsageField::Absent);
-        assert!(!serde_json::to_string(&absent).unwrap().contains("usage"));
-        let null: ChatCompletionChunk = serde_json::from_value(json!({
-            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": null
-        }))
-        .unwrap();
-        assert_eq!(null.usage, UsageField::Null);
-        assert!(serde_json::to_string(&null)
-            .unwrap()
-            .contains("\"usage\":null"));
-    }
-
-    #[test]
-    fn chunk_summary_finds_tokens_and_usage() {
-        let s: ChunkSummary = serde_json::from_str(
-            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
-        )
-        .unwrap();
-        assert!(!s.carries_token());
-        let s: ChunkSummary =
-            serde_json::from_str(r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#).unwrap();
-        assert!(s.carries_token());
-        let s: ChunkSummary = serde_json::from_str(
-            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
-        )
-        .unwrap();
-        assert!(s.is_usage_only());
-        assert_eq!(s.usage.unwrap().completion_tokens, 2);
     }
 }
