@@ -10,6 +10,7 @@ pub mod config;
 mod downstream;
 mod egress;
 pub mod error;
+mod http1;
 pub mod metrics;
 mod ops;
 pub mod request_id;

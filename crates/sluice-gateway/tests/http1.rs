@@ -374,6 +374,16 @@ async fn malformed_requests_are_refused_with_json_and_the_connection_closed() {
             "chunk",
         ),
         (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\n{}\n0\n\n".into(),
+            400,
+            "bare LF",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n 2\r\n{}\r\n0\r\n\r\n".into(),
+            400,
+            "chunk size",
+        ),
+        (
             "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 999999999999\r\n\r\n".into(),
             413,
             "MiB",

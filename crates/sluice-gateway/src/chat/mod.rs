@@ -91,7 +91,8 @@ enum Reply {
 /// What a phase says about what comes next.
 enum Flow {
     Continue,
-    Reply(Reply),
+    /// Boxed: answering early is the rare case (a cache hit).
+    Reply(Box<Reply>),
 }
 
 /// Phase: authenticate. Runs on the head, before the body is read: a caller without a valid
@@ -165,7 +166,7 @@ async fn run_phases(
     parse(ctx, raw)?;
     resolve_model(ctx)?;
     if let Flow::Reply(reply) = cache_lookup(ctx).await? {
-        return Ok(reply);
+        return Ok(*reply);
     }
     admit(ctx).await?;
     let order = route(ctx);
@@ -219,12 +220,12 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
     ctx.decide(Phase::CacheLookup, outcome, || None);
     Ok(match hit {
-        Some(answer) => Flow::Reply(Reply::Completion {
+        Some(answer) => Flow::Reply(Box::new(Reply::Completion {
             content_type: answer.content_type,
             body: answer.body,
             // Served without an upstream: no tokens were spent.
             usage: None,
-        }),
+        })),
         None => {
             ctx.cache_write = true;
             Flow::Continue

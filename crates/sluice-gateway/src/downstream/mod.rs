@@ -53,9 +53,9 @@ use tokio::time::Instant;
 use crate::chat::{self, ChatAnswer, HeadView, RequestCtx, MAX_REQUEST_BYTES};
 use crate::config::ClientLimits;
 use crate::error::GatewayError;
+use crate::http1::{decode, Chunked, Decoded, Framing, FramingError};
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::state::{ConnectionSlot, WorkerState};
-use crate::upstream::h1::{decode, Chunk, Decoded, Framing, ResponseError};
 use request::{BodyFraming, HeadError, HeadScan, RequestHead};
 use response::{encode_chunk, encode_head, encode_ok_head, ResponseFraming, LAST_CHUNK};
 
@@ -378,7 +378,7 @@ async fn read_body(
             if head.expects_continue && buf.is_empty() {
                 send_continue(wr, limits).await?;
             }
-            let mut framing = Framing::Chunked(Chunk::Size);
+            let mut framing = Framing::Chunked(Chunked::START);
             let mut body = BytesMut::new();
             loop {
                 match decode(buf, &mut framing) {
@@ -393,13 +393,12 @@ async fn read_body(
                         buf.reserve(READ_CHUNK);
                         reader.read(buf).await?;
                     }
-                    Err(ResponseError::Invalid(why)) => {
+                    Err(FramingError(why)) => {
                         return Err(BodyError::Refused(GatewayError::invalid_request(
                             format!("the chunked request body is malformed: {why}"),
                             None,
                         )))
                     }
-                    Err(_) => return Err(BodyError::Closed),
                 }
             }
         }

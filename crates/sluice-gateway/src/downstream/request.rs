@@ -6,7 +6,7 @@ use std::ops::Range;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use bytes::Bytes;
 
-use crate::upstream::h1::connection_persistence;
+use crate::http1::{connection_persistence, content_length};
 
 /// Largest request head (request line and header fields) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -225,7 +225,7 @@ pub fn parse(
     for field in request.headers.iter() {
         let name_bytes = field.name.as_bytes();
         if name_bytes.eq_ignore_ascii_case(b"content-length") {
-            let n = content_length(field.value)?;
+            let n = parse_content_length(field.value)?;
             if length.is_some_and(|m| m != n) {
                 return Err(HeadError::bad("conflicting Content-Length values"));
             }
@@ -350,17 +350,13 @@ fn too_large() -> HeadError {
     }
 }
 
-fn content_length(value: &[u8]) -> Result<u64, HeadError> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(HeadError::bad(format!(
+fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
+    content_length(value).ok_or_else(|| {
+        HeadError::bad(format!(
             "invalid Content-Length `{}`",
             String::from_utf8_lossy(value)
-        )));
-    }
-    Ok(digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+        ))
+    })
 }
 
 #[cfg(test)]

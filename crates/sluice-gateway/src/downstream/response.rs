@@ -27,10 +27,7 @@ impl ResponseFraming {
         method_is_head: bool,
         version: Version,
     ) -> Self {
-        if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        if crate::http1::is_bodyless(status.as_u16()) {
             return ResponseFraming::None { length: None };
         }
         match (method_is_head, length) {

@@ -20,18 +20,17 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::http1::{connection_persistence, content_length, is_bodyless};
+pub use crate::http1::{Chunked, Decoded, Framing};
 
 /// Largest response head (status line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 128;
-/// Longest chunk-size or trailer line accepted.
-const MAX_LINE_BYTES: usize = 4096;
-/// Most trailer fields after a chunked body.
-const MAX_TRAILER_FIELDS: u8 = 16;
 /// Room asked of each read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -56,31 +55,6 @@ pub struct WriteError {
     pub sent_any: bool,
 }
 
-/// How a response body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// This many bytes remain.
-    Length(u64),
-    Chunked(Chunk),
-    /// The body ends when the upstream closes the connection.
-    UntilClose,
-    /// The body has ended.
-    Done,
-}
-
-/// Where the chunked decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data remain.
-    Data(u64),
-    /// Expecting the line break that ends chunk data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one; this many seen so far.
-    Trailer(u8),
-}
-
 /// A response's status line and headers, and how its body is framed.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -100,15 +74,6 @@ pub struct ResponseHead {
 
 /// The upstream header fields [`ResponseHead::headers`] keeps.
 pub const KEPT_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
-
-/// One piece of decoded body.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
-    Data(Bytes),
-    /// Nothing decodable is buffered: read more.
-    NeedMore,
-    End,
-}
 
 pub struct Connection<T> {
     io: T,
@@ -212,7 +177,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// The next piece of body under `framing` from what is buffered.
     pub fn decode(&mut self, framing: &mut Framing) -> Result<Decoded, ResponseError> {
-        decode(&mut self.buf, framing)
+        crate::http1::decode(&mut self.buf, framing).map_err(|e| ResponseError::Invalid(e.0))
     }
 
     /// Parses a complete head at the start of the buffer and consumes it.
@@ -288,16 +253,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
         }
         self.buf.advance(len);
-        let framing = if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        let framing = if is_bodyless(status.as_u16()) {
             Framing::Done
         } else if chunked {
             // Transfer-Encoding overrides Content-Length; a message with both may have been
             // smuggled past something, so the connection is not reused.
             close |= length.is_some();
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunked::START)
         } else {
             match length {
                 Some(0) => Framing::Done,
@@ -316,154 +278,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, ResponseError> {
-    let invalid = || ResponseError::Invalid(format!("invalid Content-Length {value:?}"));
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(invalid());
-    }
-    Ok(digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// The next piece of body in `buf` under `framing`; consumes what it returns.
-pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Decoded, ResponseError> {
-    loop {
-        match framing {
-            Framing::Done => return Ok(Decoded::End),
-            Framing::UntilClose => {
-                return Ok(if buf.is_empty() {
-                    Decoded::NeedMore
-                } else {
-                    Decoded::Data(buf.split().freeze())
-                });
-            }
-            Framing::Length(remaining) => {
-                let Some(data) = take_data(buf, remaining) else {
-                    return Ok(Decoded::NeedMore);
-                };
-                if *remaining == 0 {
-                    *framing = Framing::Done;
-                }
-                return Ok(Decoded::Data(data));
-            }
-            Framing::Chunked(Chunk::Data(remaining)) => {
-                let Some(data) = take_data(buf, remaining) else {
-                    return Ok(Decoded::NeedMore);
-                };
-                if *remaining == 0 {
-                    *framing = Framing::Chunked(Chunk::DataEnd);
-                }
-                return Ok(Decoded::Data(data));
-            }
-            Framing::Chunked(Chunk::Size) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                let size = parse_chunk_size(&line)?;
-                *framing = Framing::Chunked(if size == 0 {
-                    Chunk::Trailer(0)
-                } else {
-                    Chunk::Data(size)
-                });
-            }
-            Framing::Chunked(Chunk::DataEnd) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                if !line.is_empty() {
-                    return Err(ResponseError::Invalid(
-                        "chunk data longer than its size".into(),
-                    ));
-                }
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Trailer(seen)) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                // Trailer fields carry nothing the gateway uses; a peer sending many is
-                // stalling or probing.
-                if line.is_empty() {
-                    *framing = Framing::Done;
-                } else if *seen >= MAX_TRAILER_FIELDS {
-                    return Err(ResponseError::Invalid(format!(
-                        "more than {MAX_TRAILER_FIELDS} trailer fields"
-                    )));
-                } else {
-                    *seen += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Up to `remaining` buffered bytes, or `None` when nothing is buffered.
-fn take_data(buf: &mut BytesMut, remaining: &mut u64) -> Option<Bytes> {
-    if buf.is_empty() {
-        return None;
-    }
-    let n = usize::try_from(*remaining).map_or(buf.len(), |r| r.min(buf.len()));
-    *remaining -= n as u64;
-    Some(buf.split_to(n).freeze())
-}
-
-/// A whole line (without its CRLF or LF) from the front of `buf`, or `None` if it has not
-/// all arrived.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, ResponseError> {
-    let window = &buf[..buf.len().min(MAX_LINE_BYTES + 2)];
-    let Some(lf) = memchr::memchr(b'\n', window) else {
-        if buf.len() > MAX_LINE_BYTES {
-            return Err(ResponseError::Invalid(format!(
-                "a chunk line is longer than {MAX_LINE_BYTES} bytes"
-            )));
-        }
-        return Ok(None);
-    };
-    let mut line = buf.split_to(lf + 1);
-    line.truncate(lf);
-    if line.last() == Some(&b'\r') {
-        line.truncate(lf - 1);
-    }
-    Ok(Some(line))
-}
-
-/// `1a;name=value` → 26. Extensions are ignored.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, ResponseError> {
-    let invalid = || {
-        ResponseError::Invalid(format!(
-            "invalid chunk size line {:?}",
-            String::from_utf8_lossy(line)
-        ))
-    };
-    let hex = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if hex.is_empty() || hex.len() > 15 {
-        return Err(invalid());
-    }
-    hex.iter().try_fold(0u64, |n, &d| {
-        let v = char::from(d).to_digit(16).ok_or_else(invalid)?;
-        Ok(n * 16 + u64::from(v))
-    })
-}
-
-/// What a `Connection` field value says about persistence, for either side of a connection:
-/// `Some(false)` when it lists `close` (which wins over anything else listed), `Some(true)`
-/// when an HTTP/1.0 message lists `keep-alive`, `None` when it says nothing about it.
-pub(crate) fn connection_persistence(value: &[u8], http11: bool) -> Option<bool> {
-    let mut persistent = None;
-    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if token.eq_ignore_ascii_case(b"close") {
-            return Some(false);
-        }
-        if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-            persistent = Some(true);
-        }
-    }
-    persistent
+    content_length(value)
+        .ok_or_else(|| ResponseError::Invalid(format!("invalid Content-Length {value:?}")))
 }
 
 #[cfg(test)]

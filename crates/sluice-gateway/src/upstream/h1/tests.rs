@@ -3,6 +3,8 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
+use crate::http1::{decode, MAX_LINE_BYTES};
+use bytes::Bytes;
 
 /// Decodes `wire` fed in pieces of at most `piece` bytes; the body and whether it ended.
 fn decode_in_pieces(
@@ -15,7 +17,7 @@ fn decode_in_pieces(
     let mut body = Vec::new();
     let mut fed = 0;
     loop {
-        match decode(&mut buf, &mut framing)? {
+        match decode(&mut buf, &mut framing).map_err(|e| ResponseError::Invalid(e.0))? {
             Decoded::Data(d) => body.extend_from_slice(&d),
             Decoded::End => return Ok((body, true)),
             Decoded::NeedMore => {
@@ -37,18 +39,16 @@ const CHUNKED: &[u8] =
 fn chunked_bodies_decode_whatever_the_network_splits() {
     for piece in 1..=CHUNKED.len() {
         let (body, ended) =
-            decode_in_pieces(CHUNKED, Framing::Chunked(Chunk::Size), piece).unwrap();
+            decode_in_pieces(CHUNKED, Framing::Chunked(Chunked::START), piece).unwrap();
         assert_eq!(body, b"hello, world!", "pieces of {piece}");
         assert!(ended, "pieces of {piece}");
     }
 }
 
 #[test]
-fn bare_lf_line_ends_are_accepted_in_chunked_bodies() {
-    let (body, ended) =
-        decode_in_pieces(b"3\nabc\n0\n\n", Framing::Chunked(Chunk::Size), 64).unwrap();
-    assert_eq!(body, b"abc");
-    assert!(ended);
+fn bare_lf_line_ends_are_refused_in_chunked_bodies() {
+    let e = decode_in_pieces(b"3\nabc\n0\n\n", Framing::Chunked(Chunked::START), 64).unwrap_err();
+    assert!(e.to_string().contains("bare LF"), "{e}");
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn an_incomplete_body_does_not_end() {
     assert_eq!(body, b"hello");
     assert!(!ended);
     let (body, ended) =
-        decode_in_pieces(b"5\r\nhello\r\n", Framing::Chunked(Chunk::Size), 4).unwrap();
+        decode_in_pieces(b"5\r\nhello\r\n", Framing::Chunked(Chunked::START), 4).unwrap();
     assert_eq!(body, b"hello");
     assert!(!ended);
 }
@@ -96,11 +96,11 @@ fn malformed_chunked_bodies_are_errors_that_say_why() {
         (b"1000000000000000\r\n", "invalid chunk size line"),
     ];
     for (wire, expected) in cases {
-        let e = decode_in_pieces(wire, Framing::Chunked(Chunk::Size), 64).unwrap_err();
+        let e = decode_in_pieces(wire, Framing::Chunked(Chunked::START), 64).unwrap_err();
         assert!(e.to_string().contains(expected), "{wire:?}: {e}");
     }
     let long = vec![b'1'; MAX_LINE_BYTES + 10];
-    let e = decode_in_pieces(&long, Framing::Chunked(Chunk::Size), long.len()).unwrap_err();
+    let e = decode_in_pieces(&long, Framing::Chunked(Chunked::START), long.len()).unwrap_err();
     assert!(e.to_string().contains("longer than 4096 bytes"), "{e}");
 }
 
@@ -170,13 +170,13 @@ async fn heads_say_how_the_body_is_framed_and_whether_the_connection_is_kept() {
         ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            Framing::Chunked(Chunk::Size),
+            Framing::Chunked(Chunked::START),
             true,
         ),
         // Both: chunked wins and the connection is not reused.
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
-            Framing::Chunked(Chunk::Size),
+            Framing::Chunked(Chunked::START),
             false,
         ),
         (
