@@ -12,8 +12,12 @@ How sure a cell is: the table gives, next to each ratio, a 90 % interval from re
 repeats (a repeat's direct, nginx and sluice runs stay together). A ratio whose interval
 straddles the 1.5x target is not decided by the run, whichever side its median falls on.
 
+With `--stream`, every request streams: 64 SSE events per answer (`--output-tokens 64`),
+the traffic LLM clients mostly send; latency is then the whole stream's (end to end) and the
+time to first token is reported beside it. nginx relays with `proxy_buffering off`.
+
 Usage: bench/overhead.sh [--rates 1000,2000,5000,10000] [--duration 10] [--repeats 3]
-                         [--max-connections 512] [--connection-reuse spread|recent]
+                         [--max-connections 512] [--connection-reuse spread|recent] [--stream]
        python3 bench/overhead.py --summarize bench/results/overhead-STAMP.json
 """
 
@@ -135,11 +139,15 @@ class ProxyStack:
         wait_port(self.nginx_port)
 
 
-def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse):
+STREAM_EVENTS = 64
+
+
+def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse, stream=False):
+    shape = ["--output-tokens", str(STREAM_EVENTS)] if stream else ["--no-stream", "--output-tokens", "16"]
     cmd = [
         sluice, "load", "--url", url, "--model", "m", "--rate", str(rate),
-        "--duration", f"{duration}s", "--warmup", "2s", "--no-stream",
-        "--input-tokens", "32", "--output-tokens", "16", "--timeout", "10s",
+        "--duration", f"{duration}s", "--warmup", "2s", *shape,
+        "--input-tokens", "32", "--timeout", "10s",
         "--max-connections", str(max_connections), "--connection-reuse", connection_reuse,
         "--max-error-rate", "1", "--json", str(out),
     ]
@@ -149,9 +157,11 @@ def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse
     e2e = s["latency"]["e2e"] or {}
     total = max(s["requests"]["total"], 1)
     gen = s["generator"]
+    ttft = s["latency"].get("ttft") or {}
     return {
         "p50": e2e.get("p50_ms", float("nan")),
         "p99": e2e.get("p99_ms", float("nan")),
+        "ttft_p99": ttft.get("p99_ms"),
         "error_rate": s["requests"]["failed"] / total,
         "achieved": s["throughput"]["requests_per_s"],
         "generator_cpu": gen.get("cpu_percent_of_all_cores"),
@@ -206,7 +216,10 @@ def summary(saved):
             return "missed"
         return "undecided"
 
+    mode = saved.get("mode", "unary")
     lines = [
+        f"Mode: {mode}" + (f" ({STREAM_EVENTS} SSE events per answer; latency is the whole stream's)" if mode == "stream" else "") + ".",
+        "",
         "| rate (req/s) | direct p50 / p99 (ms) | nginx added p50 / p99 (ms) | sluice added p50 / p99 (ms) "
         "| sluice p99 ÷ nginx p99 (added) | 90 % interval, target 1.5x | sluice CPU (% of one core) "
         "| errors direct / nginx / sluice |",
@@ -277,6 +290,8 @@ def main():
     # printed and counted in the summary.
     ap.add_argument("--max-steal", type=float, default=1.0, help="percent of the machine")
     ap.add_argument("--steal-retries", type=int, default=3)
+    ap.add_argument("--stream", action="store_true",
+                    help=f"every request streams {STREAM_EVENTS} SSE events (default: unary answers)")
     ap.add_argument("--summarize", metavar="JSON",
                     help="print the summary of a saved run (its overhead-*.json) and measure nothing")
     args = ap.parse_args()
@@ -308,7 +323,7 @@ def main():
                         before = cpu_seconds(gateway.pid)
                         t0 = time.time()
                         r = run_load(args.sluice, targets[name], rate, args.duration, work / "r.json",
-                                     args.max_connections, args.connection_reuse)
+                                     args.max_connections, args.connection_reuse, args.stream)
                         used = cpu_seconds(gateway.pid) - before
                         stolen = r["steal_percent"] or 0
                         again = stolen > args.max_steal and attempt < args.steal_retries
@@ -328,6 +343,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     saved = {
+        "mode": "stream" if args.stream else "unary",
         "cells": {f"{rate}/{name}": cs for (rate, name), cs in cells.items()},
         "sluice_cpu": {str(rate): v for rate, v in sluice_cpu.items()},
         "peak_rss_mib": peak_mem,
@@ -341,7 +357,7 @@ def main():
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = ("stream-" if args.stream else "") + time.strftime("%Y%m%d-%H%M%S")
     (out / f"overhead-{stamp}.md").write_text(table + "\n")
     (out / f"overhead-{stamp}.json").write_text(json.dumps(saved, indent=1))
     print(f"\nwritten to {out}/overhead-{stamp}.md")

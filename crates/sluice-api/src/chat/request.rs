@@ -86,7 +86,7 @@ impl ChatCompletionRequest {
     /// [`RequestError`] whose message says what to change.
     pub fn from_slice(body: &[u8]) -> Result<Self, RequestError> {
         // One UTF-8 check of the whole body (its ASCII fast path takes a word at a time), so
-        // serde can skip checking each string it reads: a quarter of the parse otherwise.
+        // serde can skip checking each string it reads, string by string, more slowly.
         let text = std::str::from_utf8(body).map_err(|e| RequestError {
             param: None,
             message: format!("request body is not valid UTF-8: {e}"),

@@ -225,7 +225,10 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
     let ep = endpoint(&url, "");
     for i in 0..5 {
         assert_eq!(call(&ep).await, ANSWER, "request {i}");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        eventually("the server closed the idle connection", || {
+            server.closed() == i + 1
+        })
+        .await;
     }
     // Each request found the previous connection closed and opened its own.
     assert_eq!(server.accepted(), 5);
@@ -270,7 +273,7 @@ async fn idle_connections_beyond_max_idle_are_closed() {
     eventually("the 7 surplus connections close", || server.closed() == 7).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_expired_idle_connection_is_closed_instead_of_reused() {
     let (url, server) = hyper_server(Answer::Json {
         delay: Duration::ZERO,
