@@ -313,7 +313,7 @@ impl RequestFields {
         let stream_options = match self.stream_options {
             None | Some(Value::Null) => None,
             Some(Value::Object(mut o)) => {
-                let include_usage = match o.remove("include_usage") {
+                let include_usage = match o.shift_remove("include_usage") {
                     None | Some(Value::Null) => None,
                     Some(Value::Bool(b)) => Some(b),
                     Some(other) => {
@@ -625,12 +625,14 @@ fn parse_tool(index: usize, value: Value) -> Result<Tool, RequestError> {
     let Value::Object(mut map) = value else {
         return Err(wrong_type(&path(), "an object", &value));
     };
-    let kind = string_field(map.remove("type"), || format!("{}.type", path()))?;
-    let function = match map.remove("function") {
+    let kind = string_field(map.shift_remove("type"), || format!("{}.type", path()))?;
+    let function = match map.shift_remove("function") {
         None | Some(Value::Null) => None,
         Some(Value::Object(mut f)) => {
-            let name = string_field(f.remove("name"), || format!("{}.function.name", path()))?;
-            let parameters = f.remove("parameters").filter(|p| !p.is_null());
+            let name = string_field(f.shift_remove("name"), || {
+                format!("{}.function.name", path())
+            })?;
+            let parameters = f.shift_remove("parameters").filter(|p| !p.is_null());
             Some(FunctionDefinition {
                 name,
                 parameters,
@@ -928,5 +930,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.messages[0].content.as_ref().unwrap().text(), "a\nb");
+    }
+
+    /// Rewriting a request (a renamed model, usage asked for) keeps every unknown key of
+    /// tools, functions and `stream_options` where the client put it.
+    #[test]
+    fn unknown_keys_inside_tools_and_stream_options_keep_their_order() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":false,"z":1,"a":2},"tools":[{"type":"function","z":1,"a":2,"function":{"name":"f","y":1,"b":2}}]}"#;
+        let request = ChatCompletionRequest::from_slice(body).unwrap();
+        let out = String::from_utf8(request.to_json_vec()).unwrap();
+        for (first, second) in [(r#""z":1"#, r#""a":2"#), (r#""y":1"#, r#""b":2"#)] {
+            for part in [out.find("stream_options"), out.find("tools")] {
+                let from = part.unwrap();
+                let (Some(f), Some(s)) = (out[from..].find(first), out[from..].find(second)) else {
+                    continue;
+                };
+                assert!(f < s, "{out}");
+            }
+        }
     }
 }
