@@ -207,11 +207,23 @@ async fn a_cache_hit_answers_without_the_upstream_and_says_so() {
     let other = post(&gw, None, body(json!({"max_tokens": 5}))).await;
     assert_eq!(other.headers()["x-sluice-cache"], "miss");
     let stream = post(&gw, None, body(json!({"stream": true}))).await;
-    assert_eq!(stream.headers().get("x-sluice-cache"), None);
-    stream.text().await.unwrap();
+    assert_eq!(stream.headers()["x-sluice-cache"], "bypass");
+    assert!(stream.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     assert_eq!(mock.engine().stats().requests_total, 3);
 
-    assert_eventually!(audit.records().len() == 4);
+    // An error carries the phases' headers too (a miss, then the upstream fails).
+    let faults = reqwest::Client::new()
+        .patch(mock.base_url().replace("/v1", "/admin/faults"))
+        .json(&json!({"error_rate": 1.0, "error_status": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    let failed = post(&gw, None, body(json!({"max_tokens": 6}))).await;
+    assert_eq!(failed.status(), 502);
+    assert_eq!(failed.headers()["x-sluice-cache"], "miss");
+
+    assert_eventually!(audit.records().len() == 5);
     let outcomes: Vec<&'static str> = audit
         .records()
         .iter()
@@ -223,7 +235,7 @@ async fn a_cache_hit_answers_without_the_upstream_and_says_so() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(outcomes, vec!["miss", "hit", "miss", "bypass"]);
+    assert_eq!(outcomes, vec!["miss", "hit", "miss", "bypass", "miss"]);
 }
 
 #[tokio::test]

@@ -52,7 +52,8 @@ use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, Whol
 /// this a request is more likely a mistake than a prompt.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
-/// `x-sluice-cache`: `hit` or `miss`, on answers of a gateway with a cache.
+/// `x-sluice-cache`: `hit`, `miss` or `bypass` (streams), on answers of a gateway with a
+/// cache.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-sluice-cache");
 
 /// What a chat request is answered with.
@@ -206,6 +207,8 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         return Ok(Flow::Continue);
     };
     if ctx.body.fields.stream {
+        ctx.answer_headers
+            .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
         ctx.decide(Phase::CacheLookup, "bypass", || Some("stream".into()));
         return Ok(Flow::Continue);
     }
