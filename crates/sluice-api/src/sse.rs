@@ -19,6 +19,9 @@ pub struct SseParser {
     buf: Vec<u8>,
     /// Where the next line starts in `buf`.
     start: usize,
+    /// How far past `start` holds no line break (already scanned): a long line that arrives
+    /// in many pieces is scanned once, not once per piece.
+    scanned: usize,
     /// The previous chunk ended in `\r`: a `\n` opening the next chunk belongs to it.
     skip_lf: bool,
     bom_checked: bool,
@@ -75,11 +78,12 @@ impl SseParser {
             self.bom_checked = true;
         }
         loop {
-            let rest = &self.buf[self.start..];
-            let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let from = self.start.max(self.scanned);
+            let Some(pos) = memchr::memchr2(b'\n', b'\r', &self.buf[from..]) else {
+                self.scanned = self.buf.len();
                 break;
             };
-            let line_end = self.start + pos;
+            let line_end = from + pos;
             let mut next = line_end + 1;
             if self.buf[line_end] == b'\r' {
                 match self.buf.get(next) {
@@ -99,6 +103,7 @@ impl SseParser {
         // one line.
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
+            self.scanned = self.scanned.saturating_sub(self.start);
             self.start = 0;
         }
         if self.buf.len() - self.start > Self::MAX_LINE {

@@ -1166,3 +1166,26 @@ async fn a_refused_answer_closes_its_upstream_connection() {
         2.0
     );
 }
+
+/// One SSE line longer than the parser's bound ends the stream with an error event instead
+/// of growing a buffer without limit.
+#[tokio::test]
+async fn an_sse_line_over_the_limit_ends_the_stream_with_an_error() {
+    let line = sluice_api::sse::SseParser::MAX_LINE + 1024;
+    let mut body = b"data: ".to_vec();
+    body.resize(6 + line, b'a');
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    let url = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    let gw = TestGateway::start_toml(&gateway_toml("m", &[url], "")).await;
+    let resp = post(&gw, &hello(json!({"stream": true}))).await;
+    assert_eq!(resp.status(), 200);
+    let t = read_stream(resp).await;
+    assert!(!t.ended_with_done());
+    let last = t.datas().last().map(|d| d.to_string()).unwrap_or_default();
+    assert!(last.contains("size limit"), "{last}");
+}
