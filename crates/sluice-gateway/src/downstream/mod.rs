@@ -53,10 +53,11 @@ use tokio::time::Instant;
 use crate::chat::{self, ChatAnswer, HeadView, RequestCtx, MAX_REQUEST_BYTES};
 use crate::config::ClientLimits;
 use crate::error::GatewayError;
+use crate::http1::HeadScan;
 use crate::http1::{decode, Chunked, Decoded, Framing, FramingError};
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::state::{ConnectionSlot, WorkerState};
-use request::{BodyFraming, HeadError, HeadScan, RequestHead};
+use request::{BodyFraming, HeadError, RequestHead};
 use response::{encode_chunk, encode_head, encode_ok_head, ResponseFraming, LAST_CHUNK};
 
 /// Largest body accepted on routes other than chat (they take none worth the name).

@@ -6,7 +6,7 @@ use std::ops::Range;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use bytes::Bytes;
 
-use crate::http1::{connection_persistence, content_length};
+use crate::http1::{connection_persistence, content_length, HeadScan};
 
 /// Largest request head (request line and header fields) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -118,36 +118,6 @@ impl RequestHead {
             headers.append(name, value);
         }
         Ok(headers)
-    }
-}
-
-/// Where the search for the end of a head resumes: the bytes before it hold no end of head,
-/// so a head that arrives a byte at a time is scanned once in all, not once per byte.
-#[derive(Debug, Default)]
-pub struct HeadScan {
-    scanned: usize,
-    /// Bytes looked at so far, over all calls: what the linear-cost test counts.
-    examined: usize,
-}
-
-impl HeadScan {
-    /// Whether `buf` holds a whole head (up to an empty line), scanning only bytes not
-    /// scanned before. Call [`HeadScan::reset`] when the buffer's head is consumed.
-    fn complete(&mut self, buf: &[u8]) -> bool {
-        // Resume a little before the end: a line break may have been cut in two.
-        let from = self.scanned.saturating_sub(3);
-        self.scanned = buf.len();
-        let window = &buf[from.min(buf.len())..];
-        self.examined += window.len();
-        // The head's end is an empty line; httparse accepts LF as well as CRLF endings.
-        memchr::memchr_iter(b'\n', window).any(|i| {
-            let rest = &window[i + 1..];
-            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
-        })
-    }
-
-    pub fn reset(&mut self) {
-        self.scanned = 0;
     }
 }
 

@@ -15,6 +15,37 @@ pub const MAX_TRAILER_FIELDS: u8 = 16;
 /// sending many is stalling or probing).
 pub const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 
+/// Where the search for the end of a head resumes: the bytes before it hold no end of head,
+/// so a head that arrives a byte at a time is scanned once in all, not once per byte (for
+/// request heads from clients and response heads from upstreams alike).
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    scanned: usize,
+    /// Bytes looked at so far, over all calls: what the linear-cost tests count.
+    pub examined: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` holds a whole head (up to an empty line), scanning only bytes not
+    /// scanned before. Call [`HeadScan::reset`] when the buffer's head is consumed.
+    pub fn complete(&mut self, buf: &[u8]) -> bool {
+        // Resume a little before the end: a line break may have been cut in two.
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = buf.len();
+        let window = &buf[from.min(buf.len())..];
+        self.examined += window.len();
+        // The head's end is an empty line; httparse accepts LF as well as CRLF endings.
+        memchr::memchr_iter(b'\n', window).any(|i| {
+            let rest = &window[i + 1..];
+            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+        })
+    }
+
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+    }
+}
+
 /// A `Content-Length` value: 1 to 19 ASCII digits, surrounding whitespace allowed.
 pub fn content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
@@ -80,6 +111,27 @@ mod tests {
         ] {
             assert_eq!(content_length(bad), None, "{bad:?}");
         }
+    }
+
+    /// Fed a byte at a time, the scan looks at each byte a bounded number of times.
+    #[test]
+    fn a_head_scan_is_linear_in_the_bytes_fed() {
+        let head = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x-a: b\r\n".repeat(3000));
+        let mut scan = HeadScan::default();
+        let mut complete_at = None;
+        for n in 1..=head.len() {
+            if scan.complete(&head.as_bytes()[..n]) {
+                complete_at = Some(n);
+                break;
+            }
+        }
+        assert_eq!(complete_at, Some(head.len()));
+        assert!(
+            scan.examined <= 4 * head.len(),
+            "{} for {}",
+            scan.examined,
+            head.len()
+        );
     }
 
     #[test]

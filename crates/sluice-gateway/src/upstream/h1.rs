@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::http1::{connection_persistence, content_length, is_bodyless};
+use crate::http1::{connection_persistence, content_length, is_bodyless, HeadScan};
 pub use crate::http1::{Chunked, Decoded, Framing};
 
 /// Largest response head (status line and headers) accepted.
@@ -135,8 +135,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Reads up to the end of a final (non-1xx) response head.
     pub async fn read_head(&mut self) -> Result<ResponseHead, ResponseError> {
+        let mut scan = HeadScan::default();
         loop {
-            if let Some(head) = self.parse_head()? {
+            // The full parse runs once the head's end has arrived (a head dripped byte by byte
+            // costs linear time), or at once when the bytes cannot be a status line.
+            let not_http = self.buf.len() >= 5 && !self.buf.starts_with(b"HTTP/");
+            let head = if not_http || scan.complete(&self.buf) {
+                scan.reset();
+                self.parse_head()?
+            } else {
+                None
+            };
+            if let Some(head) = head {
                 match head.status.as_u16() {
                     101 => {
                         return Err(ResponseError::Invalid(

@@ -380,3 +380,34 @@ fn connection_field_close_wins_and_keep_alive_counts_only_for_http_1_0() {
         );
     }
 }
+
+/// A response head that arrives a byte at a time is put together and parsed once it is
+/// whole; bytes that cannot be a status line are refused at once, without waiting for more.
+#[tokio::test]
+async fn a_head_dripped_byte_by_byte_is_parsed_once_whole() {
+    let fields: String = (0..100)
+        .map(|i| format!("x-f{i}: {}\r\n", "v".repeat(200)))
+        .collect();
+    let head = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 2\r\n\r\n{{}}");
+    let (client, mut server) = tokio::io::duplex(1 << 20);
+    let mut c = Connection::new(client);
+    let writer = tokio::spawn(async move {
+        for b in head.as_bytes() {
+            server.write_all(&[*b]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        server
+    });
+    let parsed = c.read_head().await.unwrap();
+    assert_eq!(parsed.status, 200);
+    assert_eq!(parsed.framing, Framing::Length(2));
+    drop(writer.await.unwrap());
+
+    let (client, mut server) = tokio::io::duplex(1 << 20);
+    let mut c = Connection::new(client);
+    // No end of head ever comes, and the connection stays open.
+    server.write_all(b"<html><body>maintenance").await.unwrap();
+    let e = c.read_head().await.unwrap_err();
+    assert!(e.to_string().contains("not valid HTTP/1.1"), "{e}");
+    drop(server);
+}
