@@ -87,6 +87,9 @@ pub struct GatewayMetrics {
     connections: Family<ConnectionStateLabels, Gauge>,
     connection_waiters: Family<EndpointLabels, Gauge>,
     pool_wait: HistogramFamily<EndpointLabels>,
+    /// Client connections open now, and those closed at accept for `max_connections`.
+    pub client_connections: Gauge,
+    pub client_connections_refused: Counter,
     pools: Mutex<Vec<WatchedPool>>,
 }
 
@@ -178,6 +181,18 @@ impl GatewayMetrics {
             "Time a request waited for an upstream connection (idle, handed over, or newly opened), by endpoint",
             pool_wait.clone(),
         );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open, all workers together",
+            client_connections.clone(),
+        );
+        let client_connections_refused = Counter::default();
+        registry.register(
+            "client_connections_refused",
+            "Client connections closed as soon as they were accepted because server.max_connections were open",
+            client_connections_refused.clone(),
+        );
         GatewayMetrics {
             registry,
             requests,
@@ -191,6 +206,8 @@ impl GatewayMetrics {
             connections,
             connection_waiters,
             pool_wait,
+            client_connections,
+            client_connections_refused,
             pools: Mutex::new(Vec::new()),
         }
     }

@@ -92,7 +92,12 @@ impl GatewayShared {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             });
-        taken.ok().map(|_| ConnectionSlot(self.clone()))
+        if taken.is_err() {
+            self.metrics.client_connections_refused.inc();
+            return None;
+        }
+        self.metrics.client_connections.inc();
+        Some(ConnectionSlot(self.clone()))
     }
 }
 
@@ -102,6 +107,7 @@ pub struct ConnectionSlot(Arc<GatewayShared>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.client_connections.dec();
     }
 }
 

@@ -544,6 +544,15 @@ async fn client_connections_beyond_max_connections_are_closed() {
         third.closed_now().await,
         "a third connection is closed unanswered"
     );
+    let metrics = gw.shared.metrics.encode();
+    assert_eq!(
+        sluice_testkit::metric_value(&metrics, "sluice_client_connections_refused_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        sluice_testkit::metric_value(&metrics, "sluice_client_connections", &[]),
+        2.0
+    );
 
     drop(first);
     // The slot comes back when the gateway sees the close.
