@@ -288,7 +288,7 @@ async fn write_chat_answer(
                 encode_ok_head(out, &fields, length, keep_alive, head.version);
             }
             out.extend_from_slice(&body);
-            write_by(io.wr, out, Instant::now() + io.limits.write_timeout).await?;
+            write_by(io.wr, out, || Instant::now() + io.limits.write_timeout).await?;
             Ok(keep_alive)
         }
         ChatAnswer::Response(mut response) => {
@@ -442,19 +442,31 @@ impl BodyReader<'_, '_> {
 }
 
 async fn send_continue(wr: &mut WriteHalf<'_>, limits: &ClientLimits) -> Result<(), BodyError> {
-    write_by(
-        wr,
-        b"HTTP/1.1 100 Continue\r\n\r\n",
-        Instant::now() + limits.write_timeout,
-    )
+    write_by(wr, b"HTTP/1.1 100 Continue\r\n\r\n", || {
+        Instant::now() + limits.write_timeout
+    })
     .await
     .map_err(|()| BodyError::Closed)
 }
 
 /// Writes all of `bytes` by `deadline`; `Err` when the client failed or did not take them in
 /// time (then the connection is closed, which drops whatever answer was being written).
-async fn write_by(wr: &mut WriteHalf<'_>, bytes: &[u8], deadline: Instant) -> Result<(), ()> {
-    match tokio::time::timeout_at(deadline, wr.write_all(bytes)).await {
+async fn write_by(
+    wr: &mut WriteHalf<'_>,
+    bytes: &[u8],
+    deadline: impl FnOnce() -> Instant,
+) -> Result<(), ()> {
+    // Most writes fit in the socket's buffer at once: then no clock is read and no timer
+    // armed. Only what the client is slow to take waits, under the deadline.
+    let written = match wr.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(()),
+    };
+    if written == bytes.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout_at(deadline(), wr.write_all(&bytes[written..])).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -531,7 +543,7 @@ async fn write_refusal(
         axum::http::Version::HTTP_11,
     );
     out.extend_from_slice(&body);
-    write_by(wr, out, Instant::now() + limits.write_timeout).await
+    write_by(wr, out, || Instant::now() + limits.write_timeout).await
 }
 
 /// Writes `response` to the request `head` started. `Ok(true)` if the connection may carry
@@ -568,7 +580,7 @@ async fn write_response(
     encode_head(out, &parts, framing, keep_alive, head.version);
     match framing {
         ResponseFraming::None { .. } => {
-            write_by(wr, out, by()).await?;
+            write_by(wr, out, by).await?;
         }
         ResponseFraming::Length(_) => {
             // A body of known length is (in the gateway) already in memory: one write with
@@ -578,11 +590,11 @@ async fn write_response(
                     out.extend_from_slice(&data);
                 }
             }
-            write_by(wr, out, by()).await?;
+            write_by(wr, out, by).await?;
         }
         ResponseFraming::Chunked | ResponseFraming::UntilClose => {
             // Each piece goes out as it comes: an event stream's tokens must not wait.
-            write_by(wr, out, by()).await?;
+            write_by(wr, out, by).await?;
             loop {
                 let Some(frame) = until_client_gone(pin!(body.frame()), rd, buf).await else {
                     return Err(());
@@ -601,10 +613,10 @@ async fn write_response(
                 } else {
                     out.extend_from_slice(&data);
                 }
-                write_by(wr, out, by()).await?;
+                write_by(wr, out, by).await?;
             }
             if framing == ResponseFraming::Chunked {
-                write_by(wr, LAST_CHUNK, by()).await?;
+                write_by(wr, LAST_CHUNK, by).await?;
             }
         }
     }

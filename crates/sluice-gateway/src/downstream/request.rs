@@ -134,7 +134,7 @@ pub fn parse(
         .iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count();
-    if !scan.complete(&buf[leading..]) && !buf.is_empty() {
+    if !scan.worth_parsing(&buf[leading..]) && !buf.is_empty() {
         if buf.len() > MAX_HEAD_BYTES {
             return Err(too_large());
         }

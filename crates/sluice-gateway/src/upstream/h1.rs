@@ -137,16 +137,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     pub async fn read_head(&mut self) -> Result<ResponseHead, ResponseError> {
         let mut scan = HeadScan::default();
         loop {
-            // The full parse runs once the head's end has arrived (a head dripped byte by byte
-            // costs linear time), or at once when the bytes cannot be a status line.
+            // The full parse runs on the first read and then once the head's end has arrived
+            // (a head dripped byte by byte costs linear time), or at once when the bytes
+            // cannot be a status line.
             let not_http = self.buf.len() >= 5 && !self.buf.starts_with(b"HTTP/");
-            let head = if not_http || scan.complete(&self.buf) {
-                scan.reset();
+            let head = if not_http || scan.worth_parsing(&self.buf) {
                 self.parse_head()?
             } else {
                 None
             };
             if let Some(head) = head {
+                // A 1xx head was consumed; the next one starts afresh.
+                scan.reset();
                 match head.status.as_u16() {
                     101 => {
                         return Err(ResponseError::Invalid(

@@ -188,14 +188,12 @@ impl UpstreamEndpoint {
         let mut unsent = 0;
         let mut pool_wait = Duration::ZERO;
         loop {
-            let waiting = Instant::now();
             let lease = match tokio::time::timeout_at(deadline, self.pool.checkout()).await {
                 Err(_) => return Err(self.timeout(TimeoutPhase::PoolWait)),
                 Ok(lease) => lease.map_err(|e| self.connect_error(e))?,
             };
-            let waited = waiting.elapsed();
-            self.pool_wait.observe(waited.as_secs_f64());
-            pool_wait += waited;
+            self.pool_wait.observe(lease.waited.as_secs_f64());
+            pool_wait += lease.waited;
             let exchange = Self::exchange(lease.connection, [&self.head_prefix, &head_rest, &body]);
             let (connection, head) = match tokio::time::timeout_at(deadline, exchange).await {
                 Err(_) => return Err(self.timeout(TimeoutPhase::FirstByte)),

@@ -111,6 +111,9 @@ pub struct Lease {
     /// Whether it served a request before (a reused connection may have been closed by the
     /// upstream in the meantime; a request it returns unsent can go on another).
     pub reused: bool,
+    /// How long the request waited for it: zero when an idle one was at hand (the clock is
+    /// read only when there was something to wait for).
+    pub waited: Duration,
 }
 
 impl ConnectionPool {
@@ -148,6 +151,8 @@ impl ConnectionPool {
     /// A connection ready for a request: an idle one, a new one, or one handed over by a
     /// request that finished while this one waited for a connect slot.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+        let mut since: Option<Instant> = None;
+        let waited = |since: Option<Instant>| since.map_or(Duration::ZERO, |t| t.elapsed());
         loop {
             let step = {
                 let mut s = self.lock();
@@ -171,9 +176,11 @@ impl ConnectionPool {
                     return Ok(Lease {
                         connection,
                         reused: true,
+                        waited: waited(since),
                     });
                 }
                 Step::Connect => {
+                    let since = *since.get_or_insert_with(Instant::now);
                     let slot = ConnectSlot(self);
                     // Boxed: the connector's future (TCP, proxy tunnel, TLS) is large, and
                     // inline it would grow the state of every request, which is moved and
@@ -183,13 +190,16 @@ impl ConnectionPool {
                     return connected.map(|connection| Lease {
                         connection,
                         reused: false,
+                        waited: waited(Some(since)),
                     });
                 }
                 Step::Wait(rx) => {
+                    since.get_or_insert_with(Instant::now);
                     if let Ok(Handoff::Connection(connection)) = rx.await {
                         return Ok(Lease {
                             connection,
                             reused: true,
+                            waited: waited(since),
                         });
                     }
                 }
