@@ -56,12 +56,12 @@ impl SseParser {
         mut chunk: &[u8],
         out: &mut Vec<SseEvent>,
     ) -> Result<(), SseLineTooLong> {
-        if self.skip_lf {
+        // Only the first byte after the `\r` can be its `\n`: once a chunk with any byte has
+        // come, the pair is settled (an empty chunk settles nothing).
+        if self.skip_lf && !chunk.is_empty() {
+            self.skip_lf = false;
             if let Some(rest) = chunk.strip_prefix(b"\n") {
                 chunk = rest;
-            }
-            if !chunk.is_empty() {
-                self.skip_lf = false;
             }
         }
         self.buf.extend_from_slice(chunk);
@@ -215,6 +215,18 @@ mod tests {
         assert_eq!(evs.len(), 2);
         assert_eq!(evs[0].data, "x");
         assert_eq!(evs[1].data, "y");
+    }
+
+    /// Found by the differential test against a reference parser: the `\n` of a CRLF cut
+    /// from its `\r` left the parser still waiting for one, so the blank line after it was
+    /// swallowed and the event held back (and merged with the next one).
+    #[test]
+    fn the_line_after_a_split_crlf_is_its_own_line() {
+        let evs = parse_all(&[b"data: x\r", b"\n", b"\n", b"data: y\n\n"]);
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert_eq!((&*evs[0].data, &*evs[1].data), ("x", "y"));
+        let evs = parse_all(&[b"data: x\r", b"", b"\n", b"", b"\n"]);
+        assert_eq!(evs.len(), 1, "{evs:?}");
     }
 
     #[test]
