@@ -7,6 +7,8 @@
 
 pub mod chat;
 pub mod config;
+#[cfg(test)]
+mod differential;
 mod downstream;
 mod egress;
 pub mod error;

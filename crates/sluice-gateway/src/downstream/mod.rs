@@ -24,7 +24,8 @@
 //! which cancels the upstream call. On drain, idle connections close at once and busy ones
 //! after their answer.
 
-mod request;
+// pub(crate) for the differential tests, which drive the parser without a connection.
+pub(crate) mod request;
 mod response;
 
 use std::future::{poll_fn, Future};

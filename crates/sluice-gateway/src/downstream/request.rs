@@ -271,6 +271,14 @@ pub fn parse(
 /// an absolute-form target after its authority (RFC 9112 §3.2.2: servers accept both).
 /// `*` (OPTIONS) and authority form (CONNECT) are not for a gateway.
 fn origin_form(target: &str) -> Result<&str, HeadError> {
+    // No form of request target has a fragment (RFC 9112 §3.2). Kept, the chat path would
+    // be matched against the target with it and the router's `Uri` would drop it: two
+    // readings of one target.
+    if target.contains('#') {
+        return Err(HeadError::bad(format!(
+            "request target `{target}` has a fragment"
+        )));
+    }
     if target.starts_with('/') {
         return Ok(target);
     }
@@ -288,6 +296,14 @@ fn origin_form(target: &str) -> Result<&str, HeadError> {
     if path_start == 0 {
         return Err(HeadError::bad(format!(
             "request target `{target}` has no host"
+        )));
+    }
+    // The authority is dropped, but a target that is not a URI makes the request line
+    // invalid (RFC 9112 §3.2), and a hop in front that routes by it would read it otherwise.
+    // Rare enough (clients send origin form) to parse whole.
+    if target.parse::<Uri>().is_err() {
+        return Err(HeadError::bad(format!(
+            "request target `{target}` is not a valid URL"
         )));
     }
     Ok(&rest[path_start..])
@@ -388,7 +404,20 @@ mod tests {
         ] {
             assert_eq!(origin_form(target).unwrap(), origin, "{target}");
         }
-        for bad in ["*", "h/x", "ftp://h/x", "http:///x"] {
+        // From `http://"h/x` on, accepted until the differential test against hyper found
+        // them: an authority left unread, a fragment read one way for the chat path and
+        // another (dropped) by the router's `Uri`.
+        for bad in [
+            "*",
+            "h/x",
+            "ftp://h/x",
+            "http:///x",
+            "http://\"h/x",
+            "http://exampl%.org/x",
+            "http://h h/x",
+            "/v1/chat/completions#x",
+            "http://h/x#y",
+        ] {
             assert!(origin_form(bad).is_err(), "{bad}");
         }
     }

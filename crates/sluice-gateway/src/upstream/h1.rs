@@ -268,6 +268,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let framing = if is_bodyless(status.as_u16()) {
             Framing::Done
         } else if chunked {
+            // RFC 9112 §6.1: an HTTP/1.0 message has no transfer codings, and one that says
+            // it has is faulty framing. Read as chunked, it ends where an HTTP/1.0 hop in
+            // between (which frames it by its length or the close) does not think it ends.
+            if !http11 {
+                return Err(ResponseError::Invalid(
+                    "Transfer-Encoding in an HTTP/1.0 response".into(),
+                ));
+            }
             // Transfer-Encoding overrides Content-Length; a message with both may have been
             // smuggled past something, so the connection is not reused.
             close |= length.is_some();

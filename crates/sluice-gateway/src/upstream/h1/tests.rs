@@ -305,6 +305,25 @@ async fn bad_heads_are_errors_that_say_why() {
     );
 }
 
+/// An HTTP/1.0 answer that claims a transfer coding is faulty framing (RFC 9112 §6.1):
+/// refused, not read as chunked (and, with `keep-alive`, not put back in the pool with
+/// whatever an HTTP/1.0 hop reads as the rest of it). Found by the differential test
+/// against hyper, which refuses it too. Bodiless statuses have no framing to get wrong.
+#[tokio::test]
+async fn an_http_1_0_answer_with_transfer_encoding_is_refused() {
+    for wire in [
+        &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 22\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let e = head_of(wire).await.unwrap_err();
+        assert!(e.to_string().contains("HTTP/1.0"), "{e}");
+    }
+    let head = head_of(b"HTTP/1.0 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(head.framing, Framing::Done);
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_open_until_the_upstream_closes_or_talks() {
     let (client, server) = tokio::io::duplex(64);
