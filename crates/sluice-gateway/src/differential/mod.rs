@@ -50,7 +50,6 @@
 //! | request | `Expect` other than `100-continue` (417) | ignores it | RFC 9110 §10.1.1 lets a server answer 417: an expectation the gateway cannot meet is refused rather than silently dropped |
 //! | request | a target neither a path nor an absolute `http(s)` URL with a host | accepts `*`, authority form, other schemes | the gateway serves no `OPTIONS *`, no `CONNECT`, and is no proxy |
 //! | request | a fragment in the target | drops it | no target form has one (RFC 9112 §3.2); kept, the chat path and the router read the target two ways |
-//! | request | an absolute-form target with a query and no path (`http://h?q`), off the chat path | reads path `/` | **not deliberate: a gap.** The router's `Uri` is built from `?q`, not a path, and the answer is 400. Not a framing matter; the connection code takes security fixes only, so it is listed and reported, not fixed here |
 //! | chunked bodies | a bare LF anywhere in the framing | refuses it after a size or data, keeps it inside a trailer line | CRLF only (RFC 9112 §7.1): a bare LF read as a line end by one hop and not by another is the chunked desync |
 //! | chunked bodies | a control character (but HTAB) in a chunk extension | any byte but LF | a CR in an extension splits the size line differently for a lenient hop |
 //! | chunked bodies | a chunk size of more than 15 hex digits | any number of leading zeros | a size fits a `u64` without overflow checks; no sender needs the zeros |

@@ -7,7 +7,8 @@ use http::Method;
 
 use super::hyper_side::{upstream, UPSTREAM_REQUEST};
 use super::{Verdict, DUPLEX_BYTES};
-use crate::downstream::request::{self, BodyFraming, HeadScan};
+use crate::downstream::request::{self, BodyFraming};
+use crate::http1::HeadScan;
 use crate::http1::{decode, Chunked, Decoded, Framing};
 use crate::upstream::h1::Connection;
 

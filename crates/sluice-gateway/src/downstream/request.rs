@@ -88,10 +88,11 @@ impl RequestHead {
     }
 
     pub fn uri(&self) -> Result<Uri, HeadError> {
-        let target = if self.target.is_empty() {
-            Bytes::from_static(b"/")
-        } else {
-            self.bytes.slice(self.target.clone())
+        let target = match &self.bytes[self.target.clone()] {
+            b"" => Bytes::from_static(b"/"),
+            // An absolute-form target with a query but no path (`http://h?q`): its path is `/`.
+            query if query.starts_with(b"?") => Bytes::from([b"/", query].concat()),
+            _ => self.bytes.slice(self.target.clone()),
         };
         Uri::from_maybe_shared(target).map_err(|_| {
             HeadError::bad(format!(
