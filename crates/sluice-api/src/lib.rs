@@ -19,4 +19,4 @@ mod usage_scan;
 pub use chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, RequestError, Usage};
 pub use error::{ErrorObject, ErrorResponse};
 pub use proxy_fields::ProxyFields;
-pub use usage_scan::NotACompletion;
+pub use usage_scan::{ChunkShape, NotACompletion};

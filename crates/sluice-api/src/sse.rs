@@ -102,11 +102,12 @@ impl SseParser {
                     None => self.skip_lf = true,
                 }
             }
-            let line = String::from_utf8_lossy(&self.buf[self.start..line_end]).into_owned();
-            self.start = next;
-            if let Some(ev) = self.process_line(&line) {
+            // Borrowed when valid UTF-8 (always, from a sane peer): no copy per line.
+            let line = String::from_utf8_lossy(&self.buf[self.start..line_end]);
+            if let Some(ev) = self.pending.take_line(&line) {
                 out.push(ev);
             }
+            self.start = next;
         }
         // Compact once the consumed prefix dominates, so the buffer stays proportional to
         // one line.
@@ -128,10 +129,13 @@ impl SseParser {
     pub fn has_partial_event(&self) -> bool {
         self.pending.touched || self.buf.len() > self.start
     }
+}
 
-    fn process_line(&mut self, line: &str) -> Option<SseEvent> {
+impl PendingEvent {
+    /// Takes one line of the stream; a blank line completes the event, if it has data.
+    fn take_line(&mut self, line: &str) -> Option<SseEvent> {
         if line.is_empty() {
-            let p = std::mem::take(&mut self.pending);
+            let p = std::mem::take(self);
             if !p.has_data {
                 return None;
             }
@@ -151,17 +155,17 @@ impl SseParser {
             }
             None => (line, ""),
         };
-        self.pending.touched = true;
+        self.touched = true;
         match field {
             "data" => {
-                if self.pending.has_data {
-                    self.pending.data.push('\n');
+                if self.has_data {
+                    self.data.push('\n');
                 }
-                self.pending.data.push_str(value);
-                self.pending.has_data = true;
+                self.data.push_str(value);
+                self.has_data = true;
             }
-            "event" => self.pending.event = Some(value.to_owned()),
-            "id" if !value.contains('\0') => self.pending.id = Some(value.to_owned()),
+            "event" => self.event = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
             _ => {}
         }
         None
@@ -171,6 +175,12 @@ impl SseParser {
 /// Frames `data` as one event: a `data:` line per line of `data`, then a blank line.
 pub fn encode_event(event: Option<&str>, data: &str) -> String {
     let mut out = String::with_capacity(data.len() + 16);
+    encode_event_into(&mut out, event, data);
+    out
+}
+
+/// [`encode_event`], appended to `out` (a relay framing many events into one write).
+pub fn encode_event_into(out: &mut String, event: Option<&str>, data: &str) {
     if let Some(name) = event {
         out.push_str("event: ");
         out.push_str(name);
@@ -182,7 +192,6 @@ pub fn encode_event(event: Option<&str>, data: &str) -> String {
         out.push('\n');
     }
     out.push('\n');
-    out
 }
 
 /// The OpenAI end-of-stream sentinel, framed.

@@ -37,80 +37,160 @@ pub struct NotACompletion(String);
 impl UsageSummary {
     /// The top-level `usage` of `body`, which must be one JSON object.
     pub fn from_body(body: &[u8]) -> Result<UsageSummary, NotACompletion> {
-        let fail = |m: String| Err(NotACompletion(m));
-        let mut i = skip_whitespace(body, 0);
-        if body.get(i) != Some(&b'{') {
-            return fail("expected a JSON object".into());
-        }
-        // Bit d of `objects` says whether the container at depth d+1 is an object.
-        let mut objects: u128 = 0;
-        let mut depth: u32 = 0;
-        // At depth 1, the next string is a key (after `{` or `,`), not a value.
-        let mut key_next = false;
         let mut usage: Option<Option<Usage>> = None;
-        while i < body.len() {
-            let b = body[i];
-            if !STRUCTURAL[b as usize] {
-                i += 1;
+        walk_object(body, |key, escaped, after_key| {
+            if !is_usage_key(key, escaped) {
+                return Ok(None);
+            }
+            if usage.is_some() {
+                return Err(NotACompletion("duplicate field `usage`".into()));
+            }
+            let (value, next) = usage_value(body, after_key)?;
+            usage = Some(value);
+            Ok(Some(next))
+        })?;
+        Ok(UsageSummary {
+            usage: usage.flatten(),
+        })
+    }
+}
+
+/// What the gateway reads from a stream chunk once the stream's first token has been seen:
+/// its usage, whether it carries an error, and whether it has no choices (the usage-only
+/// chunk at the end of a stream). The same answer as serde's [`ChunkSummary`] on these
+/// fields, read by the structural walk instead of a full parse; `None` whenever the walk is
+/// not sure (an escaped or repeated key, `choices` that is not an array, anything malformed),
+/// and the caller lets serde decide.
+///
+/// [`ChunkSummary`]: crate::chat::ChunkSummary
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkShape {
+    pub usage: Option<Usage>,
+    pub has_error: bool,
+    pub no_choices: bool,
+}
+
+impl ChunkShape {
+    pub fn scan(chunk: &[u8]) -> Option<ChunkShape> {
+        let (mut usage, mut error, mut choices) = (None, None, None);
+        let walked = walk_object(chunk, |key, escaped, after_key| {
+            let unsure = || NotACompletion(String::new());
+            if escaped {
+                return Err(unsure());
+            }
+            let value = value_start(chunk, after_key).ok_or_else(unsure)?;
+            let seen = match key {
+                b"usage" => {
+                    let (u, next) = usage_value(chunk, after_key)?;
+                    if usage.replace(u).is_some() {
+                        return Err(unsure());
+                    }
+                    return Ok(Some(next));
+                }
+                b"error" => error.replace(!chunk[value..].starts_with(b"null")),
+                b"choices" => {
+                    if chunk.get(value) != Some(&b'[') {
+                        return Err(unsure());
+                    }
+                    let inner = skip_whitespace(chunk, value + 1);
+                    choices.replace(chunk.get(inner) == Some(&b']'))
+                }
+                _ => None,
+            };
+            match seen {
+                Some(_) => Err(unsure()),
+                None => Ok(None),
+            }
+        });
+        walked.ok()?;
+        Some(ChunkShape {
+            usage: usage.flatten(),
+            has_error: error.unwrap_or(false),
+            no_choices: choices.unwrap_or(true),
+        })
+    }
+}
+
+/// Where the value after a key (`: VALUE`, from `i`) starts.
+fn value_start(body: &[u8], i: usize) -> Option<usize> {
+    let colon = skip_whitespace(body, i);
+    (body.get(colon) == Some(&b':')).then(|| skip_whitespace(body, colon + 1))
+}
+
+/// Walks `body`, which must be one JSON object, checking its structure (closed strings,
+/// balanced and matching brackets, nothing after it). At each top-level key it calls
+/// `at_key(key without quotes, whether the key holds an escape, index after the key)`, which
+/// either reads the value itself and returns the index after it, or returns `None` to let
+/// the walk step over the value.
+fn walk_object(
+    body: &[u8],
+    mut at_key: impl FnMut(&[u8], bool, usize) -> Result<Option<usize>, NotACompletion>,
+) -> Result<(), NotACompletion> {
+    let fail = |m: String| Err(NotACompletion(m));
+    let mut i = skip_whitespace(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return fail("expected a JSON object".into());
+    }
+    // Bit d of `objects` says whether the container at depth d+1 is an object.
+    let mut objects: u128 = 0;
+    let mut depth: u32 = 0;
+    // At depth 1, the next string is a key (after `{` or `,`), not a value.
+    let mut key_next = false;
+    while i < body.len() {
+        let b = body[i];
+        if !STRUCTURAL[b as usize] {
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                let Some((end, escaped)) = string_end(body, i + 1) else {
+                    return fail(format!("a string starting at byte {i} is not closed"));
+                };
+                if depth == 1 && key_next {
+                    key_next = false;
+                    if let Some(next) = at_key(&body[i + 1..end], escaped, end + 1)? {
+                        i = next;
+                        continue;
+                    }
+                }
+                i = end + 1;
                 continue;
             }
-            match b {
-                b'"' => {
-                    let Some((end, escaped)) = string_end(body, i + 1) else {
-                        return fail(format!("a string starting at byte {i} is not closed"));
-                    };
-                    if depth == 1 && key_next {
-                        key_next = false;
-                        if is_usage_key(&body[i..=end], escaped) {
-                            if usage.is_some() {
-                                return fail("duplicate field `usage`".into());
-                            }
-                            let (value, next) = usage_value(body, end + 1)?;
-                            usage = Some(value);
-                            i = next;
-                            continue;
-                        }
-                    }
-                    i = end + 1;
-                    continue;
+            open @ (b'{' | b'[') => {
+                if depth == MAX_DEPTH {
+                    return fail(format!("nested more than {MAX_DEPTH} levels deep"));
                 }
-                open @ (b'{' | b'[') => {
-                    if depth == MAX_DEPTH {
-                        return fail(format!("nested more than {MAX_DEPTH} levels deep"));
-                    }
-                    if open == b'{' {
-                        objects |= 1 << depth;
-                    } else {
-                        objects &= !(1 << depth);
-                    }
-                    depth += 1;
-                    key_next = depth == 1;
+                if open == b'{' {
+                    objects |= 1 << depth;
+                } else {
+                    objects &= !(1 << depth);
                 }
-                close @ (b'}' | b']') => {
-                    let Some(d) = depth.checked_sub(1) else {
-                        return fail(format!("unexpected `{}` at byte {i}", close as char));
-                    };
-                    let is_object = objects & (1 << d) != 0;
-                    if is_object != (close == b'}') {
-                        return fail(format!("mismatched `{}` at byte {i}", close as char));
-                    }
-                    depth = d;
-                    if depth == 0 {
-                        if skip_whitespace(body, i + 1) != body.len() {
-                            return fail(format!("data after the object at byte {}", i + 1));
-                        }
-                        return Ok(UsageSummary {
-                            usage: usage.flatten(),
-                        });
-                    }
-                }
-                b',' if depth == 1 => key_next = true,
-                _ => {}
+                depth += 1;
+                key_next = depth == 1;
             }
-            i += 1;
+            close @ (b'}' | b']') => {
+                let Some(d) = depth.checked_sub(1) else {
+                    return fail(format!("unexpected `{}` at byte {i}", close as char));
+                };
+                let is_object = objects & (1 << d) != 0;
+                if is_object != (close == b'}') {
+                    return fail(format!("mismatched `{}` at byte {i}", close as char));
+                }
+                depth = d;
+                if depth == 0 {
+                    if skip_whitespace(body, i + 1) != body.len() {
+                        return fail(format!("data after the object at byte {}", i + 1));
+                    }
+                    return Ok(());
+                }
+            }
+            b',' if depth == 1 => key_next = true,
+            _ => {}
         }
-        fail("the object is not closed (truncated body?)".into())
+        i += 1;
     }
+    fail("the object is not closed (truncated body?)".into())
 }
 
 fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
@@ -169,12 +249,16 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     memchr::memchr2(b'"', b'\\', rest).map(|p| SHORT_STRING + p)
 }
 
-/// `quoted` is a key with its quotes; escapes (`"\u0075sage"`) are decoded as serde would.
-fn is_usage_key(quoted: &[u8], escaped: bool) -> bool {
+/// `key` is a key without its quotes; escapes (`"\u0075sage"`) are decoded as serde would.
+fn is_usage_key(key: &[u8], escaped: bool) -> bool {
     if escaped {
-        serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == "usage")
+        let mut quoted = Vec::with_capacity(key.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(key);
+        quoted.push(b'"');
+        serde_json::from_slice::<String>(&quoted).is_ok_and(|k| k == "usage")
     } else {
-        &quoted[1..quoted.len() - 1] == b"usage"
+        key == b"usage"
     }
 }
 
@@ -457,5 +541,97 @@ mod tests {
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert!(scan(&deep).unwrap_err().contains("nested"));
+    }
+
+    /// The chunk walk against serde's `ChunkSummary`, on chunks drawn at random from the
+    /// parts real streams are made of (and some they are not): whenever both answer, they
+    /// agree; and the walk answers for every ordinary chunk.
+    mod chunk_shape {
+        use super::super::ChunkShape;
+        use crate::chat::ChunkSummary;
+        use proptest::prelude::*;
+
+        fn member() -> impl Strategy<Value = String> {
+            let usage = prop_oneof![
+                Just(r#""usage":null"#.to_owned()),
+                (0u64..5000, 0u64..5000).prop_map(|(p, c)| format!(
+                    r#""usage":{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{}}}"#,
+                    p + c
+                )),
+                Just(
+                    r#""usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"x":[1]}"#
+                        .to_owned()
+                ),
+                Just(r#""usage":"many""#.to_owned()),
+            ];
+            let choices = prop_oneof![
+                Just(r#""choices":[]"#.to_owned()),
+                Just(r#""choices":[ ]"#.to_owned()),
+                "[a-z \\\"{}]{0,12}".prop_map(|t| format!(
+                    r#""choices":[{{"index":0,"delta":{{"content":{}}},"finish_reason":null}}]"#,
+                    serde_json::to_string(&t).unwrap_or_default()
+                )),
+                Just(
+                    r#""choices":[{"index":0,"delta":{"role":"assistant","content":""}}]"#
+                        .to_owned()
+                ),
+                Just(r#""choices":{}"#.to_owned()),
+                Just(r#""choices":null"#.to_owned()),
+            ];
+            let error = prop_oneof![
+                Just(r#""error":null"#.to_owned()),
+                Just(r#""error":{"message":"overloaded","type":"server_error"}"#.to_owned()),
+                Just(r#""error":"boom""#.to_owned()),
+            ];
+            let other = prop_oneof![
+                Just(r#""id":"chatcmpl-1""#.to_owned()),
+                Just(r#""object":"chat.completion.chunk""#.to_owned()),
+                Just(r#""created":1700000000"#.to_owned()),
+                Just(r#""model":"m""#.to_owned()),
+                Just(r#""x":{"usage":{"prompt_tokens":9},"choices":[1],"error":1}"#.to_owned()),
+                Just(r#""\u0075sage":null"#.to_owned()),
+            ];
+            prop_oneof![3 => usage, 3 => choices, 2 => error, 4 => other]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+            #[test]
+            fn agrees_with_serde(members in proptest::collection::vec(member(), 0..6), spaced in any::<bool>()) {
+                let sep = if spaced { " , " } else { "," };
+                let body = format!("{{{}}}", members.join(sep));
+                let walked = ChunkShape::scan(body.as_bytes());
+                let parsed = serde_json::from_str::<ChunkSummary>(&body);
+                if let (Some(w), Ok(p)) = (&walked, &parsed) {
+                    prop_assert_eq!(&w.usage, &p.usage, "{}", body);
+                    prop_assert_eq!(w.has_error, p.error.is_some(), "{}", body);
+                    prop_assert_eq!(w.no_choices, p.choices.is_empty(), "{}", body);
+                }
+                // An ordinary chunk (no escaped, repeated or odd keys) is always answered.
+                let plain = members.iter().all(|m| !m.contains("u0075") && !m.contains("\"many\"")
+                    && !m.contains(r#""choices":{}"#) && !m.contains(r#""choices":null"#));
+                let mut keys: Vec<&str> = members.iter().filter_map(|m| m.split(':').next()).collect();
+                keys.sort_unstable();
+                let distinct = keys.windows(2).all(|w| w[0] != w[1]);
+                if plain && distinct && parsed.is_ok() {
+                    prop_assert!(walked.is_some(), "{}", body);
+                }
+            }
+        }
+
+        #[test]
+        fn a_mock_chunk_and_the_usage_chunk_are_read() {
+            let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" tea"},"finish_reason":null}],"usage":null}"#;
+            let shape = ChunkShape::scan(chunk.as_bytes()).unwrap();
+            assert_eq!(
+                (shape.usage, shape.has_error, shape.no_choices),
+                (None, false, false)
+            );
+            let last = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+            let shape = ChunkShape::scan(last.as_bytes()).unwrap();
+            assert!(shape.no_choices);
+            assert_eq!(shape.usage.unwrap().total_tokens, 7);
+            assert_eq!(ChunkShape::scan(b"not json"), None);
+        }
     }
 }
