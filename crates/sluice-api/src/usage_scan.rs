@@ -58,20 +58,30 @@ impl UsageSummary {
 /// What the gateway reads from a stream chunk once the stream's first token has been seen:
 /// its usage, whether it carries an error, and whether it has no choices (the usage-only
 /// chunk at the end of a stream). The same answer as serde's [`ChunkSummary`] on these
-/// fields, read by the structural walk instead of a full parse; `None` whenever the walk is
-/// not sure (an escaped or repeated key, `choices` that is not an array, anything malformed),
-/// and the caller lets serde decide.
+/// fields, read by a search of the bytes or the structural walk instead of a full parse;
+/// `None` whenever the walk is not sure (an escaped or repeated key, `choices` that is not an
+/// array, anything malformed), and the caller lets serde decide. A chunk that mentions
+/// neither `usage` (other than as null) nor `error` says nothing, without a walk, malformed
+/// or not.
 ///
 /// [`ChunkSummary`]: crate::chat::ChunkSummary
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkShape {
     pub usage: Option<Usage>,
     pub has_error: bool,
-    pub no_choices: bool,
+    /// Usage and no choices: the chunk a stream ends with when usage was asked for.
+    pub usage_only: bool,
 }
 
 impl ChunkShape {
     pub fn scan(chunk: &[u8]) -> Option<ChunkShape> {
+        if says_nothing(chunk) {
+            return Some(ChunkShape {
+                usage: None,
+                has_error: false,
+                usage_only: false,
+            });
+        }
         let (mut usage, mut error, mut choices) = (None, None, None);
         let walked = walk_object(chunk, |key, escaped, after_key| {
             let unsure = || NotACompletion(String::new());
@@ -103,12 +113,30 @@ impl ChunkShape {
             }
         });
         walked.ok()?;
+        let usage = usage.flatten();
         Some(ChunkShape {
-            usage: usage.flatten(),
+            usage_only: usage.is_some() && choices.unwrap_or(true),
+            usage,
             has_error: error.unwrap_or(false),
-            no_choices: choices.unwrap_or(true),
         })
     }
+}
+
+/// Whether a chunk certainly has no `usage` (or a null one) and no `error`, found by
+/// searching its bytes instead of walking them: the case of nearly every chunk of a stream.
+/// A top-level key is one of the places its name appears in quotes, unless it is written
+/// with `\u` escapes (the only escape that spells letters); so a chunk without `\u`, without
+/// `"error"`, and whose every `"usage"` is followed by `: null`, says nothing the gateway
+/// counts. Anything else is walked.
+fn says_nothing(chunk: &[u8]) -> bool {
+    use memchr::memmem;
+    if memmem::find(chunk, b"\\u").is_some() || memmem::find(chunk, b"\"error\"").is_some() {
+        return false;
+    }
+    memmem::find_iter(chunk, b"\"usage\"").all(|at| {
+        let after = at + b"\"usage\"".len();
+        value_start(chunk, after).is_some_and(|v| chunk[v..].starts_with(b"null"))
+    })
 }
 
 /// Where the value after a key (`: VALUE`, from `i`) starts.
@@ -590,6 +618,11 @@ mod tests {
                 Just(r#""model":"m""#.to_owned()),
                 Just(r#""x":{"usage":{"prompt_tokens":9},"choices":[1],"error":1}"#.to_owned()),
                 Just(r#""\u0075sage":null"#.to_owned()),
+                Just(
+                    r#""\u0075sage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}"#
+                        .to_owned()
+                ),
+                Just(r#""\u0065rror":{"message":"x"}"#.to_owned()),
             ];
             prop_oneof![3 => usage, 3 => choices, 2 => error, 4 => other]
         }
@@ -605,10 +638,10 @@ mod tests {
                 if let (Some(w), Ok(p)) = (&walked, &parsed) {
                     prop_assert_eq!(&w.usage, &p.usage, "{}", body);
                     prop_assert_eq!(w.has_error, p.error.is_some(), "{}", body);
-                    prop_assert_eq!(w.no_choices, p.choices.is_empty(), "{}", body);
+                    prop_assert_eq!(w.usage_only, p.choices.is_empty() && p.usage.is_some(), "{}", body);
                 }
                 // An ordinary chunk (no escaped, repeated or odd keys) is always answered.
-                let plain = members.iter().all(|m| !m.contains("u0075") && !m.contains("\"many\"")
+                let plain = members.iter().all(|m| !m.contains("\\u00") && !m.contains("\"many\"")
                     && !m.contains(r#""choices":{}"#) && !m.contains(r#""choices":null"#));
                 let mut keys: Vec<&str> = members.iter().filter_map(|m| m.split(':').next()).collect();
                 keys.sort_unstable();
@@ -624,14 +657,21 @@ mod tests {
             let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" tea"},"finish_reason":null}],"usage":null}"#;
             let shape = ChunkShape::scan(chunk.as_bytes()).unwrap();
             assert_eq!(
-                (shape.usage, shape.has_error, shape.no_choices),
+                (shape.usage, shape.has_error, shape.usage_only),
                 (None, false, false)
             );
             let last = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
             let shape = ChunkShape::scan(last.as_bytes()).unwrap();
-            assert!(shape.no_choices);
+            assert!(shape.usage_only);
             assert_eq!(shape.usage.unwrap().total_tokens, 7);
-            assert_eq!(ChunkShape::scan(b"not json"), None);
+            // Mentioning neither key, it says nothing, whatever it is (it is forwarded as it
+            // came); one that mentions them must be a well-formed object to be read.
+            assert_eq!(
+                ChunkShape::scan(b"not json").map(|s| s.usage_only),
+                Some(false)
+            );
+            assert_eq!(ChunkShape::scan(br#"{"usage":{"prompt_tokens":1"#), None);
+            assert_eq!(ChunkShape::scan(br#"{"error":{}"#), None);
         }
     }
 }

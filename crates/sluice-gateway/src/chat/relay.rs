@@ -91,7 +91,7 @@ struct StreamRelay {
 struct ChunkRead {
     usage: Option<Usage>,
     has_error: bool,
-    no_choices: bool,
+    usage_only: bool,
     /// Known only before the first token (afterwards nobody asks).
     carries_token: bool,
 }
@@ -221,11 +221,10 @@ impl StreamRelay {
             self.seen_token = true;
             flight.model.first_token(flight.received.elapsed());
         }
-        let usage_only = chunk.no_choices && chunk.usage.is_some();
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
-        self.client_wants_usage || !usage_only
+        self.client_wants_usage || !chunk.usage_only
     }
 
     /// What one chunk says. Until the first token, serde reads the chunk's choices (does it
@@ -238,7 +237,7 @@ impl StreamRelay {
                 return Some(ChunkRead {
                     usage: shape.usage,
                     has_error: shape.has_error,
-                    no_choices: shape.no_choices,
+                    usage_only: shape.usage_only,
                     carries_token: false,
                 });
             }
@@ -247,7 +246,7 @@ impl StreamRelay {
         Some(ChunkRead {
             carries_token: summary.carries_token(),
             has_error: summary.error.is_some(),
-            no_choices: summary.choices.is_empty(),
+            usage_only: summary.is_usage_only(),
             usage: summary.usage,
         })
     }
