@@ -129,12 +129,17 @@ impl ChunkShape {
 /// `"error"`, and whose every `"usage"` is followed by `: null`, says nothing the gateway
 /// counts. Anything else is walked.
 fn says_nothing(chunk: &[u8]) -> bool {
-    use memchr::memmem;
-    if memmem::find(chunk, b"\\u").is_some() || memmem::find(chunk, b"\"error\"").is_some() {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: setting up a searcher costs more than searching a chunk.
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    if ESCAPE.find(chunk).is_some() || ERROR.find(chunk).is_some() {
         return false;
     }
-    memmem::find_iter(chunk, b"\"usage\"").all(|at| {
-        let after = at + b"\"usage\"".len();
+    USAGE.find_iter(chunk).all(|at| {
+        let after = at + USAGE.needle().len();
         value_start(chunk, after).is_some_and(|v| chunk[v..].starts_with(b"null"))
     })
 }
