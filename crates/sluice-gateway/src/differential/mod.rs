@@ -286,6 +286,46 @@ fn judge(
 }
 
 /// A single-threaded runtime for one test's inputs.
+/// Runs `check` on every seed (whole, and a byte at a time: each seed's expected verdict is
+/// asserted), then on generated inputs; prints the tally and asserts the run was meaningful.
+/// Returns the tally for a parser's own checks.
+fn run_against_hyper(
+    parser: &str,
+    seeds: &'static [Seed],
+    built: proptest::strategy::BoxedStrategy<Vec<u8>>,
+    cases: u32,
+    rules: (&[Rule], &[Rule]),
+    check: impl Fn(&Input, &RefCell<Tally>) -> Result<Verdict, TestCaseError>,
+) -> Tally {
+    let tally = RefCell::new(Tally::default());
+    for (i, seed) in seeds.iter().enumerate() {
+        for piece in [usize::MAX, 1] {
+            let input = Input {
+                origin: Origin::Seed(i),
+                bytes: seed.bytes.to_vec(),
+                piece,
+            };
+            let sluice = check(&input, &tally).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                matches!(sluice, Verdict::Accept { .. }),
+                seed.sluice_accepts,
+                "seed `{}`: {sluice:?}",
+                seed.name
+            );
+        }
+    }
+    let result = gen::runner(cases).run(&gen::inputs(seeds, built), |input| {
+        check(&input, &tally).map(drop)
+    });
+    let tally = tally.into_inner();
+    tally.print(parser, seeds);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    tally.assert_meaningful(seeds, rules.0, rules.1);
+    tally
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

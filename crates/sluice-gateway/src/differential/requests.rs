@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use proptest::prop_assert_eq;
 use proptest::test_runner::TestCaseError;
 
-use super::gen::{self, Input, Origin};
+use super::gen::{self, Input};
+use super::run_against_hyper;
 use super::{
     block_on, chunk_rules, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed,
     Tally, Verdict,
@@ -488,32 +489,14 @@ fn check(
 #[test]
 fn requests_read_as_hyper_reads_them_or_stricter_by_a_listed_rule() {
     let rt = runtime();
-    let tally = RefCell::new(Tally::default());
-    for (i, seed) in CORPUS.iter().enumerate() {
-        for piece in [usize::MAX, 1] {
-            let input = Input {
-                origin: Origin::Seed(i),
-                bytes: seed.bytes.to_vec(),
-                piece,
-            };
-            let sluice = check(&rt, &input, &tally).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(
-                matches!(sluice, Verdict::Accept { .. }),
-                seed.sluice_accepts,
-                "seed `{}`: {sluice:?}",
-                seed.name
-            );
-        }
-    }
-    let result = gen::runner(CASES).run(&gen::inputs(CORPUS, gen::request()), |input| {
-        check(&rt, &input, &tally).map(drop)
-    });
-    let tally = tally.into_inner();
-    tally.print("requests", CORPUS);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-    tally.assert_meaningful(CORPUS, STRICTER, HYPER_STRICTER);
+    let tally = run_against_hyper(
+        "requests",
+        CORPUS,
+        gen::request(),
+        CASES,
+        (STRICTER, HYPER_STRICTER),
+        |input, tally| check(&rt, input, tally),
+    );
     assert!(
         tally.second_requests > 0,
         "no input had a second request both sides read"

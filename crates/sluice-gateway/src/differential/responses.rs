@@ -5,7 +5,8 @@ use std::cell::RefCell;
 
 use proptest::test_runner::TestCaseError;
 
-use super::gen::{self, Input, Origin};
+use super::gen::{self, Input};
+use super::run_against_hyper;
 use super::{
     block_on, chunk_rules, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed,
     Tally, Verdict,
@@ -343,30 +344,12 @@ fn check(
 #[test]
 fn responses_read_as_hyper_reads_them_or_stricter_by_a_listed_rule() {
     let rt = runtime();
-    let tally = RefCell::new(Tally::default());
-    for (i, seed) in CORPUS.iter().enumerate() {
-        for piece in [usize::MAX, 1] {
-            let input = Input {
-                origin: Origin::Seed(i),
-                bytes: seed.bytes.to_vec(),
-                piece,
-            };
-            let sluice = check(&rt, &input, &tally).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(
-                matches!(sluice, Verdict::Accept { .. }),
-                seed.sluice_accepts,
-                "seed `{}`: {sluice:?}",
-                seed.name
-            );
-        }
-    }
-    let result = gen::runner(CASES).run(&gen::inputs(CORPUS, gen::response()), |input| {
-        check(&rt, &input, &tally).map(drop)
-    });
-    let tally = tally.into_inner();
-    tally.print("responses", CORPUS);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-    tally.assert_meaningful(CORPUS, STRICTER, HYPER_STRICTER);
+    run_against_hyper(
+        "responses",
+        CORPUS,
+        gen::response(),
+        CASES,
+        (STRICTER, HYPER_STRICTER),
+        |input, tally| check(&rt, input, tally),
+    );
 }
