@@ -926,36 +926,45 @@ async fn worker_pool_refuses_a_port_in_use() {
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
 
+/// Reads until `seen` holds one whole request (its head, then a body as long as its
+/// `content-length` says); its length, or `None` when the connection ends first.
+async fn read_request(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    seen: &mut Vec<u8>,
+) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(seen);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return Some(end + 4 + length);
+            }
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// An upstream that answers every request with the raw bytes `answer`, then closes.
 async fn raw_upstream(answer: &'static [u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // The whole request: its head, then a body as long as it says.
-                loop {
-                    let n = conn.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&seen);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length: usize = text[..end]
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if seen.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
+                if read_request(&mut conn, &mut seen).await.is_some() {
+                    let _ = conn.write_all(answer).await;
                 }
-                let _ = conn.write_all(answer).await;
             });
         }
     });
@@ -1060,7 +1069,7 @@ async fn a_timeout_while_waiting_for_a_connection_moves_to_the_next_endpoint() {
 /// URL and how many unsolicited responses it has sent.
 async fn upstream_with_unsolicited_answers() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     const VALID: &str = r#"{"id":"valid","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
     const UNSOLICITED: &str = r#"{"id":"unsolicited","object":"chat.completion","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}"#;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1074,26 +1083,10 @@ async fn upstream_with_unsolicited_answers() -> (String, Arc<std::sync::atomic::
                 let (mut rd, wr) = conn.into_split();
                 let wr = Arc::new(tokio::sync::Mutex::new(wr));
                 let mut seen = Vec::new();
-                let mut chunk = [0u8; 4096];
                 let mut first = true;
                 loop {
-                    // One whole request (head and Content-Length body).
-                    let request_len = loop {
-                        let text = String::from_utf8_lossy(&seen).into_owned();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let length: usize = text[..end]
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length: "))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if seen.len() >= end + 4 + length {
-                                break end + 4 + length;
-                            }
-                        }
-                        match rd.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(request_len) = read_request(&mut rd, &mut seen).await else {
+                        return;
                     };
                     seen.drain(..request_len);
                     let answer = |body: &str| {
