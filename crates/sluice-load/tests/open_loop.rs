@@ -269,9 +269,14 @@ async fn spread_reuse_shares_requests_over_every_connection_and_recent_reuse_doe
     assert!(spread.len() >= 32, "{spread:?}");
     assert!(spread[0] <= 2 * 256 / 32, "{spread:?}");
 
+    // Recent reuse keeps going back to the connection that came back last: on an idle
+    // machine one carries nearly everything; on a busy one a request can find it still
+    // busy and take a second. Either way a few connections carry the run, each far more
+    // than spread gives any one.
     let recent = requests_per_connection(ConnectionReuse::Recent).await;
     eprintln!("recent: {} connections, {recent:?}", recent.len());
-    assert!(recent[0] >= 256 * 9 / 10, "{recent:?}");
+    assert!(recent.len() <= spread.len() / 4, "{recent:?}");
+    assert!(recent[0] >= 256 / 4, "{recent:?}");
 }
 
 /// A target with `served` connections that answer each request after `service`, and no
