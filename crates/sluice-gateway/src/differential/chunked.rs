@@ -8,9 +8,9 @@ use std::cell::RefCell;
 use proptest::test_runner::TestCaseError;
 
 use super::gen::{self, Input, Origin};
+use super::with_chunk_rules;
 use super::{
-    block_on, chunk_rules, hyper_side, judge, padded, runtime, sluice_side, Rule, Seed, Tally,
-    Verdict,
+    block_on, hyper_side, judge, padded, runtime, sluice_side, Rule, Seed, Tally, Verdict,
 };
 
 const CASES: u32 = 2500;
@@ -193,32 +193,7 @@ const CORPUS: &[Seed] = &[
 ];
 
 /// Where sluice refuses a chunked body hyper accepts (the module's table says why).
-const STRICTER: &[Rule] = &[
-    Rule {
-        name: "bare LF in chunked framing",
-        says: "bare LF",
-        holds: chunk_rules::bare_lf,
-    },
-    Rule {
-        name: "control character in a chunk extension",
-        says: "control character",
-        holds: chunk_rules::control_in_extension,
-    },
-    Rule {
-        name: "chunk size of more than 15 hex digits",
-        says: "invalid chunk size line",
-        holds: chunk_rules::over_15_size_digits,
-    },
-    Rule {
-        name: "chunk-size or trailer line longer than 4096 bytes",
-        says: "longer than 4096 bytes",
-        holds: chunk_rules::line_over_4096,
-    },
-    Rule {
-        name: "more than 16 trailer fields",
-        says: "more than 16 trailer fields",
-        holds: chunk_rules::over_16_trailers,
-    },
+const STRICTER: &[Rule] = with_chunk_rules![Some;
 ];
 
 /// Where hyper refuses a chunked body sluice accepts.

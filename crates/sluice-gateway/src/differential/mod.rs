@@ -477,6 +477,43 @@ fn chunk_lines(body: &[u8]) -> Option<ChunkLines<'_>> {
     }
 }
 
+/// The rules where sluice's chunked decoder is stricter than hyper's, for any parser:
+/// `$body` picks the chunked body out of an input (the identity for a bare body). Listed
+/// after the parser's own rules, in one array.
+macro_rules! with_chunk_rules {
+    ($body:expr; $($rule:expr),* $(,)?) => {
+        &[
+            $($rule,)*
+            Rule {
+                name: "bare LF in chunked framing",
+                says: "bare LF",
+                holds: |input| $body(input).is_some_and(crate::differential::chunk_rules::bare_lf),
+            },
+            Rule {
+                name: "control character in a chunk extension",
+                says: "control character",
+                holds: |input| $body(input).is_some_and(crate::differential::chunk_rules::control_in_extension),
+            },
+            Rule {
+                name: "chunk size of more than 15 hex digits",
+                says: "invalid chunk size line",
+                holds: |input| $body(input).is_some_and(crate::differential::chunk_rules::over_15_size_digits),
+            },
+            Rule {
+                name: "chunk-size or trailer line longer than 4096 bytes",
+                says: "longer than 4096 bytes",
+                holds: |input| $body(input).is_some_and(crate::differential::chunk_rules::line_over_4096),
+            },
+            Rule {
+                name: "more than 16 trailer fields",
+                says: "more than 16 trailer fields",
+                holds: |input| $body(input).is_some_and(crate::differential::chunk_rules::over_16_trailers),
+            },
+        ]
+    };
+}
+use with_chunk_rules;
+
 /// The chunked-framing rules sluice holds a body to that hyper does not, given the body.
 mod chunk_rules {
     use super::chunk_lines;

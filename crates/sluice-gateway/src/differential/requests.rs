@@ -8,9 +8,9 @@ use proptest::test_runner::TestCaseError;
 
 use super::gen::{self, Input};
 use super::run_against_hyper;
+use super::with_chunk_rules;
 use super::{
-    block_on, chunk_rules, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed,
-    Tally, Verdict,
+    block_on, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed, Tally, Verdict,
 };
 
 const CASES: u32 = 3000;
@@ -354,32 +354,8 @@ fn fragment_in_target(input: &[u8]) -> bool {
     Head::request(input).is_some_and(|h| h.target.contains('#'))
 }
 
-fn chunk_rule(rule: fn(&[u8]) -> bool) -> impl Fn(&[u8]) -> bool {
-    move |input| chunked_body(input).is_some_and(rule)
-}
-
-fn bare_lf_in_chunked_framing(input: &[u8]) -> bool {
-    chunk_rule(chunk_rules::bare_lf)(input)
-}
-
-fn control_in_chunk_extension(input: &[u8]) -> bool {
-    chunk_rule(chunk_rules::control_in_extension)(input)
-}
-
-fn chunk_size_over_15_digits(input: &[u8]) -> bool {
-    chunk_rule(chunk_rules::over_15_size_digits)(input)
-}
-
-fn chunk_line_over_4096(input: &[u8]) -> bool {
-    chunk_rule(chunk_rules::line_over_4096)(input)
-}
-
-fn over_16_trailers(input: &[u8]) -> bool {
-    chunk_rule(chunk_rules::over_16_trailers)(input)
-}
-
 /// Where sluice refuses a request hyper's server accepts (the module's table says why).
-const STRICTER: &[Rule] = &[
+const STRICTER: &[Rule] = with_chunk_rules![chunked_body;
     Rule {
         name: "HTTP/1.1 request without exactly one Host, or any request with two",
         says: "Host header field",
@@ -414,31 +390,6 @@ const STRICTER: &[Rule] = &[
         name: "fragment in the target",
         says: "has a fragment",
         holds: fragment_in_target,
-    },
-    Rule {
-        name: "bare LF in chunked framing",
-        says: "bare LF",
-        holds: bare_lf_in_chunked_framing,
-    },
-    Rule {
-        name: "control character in a chunk extension",
-        says: "control character",
-        holds: control_in_chunk_extension,
-    },
-    Rule {
-        name: "chunk size of more than 15 hex digits",
-        says: "invalid chunk size line",
-        holds: chunk_size_over_15_digits,
-    },
-    Rule {
-        name: "chunk-size or trailer line longer than 4096 bytes",
-        says: "longer than 4096 bytes",
-        holds: chunk_line_over_4096,
-    },
-    Rule {
-        name: "more than 16 trailer fields",
-        says: "more than 16 trailer fields",
-        holds: over_16_trailers,
     },
 ];
 

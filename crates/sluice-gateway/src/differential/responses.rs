@@ -7,9 +7,9 @@ use proptest::test_runner::TestCaseError;
 
 use super::gen::{self, Input};
 use super::run_against_hyper;
+use super::with_chunk_rules;
 use super::{
-    block_on, chunk_rules, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed,
-    Tally, Verdict,
+    block_on, hyper_side, judge, padded, runtime, sluice_side, Head, Rule, Seed, Tally, Verdict,
 };
 
 const CASES: u32 = 2500;
@@ -262,28 +262,8 @@ fn chunked_body(input: &[u8]) -> Option<&[u8]> {
     chunked.then_some(body)
 }
 
-fn bare_lf_in_chunked_framing(input: &[u8]) -> bool {
-    chunked_body(input).is_some_and(chunk_rules::bare_lf)
-}
-
-fn control_in_chunk_extension(input: &[u8]) -> bool {
-    chunked_body(input).is_some_and(chunk_rules::control_in_extension)
-}
-
-fn chunk_size_over_15_digits(input: &[u8]) -> bool {
-    chunked_body(input).is_some_and(chunk_rules::over_15_size_digits)
-}
-
-fn chunk_line_over_4096(input: &[u8]) -> bool {
-    chunked_body(input).is_some_and(chunk_rules::line_over_4096)
-}
-
-fn over_16_trailers(input: &[u8]) -> bool {
-    chunked_body(input).is_some_and(chunk_rules::over_16_trailers)
-}
-
 /// Where sluice refuses an answer hyper's client accepts (the module's table says why).
-const STRICTER: &[Rule] = &[
+const STRICTER: &[Rule] = with_chunk_rules![chunked_body;
     Rule {
         name: "transfer coding other than exactly one `chunked`",
         says: "unsupported Transfer-Encoding",
@@ -298,31 +278,6 @@ const STRICTER: &[Rule] = &[
         name: "101 Switching Protocols to a request that asked for no upgrade",
         says: "101 Switching Protocols",
         holds: switching_protocols,
-    },
-    Rule {
-        name: "bare LF in chunked framing",
-        says: "bare LF",
-        holds: bare_lf_in_chunked_framing,
-    },
-    Rule {
-        name: "control character in a chunk extension",
-        says: "control character",
-        holds: control_in_chunk_extension,
-    },
-    Rule {
-        name: "chunk size of more than 15 hex digits",
-        says: "invalid chunk size line",
-        holds: chunk_size_over_15_digits,
-    },
-    Rule {
-        name: "chunk-size or trailer line longer than 4096 bytes",
-        says: "longer than 4096 bytes",
-        holds: chunk_line_over_4096,
-    },
-    Rule {
-        name: "more than 16 trailer fields",
-        says: "more than 16 trailer fields",
-        holds: over_16_trailers,
     },
 ];
 
