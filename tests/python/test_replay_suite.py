@@ -259,6 +259,31 @@ def test_unrecorded_request_is_a_502_replay_miss(mock_url):
     assert [d["path"] for d in error["nearest"]["differences"]] == ["body.messages[1].content"]
 
 
+def test_the_sdks_send_a_miss_once_despite_their_default_retries():
+    """Both SDKs retry a 502 twice unless told not to; every answer the proxy makes up says
+    `x-should-retry: false`, so one unrecorded call is one miss, at once."""
+    import urllib.request
+
+    proxy = replay_proxy(MOCK_DIR)
+    try:
+        # Default max_retries (2): a retried miss would count three times.
+        with pytest.raises(openai.APIStatusError) as err:
+            openai.OpenAI(base_url=proxy.url + "/v1", api_key="no-key-in-replay").chat.completions.create(
+                model="mock", messages=[{"role": "user", "content": "not recorded"}], max_tokens=4
+            )
+        assert err.value.status_code == 502
+        assert err.value.response.headers["x-should-retry"] == "false"
+        with pytest.raises(anthropic.APIStatusError) as err:
+            anthropic.Anthropic(base_url=proxy.url, api_key="no-key-in-replay").messages.create(
+                model="claude", max_tokens=4, messages=[{"role": "user", "content": "not recorded"}]
+            )
+        assert err.value.status_code == 502
+        metrics = urllib.request.urlopen(proxy.url + "/_sluice/metrics").read().decode()
+        assert 'sluice_proxy_requests_total{outcome="miss"} 2' in metrics, metrics
+    finally:
+        proxy.stop()
+
+
 # ---- hand-written OpenAI shapes, through the openai SDK ----
 
 

@@ -1,5 +1,5 @@
-//! The proxy's own endpoints under the reserved prefix `/_sluice/`: metrics and the entry
-//! listing. Nothing under the prefix is forwarded or recorded, whichever way the request
+//! The proxy's own endpoints under the reserved prefix `/_sluice/`: metrics, the entry
+//! listing, and the reset of the repeat counts. Nothing under the prefix is forwarded or recorded, whichever way the request
 //! arrived (origin-form, absolute-form, or inside a CONNECT tunnel): the handler answers
 //! it here before any routing.
 
@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
+use crate::error::made_up;
 use crate::handler::ProxyState;
 use crate::headers::RESERVED_PREFIX;
 use crate::report::entry_summaries;
@@ -21,13 +22,17 @@ pub fn is_reserved(path: &str) -> bool {
 /// The answer to a request for a reserved path.
 pub async fn answer(state: &ProxyState, method: &Method, path: &str) -> Response {
     match path {
-        "/_sluice/metrics" => match only_get(method, path) {
+        "/_sluice/metrics" => match refuse_method(method, path, Allowed::Get) {
             Some(refused) => refused,
             None => metrics(state),
         },
-        "/_sluice/entries" => match only_get(method, path) {
+        "/_sluice/entries" => match refuse_method(method, path, Allowed::Get) {
             Some(refused) => refused,
             None => entries(state).await,
+        },
+        "/_sluice/reset" => match refuse_method(method, path, Allowed::Post) {
+            Some(refused) => refused,
+            None => reset(state),
         },
         _ => not_found(path),
     }
@@ -64,35 +69,55 @@ async fn entries(state: &ProxyState) -> Response {
     }
 }
 
+/// Restarts the repeat counts, so a long-lived proxy serves the suite's next run as it
+/// served the first. The run's usage (last-run.json) goes on: it covers the process.
+fn reset(state: &ProxyState) -> Response {
+    let keys = state.store.reset_repeats();
+    tracing::info!("repeat counts restarted by POST /_sluice/reset ({keys} keys)");
+    axum::Json(json!({"reset": "repeat_counts", "keys": keys})).into_response()
+}
+
 fn not_found(path: &str) -> Response {
     admin_error(
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "{path} is not a sluice proxy endpoint; paths under /_sluice/ are reserved for the proxy itself (GET /_sluice/metrics, GET /_sluice/entries) and never forwarded"
+            "{path} is not a sluice proxy endpoint; paths under /_sluice/ are reserved for the proxy itself (GET /_sluice/metrics, GET /_sluice/entries, POST /_sluice/reset) and never forwarded"
         ),
     )
 }
 
-fn only_get(method: &Method, path: &str) -> Option<Response> {
-    (method != Method::GET && method != Method::HEAD).then(|| {
+/// Reading endpoints take GET (and HEAD); the reset takes POST.
+#[derive(Clone, Copy)]
+enum Allowed {
+    Get,
+    Post,
+}
+
+/// The 405 answer when `method` is not what the endpoint takes.
+fn refuse_method(method: &Method, path: &str, allowed: Allowed) -> Option<Response> {
+    let (ok, use_, allow) = match allowed {
+        Allowed::Get => (
+            method == Method::GET || method == Method::HEAD,
+            "GET",
+            "GET, HEAD",
+        ),
+        Allowed::Post => (method == Method::POST, "POST", "POST"),
+    };
+    (!ok).then(|| {
         let mut resp = admin_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{method} {path} is not allowed; use GET"),
+            format!("{method} {path} is not allowed; use {use_}"),
         );
         resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
         resp
     })
 }
 
 fn admin_error(status: StatusCode, kind: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": {"type": kind, "message": message}})),
-    )
-        .into_response()
+    made_up(status, json!({"error": {"type": kind, "message": message}}))
 }
 
 #[cfg(test)]

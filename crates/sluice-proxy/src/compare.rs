@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::entry::{RecordedEvent, RecordedResponse, StoredBody};
+use crate::fields::{diff, flatten_json};
 use crate::key::remove_ignored;
-use crate::store::{diff, flatten_json};
 
 /// One field whose value differs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,6 +256,47 @@ mod tests {
         assert!(!paths
             .iter()
             .any(|p| p.ends_with(".id") || p.contains("created")));
+    }
+
+    #[test]
+    fn prompt_cache_counts_do_not_count_in_bodies_or_stream_events() {
+        let usage = |cached: u64| json!({"prompt_tokens": 20, "prompt_tokens_details": {"cached_tokens": cached}});
+        let a = unary(200, json!({"choices": [], "usage": usage(0)}));
+        let b = unary(200, json!({"choices": [], "usage": usage(16)}));
+        assert!(compare_responses(&a, &b, &defaults()).is_empty());
+        let a = stream(&[
+            &json!({"choices": [], "usage": usage(0)}).to_string(),
+            "[DONE]",
+        ]);
+        let b = stream(&[
+            &json!({"choices": [], "usage": usage(16)}).to_string(),
+            "[DONE]",
+        ]);
+        assert!(compare_responses(&a, &b, &defaults()).is_empty());
+        // The other counts still do.
+        let c = unary(
+            200,
+            json!({"choices": [], "usage": {"prompt_tokens": 21, "prompt_tokens_details": {"cached_tokens": 0}}}),
+        );
+        let d = compare_responses(
+            &unary(200, json!({"choices": [], "usage": usage(0)})),
+            &c,
+            &defaults(),
+        );
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].path, "body.usage.prompt_tokens");
+    }
+
+    #[test]
+    fn drift_paths_come_in_event_order() {
+        let datas: Vec<String> = (0..12).map(|i| json!({"n": i}).to_string()).collect();
+        let other: Vec<String> = (0..12).map(|i| json!({"n": i + 100}).to_string()).collect();
+        let datas: Vec<&str> = datas.iter().map(String::as_str).collect();
+        let other: Vec<&str> = other.iter().map(String::as_str).collect();
+        let d = compare_responses(&stream(&datas), &stream(&other), &defaults());
+        let paths: Vec<&str> = d.iter().map(|f| f.path.as_str()).collect();
+        let expected: Vec<String> = (0..12).map(|i| format!("events[{i}].n")).collect();
+        assert_eq!(paths, expected);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::route::Route;
 
@@ -19,7 +20,9 @@ pub enum Mode {
     ReplayOrRecord,
     /// Always call upstream and overwrite the recording.
     Record,
-    /// Serve recordings made before this proxy started; re-record newer or missing ones.
+    /// Serve recordings made before this proxy started from disk, without calling
+    /// upstream; call upstream and record for everything else. It never compares an old
+    /// recording with the provider, so it cannot see drift: that is [`Mode::Diff`].
     ReadOldWriteNew,
     /// Never read or write recordings.
     Passthrough,
@@ -99,9 +102,10 @@ impl Default for KeyOptions {
     }
 }
 
-/// Response fields a drift comparison ignores by default: per-call ids and timestamps. A
-/// bare name matches that field at any depth (`id` also covers `tool_calls[0].id`).
-pub const DEFAULT_DIFF_IGNORE: [&str; 8] = [
+/// Response fields a drift comparison ignores by default: per-call ids and timestamps, and
+/// the prompt-cache counts. A bare name matches that field at any depth (`id` also covers
+/// `tool_calls[0].id`); a dotted path starts at the body's (or each event's) root.
+pub const DEFAULT_DIFF_IGNORE: [&str; 10] = [
     "id",
     "created",
     "created_at",
@@ -110,6 +114,9 @@ pub const DEFAULT_DIFF_IGNORE: [&str; 8] = [
     "x_request_id",
     "x-request-id",
     "timestamp",
+    // Depends on whether the provider's prompt cache happened to hold the prefix.
+    "usage.prompt_tokens_details.cached_tokens",
+    "usage.input_tokens_details.cached_tokens",
 ];
 
 /// How fast recorded event streams are played back.
@@ -154,6 +161,11 @@ pub struct ProxyConfig {
     /// errors to the client under test). 2xx answers always are; every other status is
     /// relayed but not stored.
     pub record_statuses: Vec<u16>,
+    /// A request arriving after at least this long without any restarts the repeat
+    /// counters, as if the proxy were new: a long-lived proxy serving the suite again
+    /// answers its identical requests from index 0 again. `None`: only a restart or
+    /// `POST /_sluice/reset` restarts them.
+    pub reset_repeats_when_idle: Option<Duration>,
 }
 
 impl ProxyConfig {
@@ -183,6 +195,7 @@ impl ProxyConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             record_statuses: Vec::new(),
+            reset_repeats_when_idle: None,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct ProxyFile {
     /// Non-2xx statuses recorded as well.
     #[serde(default)]
     pub record_statuses: Vec<u16>,
+    /// A duration (`5s`): see [`crate::ProxyConfig::reset_repeats_when_idle`].
+    pub reset_repeats_when_idle: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
 }

@@ -54,6 +54,7 @@ pub async fn serve_diff(
             method: plan.request.method.clone(),
             origin: plan.request.origin.clone(),
             path: plan.request.path.clone(),
+            label: plan.request.label(),
             source: DriftSource::Live,
         },
         differences,

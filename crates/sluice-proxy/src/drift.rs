@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::compare::FieldDrift;
+use crate::fields::truncate_strings;
 use crate::redact::SecretScanner;
 
 /// How many differing fields one item lists; the first ones (status, counts, text) are the
@@ -52,6 +53,15 @@ pub enum DriftSource {
     Overwrite,
 }
 
+impl DriftSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftSource::Live => "live",
+            DriftSource::Overwrite => "overwrite",
+        }
+    }
+}
+
 /// One compared request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftItem {
@@ -63,6 +73,9 @@ pub struct DriftItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     pub path: String,
+    /// The request's model and the start of its last message (secrets redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub verdict: DriftVerdict,
     pub source: DriftSource,
     /// How many fields differ in all; `differences` lists the first
@@ -79,6 +92,7 @@ pub struct ComparedRequest {
     pub method: String,
     pub origin: Option<String>,
     pub path: String,
+    pub label: Option<String>,
     pub source: DriftSource,
 }
 
@@ -113,6 +127,7 @@ impl DriftItem {
             method: compared.method,
             origin: compared.origin,
             path: scrub_str(compared.path, scanner),
+            label: compared.label.map(|l| scrub_str(l, scanner)),
             verdict,
             source: compared.source,
             differences_total,
@@ -127,30 +142,21 @@ fn scrub(value: Value, scanner: &SecretScanner) -> Value {
     if let Some(found) = scanner.scan(&value) {
         return Value::String(format!("<redacted: {}>", found.what));
     }
-    truncate_strings(value)
+    truncate_strings(value, MAX_VALUE_CHARS)
+}
+
+/// `s`, or `<redacted: WHAT>` when it holds a secret `scanner` knows.
+pub(crate) fn redact_str(s: String, scanner: &SecretScanner) -> String {
+    match scanner.scan(&Value::String(s.clone())) {
+        Some(found) => format!("<redacted: {}>", found.what),
+        None => s,
+    }
 }
 
 fn scrub_str(s: String, scanner: &SecretScanner) -> String {
     match scrub(Value::String(s), scanner) {
         Value::String(s) => s,
         other => other.to_string(),
-    }
-}
-
-fn truncate_strings(value: Value) -> Value {
-    match value {
-        Value::String(s) if s.chars().count() > MAX_VALUE_CHARS => {
-            let total = s.chars().count();
-            let head: String = s.chars().take(MAX_VALUE_CHARS).collect();
-            Value::String(format!("{head}… ({total} chars)"))
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(truncate_strings).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, truncate_strings(v)))
-                .collect(),
-        ),
-        other => other,
     }
 }
 
@@ -194,6 +200,7 @@ mod tests {
             method: "POST".into(),
             origin: None,
             path: "/v1/chat/completions".into(),
+            label: None,
             source: DriftSource::Live,
         }
     }

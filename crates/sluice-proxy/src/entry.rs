@@ -70,6 +70,57 @@ impl RecordedRequest {
     }
 }
 
+/// How many characters of the last message a [`RecordedRequest::label`] shows.
+const LABEL_TEXT_CHARS: usize = 48;
+
+impl RecordedRequest {
+    /// What a person recognises the request by: its model and the start of its last
+    /// message (`gpt-4o-mini: "What is the capital of…"`), from the JSON body of a chat,
+    /// messages, completions, embeddings or responses request. `None` for other bodies.
+    pub fn label(&self) -> Option<String> {
+        let body = self.body.body.as_ref()?.as_object()?;
+        let model = body.get("model").and_then(Value::as_str);
+        let text = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last())
+            .and_then(|m| m.get("content"))
+            .or_else(|| body.get("input"))
+            .or_else(|| body.get("prompt"))
+            .and_then(first_text);
+        let text = text.map(|t| {
+            let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
+            match t.char_indices().nth(LABEL_TEXT_CHARS) {
+                Some((cut, _)) => format!("{:?}", format!("{}…", &t[..cut])),
+                None => format!("{t:?}"),
+            }
+        });
+        match (model, text) {
+            (Some(m), Some(t)) => Some(format!("{m}: {t}")),
+            (Some(m), None) => Some(m.to_owned()),
+            (None, Some(t)) => Some(t),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The first text of a message's content: the string itself, or the first text part of a
+/// list of parts (`[{"type": "text", "text": ...}]`), or the first string of a list.
+fn first_text(content: &Value) -> Option<&str> {
+    match content {
+        Value::String(s) => Some(s),
+        Value::Array(items) => items.iter().find_map(|item| match item {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(part) => part
+                .get("text")
+                .and_then(Value::as_str)
+                .or_else(|| part.get("content").and_then(first_text)),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
 /// A response: status, headers, and either a body or the events of a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedResponse {
@@ -214,6 +265,45 @@ mod tests {
         }
         assert!(StoredBody::from_bytes(b"{\"a\":1}").body.is_some());
         assert!(StoredBody::from_bytes(b"\xff").body_base64.is_some());
+    }
+
+    fn request(body: Value) -> RecordedRequest {
+        RecordedRequest {
+            origin: None,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            query: String::new(),
+            headers: BTreeMap::new(),
+            body: StoredBody {
+                body: Some(body),
+                ..StoredBody::default()
+            },
+        }
+    }
+
+    #[test]
+    fn labels_show_the_model_and_the_start_of_the_last_message() {
+        use serde_json::json;
+        let chat = request(json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "What is\nthe capital of France, and what is its population today?"}
+        ]}));
+        assert_eq!(
+            chat.label().unwrap(),
+            "gpt-4o-mini: \"What is the capital of France, and what is its p…\""
+        );
+        let parts = request(json!({"model": "claude", "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}
+        ]}));
+        assert_eq!(parts.label().unwrap(), "claude: \"describe\"");
+        let tool_result = request(json!({"model": "claude", "messages": [
+            {"role": "user", "content": [{"type": "tool_result", "content": [{"type": "text", "text": "42"}]}]}
+        ]}));
+        assert_eq!(tool_result.label().unwrap(), "claude: \"42\"");
+        let embed = request(json!({"model": "e", "input": ["a", "b"]}));
+        assert_eq!(embed.label().unwrap(), "e: \"a\"");
+        assert_eq!(request(json!({"model": "m"})).label().unwrap(), "m");
+        assert_eq!(request(json!([1])).label(), None);
     }
 
     #[test]

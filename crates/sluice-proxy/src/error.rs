@@ -10,7 +10,13 @@ use serde_json::{json, Map, Value};
 
 use crate::headers::{ReplayOutcome, REPLAY_HEADER};
 
-/// `{"error": {"type": kind, "message": message, ...extra}}` with `x-sluice-replay`.
+/// Sent on every answer the proxy makes up itself. The OpenAI and Anthropic SDKs honour
+/// it: without it each replay miss would be sent three times, with a second of backoff,
+/// and count as three misses. None of these answers changes on a retry.
+pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
+
+/// `{"error": {"type": kind, "message": message, ...extra}}` with `x-sluice-replay` and
+/// `x-should-retry: false`.
 pub fn proxy_error(
     status: StatusCode,
     kind: &str,
@@ -22,9 +28,18 @@ pub fn proxy_error(
     error.insert("type".to_owned(), Value::String(kind.to_owned()));
     error.insert("message".to_owned(), Value::String(message));
     error.extend(extra);
-    let mut resp = (status, axum::Json(json!({ "error": error }))).into_response();
+    let mut resp = made_up(status, json!({ "error": error }));
     resp.headers_mut()
         .insert(REPLAY_HEADER, outcome.header_value());
+    resp
+}
+
+/// A JSON answer of the proxy's own (an error, or an admin endpoint's refusal), marked so
+/// that SDKs do not retry it.
+pub fn made_up(status: StatusCode, body: Value) -> Response {
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(SHOULD_RETRY_HEADER, http::HeaderValue::from_static("false"));
     resp
 }
 
@@ -87,6 +102,14 @@ pub enum ProxyError {
     LastRunHadMisses { misses: u64 },
     #[error("the last run was in passthrough mode and used no recordings, so every entry looks unused; run the suite in replay (or another recording) mode first, or pass --force")]
     LastRunReadNothing,
+    #[error("the last run used none of the {entries} recordings it could have used ({requests} request(s) reached the proxy otherwise): the suite may have crashed at start, skipped its tests, or not sent its requests to the proxy (check its base URL); pruning now would delete every recording. Run the whole suite through the proxy, or pass --force")]
+    LastRunUsedNothing { entries: usize, requests: u64 },
+    #[error("the last run used only {used} of the {reachable} recordings it could have used, below --min-used {min_percent} (percent): it looks like part of the suite did not run. Run the whole suite (for shards, pass each shard's run record with --run), lower --min-used if the suite really shrank, or pass --force")]
+    LastRunUsedTooFew {
+        used: usize,
+        reachable: usize,
+        min_percent: u8,
+    },
     #[error("cannot remove {path}: {source}")]
     RecordingRemove {
         path: PathBuf,

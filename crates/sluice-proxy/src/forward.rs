@@ -27,6 +27,41 @@ use crate::redact::SecretScanner;
 use crate::store::ReplayStore;
 use crate::usage::RunUsage;
 
+/// The client of every upstream call, and this proxy's entry in their `via` header.
+#[derive(Debug)]
+pub struct UpstreamClient {
+    pub http: reqwest::Client,
+    /// `1.1 sluice-proxy-<12 hex>`, unique to this process and start. A request that
+    /// arrives carrying it has come back around a loop (the proxy's own `HTTPS_PROXY`
+    /// points at itself).
+    pub via: String,
+}
+
+impl UpstreamClient {
+    pub fn new(http: reqwest::Client, started_at_unix_ms: u64) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(std::process::id().to_le_bytes());
+        h.update(started_at_unix_ms.to_le_bytes());
+        h.update(format!("{:?}", std::time::Instant::now()));
+        let digest = h.finalize();
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        UpstreamClient {
+            http,
+            via: format!("1.1 sluice-proxy-{hex}"),
+        }
+    }
+
+    /// Whether a request carries this proxy's `via` entry: it went through this very
+    /// proxy before.
+    pub fn sent_before(&self, headers: &http::HeaderMap) -> bool {
+        headers
+            .get_all(http::header::VIA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(self.via.as_str())))
+    }
+}
+
 /// What to record a live answer as.
 #[derive(Debug)]
 pub struct RecordPlan {
@@ -144,6 +179,7 @@ impl RecordPlan {
             method: self.request.method.clone(),
             origin: self.request.origin.clone(),
             path: self.request.path.clone(),
+            label: self.request.label(),
             source: DriftSource::Overwrite,
         };
         let item = DriftItem::new(compared, Some(differences), &self.scanner);
@@ -163,39 +199,62 @@ impl RecordPlan {
 
 /// Sends the request to `url`. `Err` is the 502 to answer with.
 async fn send_upstream(
-    client: &reqwest::Client,
+    client: &UpstreamClient,
     url: &str,
     parts: &Parts,
     body: Bytes,
 ) -> Result<reqwest::Response, Response> {
+    let mut headers = upstream_request_headers(&parts.headers);
+    // RFC 9110 §7.6.3: a proxy adds itself to `via`; here it is also how a loop is seen.
+    if let Ok(via) = HeaderValue::from_str(&client.via) {
+        headers.append(http::header::VIA, via);
+    }
     let sent = client
+        .http
         .request(parts.method.clone(), url)
-        .headers(upstream_request_headers(&parts.headers))
+        .headers(headers)
         .body(body)
         .send()
         .await;
     sent.map_err(|e| {
+        let chain = error_chain(&e);
+        let hint = if looks_like_tls_trust(&chain) {
+            "; if the upstream's certificate is signed by a private or corporate CA, pass that CA's certificate with --upstream-ca FILE"
+        } else {
+            "; check the upstream URL and that it is running"
+        };
+        tracing::warn!("cannot reach upstream {url}: {chain}{hint}");
         proxy_error(
             StatusCode::BAD_GATEWAY,
             "upstream_unreachable",
-            format!(
-                "cannot reach upstream {url}: {}; check the upstream URL and that it is running",
-                error_chain(&e)
-            ),
+            format!("cannot reach upstream {url}: {chain}{hint}"),
             Map::new(),
             ReplayOutcome::Passthrough,
         )
     })
 }
 
+/// Whether a connect error is the upstream's certificate not being trusted.
+fn looks_like_tls_trust(chain: &str) -> bool {
+    let chain = chain.to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "unknown issuer",
+        "self signed",
+        "self-signed",
+    ]
+    .iter()
+    .any(|needle| chain.contains(needle))
+}
+
 fn upstream_body_failed(url: &str, e: &reqwest::Error) -> Response {
+    let chain = error_chain(e);
+    tracing::warn!("upstream {url} broke off while sending its body: {chain}");
     proxy_error(
         StatusCode::BAD_GATEWAY,
         "upstream_body_failed",
-        format!(
-            "upstream {url} failed while sending its body: {}",
-            error_chain(e)
-        ),
+        format!("upstream {url} failed while sending its body: {chain}"),
         Map::new(),
         ReplayOutcome::Passthrough,
     )
@@ -204,7 +263,7 @@ fn upstream_body_failed(url: &str, e: &reqwest::Error) -> Response {
 /// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
 /// 2xx (or a configured status) that completes cleanly. Counts the outcome in `usage`.
 pub async fn forward(
-    client: &reqwest::Client,
+    client: &UpstreamClient,
     url: &str,
     parts: &Parts,
     body: Bytes,
@@ -248,7 +307,7 @@ pub async fn forward(
             }
         };
         let file = plan.as_ref().map(RecordPlan::file_name);
-        let body = relay_stream(upstream_resp, head_at, recorded_head, plan);
+        let body = relay_stream(upstream_resp, url, head_at, recorded_head, plan);
         return client_response(status, &headers, body, outcome, file);
     }
 
@@ -308,7 +367,7 @@ pub struct LiveAnswer {
 
 /// Calls upstream and reads the whole answer. `Err` is the 502 to answer with.
 pub async fn fetch_whole(
-    client: &reqwest::Client,
+    client: &UpstreamClient,
     url: &str,
     parts: &Parts,
     body: Bytes,
@@ -375,11 +434,13 @@ pub fn client_response(
 /// cleanly (no transport error, no event cut in half) and the client read it all.
 fn relay_stream(
     upstream: reqwest::Response,
+    url: &str,
     head_at: Instant,
     recorded_head: RecordedResponse,
     plan: Option<RecordPlan>,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let url = url.to_owned();
     tokio::spawn(async move {
         let mut parser = SseParser::new();
         let mut parsed: Vec<SseEvent> = Vec::new();
@@ -410,6 +471,11 @@ fn relay_stream(
                     }
                 }
                 Err(e) => {
+                    tracing::warn!(
+                        "upstream {url} broke off its event stream after {:.0} ms: {}; the client's stream is cut as well",
+                        head_at.elapsed().as_secs_f64() * 1000.0,
+                        error_chain(&e)
+                    );
                     let _ = tx.send(Err(std::io::Error::other(e))).await;
                     clean = false;
                     break;

@@ -15,15 +15,18 @@ use crate::admin;
 use crate::ca::{default_ca_dir, CertificateAuthority};
 use crate::config::{Mode, ProxyConfig};
 use crate::diff_mode::serve_diff;
+use crate::drift::redact_str;
 use crate::entry::{Entry, RecordedRequest};
 use crate::error::proxy_error;
 use crate::error::ProxyError;
-use crate::forward::{forward, RecordPlan};
+use crate::fields::truncate_str;
+use crate::forward::{forward, RecordPlan, UpstreamClient};
 use crate::headers::{ReplayOutcome, BYPASS_HEADER, REPLAY_HEADER};
 use crate::key::{NormalisedRequest, RequestKey};
 use crate::metrics::RefusalReason;
+use crate::nearest::{nearest, MAX_ECHOED_CHARS};
 use crate::redact::{is_secret_header, is_secret_query_param, SecretScanner};
-use crate::replay::{miss_response, replay_response};
+use crate::replay::{miss_hint, miss_response, replay_response};
 use crate::route::resolve;
 use crate::store::{ReplayStore, StoreError};
 use crate::usage::{MissRecord, RunUsage};
@@ -36,7 +39,7 @@ const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 pub struct ProxyState {
     pub config: ProxyConfig,
     pub store: Arc<ReplayStore>,
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
     /// `read-old-write-new` serves only entries recorded before this instant.
     pub started_at_unix_ms: u64,
     /// The CA for CONNECT interception, once loaded or generated.
@@ -86,6 +89,21 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
             StatusCode::METHOD_NOT_ALLOWED,
             "connect_in_tunnel",
             "CONNECT is not supported inside a CONNECT tunnel".to_owned(),
+            Map::new(),
+            ReplayOutcome::Passthrough,
+        );
+    }
+    if state.client.sent_before(&parts.headers) {
+        tracing::error!(
+            "proxy loop: {} {} came back to this proxy; its own HTTP_PROXY/HTTPS_PROXY points at itself. Unset them in the proxy's environment, or list the upstream hosts in NO_PROXY",
+            parts.method,
+            parts.uri
+        );
+        state.usage.outcome(ReplayOutcome::Passthrough, None);
+        return proxy_error(
+            StatusCode::LOOP_DETECTED,
+            "proxy_loop",
+            "this request came back to the sluice proxy that forwarded it: the proxy's own HTTP_PROXY/HTTPS_PROXY points at itself. Unset them in the proxy's environment, or list the upstream hosts in NO_PROXY".to_owned(),
             Map::new(),
             ReplayOutcome::Passthrough,
         );
@@ -168,6 +186,11 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
     };
     match stored {
         Err(e) => {
+            tracing::error!(
+                "cannot answer {} {} from the recordings: {e}",
+                parts.method,
+                parts.uri.path()
+            );
             state.usage.refusal(RefusalReason::StoreError);
             state.usage.outcome(ReplayOutcome::Miss, None);
             proxy_error(
@@ -188,6 +211,9 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
                 state.usage.outcome(ReplayOutcome::Hit, Some(&file));
             } else {
                 // The recording's body could not be decoded.
+                tracing::error!(
+                    "recording {file} has a body that cannot be decoded; fix or delete the file"
+                );
                 state.usage.refusal(RefusalReason::StoreError);
                 state.usage.outcome(ReplayOutcome::Miss, None);
             }
@@ -198,29 +224,34 @@ pub async fn handle(state: Arc<ProxyState>, req: Request) -> Response {
             let request = plan.request.clone();
             let ignore = state.config.key.ignore_paths.clone();
             // Reading every recording is blocking file I/O.
-            let nearest = tokio::task::spawn_blocking(move || store.nearest(&request, &ignore))
+            let nearest = tokio::task::spawn_blocking(move || nearest(&store, &request, &ignore))
                 .await
                 .ok()
                 .flatten();
+            // The log and the run record are kept: what they quote of the request is
+            // scanned for secrets as a recording would be.
+            let label = plan.request.label().map(|l| redact_str(l, &plan.scanner));
             tracing::warn!(
-                "replay miss: {} {}{} (key {}){}",
+                "replay miss: {} {}{} (key {}{}); {}",
                 plan.request.method,
                 plan.request.origin.as_deref().unwrap_or(""),
-                plan.request.path,
+                truncate_str(plan.request.path.clone(), MAX_ECHOED_CHARS),
                 key.short(),
-                nearest
-                    .as_ref()
-                    .map(|n| format!(", nearest recording {}", n.file))
-                    .unwrap_or_default()
+                label
+                    .as_deref()
+                    .map(|l| format!(", {l}"))
+                    .unwrap_or_default(),
+                redact_str(miss_hint(nearest.as_ref()), &plan.scanner),
             );
             state.usage.miss(MissRecord {
                 key: key.as_str().to_owned(),
                 method: plan.request.method.clone(),
                 origin: plan.request.origin.clone(),
                 path: plan.request.path.clone(),
+                label,
                 nearest: nearest.as_ref().map(|n| n.file.clone()),
             });
-            miss_response(&key, &plan.request, nearest)
+            miss_response(&key, &plan.request, nearest.as_ref())
         }
         Ok(None) => {
             forward(

@@ -151,14 +151,45 @@ fn allow_listed_headers(headers: &HeaderMap, allow: &[String]) -> Vec<(String, S
             allow.iter().any(|a| a.eq_ignore_ascii_case(name)) && !is_secret_header(name)
         })
         .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).trim().to_owned(),
-            )
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = if name == http::header::CONTENT_TYPE {
+                media_type_for_key(&value)
+            } else {
+                value.trim().to_owned()
+            };
+            (name.as_str().to_owned(), value)
         })
         .collect();
     out.sort();
     out
+}
+
+/// A `content-type` value as the key sees it: type and subtype lowercase, parameters
+/// lowercase-named, sorted, without spaces, and without the ones that cannot change how
+/// the body reads: `charset=utf-8` (JSON is UTF-8 whatever the label says, RFC 8259 §8.1;
+/// for text it is what clients mean anyway). `application/json; charset=UTF-8` and
+/// `application/json` are one key; `text/plain; charset=latin1` is another.
+pub fn media_type_for_key(value: &str) -> String {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut params: Vec<String> = parts
+        .filter_map(|p| {
+            let (name, val) = p.split_once('=')?;
+            let name = name.trim().to_ascii_lowercase();
+            let val = val.trim().trim_matches('"');
+            if name == "charset"
+                && (val.eq_ignore_ascii_case("utf-8") || val.eq_ignore_ascii_case("utf8"))
+            {
+                return None;
+            }
+            Some(format!("{name}={val}"))
+        })
+        .collect();
+    params.sort();
+    std::iter::once(essence)
+        .chain(params)
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn key_body(body: &[u8], ignore_paths: &[String]) -> KeyBody {
@@ -367,6 +398,46 @@ mod tests {
             .with_origin(Some("https://b.example:443".into()));
         assert_ne!(a.key(), chat.key());
         assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn content_type_parameters_that_change_nothing_do_not_split_keys() {
+        let opts = KeyOptions::default();
+        let plain = key_of(None, &[("content-type", "application/json")], "{}", &opts);
+        for same in [
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            "application/json ; charset=\"utf-8\"",
+            " application/json",
+        ] {
+            assert_eq!(
+                key_of(None, &[("content-type", same)], "{}", &opts),
+                plain,
+                "{same}"
+            );
+        }
+        assert_ne!(
+            key_of(
+                None,
+                &[("content-type", "text/plain; charset=latin1")],
+                "{}",
+                &opts
+            ),
+            key_of(None, &[("content-type", "text/plain")], "{}", &opts),
+        );
+        assert_ne!(
+            key_of(
+                None,
+                &[("content-type", "application/x-ndjson")],
+                "{}",
+                &opts
+            ),
+            plain
+        );
+        assert_eq!(
+            media_type_for_key("multipart/form-data; Boundary=x; charset=utf-8"),
+            "multipart/form-data;boundary=x"
+        );
     }
 
     #[test]

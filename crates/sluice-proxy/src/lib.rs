@@ -24,11 +24,13 @@ mod diff_mode;
 pub mod drift;
 pub mod entry;
 mod error;
+pub mod fields;
 mod forward;
 mod handler;
 pub mod headers;
 pub mod key;
 pub mod metrics;
+pub mod nearest;
 pub mod redact;
 mod replay;
 pub mod report;
@@ -45,7 +47,10 @@ pub use drift::{DriftItem, DriftReport, DriftVerdict};
 pub use entry::Entry;
 pub use error::ProxyError;
 pub use key::{NormalisedRequest, RequestKey, KEY_VERSION};
-pub use report::{prune, render_report, usage_report, PruneOptions, PruneOutcome, UsageReport};
+pub use report::{
+    prune, render_report, usage_report, usage_report_of_runs, PruneOptions, PruneOutcome,
+    UnreachableEntry, UsageReport, DEFAULT_MIN_USED_PERCENT,
+};
 pub use route::Route;
 pub use server::{serve, ProxyServer};
 pub use store::ReplayStore;

@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 use crate::config::ReplayTiming;
 use crate::entry::{Entry, RecordedEvent, RecordedRequest};
 use crate::error::proxy_error;
+use crate::fields::truncate_str;
 use crate::headers::{header_map_from_pairs, ReplayOutcome, REPLAY_FILE_HEADER, REPLAY_HEADER};
 use crate::key::RequestKey;
-use crate::store::Nearest;
+use crate::nearest::{echoed_request, Nearest, MAX_ECHOED_CHARS};
 
 /// Recorded offsets beyond this are treated as this, so a hand-edited file cannot make a
 /// replay wait for years (or overflow a deadline).
@@ -79,27 +80,16 @@ fn stream_body(events: Vec<RecordedEvent>, timing: ReplayTiming) -> Body {
     }
 }
 
-/// The strict-replay miss: 502 with the key, the redacted request, and the nearest
-/// recording with the fields that differ.
+/// The strict-replay miss: 502 with the key, the request (bounded), and the nearest
+/// recording with the fields that differ, the first of them spelled out in the message.
 pub fn miss_response(
     key: &RequestKey,
     request: &RecordedRequest,
-    nearest: Option<Nearest>,
+    nearest: Option<&Nearest>,
 ) -> Response {
     let mut extra = Map::new();
     extra.insert("key".to_owned(), Value::String(key.as_str().to_owned()));
-    extra.insert(
-        "request".to_owned(),
-        serde_json::to_value(request).unwrap_or(Value::Null),
-    );
-    let hint = match &nearest {
-        Some(n) => format!(
-            "; the nearest recording is {} ({} differing field(s), listed in `nearest`)",
-            n.file,
-            n.differences.len()
-        ),
-        None => "; the recordings directory holds no entries".to_owned(),
-    };
+    extra.insert("request".to_owned(), echoed_request(request));
     extra.insert(
         "nearest".to_owned(),
         nearest
@@ -110,10 +100,20 @@ pub fn miss_response(
         StatusCode::BAD_GATEWAY,
         "replay_miss",
         format!(
-            "no recording for {} {} in replay mode{hint}. Record it with --mode replay-or-record or --mode record",
-            request.method, request.path
+            "no recording for {} {} in replay mode; {}. Record it with --mode replay-or-record or --mode record",
+            request.method,
+            truncate_str(request.path.clone(), MAX_ECHOED_CHARS),
+            miss_hint(nearest)
         ),
         extra,
         ReplayOutcome::Miss,
     )
+}
+
+/// What the message and the log line say about the nearest recording.
+pub fn miss_hint(nearest: Option<&Nearest>) -> String {
+    match nearest {
+        Some(n) => n.explanation(),
+        None => "the recordings directory holds no entries".to_owned(),
+    }
 }

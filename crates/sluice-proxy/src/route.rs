@@ -40,12 +40,7 @@ impl Route {
     }
 
     fn matches(&self, path: &str) -> bool {
-        let prefix = self.bare_prefix();
-        prefix.is_empty()
-            || path == prefix
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
+        prefix_covers(&self.prefix, path)
     }
 
     /// The upstream URL for `path` and the raw `query`.
@@ -105,6 +100,17 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
 }
 
 /// The route with the longest prefix matching `path`.
+/// Whether a route of `prefix` serves `path`: the prefix (a trailing `/` ignored) matches
+/// whole path segments, and `/` matches every path.
+pub fn prefix_covers(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 pub fn select<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
     routes
         .iter()

@@ -23,6 +23,7 @@ use crate::ca::{default_ca_dir, CertificateAuthority};
 use crate::config::ProxyConfig;
 use crate::entry::now_unix_ms;
 use crate::error::ProxyError;
+use crate::forward::UpstreamClient;
 use crate::handler::{handle, ProxyState};
 use crate::store::ReplayStore;
 use crate::tunnel;
@@ -169,7 +170,9 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
             )
         })?;
     }
-    let store = ReplayStore::open(&config.dir).map_err(io::Error::other)?;
+    let store = ReplayStore::open(&config.dir)
+        .map_err(io::Error::other)?
+        .reset_repeats_when_idle(config.reset_repeats_when_idle);
     let mut client = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
     if let Some(path) = &config.upstream_ca {
         for cert in upstream_roots(path)? {
@@ -185,13 +188,14 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     }
     // Last, so a proxy that fails to start leaves the previous run's record alone.
     let started_at_unix_ms = now_unix_ms();
-    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms);
+    let prefixes = config.routes.iter().map(|r| r.prefix.clone()).collect();
+    let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms, prefixes);
     Ok(Arc::new(ProxyState {
         diff_ignore: Arc::new(config.diff_ignore.clone()),
         record_statuses: config.record_statuses.iter().copied().collect(),
         config,
         store: Arc::new(store),
-        client,
+        client: UpstreamClient::new(client, started_at_unix_ms),
         ca,
         started_at_unix_ms,
         usage: Arc::new(usage),
@@ -234,6 +238,44 @@ fn upstream_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, P
 }
 
 /// A proxy serving on a background task.
+/// The first of the proxy environment variables reqwest honours whose proxy is `addr`
+/// itself (by loopback name or address and port), as `(name, value)`.
+fn proxy_variable_pointing_at(addr: SocketAddr) -> Option<(&'static str, String)> {
+    const NAMES: [&str; 6] = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    NAMES.into_iter().find_map(|name| {
+        let value = std::env::var(name).ok()?;
+        let with_scheme = if value.contains("://") {
+            value.clone()
+        } else {
+            format!("http://{value}")
+        };
+        let url = reqwest::Url::parse(&with_scheme).ok()?;
+        let port = url.port_or_known_default()?;
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let same_host = match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                ip == addr.ip()
+                    || (ip.is_loopback() && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
+            }
+            Err(_) => {
+                host.eq_ignore_ascii_case("localhost")
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())
+            }
+        };
+        (same_host && port == addr.port()).then_some((name, value))
+    })
+}
+
 #[derive(Debug)]
 pub struct ProxyServer {
     addr: SocketAddr,
@@ -250,6 +292,11 @@ impl ProxyServer {
         let state = build_state(config)?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        if let Some((name, value)) = proxy_variable_pointing_at(addr) {
+            tracing::warn!(
+                "{name}={value} points at this proxy itself: its own upstream calls would come back to it (each is then answered 508 proxy_loop). Unset {name} in the proxy's environment, or list the upstream hosts in NO_PROXY"
+            );
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let writer = state.usage.spawn_writer();
         let task = tokio::spawn(run(listener, state, async move {

@@ -2,25 +2,15 @@
 //! `{method}-{path-slug}-{key[..12]}-{n}.json` (the slug starts with the host for forward
 //! requests), written atomically.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use serde::Serialize;
-use serde_json::Value;
+use std::time::{Duration, Instant};
 
 use crate::atomic_file::write_atomically;
-use crate::entry::{Entry, RecordedRequest};
-use crate::key::{remove_ignored, RequestKey, KEY_VERSION};
-
-/// How many differences a miss report lists; the nearest entry may differ in many fields
-/// and the first few are what a user needs to see.
-const MAX_REPORTED_DIFFERENCES: usize = 20;
-
-/// Upper bound on files inspected when looking for the nearest entry to a miss, so a huge
-/// directory cannot make a miss slow.
-const MAX_NEAREST_CANDIDATES: usize = 5000;
+use crate::entry::Entry;
+use crate::key::{RequestKey, KEY_VERSION};
 
 /// The proxy's own bookkeeping inside a recordings directory (`last-run.json`,
 /// `drift.json`). A directory, and dot-named, so it is never taken for an entry.
@@ -43,27 +33,20 @@ pub enum StoreError {
     Serialize(serde_json::Error),
 }
 
-/// A field that differs between a request and a recorded one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Difference {
-    /// `method`, `path`, `query`, `headers.NAME` or `body.PATH`.
-    pub path: String,
-    pub recorded: Value,
-    pub requested: Value,
-}
-
-/// The recorded entry most like a request that missed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Nearest {
-    pub file: String,
-    pub differences: Vec<Difference>,
-}
-
 /// Recordings on disk plus, per key, how many identical requests this proxy run has seen.
 #[derive(Debug)]
 pub struct ReplayStore {
     dir: PathBuf,
-    seen: Mutex<HashMap<RequestKey, usize>>,
+    repeats: Mutex<RepeatCounts>,
+    /// See [`crate::ProxyConfig::reset_repeats_when_idle`].
+    reset_when_idle: Option<Duration>,
+}
+
+/// Identical requests seen per key since the counts last started.
+#[derive(Debug, Default)]
+struct RepeatCounts {
+    seen: HashMap<RequestKey, usize>,
+    last_request: Option<Instant>,
 }
 
 impl ReplayStore {
@@ -75,21 +58,51 @@ impl ReplayStore {
         })?;
         Ok(ReplayStore {
             dir: dir.to_owned(),
-            seen: Mutex::new(HashMap::new()),
+            repeats: Mutex::new(RepeatCounts::default()),
+            reset_when_idle: None,
         })
+    }
+
+    /// The same store, whose repeat counts restart after `idle` without a request.
+    pub fn reset_repeats_when_idle(mut self, idle: Option<Duration>) -> Self {
+        self.reset_when_idle = idle;
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The position of this request among identical ones in this run: 0 for the first.
+    /// The position of this request among identical ones since the counts started (the
+    /// proxy's start, a reset, or an idle gap): 0 for the first.
     pub fn next_index(&self, key: &RequestKey) -> usize {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let n = seen.entry(key.clone()).or_insert(0);
+        let now = Instant::now();
+        let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = repeats.last_request.map(|at| now.duration_since(at));
+        if let (Some(idle), Some(limit)) = (idle, self.reset_when_idle) {
+            if idle >= limit && !repeats.seen.is_empty() {
+                tracing::info!(
+                    "repeat counts restarted after {:.1} s without a request ({} keys)",
+                    idle.as_secs_f64(),
+                    repeats.seen.len()
+                );
+                repeats.seen.clear();
+            }
+        }
+        repeats.last_request = Some(now);
+        let n = repeats.seen.entry(key.clone()).or_insert(0);
         let index = *n;
         *n += 1;
         index
+    }
+
+    /// Restarts the repeat counts: the next of any identical requests is answered from
+    /// index 0 again. Returns how many keys had counts.
+    pub fn reset_repeats(&self) -> usize {
+        let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = repeats.seen.len();
+        repeats.seen.clear();
+        keys
     }
 
     pub fn file_name(method: &str, path: &str, key: &RequestKey, index: usize) -> String {
@@ -197,34 +210,6 @@ impl ReplayStore {
         })?;
         serde_json::from_str(&text).map_err(|source| StoreError::Parse { path, source })
     }
-
-    /// The recorded entry with the fewest differing fields from `request`, comparing
-    /// bodies with `ignore_paths` removed. `None` when the directory holds no entry.
-    pub fn nearest(&self, request: &RecordedRequest, ignore_paths: &[String]) -> Option<Nearest> {
-        let wanted = flatten_request(request, ignore_paths);
-        let mut names = self.entry_file_names().ok()?;
-        names.truncate(MAX_NEAREST_CANDIDATES);
-        let mut best: Option<Nearest> = None;
-        let mut best_count = usize::MAX;
-        for name in names {
-            let Ok(entry) = self.read_entry(&name) else {
-                continue;
-            };
-            let recorded = flatten_request(&entry.request, ignore_paths);
-            let differences = diff(&recorded, &wanted);
-            if differences.len() < best_count {
-                best_count = differences.len();
-                best = Some(Nearest {
-                    file: name,
-                    differences: differences
-                        .into_iter()
-                        .take(MAX_REPORTED_DIFFERENCES)
-                        .collect(),
-                });
-            }
-        }
-        best
-    }
 }
 
 /// The repeat index `n` of an entry file named `…-{n}.json`.
@@ -252,68 +237,6 @@ pub fn path_slug(path: &str) -> String {
     } else {
         slug.to_owned()
     }
-}
-
-fn flatten_request(request: &RecordedRequest, ignore_paths: &[String]) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    if let Some(origin) = &request.origin {
-        out.insert("origin".to_owned(), Value::String(origin.clone()));
-    }
-    out.insert("method".to_owned(), Value::String(request.method.clone()));
-    out.insert("path".to_owned(), Value::String(request.path.clone()));
-    out.insert("query".to_owned(), Value::String(request.query.clone()));
-    for (name, value) in &request.headers {
-        out.insert(format!("headers.{name}"), Value::String(value.clone()));
-    }
-    if let Some(body) = &request.body.body {
-        let mut body = body.clone();
-        remove_ignored(&mut body, ignore_paths);
-        flatten_json(&body, "body".to_owned(), &mut out);
-    } else if let Some(text) = &request.body.body_text {
-        out.insert("body".to_owned(), Value::String(text.clone()));
-    } else if let Some(b64) = &request.body.body_base64 {
-        out.insert("body_base64".to_owned(), Value::String(b64.clone()));
-    }
-    out
-}
-
-pub(crate) fn flatten_json(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                flatten_json(v, format!("{path}.{k}"), out);
-            }
-        }
-        Value::Array(items) if !items.is_empty() => {
-            for (i, v) in items.iter().enumerate() {
-                flatten_json(v, format!("{path}[{i}]"), out);
-            }
-        }
-        leaf => {
-            out.insert(path, leaf.clone());
-        }
-    }
-}
-
-pub(crate) fn diff(
-    recorded: &BTreeMap<String, Value>,
-    requested: &BTreeMap<String, Value>,
-) -> Vec<Difference> {
-    let mut paths: Vec<&String> = recorded.keys().chain(requested.keys()).collect();
-    paths.sort();
-    paths.dedup();
-    paths
-        .into_iter()
-        .filter_map(|p| {
-            let r = recorded.get(p);
-            let q = requested.get(p);
-            (r != q).then(|| Difference {
-                path: p.clone(),
-                recorded: r.cloned().unwrap_or(Value::Null),
-                requested: q.cloned().unwrap_or(Value::Null),
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -348,24 +271,5 @@ mod tests {
         );
         assert_eq!(index_of_file("post-x-abc-12.json"), Some(12));
         assert_eq!(index_of_file("post-x-abc.json"), None);
-    }
-
-    #[test]
-    fn diff_names_changed_leaves() {
-        let mut a = BTreeMap::new();
-        flatten_json(
-            &serde_json::json!({"m": [{"c": "hi"}], "t": 1}),
-            "body".into(),
-            &mut a,
-        );
-        let mut b = BTreeMap::new();
-        flatten_json(
-            &serde_json::json!({"m": [{"c": "ho"}], "t": 1}),
-            "body".into(),
-            &mut b,
-        );
-        let d = diff(&a, &b);
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].path, "body.m[0].c");
     }
 }

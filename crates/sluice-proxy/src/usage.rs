@@ -55,6 +55,9 @@ pub struct MissRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     pub path: String,
+    /// The request's model and the start of its last message, when its body says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// The nearest recording, when the directory had one.
     pub nearest: Option<String>,
 }
@@ -76,6 +79,60 @@ pub struct LastRun {
     /// The first misses (see `counts.misses` for the total).
     #[serde(default)]
     pub misses: Vec<MissRecord>,
+    /// The prefixes of the run's reverse routes: the recordings of other paths (without an
+    /// origin) could not have been served by it, so `prune` keeps them. `None` in records
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
+}
+
+impl LastRun {
+    /// Several runs' records as one (the shards of a test suite): entries used by any,
+    /// counts and refusals summed, misses listed up to the same bound, started at the
+    /// first start, finished at the last finish (unfinished if any is), routes joined.
+    /// The mode is the runs' common mode, or the distinct modes joined with `+`.
+    pub fn merge(runs: &[LastRun]) -> Option<LastRun> {
+        let (first, rest) = runs.split_first()?;
+        let mut merged = first.clone();
+        let mut modes = vec![first.mode.clone()];
+        for run in rest {
+            merged.started_at_unix_ms = merged.started_at_unix_ms.min(run.started_at_unix_ms);
+            merged.finished_at_unix_ms = match (merged.finished_at_unix_ms, run.finished_at_unix_ms)
+            {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            if !modes.contains(&run.mode) {
+                modes.push(run.mode.clone());
+            }
+            let c = &mut merged.counts;
+            c.hits += run.counts.hits;
+            c.misses += run.counts.misses;
+            c.recorded += run.counts.recorded;
+            c.refused += run.counts.refused;
+            c.passthrough += run.counts.passthrough;
+            for (reason, n) in &run.refusals {
+                *merged.refusals.entry(reason.clone()).or_insert(0) += n;
+            }
+            merged.used.extend(run.used.iter().cloned());
+            let room = MAX_LISTED_MISSES.saturating_sub(merged.misses.len());
+            merged.misses.extend(run.misses.iter().take(room).cloned());
+            merged.routes = match (merged.routes.take(), &run.routes) {
+                (Some(mut a), Some(b)) => {
+                    a.extend(
+                        b.iter()
+                            .filter(|p| !a.contains(p))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                    Some(a)
+                }
+                _ => None,
+            };
+        }
+        merged.mode = modes.join("+");
+        Some(merged)
+    }
 }
 
 #[derive(Debug)]
@@ -100,7 +157,7 @@ impl RunUsage {
     /// marked running and an empty `drift.json`, replacing the previous run's. A directory
     /// that cannot be written (read-only fixtures in CI) only costs the run files: the
     /// proxy still serves, with a warning, and keeps its metrics.
-    pub fn begin(dir: &Path, mode: Mode, started_at_unix_ms: u64) -> RunUsage {
+    pub fn begin(dir: &Path, mode: Mode, started_at_unix_ms: u64, routes: Vec<String>) -> RunUsage {
         let state_dir = dir.join(STATE_DIR);
         let usage = RunUsage {
             state_dir,
@@ -115,6 +172,7 @@ impl RunUsage {
                     refusals: BTreeMap::new(),
                     used: BTreeSet::new(),
                     misses: Vec::new(),
+                    routes: Some(routes),
                 },
                 drift: DriftReport {
                     run_started_at_unix_ms: started_at_unix_ms,

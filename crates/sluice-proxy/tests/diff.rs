@@ -154,7 +154,7 @@ async fn diff_mode_serves_the_live_answer_and_reports_what_drifted() {
     assert_eq!(drift.summary.drifted, 2);
     let text = sluice_proxy::render_report(&usage, true);
     assert!(
-        text.contains("drift: 0 same, 2 drifted, 1 no-recording"),
+        text.contains("drift: same 0, drifted 2, no_recording 1"),
         "{text}"
     );
     assert!(text.contains("body.choices[0].message.content"), "{text}");

@@ -191,3 +191,39 @@ async fn a_corrupt_recording_is_an_error_naming_the_file() {
     assert!(body["error"]["message"].as_str().unwrap().contains(&file));
     replayer.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_charset_parameter_does_not_split_recordings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let recorder = proxy_for(&upstream_of(&mock), dir.path(), Mode::Record).await;
+    // reqwest's `.json` sends `content-type: application/json`.
+    assert_eq!(
+        replay_header(&post(&recorder, &chat_body("charset", false)).await),
+        "recorded"
+    );
+    recorder.shutdown().await;
+    mock.shutdown().await;
+
+    let replayer = proxy_for(
+        &sluice_testkit::refused_url().replace("/v1", ""),
+        dir.path(),
+        Mode::Replay,
+    )
+    .await;
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "Application/JSON",
+    ] {
+        let resp = reqwest::Client::new()
+            .post(chat_url(&replayer))
+            .header("content-type", content_type)
+            .body(chat_body("charset", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay_header(&resp), "hit", "{content_type}");
+    }
+    replayer.shutdown().await;
+}

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_proxy::ca::default_ca_dir;
@@ -63,6 +64,11 @@ pub struct ReportArgs {
     #[arg(long)]
     pub dir: PathBuf,
 
+    /// A run record (a `last-run.json`) to read instead of DIR/.sluice/last-run.json.
+    /// Repeat it to merge the runs of a sharded suite: an entry any of them used is used.
+    #[arg(long = "run", value_name = "FILE")]
+    pub runs: Vec<PathBuf>,
+
     /// Show only the last run's view: used and unused entries, misses, drift. Fails when
     /// there is no last-run record. Without it, every entry is listed with its recording
     /// time and (when known) whether the last run used it, followed by the same summary.
@@ -84,8 +90,20 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Prune even when the last run is still marked running, had replay misses, or was a
-    /// passthrough run.
+    /// A run record (a `last-run.json`) to read instead of DIR/.sluice/last-run.json.
+    /// Repeat it to merge the runs of a sharded suite: an entry any of them used is kept.
+    #[arg(long = "run", value_name = "FILE")]
+    pub runs: Vec<PathBuf>,
+
+    /// Refuse when the run used less than this percentage of the recordings it could have
+    /// used (a suite that ran only partly makes most of them look stale). Lower it when
+    /// the suite really shrank.
+    #[arg(long, value_name = "PERCENT", default_value_t = sluice_proxy::DEFAULT_MIN_USED_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub min_used: u8,
+
+    /// Prune even when the run is still marked running, had replay misses, was a
+    /// passthrough run, used no recording at all, or used fewer than --min-used.
     #[arg(long)]
     pub force: bool,
 }
@@ -156,9 +174,10 @@ pub struct ProxyServeArgs {
 
     /// Response field a drift comparison ignores, in addition to the defaults (id,
     /// created, created_at, system_fingerprint, request_id, x_request_id, x-request-id,
-    /// timestamp) and to `diff_ignore` in --config. A bare name matches at any depth; a
-    /// dotted path (`usage.total_tokens`, `choices[*].logprobs`) from the body's (or each
-    /// event's) root. Repeatable.
+    /// timestamp, usage.prompt_tokens_details.cached_tokens,
+    /// usage.input_tokens_details.cached_tokens) and to `diff_ignore` in --config. A bare
+    /// name matches at any depth; a dotted path (`usage.total_tokens`,
+    /// `choices[*].logprobs`) from the body's (or each event's) root. Repeatable.
     #[arg(long = "diff-ignore", value_name = "PATH")]
     pub diff_ignore: Vec<String>,
 
@@ -166,6 +185,20 @@ pub struct ProxyServeArgs {
     /// answer to the client under test. Adds to `record_statuses` in --config. Repeatable.
     #[arg(long = "record-status", value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..=599))]
     pub record_statuses: Vec<u16>,
+
+    /// Restart the repeat counts when a request arrives after this long without any
+    /// (e.g. `5s`), so a long-lived proxy serves each run of the suite from the first
+    /// recording of every repeated request. `POST /_sluice/reset` restarts them at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub reset_repeats_when_idle: Option<Duration>,
+}
+
+fn parse_idle(s: &str) -> Result<Duration, String> {
+    let d = sluice_load::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than 0 (e.g. 5s)".to_owned());
+    }
+    Ok(d)
 }
 
 impl ProxyServeArgs {
@@ -256,6 +289,16 @@ impl ProxyServeArgs {
                 .chain(&self.record_statuses)
                 .copied()
                 .collect(),
+            reset_repeats_when_idle: match (
+                self.reset_repeats_when_idle,
+                &file.reset_repeats_when_idle,
+            ) {
+                (Some(d), _) => Some(d),
+                (None, Some(text)) => Some(parse_idle(text).map_err(|e| {
+                    anyhow::anyhow!("invalid config: `reset_repeats_when_idle`: {text:?}: {e}")
+                })?),
+                (None, None) => None,
+            },
         };
         Ok((config, listen))
     }
@@ -271,7 +314,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 }
 
 fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
-    let report = sluice_proxy::usage_report(&args.dir, args.since_start)?;
+    let report = sluice_proxy::usage_report_of_runs(&args.dir, args.since_start, &args.runs)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -286,6 +329,8 @@ fn run_prune(args: &PruneArgs) -> anyhow::Result<()> {
         PruneOptions {
             dry_run: args.dry_run,
             force: args.force,
+            min_used_percent: args.min_used,
+            runs: args.runs.clone(),
         },
     )?;
     let verb = if outcome.dry_run {
@@ -296,8 +341,15 @@ fn run_prune(args: &PruneArgs) -> anyhow::Result<()> {
     for file in &outcome.removed {
         println!("{verb} {}", args.dir.join(file).display());
     }
+    for kept in &outcome.unreachable {
+        println!(
+            "kept {} (unused, but the run could not have used it: {})",
+            args.dir.join(&kept.file).display(),
+            kept.reason
+        );
+    }
     println!(
-        "{} {} unused entr{}, kept {} used by the last run",
+        "{} {} unused entr{}, kept {} used by the run and {} it could not have used",
         verb,
         outcome.removed.len(),
         if outcome.removed.len() == 1 {
@@ -305,7 +357,8 @@ fn run_prune(args: &PruneArgs) -> anyhow::Result<()> {
         } else {
             "ies"
         },
-        outcome.kept
+        outcome.kept,
+        outcome.unreachable.len()
     );
     Ok(())
 }

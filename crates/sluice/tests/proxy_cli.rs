@@ -95,19 +95,43 @@ async fn report_names_the_unused_entry_and_prune_removes_it() {
     let out = sluice(&["proxy", "report", "--dir", d, "--since-start"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let stale = text
-        .split("unused (stale) (1):")
-        .nth(1)
-        .expect("an unused section");
+    let stale = text.split("unused (1):").nth(1).expect("an unused section");
     assert!(stale.contains(&unused), "{text}");
-    assert!(text.contains("used by the last run (2):"), "{text}");
-    assert!(text.contains("2 hit, 0 miss"), "{text}");
+    assert!(text.contains("used (2):"), "{text}");
+    assert!(text.contains("counts: hits 2, misses 0"), "{text}");
+    // Entries are named by their model and the start of their last message.
+    assert!(text.contains("mock: \"three\""), "{text}");
 
     let out = sluice(&["proxy", "report", "--dir", d, "--json"]);
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["unused"], json!([unused]));
     assert_eq!(report["entries"].as_array().unwrap().len(), 3);
+
+    // A run that used nothing (the suite never reached the proxy) must not prune.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let shard = elsewhere.path().join("empty-run.json");
+    let mut empty = report["last_run"].clone();
+    empty["used"] = json!([]);
+    empty["counts"]["hits"] = json!(0);
+    std::fs::write(&shard, empty.to_string()).unwrap();
+    let out = sluice(&[
+        "proxy",
+        "prune",
+        "--dir",
+        d,
+        "--run",
+        shard.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("used none of the 3 recordings"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice(&["proxy", "prune", "--dir", d, "--min-used", "90"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("only 2 of the 3"), "{}", stderr(&out));
 
     let out = sluice(&["proxy", "prune", "--dir", d, "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
