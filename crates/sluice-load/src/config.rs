@@ -43,6 +43,10 @@ pub enum ConnectionReuse {
     Recent,
 }
 
+/// The default `--grace`: long enough for a normal answer sent just before the window
+/// closed, short enough that a stalled one cannot hold the run.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadConfig {
     pub urls: Vec<String>,
@@ -61,6 +65,13 @@ pub struct LoadConfig {
         serialize_with = "crate::report::serialize_duration"
     )]
     pub timeout: Duration,
+    /// How long requests still open when the measured window closes may take to finish;
+    /// then they are cut (`unfinished`) and the run ends.
+    #[serde(
+        rename = "grace_s",
+        serialize_with = "crate::report::serialize_duration"
+    )]
+    pub grace: Duration,
     pub max_connections: usize,
     /// Open loop: threads doing the network I/O, each a single-threaded runtime.
     pub io_threads: usize,
@@ -95,6 +106,7 @@ impl LoadConfig {
             headers: Vec::new(),
             seed: 0,
             timeout: Duration::from_secs(60),
+            grace: DEFAULT_GRACE,
             max_connections: 10_000,
             io_threads: 1,
             connection_reuse: ConnectionReuse::Recent,

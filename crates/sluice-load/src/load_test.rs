@@ -9,11 +9,11 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::client::Connection;
 use crate::config::{LoadConfig, Mode};
 use crate::error::LoadError;
-use crate::gate::{combine, evaluate, GatePolicy};
+use crate::gate::{combine, evaluate, GatePolicy, Outcome};
 use crate::host::Environment;
 use crate::record::RequestRecord;
 use crate::report::{LoadReport, RunReport, ToolInfo, VerdictReport, SCHEMA_VERSION};
-use crate::run::{execute, LoadPoint, RunPlan, RunSettings};
+use crate::run::{execute, Interrupt, LoadPoint, RunPlan, RunSettings};
 use crate::stats::analyze;
 use crate::target::{parse_targets, weighted_cycle};
 use crate::workload::{RequestShape, Workload, WorkloadSpec};
@@ -27,6 +27,17 @@ pub struct LoadTestResult {
 
 /// Runs the load test `config` describes.
 pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
+    run_interruptible(config, Interrupt::new()).await
+}
+
+/// [`run`], stopped early when `interrupt` is triggered: the run in progress closes its
+/// window at once (open requests are cut and counted as `interrupted`), a sweep runs no
+/// further step, and the result is marked interrupted, with every report still complete
+/// for what was measured.
+pub async fn run_interruptible(
+    config: LoadConfig,
+    interrupt: Interrupt,
+) -> Result<LoadTestResult, LoadError> {
     check(&config)?;
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -66,6 +77,8 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
         connection_reuse: config.connection_reuse,
         progress: config.progress,
         seed: config.seed,
+        grace: config.grace,
+        interrupt: interrupt.clone(),
     });
     let policy = GatePolicy {
         min_samples: config.min_samples,
@@ -149,6 +162,12 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
                 let (r, recs) = run_plan(plan).await?;
                 records.push((r.label.clone(), recs));
                 runs.push(r);
+                if interrupt.is_triggered() {
+                    break;
+                }
+            }
+            if interrupt.is_triggered() {
+                return Ok(finish(config, started_unix_s, runs, records, true));
             }
             let low = runs[0].summary.throughput.requests_per_s;
             let high = runs[1].summary.throughput.requests_per_s;
@@ -158,6 +177,9 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
                 )));
             }
             for (i, rate) in sweep_rates(low, high, *steps).into_iter().enumerate() {
+                if interrupt.is_triggered() {
+                    break;
+                }
                 let (r, recs) = run_plan(RunPlan {
                     label: format!("rate {rate:.2}/s"),
                     load: LoadPoint::Rate {
@@ -172,8 +194,24 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
             }
         }
     }
+    let interrupted = interrupt.is_triggered();
+    Ok(finish(config, started_unix_s, runs, records, interrupted))
+}
+
+/// The report of the runs done. An interrupted invocation never passes: what was not run
+/// cannot have met its gates, so a passing verdict becomes inconclusive.
+fn finish(
+    config: LoadConfig,
+    started_unix_s: f64,
+    runs: Vec<RunReport>,
+    records: Vec<(String, Vec<RequestRecord>)>,
+    interrupted: bool,
+) -> LoadTestResult {
     let verdicts: Vec<_> = runs.iter().map(|r| r.verdict.clone()).collect();
-    let outcome = combine(&verdicts, matches!(config.mode, Mode::Sweep { .. }));
+    let mut outcome = combine(&verdicts, matches!(config.mode, Mode::Sweep { .. }));
+    if interrupted && outcome == Outcome::Pass {
+        outcome = Outcome::Inconclusive;
+    }
     let report = LoadReport {
         schema: SCHEMA_VERSION,
         tool: ToolInfo::current(),
@@ -182,9 +220,10 @@ pub async fn run(config: LoadConfig) -> Result<LoadTestResult, LoadError> {
         targets: config.urls.clone(),
         config,
         runs,
+        interrupted,
         verdict: VerdictReport { outcome },
     };
-    Ok(LoadTestResult { report, records })
+    LoadTestResult { report, records }
 }
 
 /// `steps` rates evenly spaced strictly between `low` and `high` (in increasing order).

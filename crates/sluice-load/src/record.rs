@@ -20,11 +20,17 @@ pub enum ErrorClass {
     MidStream,
     /// The response could not be understood (not JSON, not an event stream).
     Protocol,
+    /// Still open `--grace` after the measured window ended, and cut then. Counts as an
+    /// error: the target held it longer than the run could wait.
+    Unfinished,
+    /// Still open when the run was interrupted (Ctrl-C), and cut then. Not the target's
+    /// doing: left out of the totals and the error rate, and counted apart.
+    Interrupted,
 }
 
 impl ErrorClass {
     /// The name used in reports: `http_503`, `timeout`, `connection`, `mid_stream`,
-    /// `protocol`.
+    /// `protocol`, `unfinished`, `interrupted`.
     pub fn key(&self) -> String {
         match self {
             ErrorClass::Http(code) => format!("http_{code}"),
@@ -32,6 +38,8 @@ impl ErrorClass {
             ErrorClass::Connection => "connection".to_owned(),
             ErrorClass::MidStream => "mid_stream".to_owned(),
             ErrorClass::Protocol => "protocol".to_owned(),
+            ErrorClass::Unfinished => "unfinished".to_owned(),
+            ErrorClass::Interrupted => "interrupted".to_owned(),
         }
     }
 }

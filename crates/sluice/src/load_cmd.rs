@@ -28,6 +28,8 @@ const EXIT_FAIL: u8 = 3;
 /// Exit status: not enough evidence to pass (too few samples for a gate, error rate above
 /// --max-error-rate, or no successful request).
 const EXIT_INCONCLUSIVE: u8 = 4;
+/// Exit status after Ctrl-C (128 + SIGINT), once the reports are written.
+const EXIT_INTERRUPTED: u8 = 130;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -36,7 +38,9 @@ Exit status:
   2  usage error
   3  an SLO gate failed (compare: a regression beyond the threshold)
   4  INCONCLUSIVE: a gate had fewer than --min-samples samples, the error rate was above
-     --max-error-rate, or no request succeeded (such a run never passes)";
+     --max-error-rate, or no request succeeded (such a run never passes)
+  130  interrupted: the first Ctrl-C stops sending, cuts the open requests and writes every
+     report asked for, marked interrupted; a second Ctrl-C exits at once, writing nothing";
 
 /// Generate LLM load against OpenAI-compatible endpoints and measure TTFT, TPOT, ITL,
 /// E2E, throughput and goodput exactly; gate on SLOs.
@@ -199,6 +203,11 @@ pub struct RunArgs {
     /// Longest wait for a complete answer.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub timeout: Duration,
+    /// After the measured window closes (--duration), how long requests still open may
+    /// take to finish; then they are cut, counted as failed (`unfinished`), and the run
+    /// ends. Throughput counts only what completed within the window.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub grace: Duration,
     /// Open loop: most connections the generator may open (it opens more as needed and
     /// reports when this cap held requests back).
     #[arg(long, default_value_t = 10_000)]
@@ -298,7 +307,11 @@ async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(message) => return Ok(usage_error(&message)),
     };
-    let result = match sluice_load::run(config).await {
+    let interrupt = sluice_load::Interrupt::new();
+    let watcher = tokio::spawn(watch_ctrl_c(interrupt.clone()));
+    let ran = sluice_load::run_interruptible(config, interrupt).await;
+    watcher.abort();
+    let result = match ran {
         Ok(r) => r,
         Err(LoadError::Config(message)) => return Ok(usage_error(&message)),
         Err(e) => return Err(e.into()),
@@ -317,11 +330,28 @@ async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.chart {
         write_chart(report, path).context("--chart")?;
     }
+    if report.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     Ok(ExitCode::from(match report.verdict.outcome {
         Outcome::Pass => EXIT_PASS,
         Outcome::Fail => EXIT_FAIL,
         Outcome::Inconclusive => EXIT_INCONCLUSIVE,
     }))
+}
+
+/// The first Ctrl-C asks the run to stop (it then writes its reports); a second one exits
+/// at once, for when that is not fast enough.
+async fn watch_ctrl_c(interrupt: sluice_load::Interrupt) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!("\ninterrupted: stopping, cutting the open requests and writing the reports (Ctrl-C again to exit at once)");
+    interrupt.trigger();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("interrupted again: exiting without reports");
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
 }
 
 /// Turns the flags into a [`LoadConfig`]; `Err` is a usage error.
@@ -409,6 +439,7 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.headers = a.headers.clone();
     c.seed = a.seed;
     c.timeout = a.timeout;
+    c.grace = a.grace;
     c.max_connections = a.max_connections;
     c.io_threads = a.io_threads;
     c.connection_reuse = match a.connection_reuse {

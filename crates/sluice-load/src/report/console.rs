@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::{num, LoadReport, RunReport, Table};
 use crate::gate::Outcome;
+use crate::run::LoadPoint;
 use crate::stats::{LatencyStats, RunSummary};
 
 /// The whole report as text: a table of runs when there are several, then each run in
@@ -28,6 +29,12 @@ pub fn render_console(report: &LoadReport) -> String {
     if report.runs.len() > 1 {
         out.push('\n');
         out.push_str(&runs_table(&report.runs).render("  "));
+    }
+    if report.interrupted {
+        let _ = writeln!(
+            out,
+            "INTERRUPTED: the run in progress stopped at the interrupt; the numbers below are what was measured until then"
+        );
     }
     for run in &report.runs {
         out.push('\n');
@@ -120,58 +127,12 @@ pub(crate) fn latency_table(s: &RunSummary) -> Table {
     t
 }
 
-fn run_detail(run: &RunReport) -> String {
-    let s = &run.summary;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "== {} ({}) — {:.1} s measured",
-        run.label,
-        run.load.describe(),
-        s.duration_s
-    );
-    let _ = writeln!(
-        out,
-        "  requests    {} measured: {} ok, {} failed (error rate {:.2} %); {} warm-up excluded",
-        s.requests.total,
-        s.requests.succeeded,
-        s.requests.failed,
-        s.errors.error_rate * 100.0,
-        s.requests.warmup_excluded
-    );
-    let th = &s.throughput;
-    let mut line = format!(
-        "  throughput  {:.2} req/s · {:.1} output tok/s (peak {:.0} in 1 s) · {:.1} total tok/s",
-        th.requests_per_s,
-        th.output_tokens_per_s,
-        th.peak_output_tokens_per_s,
-        th.total_tokens_per_s
-    );
-    if let Some(g) = th.goodput_requests_per_s {
-        let _ = write!(line, " · goodput {g:.2} req/s");
-    }
-    if let (Some(target), Some(got)) = (th.target_rate_per_s, th.achieved_send_rate_per_s) {
-        let _ = write!(line, " · sent {got:.2}/s of {target:.2}/s asked");
-    }
-    out.push_str(&line);
-    out.push('\n');
-    let tk = &s.tokens;
-    let _ = writeln!(
-        out,
-        "  tokens      output mean {} (asked {}), prompt mean {} (aimed {}){}",
-        num(tk.output_mean, 1),
-        num(tk.requested_output_mean, 1),
-        num(tk.prompt_mean, 1),
-        num(tk.approx_input_mean, 1),
-        tk.cached_prompt_share
-            .map(|c| format!(", {:.0} % of prompt tokens cached", c * 100.0))
-            .unwrap_or_default()
-    );
-    out.push('\n');
-    out.push_str(&latency_table(s).render("  "));
+/// What the generator did: its CPU, the machine's steal, its lateness and runtime delay,
+/// its connections.
+pub(crate) fn generator_line(s: &RunSummary) -> String {
     let g = &s.generator;
     let mut gen = format!(
-        "\n  generator   CPU {} % of one core ({} % of {} cores)",
+        "CPU {} % of one core ({} % of {} cores)",
         num(g.cpu_percent_of_one_core, 0),
         num(g.cpu_percent_of_all_cores, 0),
         g.cores
@@ -204,8 +165,73 @@ fn run_detail(run: &RunReport) -> String {
             ""
         }
     );
-    out.push_str(&gen);
+    gen
+}
+
+/// A run's heading: its label, and what the label does not already say of its load
+/// (`rate 20/s, constant arrivals`; `synchronous (concurrency 1)`).
+pub(crate) fn heading(run: &RunReport) -> String {
+    match &run.load {
+        LoadPoint::Rate { arrival, .. } if run.label.starts_with("rate ") => {
+            format!("{}, {arrival} arrivals", run.label)
+        }
+        LoadPoint::Concurrency { .. } if run.label.starts_with("concurrency ") => run.label.clone(),
+        _ => format!("{} ({})", run.label, run.load.describe()),
+    }
+}
+
+fn run_detail(run: &RunReport) -> String {
+    let s = &run.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "== {} — {:.1} s measured", heading(run), s.duration_s);
+    let _ = writeln!(
+        out,
+        "  requests    {} measured: {} ok, {} failed (error rate {:.2} %); {} warm-up excluded",
+        s.requests.total,
+        s.requests.succeeded,
+        s.requests.failed,
+        s.errors.error_rate * 100.0,
+        s.requests.warmup_excluded
+    );
+    let r = &s.requests;
+    if r.completed_after_window + r.unfinished + r.interrupted > 0 {
+        let _ = writeln!(
+            out,
+            "  window end  {} completed in the grace period · {} still open after it, cut (unfinished) · {} cut by the interrupt",
+            r.completed_after_window, r.unfinished, r.interrupted
+        );
+    }
+    let th = &s.throughput;
+    let mut line = format!(
+        "  throughput  {:.2} req/s · {:.1} output tok/s (peak {:.0} in 1 s) · {:.1} total tok/s",
+        th.requests_per_s,
+        th.output_tokens_per_s,
+        th.peak_output_tokens_per_s,
+        th.total_tokens_per_s
+    );
+    if let Some(g) = th.goodput_requests_per_s {
+        let _ = write!(line, " · goodput {g:.2} req/s");
+    }
+    if let (Some(target), Some(got)) = (th.target_rate_per_s, th.achieved_send_rate_per_s) {
+        let _ = write!(line, " · sent {got:.2}/s of {target:.2}/s asked");
+    }
+    out.push_str(&line);
     out.push('\n');
+    let tk = &s.tokens;
+    let _ = writeln!(
+        out,
+        "  tokens      output mean {} (asked {}), prompt mean {} (aimed {}){}",
+        num(tk.output_mean, 1),
+        num(tk.requested_output_mean, 1),
+        num(tk.prompt_mean, 1),
+        num(tk.approx_input_mean, 1),
+        tk.cached_prompt_share
+            .map(|c| format!(", {:.0} % of prompt tokens cached", c * 100.0))
+            .unwrap_or_default()
+    );
+    out.push('\n');
+    out.push_str(&latency_table(s).render("  "));
+    let _ = writeln!(out, "\n  generator   {}", generator_line(s));
     if !s.errors.by_class.is_empty() {
         out.push_str("  errors\n");
         for (class, n) in &s.errors.by_class {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::console::{latency_table, runs_table};
+use super::console::{generator_line, heading, latency_table, runs_table};
 use super::{num, LoadReport};
 
 pub fn render_markdown(report: &LoadReport) -> String {
@@ -23,6 +23,12 @@ pub fn render_markdown(report: &LoadReport) -> String {
         report.environment.cores,
         report.environment.os
     );
+    if report.interrupted {
+        let _ = writeln!(
+            out,
+            "**Interrupted:** the run in progress stopped at the interrupt; these are the numbers measured until then.\n"
+        );
+    }
     if report.runs.len() > 1 {
         let _ = writeln!(out, "## Runs\n");
         out.push_str(&runs_table(&report.runs).markdown());
@@ -30,7 +36,7 @@ pub fn render_markdown(report: &LoadReport) -> String {
     }
     for run in &report.runs {
         let s = &run.summary;
-        let _ = writeln!(out, "## {} ({})\n", run.label, run.load.describe());
+        let _ = writeln!(out, "## {}\n", heading(run));
         let _ = writeln!(
             out,
             "{} requests measured over {:.1} s: {} ok, {} failed (error rate {:.2} %). Throughput {:.2} req/s, {:.1} output tok/s (peak {:.0}), goodput {} req/s.\n",
@@ -44,8 +50,13 @@ pub fn render_markdown(report: &LoadReport) -> String {
             s.throughput.peak_output_tokens_per_s,
             num(s.throughput.goodput_requests_per_s, 2)
         );
+        let th = &s.throughput;
+        if let (Some(target), Some(got)) = (th.target_rate_per_s, th.achieved_send_rate_per_s) {
+            let _ = writeln!(out, "Sent {got:.2}/s of {target:.2}/s asked.\n");
+        }
         out.push_str(&latency_table(s).markdown());
         out.push('\n');
+        let _ = writeln!(out, "**Generator:** {}.\n", generator_line(s));
         if !s.errors.by_class.is_empty() {
             let _ = writeln!(out, "**Errors:**\n");
             for (class, n) in &s.errors.by_class {

@@ -38,6 +38,8 @@ pub struct LoadReport {
     pub targets: Vec<String>,
     pub config: LoadConfig,
     pub runs: Vec<RunReport>,
+    /// Stopped by an interrupt (Ctrl-C): the runs are what was measured until then.
+    pub interrupted: bool,
     pub verdict: VerdictReport,
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::worker::JobOutcome;
 use super::{Job, RunError, RunSettings, RunShared, Warmup, Worker, WorkerOutput};
 
 /// Runs the workers to the end; returns their outputs and the start time (µs since the
@@ -65,9 +66,10 @@ pub(super) async fn run(
         let start_at = clock.at_us(start_us) + stagger * i as u32;
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at.into()).await;
+            let mut backoff = ConnectBackoff::default();
             loop {
                 let now = shared.clock.now_us();
-                if now >= shared.end_us.load(Ordering::Relaxed) {
+                if now >= shared.end_us.load(Ordering::Relaxed) || shared.stop.halted() {
                     break;
                 }
                 let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -82,13 +84,17 @@ pub(super) async fn run(
                             .store(now.saturating_add(d), Ordering::Relaxed);
                     }
                 }
-                worker
+                let outcome = worker
                     .run_job(Job {
                         seq,
                         scheduled_us: None,
                         warmup,
                     })
                     .await;
+                if let Some(pause) = backoff.after(outcome) {
+                    // Each waits on its own; the window may close meanwhile.
+                    tokio::time::sleep(pause).await;
+                }
             }
             worker.finish()
         }));
@@ -100,9 +106,49 @@ pub(super) async fn run(
     Ok((outputs, start_us))
 }
 
+/// Pauses of a closed-loop worker after failed connects: 10 ms doubling to 1 s, back to
+/// none after a request that connected. A target that died is otherwise hammered with as
+/// many connects as the loop can make (65 000 refused in 4 s were seen), which measures
+/// nothing and loads the machine both share. Open-loop requests keep their schedule.
+#[derive(Debug, Default)]
+struct ConnectBackoff {
+    next: Option<Duration>,
+}
+
+impl ConnectBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn after(&mut self, outcome: JobOutcome) -> Option<Duration> {
+        if outcome != JobOutcome::ConnectFailed {
+            self.next = None;
+            return None;
+        }
+        let pause = self.next.unwrap_or(Self::FIRST);
+        self.next = Some((pause * 2).min(Self::MAX));
+        Some(pause)
+    }
+}
+
 /// Gap between the starts of two workers: 1 ms, shortened so that all have started within
 /// one second.
 fn stagger(concurrency: usize) -> Duration {
     let one_second_spread = Duration::from_secs(1) / concurrency.max(1) as u32;
     one_second_spread.min(Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_connects_back_off_and_a_connect_resets() {
+        let mut b = ConnectBackoff::default();
+        let pauses: Vec<_> = (0..9)
+            .map(|_| b.after(JobOutcome::ConnectFailed).unwrap().as_millis())
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(b.after(JobOutcome::Connected), None);
+        assert_eq!(b.after(JobOutcome::ConnectFailed).unwrap().as_millis(), 10);
+    }
 }

@@ -13,6 +13,7 @@ mod health;
 mod io_threads;
 mod open_loop;
 mod progress;
+mod stop;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::stats::LatencyHistogram;
 use crate::target::Target;
 use crate::workload::Workload;
 
+pub use stop::Interrupt;
 pub(crate) use worker::{Job, Worker, WorkerOutput};
 
 /// When a run stops sending: after a measured duration, a number of measured requests, or
@@ -134,6 +136,10 @@ pub struct RunSettings {
     pub progress: bool,
     /// `--seed`: also seeds the arrival times.
     pub seed: u64,
+    /// How long requests still open when the window closes may take to finish.
+    pub grace: Duration,
+    /// Stops the run early (the first Ctrl-C).
+    pub interrupt: Interrupt,
 }
 
 /// What a run produced, before analysis.
@@ -150,6 +156,16 @@ pub struct RunOutput {
     pub error_examples: BTreeMap<String, String>,
     /// Start of measurement when the warm-up is a duration (µs since the epoch).
     pub warmup_end_us: Option<u64>,
+    /// When the run's schedule started (µs since the epoch): the window starts here, or at
+    /// `warmup_end_us`.
+    pub start_us: u64,
+    /// End of the measured window (µs since the epoch): the duration bound, or the
+    /// interrupt. `None` for runs bounded by a request count only.
+    pub window_end_us: Option<u64>,
+    /// The run was interrupted; its window ends at the interrupt.
+    pub interrupted: bool,
+    /// See [`RunSettings::grace`].
+    pub grace: Duration,
     pub open_loop: bool,
     pub target_rate: Option<f64>,
     pub wall_s: f64,
@@ -179,6 +195,8 @@ pub(crate) struct RunShared {
     /// End of sending (µs since the epoch); `u64::MAX` until known (a `--duration` after
     /// `--warmup-requests` starts only when the warm-up requests are out).
     pub end_us: AtomicU64,
+    /// The grace period's cut and the interrupt.
+    pub stop: stop::RunStop,
 }
 
 impl RunShared {
@@ -217,7 +235,13 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
         open_connections: AtomicU64::new(0),
         peak_connections: AtomicU64::new(0),
         end_us: AtomicU64::new(u64::MAX),
+        stop: stop::RunStop::new(),
     });
+    let enforcer = tokio::spawn(stop::enforce(
+        shared.clone(),
+        settings.grace,
+        settings.interrupt.clone(),
+    ));
     let progress = settings
         .progress
         .then(|| progress::start(shared.clone(), plan.label.clone()));
@@ -256,6 +280,7 @@ pub async fn execute(settings: Arc<RunSettings>, plan: &RunPlan) -> Result<RunOu
             .await?
         }
     };
+    enforcer.abort();
     if let Some(p) = progress {
         p.finish();
     }
@@ -351,6 +376,12 @@ fn merge(
         Warmup::Duration(d) => Some(facts.start_us + d.as_micros() as u64),
         _ => None,
     };
+    let bound_end_us = Some(shared.end_us.load(Ordering::Relaxed)).filter(|&e| e != u64::MAX);
+    let interrupted_at_us = shared.stop.interrupted_at_us();
+    let window_end_us = match (bound_end_us, interrupted_at_us) {
+        (Some(end), Some(at)) => Some(end.min(at)),
+        (end, at) => end.or(at),
+    };
     RunOutput {
         label: plan.label.clone(),
         load: plan.load.clone(),
@@ -359,6 +390,10 @@ fn merge(
         token_timeline: timeline,
         error_examples,
         warmup_end_us,
+        start_us: facts.start_us,
+        window_end_us,
+        interrupted: interrupted_at_us.is_some(),
+        grace: settings.grace,
         open_loop: plan.load.is_open_loop(),
         target_rate: match plan.load {
             LoadPoint::Rate { rate, .. } => Some(rate),

@@ -17,6 +17,7 @@
 //! the cap is reached the report says so.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,6 +177,8 @@ impl Pacer {
             (Some(d), Warmup::Duration(w)) => self.start_us + w.as_micros() as u64 + d,
             (Some(d), _) => self.start_us + d,
         };
+        // The window's end, for the grace period and the analysis.
+        self.shared.end_us.store(end_us, Ordering::Relaxed);
         let max_workers = self.settings.max_connections.max(1);
         let cycle = &self.settings.cycle;
         let mut cap_hit = false;
@@ -192,12 +195,15 @@ impl Pacer {
             if warmup_n > 0 && seq == warmup_n {
                 if let Some(d) = duration_us {
                     end_us = due.saturating_add(d);
+                    self.shared.end_us.store(end_us, Ordering::Relaxed);
                 }
             }
             if due >= end_us {
                 break;
             }
-            sleep_until(&clock, due);
+            if !sleep_until(&clock, due, &self.shared) {
+                break;
+            }
             while let Ok(id) = idle_rx.try_recv() {
                 workers.now_idle(id);
             }
@@ -214,9 +220,13 @@ impl Pacer {
                     let worker = Worker::new(self.settings.clone(), self.shared.clone());
                     workers.start(&self.io, worker, Some(target));
                 }
+                // An interrupt cuts the open requests, so a worker comes free soon.
                 match idle_rx.blocking_recv() {
                     Some(id) => workers.now_idle(id),
                     None => break 'schedule,
+                }
+                if self.shared.stop.halted() {
+                    break 'schedule;
                 }
             };
             let job = Job {
@@ -305,15 +315,21 @@ impl IdleWorkers {
     }
 }
 
-/// Sleeps the thread until `due_us` on the run clock. Never sleeps when already late: a
-/// generator that fell behind catches up at once (the schedule is absolute) and the
-/// lateness is measured.
-fn sleep_until(clock: &Clock, due_us: u64) {
+/// The longest the pacer sleeps before looking whether the run was interrupted.
+const HALT_CHECK: Duration = Duration::from_millis(20);
+
+/// Sleeps the thread until `due_us` on the run clock; `false` when the run was interrupted
+/// meanwhile. Never sleeps when already late: a generator that fell behind catches up at
+/// once (the schedule is absolute) and the lateness is measured.
+fn sleep_until(clock: &Clock, due_us: u64, shared: &RunShared) -> bool {
     loop {
+        if shared.stop.halted() {
+            return false;
+        }
         let now = clock.now_us();
         if now >= due_us {
-            return;
+            return true;
         }
-        std::thread::sleep(Duration::from_micros(due_us - now));
+        std::thread::sleep(Duration::from_micros(due_us - now).min(HALT_CHECK));
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::stop::Cut;
 use super::{RunSettings, RunShared};
 use crate::client::{exchange, Connection, ExchangeRequest, ExchangeResult};
 use crate::record::{ErrorClass, RequestRecord, TokenSource};
@@ -17,6 +18,13 @@ pub(crate) struct Job {
     /// Open loop: when it is due. Closed loop: `None` (due when sent).
     pub scheduled_us: Option<u64>,
     pub warmup: bool,
+}
+
+/// Whether a job got a connection: closed-loop workers back off after failed connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobOutcome {
+    Connected,
+    ConnectFailed,
 }
 
 /// What a worker hands back at the end of a run.
@@ -92,7 +100,7 @@ impl Worker {
         Ok(c)
     }
 
-    pub async fn run_job(&mut self, job: Job) {
+    pub async fn run_job(&mut self, job: Job) -> JobOutcome {
         let clock = self.shared.clock;
         let dispatched_us = clock.now_us();
         let settings = self.settings.clone();
@@ -105,7 +113,7 @@ impl Worker {
             .copied()
             .unwrap_or(0) as usize;
         let Some(target) = settings.targets.get(target_i) else {
-            return;
+            return JobOutcome::ConnectFailed;
         };
         self.shared.sent.fetch_add(1, Ordering::Relaxed);
 
@@ -120,6 +128,7 @@ impl Worker {
         let before_us = clock.now_us();
         // Set once a connection is in hand, so a timeout knows whether it dropped one.
         let mut had_connection = false;
+        let mut cut = self.shared.stop.subscribe();
         let attempt = async {
             let mut conn = match self.connection(target_i).await {
                 Ok(c) => c,
@@ -140,22 +149,48 @@ impl Worker {
             let keep = r.reusable.then_some(conn);
             (r, keep)
         };
-        let (result, conn) = match tokio::time::timeout(settings.timeout, attempt).await {
+        let ended = tokio::select! {
+            done = tokio::time::timeout(settings.timeout, attempt) => done.map_err(|_| None),
+            why = cut.wait_for(Option::is_some) => Err(why.ok().and_then(|w| *w)),
+        };
+        let (result, conn) = match ended {
             Ok(pair) => pair,
-            Err(_) => {
+            Err(why) => {
                 let now = clock.now_us();
+                let (error, detail) = match why {
+                    None => (
+                        ErrorClass::Timeout,
+                        format!(
+                            "no complete answer within --timeout {}",
+                            crate::units::format_duration(settings.timeout)
+                        ),
+                    ),
+                    Some(Cut::Grace) => (
+                        ErrorClass::Unfinished,
+                        format!(
+                            "still open --grace {} after the measured window ended",
+                            crate::units::format_duration(settings.grace)
+                        ),
+                    ),
+                    Some(Cut::Interrupt) => (
+                        ErrorClass::Interrupted,
+                        "still open when the run was interrupted".to_owned(),
+                    ),
+                };
                 let r = ExchangeResult {
                     sent_us: before_us,
                     end_us: now,
-                    error: Some(ErrorClass::Timeout),
-                    error_detail: Some(format!(
-                        "no complete answer within --timeout {}",
-                        crate::units::format_duration(settings.timeout)
-                    )),
+                    error: Some(error),
+                    error_detail: Some(detail),
                     ..ExchangeResult::default()
                 };
                 (r, None)
             }
+        };
+        let outcome = if had_connection {
+            JobOutcome::Connected
+        } else {
+            JobOutcome::ConnectFailed
         };
         match conn {
             Some(c) => {
@@ -216,6 +251,7 @@ impl Worker {
             settings.workload.finish(ticket, reply);
         }
         self.out.records.push(record);
+        outcome
     }
 
     /// ITL gaps and the token timeline of a measured, successful request.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::histogram::{LatencyHistogram, LatencyStats};
 use super::timeseries::{buckets, TimeBucket};
-use crate::record::{RequestRecord, TokenSource};
+use crate::record::{ErrorClass, RequestRecord, TokenSource};
 use crate::run::RunOutput;
 use crate::slo::{LatencyMetric, Slo};
 
@@ -25,8 +25,12 @@ const STEAL_NOTE_PERCENT: f64 = 0.5;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub requests: RequestCounts,
-    /// The measured interval: from the end of warm-up to the last measured response.
+    /// The measured window: from the end of warm-up to the end of the duration bound (or
+    /// the interrupt); for a run bounded by a request count only, to the last response.
     pub duration_s: f64,
+    /// Stopped early by an interrupt: the window ends there.
+    #[serde(default)]
+    pub interrupted: bool,
     pub throughput: Throughput,
     pub latency: Latencies,
     pub tokens: TokenSummary,
@@ -44,6 +48,17 @@ pub struct RequestCounts {
     pub succeeded: u64,
     pub failed: u64,
     pub warmup_excluded: u64,
+    /// Succeeded after the window closed, within the grace period: in the latencies, not
+    /// in the throughput (which counts what completed within the window).
+    #[serde(default)]
+    pub completed_after_window: u64,
+    /// Still open when the grace period ended, and cut: counted as failed (class
+    /// `unfinished`).
+    #[serde(default)]
+    pub unfinished: u64,
+    /// Still open when the run was interrupted, and cut: not in `total`.
+    #[serde(default)]
+    pub interrupted: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +179,17 @@ pub struct RunAnalysis {
 }
 
 pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
-    let measured: Vec<&RequestRecord> = out.records.iter().filter(|r| !r.warmup).collect();
+    let cut_by_interrupt = out
+        .records
+        .iter()
+        .filter(|r| !r.warmup && r.error == Some(ErrorClass::Interrupted))
+        .count() as u64;
+    // What the interrupt cut says nothing of the target.
+    let measured: Vec<&RequestRecord> = out
+        .records
+        .iter()
+        .filter(|r| !r.warmup && r.error != Some(ErrorClass::Interrupted))
+        .collect();
     let total = measured.len() as u64;
     let succeeded = measured.iter().filter(|r| r.ok()).count() as u64;
     let failed = total - succeeded;
@@ -194,12 +219,36 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         }
     }
 
-    let start_us = out
-        .warmup_end_us
-        .or_else(|| measured.iter().map(|r| r.scheduled_us).min())
-        .unwrap_or(0);
-    let end_us = measured.iter().map(|r| r.end_us).max().unwrap_or(start_us);
+    // A closed loop's workers start staggered: the window starts with the schedule, not
+    // with the first send. Warm-up requests (a count) end where the first measured is due.
+    let start_us = match out.warmup_end_us {
+        Some(end) => end,
+        None if matches!(out.records.first(), Some(r) if r.warmup) => measured
+            .iter()
+            .map(|r| r.scheduled_us)
+            .min()
+            .unwrap_or(out.start_us),
+        None => out.start_us,
+    };
+    let end_us = out
+        .window_end_us
+        .unwrap_or_else(|| measured.iter().map(|r| r.end_us).max().unwrap_or(start_us));
     let duration_s = end_us.saturating_sub(start_us) as f64 / 1e6;
+    // Throughput is what completed within the window; answers finishing in the grace
+    // period are measured for latency but would otherwise count time the window excludes.
+    let in_window: Vec<&RequestRecord> = measured
+        .iter()
+        .copied()
+        .filter(|r| r.end_us <= end_us)
+        .collect();
+    let completed_after_window = measured
+        .iter()
+        .filter(|r| r.ok() && r.end_us > end_us)
+        .count() as u64;
+    let unfinished = measured
+        .iter()
+        .filter(|r| r.error == Some(ErrorClass::Unfinished))
+        .count() as u64;
     let per_s = |x: f64| {
         if duration_s > 0.0 {
             x / duration_s
@@ -209,7 +258,9 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
     };
 
     let tokens = token_summary(&measured);
-    let goodput = goodput(&measured, slos).map(|n| per_s(n as f64));
+    let window_tokens = token_summary(&in_window);
+    let succeeded_in_window = in_window.iter().filter(|r| r.ok()).count() as u64;
+    let goodput = goodput(&in_window, slos).map(|n| per_s(n as f64));
     let achieved = out
         .open_loop
         .then(|| span_rate(measured.iter().map(|r| r.sent_us)))
@@ -219,9 +270,9 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         .then(|| span_rate(measured.iter().map(|r| r.scheduled_us)))
         .flatten();
     let throughput = Throughput {
-        requests_per_s: per_s(succeeded as f64),
-        output_tokens_per_s: per_s(tokens.output_total as f64),
-        total_tokens_per_s: per_s((tokens.output_total + tokens.prompt_total) as f64),
+        requests_per_s: per_s(succeeded_in_window as f64),
+        output_tokens_per_s: per_s(window_tokens.output_total as f64),
+        total_tokens_per_s: per_s((window_tokens.output_total + window_tokens.prompt_total) as f64),
         peak_output_tokens_per_s: out.token_timeline.iter().copied().fold(0.0, f64::max),
         goodput_requests_per_s: goodput,
         achieved_send_rate_per_s: achieved,
@@ -259,16 +310,37 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         e2e: metrics.e2e.stats(),
         queue: queue.stats(),
     };
-    let notes = notes(out, &tokens, &measured, &generator);
+    let mut notes = notes(out, &tokens, &measured, &generator);
+    if completed_after_window > 0 {
+        notes.push(format!(
+            "{completed_after_window} requests sent within the window completed after it closed, within the grace period: their latencies are included, the throughput counts only what completed within the window"
+        ));
+    }
+    if unfinished > 0 {
+        notes.push(format!(
+            "{unfinished} requests were still open --grace {} after the window closed and were cut: they count as failed (`unfinished`), and the latency percentiles do not include them, so the real tail is longer",
+            crate::units::format_duration(out.grace)
+        ));
+    }
+    if out.interrupted {
+        notes.push(format!(
+            "interrupted: the window closed at the interrupt, {:.1} s in; {cut_by_interrupt} requests still open then were cut and are left out of the totals",
+            duration_s
+        ));
+    }
     RunAnalysis {
         summary: RunSummary {
             requests: RequestCounts {
                 total,
                 succeeded,
                 failed,
-                warmup_excluded: out.records.len() as u64 - total,
+                warmup_excluded: out.records.iter().filter(|r| r.warmup).count() as u64,
+                completed_after_window,
+                unfinished,
+                interrupted: cut_by_interrupt,
             },
             duration_s,
+            interrupted: out.interrupted,
             throughput,
             latency,
             tokens,
