@@ -74,6 +74,11 @@ pub struct RequestRecord {
     pub scheduled_us: u64,
     /// When a worker took it up.
     pub dispatched_us: u64,
+    /// Open loop: every open connection was busy with an answer in progress when it was
+    /// due, so it waited for one to come free or a new one to connect. Lateness caused by
+    /// the target holding connections, not by the generator.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waited_for_connection: bool,
     /// When it was handed to an open connection.
     pub sent_us: u64,
     pub first_token_us: Option<u64>,
@@ -162,6 +167,7 @@ pub(crate) mod tests {
             stream: true,
             scheduled_us: 1_000,
             dispatched_us: 1_100,
+            waited_for_connection: false,
             sent_us: 1_500,
             first_token_us: Some(51_000),
             second_token_us: Some(61_000),

@@ -26,6 +26,7 @@ pub(crate) fn output(n: u64, failed: u64, ttft_ms: u64) -> RunOutput {
                 stream: true,
                 scheduled_us: start,
                 dispatched_us: start,
+                waited_for_connection: false,
                 sent_us: start,
                 first_token_us: ok.then_some(start + ttft_ms * 1000),
                 second_token_us: ok.then_some(start + ttft_ms * 1000 + 10_000),

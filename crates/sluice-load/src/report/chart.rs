@@ -130,6 +130,10 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A last second covered by less of the window than this is not drawn as a rate: a count
+/// over a sliver of a second is noise.
+const MIN_COVERED_S: f64 = 0.1;
+
 fn time_panels(run: &RunReport) -> Vec<Panel> {
     let b = &run.summary.timeseries;
     let t0 = b.first().map_or(0, |x| x.t_s);
@@ -139,6 +143,18 @@ fn time_panels(run: &RunReport) -> Vec<Panel> {
     let pts = |f: fn(&crate::stats::TimeBucket) -> Option<f64>| -> Vec<(f64, f64)> {
         b.iter()
             .filter_map(|k| f(k).map(|v| (x(k.t_s), v)))
+            .collect()
+    };
+    // Counts per second, over the part of the second inside the window: the last second
+    // of a run is partial, and its raw count would draw a drop that did not happen.
+    let rate = |f: fn(&crate::stats::TimeBucket) -> f64| -> Vec<(f64, f64)> {
+        let last = b.len().saturating_sub(1);
+        b.iter()
+            .enumerate()
+            .filter(|(i, k)| {
+                k.covered_s > 0.0 && !(*i == last && *i > 0 && k.covered_s < MIN_COVERED_S)
+            })
+            .map(|(_, k)| (x(k.t_s), f(k) / k.covered_s))
             .collect()
     };
     let x_desc = "seconds since the measured interval began";
@@ -192,29 +208,29 @@ fn time_panels(run: &RunReport) -> Vec<Panel> {
         series: vec![Series {
             name: "output tok/s",
             color: P50,
-            points: pts(|k| Some(k.output_tokens)),
+            points: rate(|k| k.output_tokens),
         }],
         x_range,
     });
     panels.push(Panel {
-        title: "requests sent per second, and how they ended".to_owned(),
+        title: "requests sent and completed per second (a gap: the target fell behind)".to_owned(),
         x_desc,
         y_desc: "requests/s",
         series: vec![
             Series {
                 name: "sent",
                 color: NEUTRAL,
-                points: pts(|k| Some(k.sent as f64)),
+                points: rate(|k| k.sent as f64),
             },
             Series {
-                name: "succeeded",
+                name: "completed",
                 color: E2E50,
-                points: pts(|k| Some(k.succeeded as f64)),
+                points: rate(|k| k.completed as f64),
             },
             Series {
-                name: "failed",
+                name: "failed (by send time)",
                 color: P99,
-                points: pts(|k| Some(k.failed as f64)),
+                points: rate(|k| k.failed as f64),
             },
         ],
         x_range,

@@ -89,6 +89,7 @@ pub(super) async fn run(
                         seq,
                         scheduled_us: None,
                         warmup,
+                        waited_for_connection: false,
                     })
                     .await;
                 if let Some(pause) = backoff.after(outcome) {

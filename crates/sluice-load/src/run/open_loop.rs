@@ -207,10 +207,12 @@ impl Pacer {
             while let Ok(id) = idle_rx.try_recv() {
                 workers.now_idle(id);
             }
+            let mut waited = false;
             let id = loop {
                 if let Some(id) = workers.idle.pop() {
                     break id;
                 }
+                waited = true;
                 if workers.senders.len() >= max_workers {
                     cap_hit = true;
                 } else if workers.connecting_now < MAX_CONNECTING {
@@ -233,6 +235,7 @@ impl Pacer {
                 seq,
                 scheduled_us: Some(due),
                 warmup: warm,
+                waited_for_connection: waited,
             };
             // An idle worker's one-slot queue is empty, so this cannot be full; a worker
             // that died cannot take it, and its job is then not sent at all.

@@ -18,6 +18,9 @@ pub(crate) struct Job {
     /// Open loop: when it is due. Closed loop: `None` (due when sent).
     pub scheduled_us: Option<u64>,
     pub warmup: bool,
+    /// Open loop: no connection was idle when it was due (see
+    /// [`RequestRecord::waited_for_connection`]).
+    pub waited_for_connection: bool,
 }
 
 /// Whether a job got a connection: closed-loop workers back off after failed connects.
@@ -215,6 +218,7 @@ impl Worker {
             stream: result.streamed,
             scheduled_us: job.scheduled_us.unwrap_or(result.sent_us),
             dispatched_us,
+            waited_for_connection: job.waited_for_connection,
             sent_us: result.sent_us,
             first_token_us: result.first_token_us,
             second_token_us: result.second_token_us,

@@ -215,7 +215,11 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         }
         if out.open_loop {
             queue.record(r.queue_us());
-            lateness.record(r.lateness_us());
+            // A request that waited for a busy connection was held by the target, not by
+            // the pacer: its lateness is not the generator's.
+            if !r.waited_for_connection {
+                lateness.record(r.lateness_us());
+            }
         }
     }
 
@@ -322,6 +326,17 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
             crate::units::format_duration(out.grace)
         ));
     }
+    if let Some(note) = target_fell_behind(
+        out,
+        &measured,
+        in_window.len(),
+        end_us,
+        duration_s,
+        achieved,
+        &generator,
+    ) {
+        notes.push(note);
+    }
     if out.interrupted {
         notes.push(format!(
             "interrupted: the window closed at the interrupt, {:.1} s in; {cut_by_interrupt} requests still open then were cut and are left out of the totals",
@@ -346,7 +361,7 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
             tokens,
             errors,
             generator,
-            timeseries: buckets(&measured, &out.token_timeline),
+            timeseries: buckets(&measured, &out.token_timeline, start_us, out.window_end_us),
             notes,
         },
         metrics,
@@ -480,6 +495,88 @@ fn generator_summary(out: &RunOutput, lateness: Option<LatencyStats>) -> Generat
         likely_bottleneck: !reasons.is_empty(),
         bottleneck_reasons: reasons,
     }
+}
+
+/// Completed (successfully or not) below this share of what was sent means the target did
+/// not keep up.
+const FELL_BEHIND_SHARE: f64 = 0.9;
+
+/// Open loop: when the target answered markedly fewer requests per second than were sent,
+/// says so with the evidence on each side, so that a saturated target is not taken for a
+/// slow generator.
+fn target_fell_behind(
+    out: &RunOutput,
+    measured: &[&RequestRecord],
+    answered_in_window: usize,
+    end_us: u64,
+    duration_s: f64,
+    sent_per_s: Option<f64>,
+    generator: &GeneratorSummary,
+) -> Option<String> {
+    let sent = sent_per_s.filter(|s| *s > 0.0 && out.open_loop && duration_s > 0.0)?;
+    let answered = answered_in_window as f64 / duration_s;
+    if answered >= FELL_BEHIND_SHARE * sent {
+        return None;
+    }
+    let in_flight = measured
+        .iter()
+        .filter(|r| r.sent_us < end_us && r.end_us > end_us)
+        .count();
+    let mut note = format!(
+        "the target fell behind: it answered {answered:.2} requests/s of the {sent:.2}/s sent; {in_flight} were still in flight when the window closed"
+    );
+    let waited = measured.iter().filter(|r| r.waited_for_connection).count();
+    if waited > 0 {
+        note.push_str(&format!(
+            "; {waited} requests found every open connection busy with an answer in progress and waited for one (the generator opened {} in all)",
+            generator.connections_opened
+        ));
+    }
+    let ttft: Vec<f64> = ttft_p50_by_second(measured);
+    if let (Some(first), Some(last)) = (ttft.first(), ttft.last()) {
+        if ttft.len() > 1 && *last > 2.0 * first {
+            note.push_str(&format!(
+                "; TTFT p50 rose from {first:.1} ms in the first second to {last:.1} ms in the last (requests queue at the target)"
+            ));
+        }
+    }
+    if generator.likely_bottleneck {
+        note.push_str(&format!(
+            "; the generator was strained as well: {}",
+            generator.bottleneck_reasons.join("; ")
+        ));
+    } else {
+        note.push_str(&format!(
+            "; the generator's own measures were within bounds (CPU {} % of one core{})",
+            generator
+                .cpu_percent_of_one_core
+                .map_or("?".to_owned(), |c| format!("{c:.0}")),
+            generator
+                .lateness
+                .as_ref()
+                .map(|l| format!(", pacing lateness p99 {:.2} ms", l.p99_ms))
+                .unwrap_or_default()
+        ));
+    }
+    Some(note)
+}
+
+/// TTFT p50 (ms) of the requests scheduled in each second that has any, in order.
+fn ttft_p50_by_second(measured: &[&RequestRecord]) -> Vec<f64> {
+    let mut by_second: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in measured {
+        if let Some(v) = r.ttft_us() {
+            by_second
+                .entry(r.scheduled_us / 1_000_000)
+                .or_default()
+                .push(v);
+        }
+    }
+    by_second
+        .into_values()
+        .filter_map(|mut v| super::histogram::exact_quantile(&mut v, 0.5))
+        .map(|us| us as f64 / 1000.0)
+        .collect()
 }
 
 fn notes(

@@ -13,8 +13,17 @@ pub struct TimeBucket {
     /// Start of the bucket, seconds since the run began.
     pub t_s: u64,
     pub sent: u64,
+    /// Of the requests sent in this second, those that succeeded and those that failed.
     pub succeeded: u64,
     pub failed: u64,
+    /// Requests that completed successfully in this second, whenever they were sent: beside
+    /// `sent`, it shows when a target falls behind.
+    #[serde(default)]
+    pub completed: u64,
+    /// How much of this second lies inside the measured window (1 but for the first and
+    /// last): per-second rates of a partial second are its counts divided by this.
+    #[serde(default = "whole_second")]
+    pub covered_s: f64,
     /// Output tokens that arrived during this second.
     pub output_tokens: f64,
     pub ttft_p50_ms: Option<f64>,
@@ -23,16 +32,33 @@ pub struct TimeBucket {
     pub e2e_p99_ms: Option<f64>,
 }
 
-/// Buckets from the first to the last second that holds a measured request or token.
-pub fn buckets(measured: &[&RequestRecord], token_timeline: &[f64]) -> Vec<TimeBucket> {
-    let first = measured.iter().map(|r| r.scheduled_us / 1_000_000).min();
-    let last = measured
-        .iter()
-        .map(|r| r.end_us.max(r.scheduled_us) / 1_000_000)
-        .max();
-    let (Some(first), Some(last)) = (first, last) else {
+fn whole_second() -> f64 {
+    1.0
+}
+
+/// Buckets over the seconds of the measured window `[start_us, end_us)`. Without a window
+/// end (a run bounded by a request count), up to the last measured answer.
+pub fn buckets(
+    measured: &[&RequestRecord],
+    token_timeline: &[f64],
+    start_us: u64,
+    window_end_us: Option<u64>,
+) -> Vec<TimeBucket> {
+    if measured.is_empty() {
         return Vec::new();
-    };
+    }
+    let end_us = window_end_us.unwrap_or_else(|| {
+        measured
+            .iter()
+            .map(|r| r.end_us.max(r.scheduled_us))
+            .max()
+            .unwrap_or(start_us)
+    });
+    if end_us <= start_us {
+        return Vec::new();
+    }
+    let first = start_us / 1_000_000;
+    let last = (end_us - 1) / 1_000_000;
     let n = (last - first + 1) as usize;
     let mut ttft: Vec<Vec<u64>> = vec![Vec::new(); n];
     let mut e2e: Vec<Vec<u64>> = vec![Vec::new(); n];
@@ -42,6 +68,11 @@ pub fn buckets(measured: &[&RequestRecord], token_timeline: &[f64]) -> Vec<TimeB
             sent: 0,
             succeeded: 0,
             failed: 0,
+            completed: 0,
+            covered_s: {
+                let (lo, hi) = ((first + i) * 1_000_000, (first + i + 1) * 1_000_000);
+                (hi.min(end_us).saturating_sub(lo.max(start_us))) as f64 / 1e6
+            },
             output_tokens: token_timeline
                 .get((first + i) as usize)
                 .copied()
@@ -53,7 +84,15 @@ pub fn buckets(measured: &[&RequestRecord], token_timeline: &[f64]) -> Vec<TimeB
         })
         .collect();
     for r in measured {
-        let i = (r.scheduled_us / 1_000_000 - first) as usize;
+        if r.ok() && (start_us..end_us).contains(&r.end_us) {
+            if let Some(b) = out.get_mut((r.end_us / 1_000_000 - first) as usize) {
+                b.completed += 1;
+            }
+        }
+        let Some(i) = (r.scheduled_us / 1_000_000).checked_sub(first) else {
+            continue;
+        };
+        let i = i as usize;
         let Some(b) = out.get_mut(i) else { continue };
         b.sent += 1;
         if r.ok() {
