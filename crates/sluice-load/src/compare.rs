@@ -1,6 +1,14 @@
 //! `sluice load compare BASELINE.json NEW.json --threshold 10%`: metric by metric, run by
 //! run, and whether anything regressed beyond the threshold (latency up, throughput down,
 //! error rate up by more than its own absolute allowance).
+//!
+//! A latency regression must also be more than noise: the 95 % intervals of the two runs'
+//! statistic (distribution-free for a percentile, from the reports' bucket counts) must not
+//! overlap, and a percentile is judged only when both runs have enough samples to bound it
+//! (p99 needs 563). Two identical runs back to back therefore do not "regress" because the
+//! maximum of 100 samples moved. Reports of different shapes (closed against open loop,
+//! other prompt or answer lengths) are refused unless forced: their numbers do not measure
+//! the same thing.
 
 use std::path::Path;
 
@@ -8,19 +16,47 @@ use serde::Deserialize;
 
 use crate::error::ReportError;
 use crate::report::{num, Table, SCHEMA_VERSION};
-use crate::stats::{LatencyStats, RunSummary};
+use crate::slo::LatencyMetric;
+use crate::stats::{samples_to_bound, Interval, LatencyHistogram, LatencyStats, RunSummary};
 
 /// The part of a JSON report `compare` reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReportView {
     pub schema: u32,
     pub runs: Vec<RunView>,
+    /// The configuration, for the shape check.
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RunView {
     pub label: String,
     pub summary: RunSummary,
+    /// The run's load (`{"kind": "rate", "rate": 40, ...}`), for the shape check.
+    #[serde(default)]
+    pub load: serde_json::Value,
+}
+
+/// How the two reports differ in what they measured (load kind and size, workload,
+/// streaming), one sentence each; empty when they can be compared.
+pub fn shape_differences(base: &ReportView, new: &ReportView) -> Vec<String> {
+    let mut out = Vec::new();
+    for field in ["mode", "workload", "stream", "warmup"] {
+        let (b, n) = (&base.config[field], &new.config[field]);
+        if b != n {
+            out.push(format!("`config.{field}` differs: {b} against {n}"));
+        }
+    }
+    for (b, n) in base.runs.iter().zip(&new.runs) {
+        if b.load != n.load {
+            out.push(format!(
+                "run `{}` had load {} against {}",
+                b.label, b.load, n.load
+            ));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +75,8 @@ pub struct Delta {
     /// Relative change (0.1 = +10 %); for the error rate, the absolute change.
     pub change: Option<f64>,
     pub regression: bool,
+    /// Why a change beyond the threshold is not a regression (noise, too few samples).
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,40 +136,119 @@ pub fn read_report(path: &Path) -> Result<ReportView, ReportError> {
 
 type Pick = fn(&RunSummary) -> Option<f64>;
 
-fn latency_metrics() -> Vec<(String, Pick)> {
-    macro_rules! lat {
-        ($m:ident, $name:literal) => {
-            [
-                (
-                    concat!($name, ".p50").to_string(),
-                    (|s: &RunSummary| s.latency.$m.as_ref().map(|x: &LatencyStats| x.p50_ms))
-                        as Pick,
-                ),
-                (
-                    concat!($name, ".p90").to_string(),
-                    (|s: &RunSummary| s.latency.$m.as_ref().map(|x: &LatencyStats| x.p90_ms))
-                        as Pick,
-                ),
-                (
-                    concat!($name, ".p99").to_string(),
-                    (|s: &RunSummary| s.latency.$m.as_ref().map(|x: &LatencyStats| x.p99_ms))
-                        as Pick,
-                ),
-                (
-                    concat!($name, ".mean").to_string(),
-                    (|s: &RunSummary| s.latency.$m.as_ref().map(|x: &LatencyStats| x.mean_ms))
-                        as Pick,
-                ),
-            ]
-        };
+/// A latency statistic `compare` judges.
+#[derive(Debug, Clone, Copy)]
+enum Statistic {
+    Quantile(f64),
+    Mean,
+}
+
+impl Statistic {
+    const ALL: [(&'static str, Statistic); 4] = [
+        ("p50", Statistic::Quantile(0.50)),
+        ("p90", Statistic::Quantile(0.90)),
+        ("p99", Statistic::Quantile(0.99)),
+        ("mean", Statistic::Mean),
+    ];
+
+    fn of(self, s: &LatencyStats) -> f64 {
+        match self {
+            Statistic::Quantile(q) if q <= 0.5 => s.p50_ms,
+            Statistic::Quantile(q) if q <= 0.9 => s.p90_ms,
+            Statistic::Quantile(_) => s.p99_ms,
+            Statistic::Mean => s.mean_ms,
+        }
     }
-    let mut v = Vec::new();
-    v.extend(lat!(ttft, "ttft"));
-    v.extend(lat!(ttst, "ttst"));
-    v.extend(lat!(tpot, "tpot"));
-    v.extend(lat!(itl, "itl"));
-    v.extend(lat!(e2e, "e2e"));
-    v
+
+    fn interval(self, h: &LatencyHistogram) -> Interval {
+        match self {
+            Statistic::Quantile(q) => h.quantile_interval(q),
+            Statistic::Mean => h.mean_interval(),
+        }
+    }
+
+    /// Samples each run needs before this statistic is judged at all.
+    fn needs(self) -> u64 {
+        match self {
+            Statistic::Quantile(q) => samples_to_bound(q),
+            Statistic::Mean => MEAN_MIN_SAMPLES,
+        }
+    }
+}
+
+/// A mean of fewer samples is not judged.
+const MEAN_MIN_SAMPLES: u64 = 20;
+
+fn latency_stats(s: &RunSummary, m: LatencyMetric) -> Option<&LatencyStats> {
+    let l = &s.latency;
+    match m {
+        LatencyMetric::Ttft => l.ttft.as_ref(),
+        LatencyMetric::Ttst => l.ttst.as_ref(),
+        LatencyMetric::Tpot => l.tpot.as_ref(),
+        LatencyMetric::Itl => l.itl.as_ref(),
+        LatencyMetric::E2e => l.e2e.as_ref(),
+    }
+}
+
+/// A latency statistic of both runs: beyond the threshold and beyond the noise (the 95 %
+/// intervals apart), with enough samples in both, is a regression.
+fn latency_delta(
+    run: &str,
+    metric: LatencyMetric,
+    (name, stat): (&str, Statistic),
+    base: &RunSummary,
+    new: &RunSummary,
+    threshold: f64,
+) -> Delta {
+    let (b, n) = (latency_stats(base, metric), latency_stats(new, metric));
+    let mut delta = relative(
+        run,
+        format!("{}.{name}", metric.name()),
+        b.map(|x| stat.of(x)),
+        n.map(|x| stat.of(x)),
+        Better::Lower,
+        threshold,
+    );
+    if !delta.regression {
+        return delta;
+    }
+    let (bh, nh) = (
+        LatencyHistogram::from_bucket_counts(base.distributions.get(metric)),
+        LatencyHistogram::from_bucket_counts(new.distributions.get(metric)),
+    );
+    if bh.count() == 0 || nh.count() == 0 {
+        delta.note = Some(
+            "threshold only: a report has no distributions (written by an older version)".into(),
+        );
+        return delta;
+    }
+    let needs = stat.needs();
+    let fewest = bh.count().min(nh.count());
+    if fewest < needs {
+        delta.regression = false;
+        delta.note = Some(format!(
+            "not judged: {fewest} samples, {name} needs {needs} in each run to be bounded"
+        ));
+        return delta;
+    }
+    let (bi, ni) = (stat.interval(&bh), stat.interval(&nh));
+    let apart = match (bi.high_us, ni.low_us) {
+        (Some(base_high), Some(new_low)) => new_low > base_high,
+        _ => false,
+    };
+    if !apart {
+        delta.regression = false;
+        delta.note = Some(format!(
+            "within noise: the 95 % intervals overlap (baseline up to {}, new from {} ms)",
+            interval_end(bi.high_us),
+            interval_end(ni.low_us)
+        ));
+    }
+    delta
+}
+
+fn interval_end(us: Option<f64>) -> String {
+    us.map_or("unbounded".to_owned(), |v| format!("{:.2}", v / 1000.0))
 }
 
 fn throughput_metrics() -> Vec<(String, Pick)> {
@@ -170,15 +287,12 @@ pub fn compare(base: &ReportView, new: &ReportView, t: Thresholds) -> Comparison
             ));
             format!("{} / {}", b.label, n.label)
         };
-        for (metric, pick) in latency_metrics() {
-            deltas.push(relative(
-                &run,
-                metric,
-                pick(&b.summary),
-                pick(&n.summary),
-                Better::Lower,
-                t.relative,
-            ));
+        for metric in LatencyMetric::ALL {
+            for stat in Statistic::ALL {
+                deltas.push(latency_delta(
+                    &run, metric, stat, &b.summary, &n.summary, t.relative,
+                ));
+            }
         }
         for (metric, pick) in throughput_metrics() {
             deltas.push(relative(
@@ -199,6 +313,7 @@ pub fn compare(base: &ReportView, new: &ReportView, t: Thresholds) -> Comparison
             better: Better::Lower,
             change: Some(ne - be),
             regression: ne - be > t.error_rate,
+            note: None,
         });
     }
     Comparison {
@@ -232,11 +347,12 @@ fn relative(
         better,
         change,
         regression,
+        note: None,
     }
 }
 
 pub fn render_comparison(c: &Comparison) -> String {
-    let mut t = Table::new(["run", "metric", "baseline", "new", "change", ""]);
+    let mut t = Table::new(["run", "metric", "baseline", "new", "change", "", "why not"]);
     for d in &c.deltas {
         if d.baseline.is_none() && d.new.is_none() {
             continue;
@@ -258,6 +374,7 @@ pub fn render_comparison(c: &Comparison) -> String {
             } else {
                 String::new()
             },
+            d.note.clone().unwrap_or_default(),
         ]);
     }
     let mut out = t.render("");
@@ -302,7 +419,9 @@ mod tests {
             runs: vec![RunView {
                 label: "concurrency 1".into(),
                 summary: analyze(&out, &[]).summary,
+                load: serde_json::json!({"kind": "concurrency", "concurrency": 1}),
             }],
+            config: serde_json::json!({"stream": true}),
         }
     }
 
@@ -352,6 +471,81 @@ mod tests {
         let c = compare(&view(50, 1, 0), &view(50, 1, 3), T10);
         let err = c.deltas.iter().find(|d| d.metric == "error_rate").unwrap();
         assert!(err.regression);
+    }
+
+    /// `n` requests whose TTFT is (50 ms + exponential noise of mean `noise_ms`) × `scale`.
+    fn noisy(seed: u64, n: u64, scale: f64, noise_ms: f64) -> ReportView {
+        let mut out = output(n, 0, 50);
+        let mut rng = crate::prng::Rng::new(seed);
+        for r in out.records.iter_mut() {
+            let ttft = ((50_000.0 + rng.exponential(noise_ms * 1000.0)) * scale) as u64;
+            r.first_token_us = Some(r.sent_us + ttft);
+            r.second_token_us = Some(r.sent_us + ttft + 10_000);
+            r.end_us = r.sent_us + ttft + 90_000;
+        }
+        let mut v = view(50, 1, 0);
+        v.runs[0].summary = analyze(&out, &[]).summary;
+        v
+    }
+
+    fn noisy_view(seed: u64, n: u64, scale: f64) -> ReportView {
+        noisy(seed, n, scale, 10.0)
+    }
+
+    #[test]
+    fn two_runs_of_one_distribution_do_not_regress_whatever_their_tails_do() {
+        let mut judged_noise = 0;
+        for seed in 0..20 {
+            let (a, b) = (noisy_view(seed, 100, 1.0), noisy_view(seed + 100, 100, 1.0));
+            let c = compare(&a, &b, T10);
+            assert_eq!(c.regressions(), 0, "seed {seed}: {}", render_comparison(&c));
+            let p99 = c.deltas.iter().find(|d| d.metric == "ttft.p99").unwrap();
+            if p99.change.unwrap() > 0.10 {
+                assert!(p99.note.as_ref().unwrap().contains("needs 563"), "{p99:?}");
+                judged_noise += 1;
+            }
+        }
+        // The tails of 100 samples do move by more than 10 %: the check above was exercised.
+        assert!(judged_noise > 0);
+    }
+
+    #[test]
+    fn a_real_shift_is_a_regression_at_every_statistic() {
+        let base = noisy_view(1, 2000, 1.0);
+        let c = compare(&base, &noisy_view(2, 2000, 1.3), T10);
+        for metric in ["ttft.p50", "ttft.p90", "ttft.p99", "ttft.mean"] {
+            let d = c.deltas.iter().find(|d| d.metric == metric).unwrap();
+            assert!(d.regression, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_mean_that_moved_within_its_noise_is_not_a_regression() {
+        let mut exercised = 0;
+        for seed in 0..20 {
+            let (a, b) = (noisy(seed, 30, 1.0, 40.0), noisy(seed + 50, 30, 1.0, 40.0));
+            let c = compare(&a, &b, T10);
+            let mean = c.deltas.iter().find(|d| d.metric == "ttft.mean").unwrap();
+            assert!(!mean.regression, "seed {seed}: {mean:?}");
+            if mean.change.unwrap() > 0.10 {
+                assert!(mean.note.as_ref().unwrap().starts_with("within noise"));
+                exercised += 1;
+            }
+        }
+        assert!(exercised > 0);
+    }
+
+    #[test]
+    fn reports_of_different_shapes_are_told_apart() {
+        let a = view(50, 1, 0);
+        assert!(shape_differences(&a, &a).is_empty());
+        let mut b = view(50, 1, 0);
+        b.runs[0].load = serde_json::json!({"kind": "rate", "rate": 5.0});
+        b.config = serde_json::json!({"stream": false});
+        let d = shape_differences(&a, &b);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("config.stream"));
+        assert!(d[1].contains("had load"));
     }
 
     #[test]

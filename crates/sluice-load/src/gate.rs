@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::slo::{Slo, SloMetric, Statistic};
-use crate::stats::RunAnalysis;
+use crate::stats::{samples_to_bound, RunAnalysis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -130,10 +130,28 @@ fn judge(slo: &Slo, run: &RunAnalysis, policy: GatePolicy) -> GateResult {
     } else {
         slo.threshold
     };
+    // A percentile needs enough samples above it to be bounded at all: p99 of 100 samples
+    // is about the largest of them, whatever the target's real p99 is.
+    let percentile_needs = match slo.metric {
+        SloMetric::Latency {
+            statistic: Statistic::Percentile(p),
+            ..
+        } => samples_to_bound(p / 100.0),
+        _ => 0,
+    };
     let (outcome, detail) = match observed {
         _ if samples < policy.min_samples => (
             Outcome::Inconclusive,
             format!("fewer samples than --min-samples {}", policy.min_samples),
+        ),
+        // Too few to pass on; a failing estimate stays a failure (with few samples a high
+        // percentile is under- rather than over-estimated).
+        Some(v) if samples < percentile_needs && slo.comparison.holds(v, threshold) => (
+            Outcome::Inconclusive,
+            format!(
+                "observed {}, but {samples} samples cannot bound this percentile: it needs {percentile_needs} (below that its 95 % interval reaches past the largest sample)",
+                show(v, unit)
+            ),
         ),
         None => (Outcome::Inconclusive, "no samples".to_owned()),
         Some(v) if slo.comparison.holds(v, threshold) => {
@@ -213,7 +231,7 @@ mod tests {
 
     #[test]
     fn passing_and_failing_gates() {
-        let out = output(100, 0, 50);
+        let out = output(600, 0, 50);
         let v = verdict(
             &out,
             &["ttft.p99<60ms", "tpot.p95<=10ms", "error_rate<0.01"],
@@ -231,6 +249,24 @@ mod tests {
             v.gates[0].detail
         );
         assert_eq!(v.gates[1].outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn a_percentile_too_few_samples_can_bound_never_passes() {
+        let out = output(100, 0, 50);
+        let v = verdict(&out, &["ttft.p99<60ms", "ttft.p50<60ms"]);
+        assert_eq!(v.gates[0].outcome, Outcome::Inconclusive);
+        assert!(
+            v.gates[0]
+                .detail
+                .contains("100 samples cannot bound this percentile: it needs 563"),
+            "{}",
+            v.gates[0].detail
+        );
+        assert_eq!(v.gates[1].outcome, Outcome::Pass);
+        // Exceeding the limit already with few samples is a failure.
+        let v = verdict(&out, &["ttft.p99<40ms"]);
+        assert_eq!(v.gates[0].outcome, Outcome::Fail);
     }
 
     #[test]

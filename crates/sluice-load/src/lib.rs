@@ -3,7 +3,7 @@
 //! It sends OpenAI chat completion traffic (synthetic, shared-prefix, multi-turn or replayed
 //! from a file) to one or more endpoints, open loop (constant, Poisson or gamma arrivals,
 //! trace replay) or closed loop (fixed concurrency), or as a sweep from synchronous to
-//! saturation; measures every request with the definitions of `llm-metrics.md` (TTFT, TTST,
+//! saturation; measures every request with the definitions of `docs/load.md` (TTFT, TTST,
 //! TPOT, ITL, E2E, throughput, goodput, errors by class); judges SLO gates; and writes
 //! console, JSON, NDJSON, Markdown and SVG reports. `compare` diffs two JSON reports.
 //!

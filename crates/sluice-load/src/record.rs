@@ -1,7 +1,7 @@
 //! One request's measurements, as the workers take them. All times are microseconds since
 //! the run's epoch (one `Instant` shared by the whole run).
 //!
-//! The derived metrics follow `llm-metrics.md` exactly; the latency origin is the
+//! The derived metrics follow the definitions in `docs/load.md` exactly; the latency origin is the
 //! *scheduled* send time, which in closed-loop runs is the send time itself.
 
 use serde::{Deserialize, Serialize};

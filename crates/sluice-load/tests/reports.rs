@@ -33,7 +33,7 @@ async fn every_report_format_is_written_and_compare_reads_json() {
     c.bound.requests = Some(200);
     c.warmup = Warmup::Requests(10);
     c.slos = vec![
-        "ttft.p99<5s".parse().unwrap(),
+        "ttft.p95<5s".parse().unwrap(),
         "error_rate<0.01".parse().unwrap(),
     ];
     let result = sluice_load::run(c).await.unwrap();
@@ -59,7 +59,7 @@ async fn every_report_format_is_written_and_compare_reads_json() {
     assert_eq!(v["config"]["timeout_s"], 60.0);
     assert_eq!(v["config"]["warmup"]["requests"], 10);
     assert_eq!(v["config"]["bound"]["requests"], 200);
-    assert_eq!(v["config"]["slos"][0]["text"], "ttft.p99<5s");
+    assert_eq!(v["config"]["slos"][0]["text"], "ttft.p95<5s");
     let run = &v["runs"][0];
     assert_eq!(run["summary"]["requests"]["total"], 200);
     assert_eq!(run["summary"]["requests"]["warmup_excluded"], 10);
@@ -90,7 +90,7 @@ async fn every_report_format_is_written_and_compare_reads_json() {
     assert!(svg.contains("<svg") && svg.contains("TTFT p50") && svg.contains("output tok/s"));
     let console = render_console(&result.report);
     assert!(console.contains("verdict: PASS"));
-    assert!(console.contains("PASS         ttft.p99<5s"), "{console}");
+    assert!(console.contains("PASS         ttft.p95<5s"), "{console}");
 
     let base = read_report(&json).unwrap();
     let same = compare(

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_load::compare::{compare, read_report, render_comparison, Thresholds};
+use sluice_load::compare::{
+    compare, read_report, render_comparison, shape_differences, Thresholds,
+};
 use sluice_load::config::parse_header;
 use sluice_load::report::{
     render_console, render_markdown, write_chart, write_json, write_ndjson, write_text,
@@ -35,10 +37,11 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  pass: every SLO gate held (or no --slo was given and the run completed)
   1  tool error (unreachable target, unreadable dataset, unwritable report, ...)
-  2  usage error
-  3  an SLO gate failed (compare: a regression beyond the threshold)
-  4  INCONCLUSIVE: a gate had fewer than --min-samples samples, the error rate was above
-     --max-error-rate, or no request succeeded (such a run never passes)
+  2  usage error (compare: reports of different shapes, without --force)
+  3  an SLO gate failed (compare: a regression beyond the threshold and the noise)
+  4  INCONCLUSIVE: a gate had fewer than --min-samples samples or fewer than its percentile
+     needs (p99: 563), the error rate was above --max-error-rate, or no request succeeded
+     (such a run never passes)
   130  interrupted: the first Ctrl-C stops sending, cuts the open requests and writes every
      report asked for, marked interrupted; a second Ctrl-C exits at once, writing nothing";
 
@@ -82,6 +85,11 @@ pub struct CompareArgs {
     /// Largest tolerated absolute increase of the error rate (0.01 = one percentage point).
     #[arg(long, default_value = "0.01", value_parser = fraction)]
     pub error_rate_threshold: f64,
+    /// Compare reports of different shapes (closed against open loop, another rate or
+    /// concurrency, other prompt or answer lengths, streaming against not), which are
+    /// refused otherwise: their numbers do not measure the same thing.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +289,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
 fn run_compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let base = read_report(&args.baseline)?;
     let new = read_report(&args.new)?;
+    let differences = shape_differences(&base, &new);
+    if !differences.is_empty() && !args.force {
+        return Ok(usage_error(&format!(
+            "the two reports measured different things, so their numbers cannot be compared:\n  - {}\npass --force to compare them anyway",
+            differences.join("\n  - ")
+        )));
+    }
     let result = compare(
         &base,
         &new,
@@ -290,6 +305,9 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
         },
     );
     print!("{}", render_comparison(&result));
+    for d in &differences {
+        println!("note (--force): {d}");
+    }
     Ok(ExitCode::from(if result.regressions() > 0 {
         EXIT_FAIL
     } else {

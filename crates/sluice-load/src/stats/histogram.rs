@@ -123,6 +123,116 @@ impl LatencyHistogram {
     }
 }
 
+/// z of a two-sided 95 % interval.
+const Z95: f64 = 1.96;
+
+/// A histogram's samples as `[value_us, count]` pairs, one per non-empty bucket (the value
+/// is the bucket's highest, within 0.05 % of every sample in it): what a JSON report keeps
+/// so that `compare` can judge differences against their noise later.
+pub type BucketCounts = Vec<[u64; 2]>;
+
+/// A 95 % interval of a statistic, in microseconds. A side is `None` when the samples
+/// cannot bound it (for a high percentile of few samples, the upper side).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub low_us: Option<f64>,
+    pub high_us: Option<f64>,
+}
+
+impl LatencyHistogram {
+    pub fn bucket_counts(&self) -> BucketCounts {
+        self.hist
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_since_last_iteration()])
+            .collect()
+    }
+
+    /// A histogram holding `counts` (sum, minimum and maximum as those buckets give them).
+    pub fn from_bucket_counts(counts: &[[u64; 2]]) -> LatencyHistogram {
+        let mut h = LatencyHistogram::new();
+        for &[value, n] in counts {
+            if n == 0 {
+                continue;
+            }
+            let value = value.min(MAX_US);
+            h.hist.saturating_record_n(value, n);
+            h.sum_us += value as f64 * n as f64;
+            h.min_us = h.min_us.min(value);
+            h.max_us = h.max_us.max(value);
+        }
+        h
+    }
+
+    /// The distribution-free 95 % interval of quantile `q`: the order statistics of ranks
+    /// n·q ∓ 1.96·√(n·q·(1−q)) (the normal approximation of the binomial count of samples
+    /// below the quantile). A side whose rank falls outside the sample is unbounded.
+    pub fn quantile_interval(&self, q: f64) -> Interval {
+        let n = self.count();
+        let unbounded = Interval {
+            low_us: None,
+            high_us: None,
+        };
+        if n == 0 {
+            return unbounded;
+        }
+        let (lo, hi) = quantile_ranks(n, q);
+        let at = |rank: u64| {
+            self.quantile_us(rank as f64 / n as f64)
+                .filter(|_| rank >= 1 && rank <= n)
+        };
+        Interval {
+            low_us: lo.and_then(at),
+            high_us: hi.and_then(at),
+        }
+    }
+
+    /// The 95 % interval of the mean: mean ∓ 1.96 standard errors.
+    pub fn mean_interval(&self) -> Interval {
+        let n = self.count();
+        match self.mean_us() {
+            Some(mean) if n >= 2 => {
+                let half = Z95 * self.hist.stdev() / (n as f64).sqrt();
+                Interval {
+                    low_us: Some(mean - half),
+                    high_us: Some(mean + half),
+                }
+            }
+            _ => Interval {
+                low_us: None,
+                high_us: None,
+            },
+        }
+    }
+}
+
+/// The 1-based ranks bounding the 95 % interval of quantile `q` among `n` samples; a side
+/// is `None` when it falls outside 1..=n.
+fn quantile_ranks(n: u64, q: f64) -> (Option<u64>, Option<u64>) {
+    let q = q.clamp(0.0, 1.0);
+    let centre = n as f64 * q;
+    let spread = Z95 * (n as f64 * q * (1.0 - q)).sqrt();
+    let lo = (centre - spread).floor();
+    let hi = (centre + spread).ceil() + 1.0;
+    (
+        (lo >= 1.0).then_some(lo as u64),
+        (hi <= n as f64).then_some(hi as u64),
+    )
+}
+
+/// The fewest samples whose 95 % interval of quantile `q` is bounded on both sides: below
+/// it, the quantile is the sample's maximum (or minimum) for all the data can say — p99 of
+/// 20 samples is the largest of them. 8 for p50, 53 for p90, 110 for p95, 563 for p99.
+pub fn samples_to_bound(q: f64) -> u64 {
+    let mut n = 1;
+    while n < 1_000_000 {
+        if let (Some(_), Some(_)) = quantile_ranks(n, q) {
+            return n;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Exact nearest-rank quantile of a small sample (the per-second buckets of the time series
 /// use this: they are small and exactness is free there). Sorts `values`.
 pub fn exact_quantile(values: &mut [u64], q: f64) -> Option<u64> {
@@ -137,6 +247,48 @@ pub fn exact_quantile(values: &mut [u64], q: f64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_need_enough_samples_to_be_bounded() {
+        let needed: Vec<u64> = [0.5, 0.9, 0.95, 0.99]
+            .iter()
+            .map(|&q| samples_to_bound(q))
+            .collect();
+        // Each is the first n whose interval has a rank on both sides inside the sample.
+        for (&q, &n) in [0.5, 0.9, 0.95, 0.99].iter().zip(&needed) {
+            assert!(
+                matches!(quantile_ranks(n, q), (Some(_), Some(_))),
+                "{q} {n}"
+            );
+            assert!(
+                !matches!(quantile_ranks(n - 1, q), (Some(_), Some(_))),
+                "{q} {n}"
+            );
+        }
+        assert!(needed[3] > 500 && needed[3] < 800, "{needed:?}");
+        assert!(needed[0] <= 20, "{needed:?}");
+    }
+
+    #[test]
+    fn intervals_contain_the_estimate_and_narrow_with_samples() {
+        let mut small = LatencyHistogram::new();
+        let mut large = LatencyHistogram::new();
+        for i in 0..100u64 {
+            small.record(1000 + i * 10);
+        }
+        for i in 0..10_000u64 {
+            large.record(1000 + (i % 100) * 10);
+        }
+        let (s, l) = (small.quantile_interval(0.5), large.quantile_interval(0.5));
+        let p50 = small.quantile_us(0.5).unwrap();
+        assert!(s.low_us.unwrap() <= p50 && p50 <= s.high_us.unwrap());
+        assert!(l.high_us.unwrap() - l.low_us.unwrap() < s.high_us.unwrap() - s.low_us.unwrap());
+        // p99 of 100 samples cannot be bounded above.
+        assert_eq!(small.quantile_interval(0.99).high_us, None);
+        let round = LatencyHistogram::from_bucket_counts(&large.bucket_counts());
+        assert_eq!(round.count(), large.count());
+        assert_eq!(round.quantile_us(0.9), large.quantile_us(0.9));
+    }
 
     fn within(got: f64, want: f64, rel: f64) -> bool {
         (got - want).abs() <= want * rel

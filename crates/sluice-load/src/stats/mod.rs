@@ -5,9 +5,11 @@ mod histogram;
 mod summary;
 mod timeseries;
 
-pub use histogram::{exact_quantile, LatencyHistogram, LatencyStats};
+pub use histogram::{
+    exact_quantile, samples_to_bound, BucketCounts, Interval, LatencyHistogram, LatencyStats,
+};
 pub use summary::{
-    analyze, ErrorSummary, GeneratorSummary, Latencies, MetricSet, RequestCounts, RunAnalysis,
-    RunSummary, Throughput, TokenSummary,
+    analyze, Distributions, ErrorSummary, GeneratorSummary, Latencies, MetricSet, RequestCounts,
+    RunAnalysis, RunSummary, Throughput, TokenSummary,
 };
 pub use timeseries::TimeBucket;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::histogram::{LatencyHistogram, LatencyStats};
+use super::histogram::{BucketCounts, LatencyHistogram, LatencyStats};
 use super::timeseries::{buckets, TimeBucket};
 use crate::record::{ErrorClass, RequestRecord, TokenSource};
 use crate::run::RunOutput;
@@ -39,6 +39,42 @@ pub struct RunSummary {
     pub timeseries: Vec<TimeBucket>,
     /// Caveats a reader must know to read the numbers right.
     pub notes: Vec<String>,
+    /// The latency samples as bucket counts, so that `compare` can tell a difference from
+    /// noise. Absent from reports of older versions.
+    #[serde(default)]
+    pub distributions: Distributions,
+}
+
+/// Each latency metric's samples (see [`BucketCounts`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Distributions {
+    pub ttft: BucketCounts,
+    pub ttst: BucketCounts,
+    pub tpot: BucketCounts,
+    pub itl: BucketCounts,
+    pub e2e: BucketCounts,
+}
+
+impl Distributions {
+    fn of(m: &MetricSet) -> Distributions {
+        Distributions {
+            ttft: m.ttft.bucket_counts(),
+            ttst: m.ttst.bucket_counts(),
+            tpot: m.tpot.bucket_counts(),
+            itl: m.itl.bucket_counts(),
+            e2e: m.e2e.bucket_counts(),
+        }
+    }
+
+    pub fn get(&self, m: LatencyMetric) -> &BucketCounts {
+        match m {
+            LatencyMetric::Ttft => &self.ttft,
+            LatencyMetric::Ttst => &self.ttst,
+            LatencyMetric::Tpot => &self.tpot,
+            LatencyMetric::Itl => &self.itl,
+            LatencyMetric::E2e => &self.e2e,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +399,7 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
             generator,
             timeseries: buckets(&measured, &out.token_timeline, start_us, out.window_end_us),
             notes,
+            distributions: Distributions::of(&metrics),
         },
         metrics,
     }
