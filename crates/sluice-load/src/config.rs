@@ -82,6 +82,10 @@ pub struct LoadConfig {
     /// Live progress line on stderr.
     #[serde(skip)]
     pub progress: bool,
+    /// Keep every token chunk's arrival in the request records (for `--ndjson` and
+    /// `--csv`, so that ITL can be recomputed offline).
+    #[serde(skip)]
+    pub keep_token_times: bool,
 }
 
 impl LoadConfig {
@@ -114,6 +118,7 @@ impl LoadConfig {
             max_error_rate: 0.05,
             min_samples: 20,
             progress: false,
+            keep_token_times: false,
         }
     }
 }

@@ -47,7 +47,7 @@ pub async fn run_interruptible(
         let addr = t.resolve().await?;
         // Fail fast, with a clear message, on a target that is not there at all rather
         // than measuring 100 % connection errors for the whole duration.
-        if let Err(e) = Connection::open(addr).await {
+        if let Err(e) = Connection::open(addr, crate::clock::Clock::start()).await {
             return Err(LoadError::Unreachable {
                 url: t.url.clone(),
                 addr,
@@ -76,6 +76,7 @@ pub async fn run_interruptible(
         io_threads: config.io_threads,
         connection_reuse: config.connection_reuse,
         progress: config.progress,
+        keep_token_times: config.keep_token_times,
         seed: config.seed,
         grace: config.grace,
         interrupt: interrupt.clone(),

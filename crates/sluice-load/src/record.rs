@@ -99,6 +99,10 @@ pub struct RequestRecord {
     pub session_id: Option<String>,
     pub status: Option<u16>,
     pub error: Option<ErrorClass>,
+    /// Gaps between consecutive token chunks (µs), when the run keeps them
+    /// (`--ndjson`/`--csv`): with `first_token_us`, every chunk's arrival.
+    #[serde(skip)]
+    pub token_gaps_us: Option<Vec<u32>>,
 }
 
 impl RequestRecord {
@@ -149,6 +153,21 @@ impl RequestRecord {
         self.sent_us.saturating_sub(self.scheduled_us)
     }
 
+    /// Every token chunk's arrival, from the start (the first is the TTFT), when the run
+    /// kept them.
+    pub fn token_times_us(&self) -> Option<Vec<u64>> {
+        let gaps = self.token_gaps_us.as_ref()?;
+        let first = self.first_token_us?.saturating_sub(self.scheduled_us);
+        let mut t = first;
+        let mut out = Vec::with_capacity(gaps.len() + 1);
+        out.push(t);
+        for &g in gaps {
+            t += u64::from(g);
+            out.push(t);
+        }
+        Some(out)
+    }
+
     /// Scheduled send → a worker took it up: the generator's own lateness.
     pub fn lateness_us(&self) -> u64 {
         self.dispatched_us.saturating_sub(self.scheduled_us)
@@ -168,6 +187,7 @@ pub(crate) mod tests {
             scheduled_us: 1_000,
             dispatched_us: 1_100,
             waited_for_connection: false,
+            token_gaps_us: None,
             sent_us: 1_500,
             first_token_us: Some(51_000),
             second_token_us: Some(61_000),

@@ -209,3 +209,55 @@ async fn a_sweep_runs_synchronous_saturation_and_rates_between() {
         .contains("against throughput"));
     assert!(render_console(&result.report).contains("saturation"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_files_carry_token_times_that_recompute_the_itl() {
+    let mock = common::scripted_mock(Duration::from_millis(2), Duration::from_millis(1)).await;
+    let mut c = config(mock.base_url(), 8);
+    c.mode = Mode::Concurrency { concurrency: 2 };
+    c.bound.requests = Some(20);
+    c.keep_token_times = true;
+    let result = sluice_load::run(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ndjson, csv) = (dir.path().join("r.ndjson"), dir.path().join("r.csv"));
+    sluice_load::report::write_ndjson(&result.records, &ndjson).unwrap();
+    sluice_load::report::write_csv(&result.records, &csv).unwrap();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&ndjson)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    let mut gaps = 0;
+    for l in &lines {
+        let times: Vec<f64> = l["token_times_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        assert_eq!(times.len() as u64, l["token_chunks"].as_u64().unwrap());
+        assert_eq!(times[0], l["ttft_ms"].as_f64().unwrap());
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        gaps += times.len() - 1;
+    }
+    // The offline ITL has exactly the samples the report's ITL has.
+    let s = &result.report.runs[0].summary;
+    assert_eq!(gaps as u64, s.latency.itl.unwrap().count);
+    let per_user = s.throughput.per_user_output_tokens_per_s.unwrap();
+    assert_eq!(per_user.count, 20);
+    assert!(per_user.p1 <= per_user.p10 && per_user.p10 <= per_user.p50);
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut rows = text.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert_eq!(header[0], "run");
+    assert_eq!(*header.last().unwrap(), "token_times_ms");
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    let times = rows[0].last().unwrap().split(' ').count() as u64;
+    assert_eq!(times, lines[0]["token_chunks"].as_u64().unwrap());
+    mock.shutdown().await;
+}

@@ -12,7 +12,7 @@ use sluice_load::compare::{
 };
 use sluice_load::config::parse_header;
 use sluice_load::report::{
-    render_console, render_markdown, write_chart, write_json, write_ndjson, write_text,
+    render_console, render_markdown, write_chart, write_csv, write_json, write_ndjson, write_text,
 };
 use sluice_load::target::parse_weights;
 use sluice_load::units::{parse_duration, parse_fraction, parse_threshold};
@@ -71,6 +71,30 @@ pub enum LoadCommand {
         after_help = "Exit status: 0 no regression, 1 tool error, 2 usage error, 3 regression."
     )]
     Compare(CompareArgs),
+    /// Convert a ShareGPT-style conversation dump into the JSONL request file
+    /// `--workload file --dataset` replays: each conversation's first user turn (with its
+    /// system turn), asking for as many tokens as the recorded answer had (estimated at 4
+    /// characters a token).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The ShareGPT JSON file (an array of `{"conversations": [{"from", "value"}, ...]}`).
+    pub input: PathBuf,
+    /// Where to write the JSONL requests.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// The `model` written into each request (`--model` replaces it at run time unless
+    /// `--keep-model`).
+    #[arg(long, default_value = "model")]
+    pub model: String,
+    /// Take at most this many conversations.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Skip conversations whose answer is estimated longer than this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub max_output_tokens: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -241,9 +265,13 @@ pub struct RunArgs {
     /// Write the JSON report (schema 1; what `compare` reads).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write one JSON line per request.
+    /// Write one JSON line per request, with every token chunk's arrival
+    /// (`token_times_ms`, from the request's start) for offline ITL.
     #[arg(long, value_name = "FILE")]
     pub ndjson: Option<PathBuf>,
+    /// Write one CSV row per request (the NDJSON's fields; token times space-separated).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
     /// Write the report as Markdown.
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
@@ -282,6 +310,7 @@ fn slo(s: &str) -> Result<Slo, String> {
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(LoadCommand::Compare(c)) => run_compare(&c),
+        Some(LoadCommand::Import(i)) => run_import(&i),
         None => run_load(*args.run).await,
     }
 }
@@ -315,6 +344,32 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+fn run_import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    use sluice_load::workload::sharegpt::{import, ImportOptions};
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let imported = import(
+        &text,
+        &args.model,
+        ImportOptions {
+            limit: args.limit,
+            max_output_tokens: args.max_output_tokens,
+        },
+    )
+    .with_context(|| format!("{} is not a usable ShareGPT dump", args.input.display()))?;
+    std::fs::write(&args.out, &imported.jsonl)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "wrote {} requests to {} (skipped {} conversations without a user turn and its answer, {} with an answer over --max-output-tokens {})",
+        imported.requests,
+        args.out.display(),
+        imported.skipped_no_answer,
+        imported.skipped_too_long,
+        args.max_output_tokens
+    );
+    Ok(ExitCode::from(EXIT_PASS))
+}
+
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("error: {message}\n\nFor more information, try 'sluice load --help'.");
     ExitCode::from(EXIT_USAGE)
@@ -341,6 +396,9 @@ async fn run_load(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &args.ndjson {
         write_ndjson(&result.records, path)?;
+    }
+    if let Some(path) = &args.csv {
+        write_csv(&result.records, path)?;
     }
     if let Some(path) = &args.markdown {
         write_text(&render_markdown(report), path)?;
@@ -468,5 +526,6 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.max_error_rate = a.max_error_rate;
     c.min_samples = a.min_samples;
     c.progress = std::io::stderr().is_terminal();
+    c.keep_token_times = a.ndjson.is_some() || a.csv.is_some();
     Ok(c)
 }

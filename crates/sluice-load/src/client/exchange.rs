@@ -13,6 +13,7 @@ use sluice_api::Usage;
 use super::connection::Connection;
 use crate::clock::Clock;
 use crate::record::ErrorClass;
+use crate::stats::LatencyHistogram;
 use crate::target::Target;
 
 /// Bodies of error responses are read up to this size (to keep the connection usable and
@@ -75,6 +76,7 @@ pub async fn exchange(
     req: ExchangeRequest<'_>,
     clock: &Clock,
     gaps: &mut Vec<u32>,
+    receive_lag: &mut LatencyHistogram,
 ) -> ExchangeResult {
     let mut out = ExchangeResult::default();
     let request = build_request(&req);
@@ -110,10 +112,19 @@ pub async fn exchange(
     }
     if is_sse {
         out.streamed = true;
-        read_stream(conn, &mut body, clock, gaps, req.keep_text, &mut out).await;
+        read_stream(
+            conn,
+            &mut body,
+            clock,
+            gaps,
+            receive_lag,
+            req.keep_text,
+            &mut out,
+        )
+        .await;
     } else {
         let (bytes, complete) = read_to_end(conn, &mut body, usize::MAX).await;
-        out.end_us = clock.now_us();
+        out.end_us = arrived_at(conn, clock, out.sent_us);
         out.reusable = complete;
         if !complete {
             out.fail(ErrorClass::MidStream, "the response body was cut short");
@@ -178,11 +189,22 @@ async fn read_to_end(
     }
 }
 
+/// When the bytes just delivered arrived: the kernel's receive time of the read that
+/// brought them (see [`Connection::arrival`]), never before the request was sent nor after
+/// now.
+fn arrived_at(conn: &Connection, clock: &Clock, sent_us: u64) -> u64 {
+    let now = clock.now_us();
+    conn.arrival()
+        .map_or(now, |a| a.at_us.clamp(sent_us.min(now), now))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn read_stream(
     conn: &mut Connection,
     body: &mut hyper::body::Incoming,
     clock: &Clock,
     gaps: &mut Vec<u32>,
+    receive_lag: &mut LatencyHistogram,
     keep_text: bool,
     out: &mut ExchangeResult,
 ) {
@@ -193,7 +215,7 @@ async fn read_stream(
     let mut text = keep_text.then(String::new);
     loop {
         let frame = conn.drive(body.frame()).await;
-        let now = clock.now_us();
+        let now = arrived_at(conn, clock, out.sent_us);
         let data = match frame {
             Ok(Some(Ok(frame))) => match frame.into_data() {
                 Ok(d) => d,
@@ -247,6 +269,9 @@ async fn read_stream(
             }
             if chunk.carries_token() {
                 out.token_chunks += 1;
+                if let Some(lag) = conn.arrival().and_then(|a| a.lag_us) {
+                    receive_lag.record(lag);
+                }
                 match last_token_us {
                     None => out.first_token_us = Some(now),
                     Some(prev) => {

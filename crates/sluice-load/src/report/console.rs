@@ -154,6 +154,13 @@ pub(crate) fn generator_line(s: &RunSummary) -> String {
             d.p50_ms, d.p99_ms
         );
     }
+    if let Some(l) = &g.receive_lag {
+        let _ = write!(
+            gen,
+            "; receive lag (kernel receive → read, not in the timestamps) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
     let _ = write!(
         gen,
         "; {} connections opened (peak {}{})",
@@ -211,6 +218,13 @@ fn run_detail(run: &RunReport) -> String {
     );
     if let Some(g) = th.goodput_requests_per_s {
         let _ = write!(line, " · goodput {g:.2} req/s");
+    }
+    if let Some(u) = &th.per_user_output_tokens_per_s {
+        let _ = write!(
+            line,
+            "\n  per user    output tok/s after the first token: p50 {:.1}, p10 {:.1}, p1 {:.1} (slowest)",
+            u.p50, u.p10, u.p1
+        );
     }
     if let (Some(target), Some(got)) = (th.target_rate_per_s, th.achieved_send_rate_per_s) {
         let _ = write!(line, " · sent {got:.2}/s of {target:.2}/s asked");

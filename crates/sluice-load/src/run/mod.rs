@@ -134,6 +134,8 @@ pub struct RunSettings {
     pub connection_reuse: ConnectionReuse,
     /// Print a progress line to stderr.
     pub progress: bool,
+    /// See [`crate::LoadConfig::keep_token_times`].
+    pub keep_token_times: bool,
     /// `--seed`: also seeds the arrival times.
     pub seed: u64,
     /// How long requests still open when the window closes may take to finish.
@@ -180,6 +182,9 @@ pub struct RunOutput {
     pub distinct_requests: Option<usize>,
     /// How late the generator noticed arriving data (see `health`).
     pub scheduling_delay: LatencyHistogram,
+    /// How long token chunks waited in the kernel before a worker read them (kernel
+    /// receive time to read; see `client::connection`).
+    pub receive_lag: LatencyHistogram,
 }
 
 /// State shared by the workers of one run.
@@ -354,12 +359,14 @@ fn merge(
 ) -> RunOutput {
     let mut records = Vec::new();
     let mut itl = LatencyHistogram::new();
+    let mut receive_lag = LatencyHistogram::new();
     let mut timeline: Vec<f64> = Vec::new();
     let mut error_examples = BTreeMap::new();
     let mut connections_opened = 0;
     for out in outputs {
         records.extend(out.records);
         itl.merge(&out.itl);
+        receive_lag.merge(&out.receive_lag);
         if timeline.len() < out.timeline.len() {
             timeline.resize(out.timeline.len(), 0.0);
         }
@@ -409,5 +416,6 @@ fn merge(
         connection_cap_hit: facts.cap_hit,
         distinct_requests: settings.workload.distinct_requests(),
         scheduling_delay: facts.scheduling_delay,
+        receive_lag,
     }
 }

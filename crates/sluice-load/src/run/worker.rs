@@ -38,6 +38,8 @@ pub(crate) struct WorkerOutput {
     pub timeline: Vec<f64>,
     pub error_examples: BTreeMap<String, String>,
     pub connections_opened: u64,
+    /// How long each token chunk waited in the kernel before the worker read it.
+    pub receive_lag: LatencyHistogram,
 }
 
 pub(crate) struct Worker {
@@ -97,7 +99,9 @@ impl Worker {
             .get(target)
             .and_then(|t| t.addr)
             .ok_or_else(|| format!("target {target} has no resolved address"))?;
-        let c = Connection::open(addr).await.map_err(|e| e.to_string())?;
+        let c = Connection::open(addr, self.shared.clock)
+            .await
+            .map_err(|e| e.to_string())?;
         self.shared.connection_opened();
         self.out.connections_opened += 1;
         Ok(c)
@@ -148,7 +152,14 @@ impl Worker {
                 }
             };
             had_connection = true;
-            let r = exchange(&mut conn, request, &clock, &mut self.gaps).await;
+            let r = exchange(
+                &mut conn,
+                request,
+                &clock,
+                &mut self.gaps,
+                &mut self.out.receive_lag,
+            )
+            .await;
             let keep = r.reusable.then_some(conn);
             (r, keep)
         };
@@ -219,6 +230,8 @@ impl Worker {
             scheduled_us: job.scheduled_us.unwrap_or(result.sent_us),
             dispatched_us,
             waited_for_connection: job.waited_for_connection,
+            token_gaps_us: (settings.keep_token_times && result.streamed)
+                .then(|| self.gaps.clone()),
             sent_us: result.sent_us,
             first_token_us: result.first_token_us,
             second_token_us: result.second_token_us,

@@ -17,6 +17,8 @@ const LATENESS_P99_LIMIT_US: f64 = 1000.0;
 /// The runtime noticing arriving data later than this at p90 (the probe samples every
 /// 10 ms, so its p99 rests on few samples) means a typical timestamp is that late.
 const DELAY_P90_LIMIT_US: f64 = 1000.0;
+/// Receive lag p99 above which the generator is likely holding the target back (µs).
+const RECEIVE_LAG_P99_LIMIT_US: f64 = 10_000.0;
 /// CPU use above this share of all cores means the generator was competing for CPU.
 const CPU_SHARE_LIMIT: f64 = 0.9;
 /// Steal (% of the machine's CPU time) from which the report says the machine itself paused.
@@ -116,6 +118,39 @@ pub struct Throughput {
     pub scheduled_rate_per_s: Option<f64>,
     /// The rate asked for (open loop).
     pub target_rate_per_s: Option<f64>,
+    /// Output tokens per second as one user sees them: each streamed answer's decode
+    /// speed after its first token, 1000 / TPOT (ms). Absent without streamed answers.
+    #[serde(default)]
+    pub per_user_output_tokens_per_s: Option<PerUserRate>,
+}
+
+/// A per-request rate's distribution, slowest first: `p1` is the speed 99 % of requests
+/// beat.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PerUserRate {
+    pub count: u64,
+    pub p1: f64,
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl PerUserRate {
+    /// From the TPOT histogram (µs per token): the speed at q is 10⁶ / TPOT at 1 − q.
+    fn from_tpot(tpot: &LatencyHistogram) -> Option<PerUserRate> {
+        let speed = |q: f64| {
+            tpot.quantile_us(1.0 - q)
+                .filter(|us| *us > 0.0)
+                .map_or(0.0, |us| 1e6 / us)
+        };
+        (tpot.count() > 0).then(|| PerUserRate {
+            count: tpot.count(),
+            p1: speed(0.01),
+            p10: speed(0.10),
+            p50: speed(0.50),
+            p90: speed(0.90),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,8 +208,14 @@ pub struct GeneratorSummary {
     /// Scheduled send → a worker took the request up (open loop only).
     pub lateness: Option<LatencyStats>,
     /// How late the generator's runtime noticed data arriving on a socket, sampled every
-    /// 10 ms over loopback: timestamps are late by about this much.
+    /// 10 ms over loopback while idle.
     pub scheduling_delay: Option<LatencyStats>,
+    /// How long each token chunk waited in the kernel before the generator read it: the
+    /// delay a read-time timestamp would carry. Chunks are timed by the kernel's receive
+    /// time where it gives one (Linux), so this lag is reported, not measured into the
+    /// latencies. Absent without kernel timestamps.
+    #[serde(default)]
+    pub receive_lag: Option<LatencyStats>,
     pub connections_opened: u64,
     pub peak_connections: u64,
     pub max_connections: u64,
@@ -318,6 +359,7 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         achieved_send_rate_per_s: achieved,
         scheduled_rate_per_s: scheduled,
         target_rate_per_s: out.target_rate,
+        per_user_output_tokens_per_s: PerUserRate::from_tpot(&metrics.tpot),
     };
 
     let mut by_class = BTreeMap::new();
@@ -497,7 +539,18 @@ fn generator_summary(out: &RunOutput, lateness: Option<LatencyStats>) -> Generat
         }
     }
     let scheduling_delay = out.scheduling_delay.stats();
-    if let Some(d) = &scheduling_delay {
+    let receive_lag = out.receive_lag.stats();
+    if let Some(l) = &receive_lag {
+        if l.p99_ms * 1000.0 > RECEIVE_LAG_P99_LIMIT_US {
+            reasons.push(format!(
+                "the generator read token chunks {:.2} ms after they arrived (p99; over {:.0} ms): its timestamps are the kernel's receive times, but a reader this far behind can slow the target through TCP flow control",
+                l.p99_ms,
+                RECEIVE_LAG_P99_LIMIT_US / 1000.0
+            ));
+        }
+    }
+    // With kernel receive times, a late runtime no longer makes timestamps late.
+    if let (Some(d), None) = (&scheduling_delay, &receive_lag) {
         if d.p90_ms * 1000.0 > DELAY_P90_LIMIT_US {
             reasons.push(format!(
                 "the generator noticed arriving data {:.2} ms late at p90 (over {:.0} ms): its timestamps are late by about as much",
@@ -525,6 +578,7 @@ fn generator_summary(out: &RunOutput, lateness: Option<LatencyStats>) -> Generat
         steal_percent: out.steal_percent,
         lateness,
         scheduling_delay,
+        receive_lag,
         connections_opened: out.connections_opened,
         peak_connections: out.peak_connections,
         max_connections: out.max_connections as u64,

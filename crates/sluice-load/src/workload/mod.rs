@@ -10,6 +10,7 @@
 pub mod dataset;
 pub mod multi_turn;
 pub mod shared_prefix;
+pub mod sharegpt;
 pub mod synthetic;
 mod words;
 
