@@ -65,6 +65,9 @@ pub struct LoadConfig {
         serialize_with = "crate::report::serialize_duration"
     )]
     pub timeout: Duration,
+    /// PEM certificates trusted for `https://` targets besides the web's roots (a private
+    /// or corporate CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// How long requests still open when the measured window closes may take to finish;
     /// then they are cut (`unfinished`) and the run ends.
     #[serde(
@@ -110,6 +113,7 @@ impl LoadConfig {
             headers: Vec::new(),
             seed: 0,
             timeout: Duration::from_secs(60),
+            ca_file: None,
             grace: DEFAULT_GRACE,
             max_connections: 10_000,
             io_threads: 1,

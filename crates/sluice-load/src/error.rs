@@ -29,6 +29,8 @@ pub enum LoadError {
     Run(#[from] RunError),
     #[error("sweep: {0}")]
     Sweep(String),
+    #[error("--ca-file {}: {message}", path.display())]
+    CaFile { path: PathBuf, message: String },
 }
 
 /// Reading or writing a report file.

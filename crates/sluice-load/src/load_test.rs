@@ -1,6 +1,7 @@
 //! A whole `sluice load` invocation: check and prepare everything, run one plan or a sweep
 //! of them, analyse each run and judge it against the SLOs.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,11 +44,21 @@ pub async fn run_interruptible(
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let mut targets = parse_targets(&config.urls, config.url_weights.as_deref())?;
+    let tls = if targets.iter().any(|t| t.tls_name.is_some()) {
+        Some(tls_settings(config.ca_file.as_deref())?)
+    } else {
+        None
+    };
     for t in &mut targets {
         let addr = t.resolve().await?;
-        // Fail fast, with a clear message, on a target that is not there at all rather
-        // than measuring 100 % connection errors for the whole duration.
-        if let Err(e) = Connection::open(addr, crate::clock::Clock::start()).await {
+        // Fail fast, with a clear message, on a target that is not there at all (or whose
+        // certificate is not trusted) rather than measuring 100 % connection errors for
+        // the whole duration.
+        let name_and_tls = t
+            .tls_name
+            .as_ref()
+            .and_then(|n| tls.as_ref().map(|s| (s, n)));
+        if let Err(e) = Connection::open(addr, crate::clock::Clock::start(), name_and_tls).await {
             return Err(LoadError::Unreachable {
                 url: t.url.clone(),
                 addr,
@@ -80,6 +91,7 @@ pub async fn run_interruptible(
         seed: config.seed,
         grace: config.grace,
         interrupt: interrupt.clone(),
+        tls,
     });
     let policy = GatePolicy {
         min_samples: config.min_samples,
@@ -225,6 +237,39 @@ fn finish(
         verdict: VerdictReport { outcome },
     };
     LoadTestResult { report, records }
+}
+
+/// The TLS client of `https://` targets: the web's roots (webpki-roots) plus the
+/// certificates of `ca_file`; HTTP/1.1 by ALPN.
+fn tls_settings(ca_file: Option<&Path>) -> Result<crate::client::TlsSettings, LoadError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad = |message: String| LoadError::CaFile {
+            path: path.to_owned(),
+            message,
+        };
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("holds no PEM certificate".to_owned()));
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| LoadError::Config(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// `steps` rates evenly spaced strictly between `low` and `high` (in increasing order).

@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 
 use http::uri::{Authority, PathAndQuery};
 use http::HeaderValue;
+use rustls::pki_types::ServerName;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     #[error("--url `{url}`: {problem}")]
     BadUrl { url: String, problem: String },
-    #[error("--url `{url}`: https is not supported by this client; target the plain-HTTP address (for example through `sluice serve`) instead")]
-    Https { url: String },
     #[error("--url `{url}`: cannot resolve `{authority}`: {reason}")]
     Resolve {
         url: String,
@@ -36,6 +35,8 @@ pub struct Target {
     pub host_header: HeaderValue,
     /// Origin-form path of the chat completions endpoint.
     pub path: PathAndQuery,
+    /// An `https://` target: the TLS session's server name (SNI and the certificate check).
+    pub tls_name: Option<ServerName<'static>>,
     pub weight: u32,
     /// Filled by [`Target::resolve`].
     pub addr: Option<SocketAddr>,
@@ -51,20 +52,33 @@ impl Target {
             problem: problem.to_owned(),
         };
         let uri: http::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(TargetError::Https {
-                    url: url.to_owned(),
-                })
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                return Err(bad(&format!(
+                    "unsupported scheme `{other}`, use http:// or https://"
+                )))
             }
-            Some(other) => return Err(bad(&format!("unsupported scheme `{other}`, use http://"))),
             None => return Err(bad("missing scheme: write it as http://HOST:PORT/v1")),
-        }
+        };
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| bad("missing host"))?;
+        let tls_name = if tls {
+            let host = authority.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            Some(
+                ServerName::try_from(host.to_owned())
+                    .map_err(|e| bad(&format!("`{host}` is not a TLS server name: {e}")))?,
+            )
+        } else {
+            None
+        };
         if authority.as_str().contains('@') {
             return Err(bad("credentials in the URL are not supported; use --header 'Authorization: Bearer ...'"));
         }
@@ -86,6 +100,7 @@ impl Target {
             authority,
             host_header,
             path,
+            tls_name,
             weight,
             addr: None,
         })
@@ -98,7 +113,8 @@ impl Target {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        let port = self.authority.port_u16().unwrap_or(80);
+        let default_port = if self.tls_name.is_some() { 443 } else { 80 };
+        let port = self.authority.port_u16().unwrap_or(default_port);
         let err = |reason: String| TargetError::Resolve {
             url: self.url.clone(),
             authority: self.authority.to_string(),
@@ -175,10 +191,14 @@ mod tests {
         assert_eq!(t.path.as_str(), "/v1/chat/completions");
         let t = Target::parse("http://h:1/openai/v1?api-version=2", 1).unwrap();
         assert_eq!(t.path.as_str(), "/openai/v1/chat/completions?api-version=2");
-        assert!(matches!(
-            Target::parse("https://api.example/v1", 1),
-            Err(TargetError::Https { .. })
-        ));
+        let t = Target::parse("https://api.example/v1", 1).unwrap();
+        assert_eq!(
+            t.tls_name.unwrap().to_str(),
+            "api.example",
+            "https targets name their TLS server"
+        );
+        assert!(Target::parse("http://h/v1", 1).unwrap().tls_name.is_none());
+        assert!(Target::parse("ftp://h/v1", 1).is_err());
         let e = Target::parse("localhost:8000/v1", 1)
             .unwrap_err()
             .to_string();

@@ -235,6 +235,10 @@ pub struct RunArgs {
     /// Longest wait for a complete answer.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub timeout: Duration,
+    /// PEM file of certificates to trust for https:// targets, besides the web's roots
+    /// (a private or corporate CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// After the measured window closes (--duration), how long requests still open may
     /// take to finish; then they are cut, counted as failed (`unfinished`), and the run
     /// ends. Throughput counts only what completed within the window.
@@ -516,6 +520,7 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.seed = a.seed;
     c.timeout = a.timeout;
     c.grace = a.grace;
+    c.ca_file = a.ca_file.clone();
     c.max_connections = a.max_connections;
     c.io_threads = a.io_threads;
     c.connection_reuse = match a.connection_reuse {

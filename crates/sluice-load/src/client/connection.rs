@@ -26,6 +26,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -44,6 +45,12 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("TLS handshake with {addr} failed: {source}{hint}")]
+    Tls {
+        addr: SocketAddr,
+        source: io::Error,
+        hint: &'static str,
+    },
 }
 
 /// The connection ended while a request was waiting on it.
@@ -54,7 +61,7 @@ pub struct ConnectionEnded {
 
 pub struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
-    conn: http1::Connection<TokioIo<StampedStream>, Full<Bytes>>,
+    conn: http1::Connection<TokioIo<ClientStream>, Full<Bytes>>,
     ended: Option<ConnectionEnded>,
     arrivals: Arc<Arrivals>,
 }
@@ -187,6 +194,56 @@ impl AsyncWrite for StampedStream {
     }
 }
 
+/// What hyper talks over: the stamped TCP stream, or TLS on top of it (the TLS reads go
+/// through the stamped stream, so `https://` chunks carry the kernel's receive times too).
+enum ClientStream {
+    Plain(StampedStream),
+    Tls(Box<tokio_rustls::client::TlsStream<StampedStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TLS client settings of `https://` targets: the web's roots plus `--ca-file`.
+pub type TlsSettings = Arc<rustls::ClientConfig>;
+
 /// Kernel receive timestamps (`SO_TIMESTAMPNS`, `SCM_TIMESTAMPNS`): Linux only; elsewhere
 /// reads are timed when they happen.
 #[cfg(target_os = "linux")]
@@ -255,8 +312,13 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr`; its reads are timed on `clock`.
-    pub async fn open(addr: SocketAddr, clock: Clock) -> Result<Connection, ConnectError> {
+    /// Connects to `addr` (with TLS for a server `name` when `tls` is given); its reads are
+    /// timed on `clock`.
+    pub async fn open(
+        addr: SocketAddr,
+        clock: Clock,
+        tls: Option<(&TlsSettings, &ServerName<'static>)>,
+    ) -> Result<Connection, ConnectError> {
         let tcp = TcpStream::connect(addr).await.map_err(|source| {
             // EMFILE: the open-files limit, not the target, is what failed.
             let hint = if source.raw_os_error() == Some(24) {
@@ -273,7 +335,25 @@ impl Connection {
             at_us: AtomicU64::new(u64::MAX),
             lag_us: AtomicU64::new(u64::MAX),
         });
-        let stream = StampedStream::new(tcp, clock, arrivals.clone());
+        let stamped = StampedStream::new(tcp, clock, arrivals.clone());
+        let stream = match tls {
+            None => ClientStream::Plain(stamped),
+            Some((settings, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(settings.clone());
+                let tls = connector
+                    .connect(name.clone(), stamped)
+                    .await
+                    .map_err(|source| {
+                        let hint = if source.to_string().contains("certificate") {
+                            " (if the server's certificate is signed by a private CA, pass that CA's certificate with --ca-file)"
+                        } else {
+                            ""
+                        };
+                        ConnectError::Tls { addr, source, hint }
+                    })?;
+                ClientStream::Tls(Box::new(tls))
+            }
+        };
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

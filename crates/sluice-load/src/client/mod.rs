@@ -5,5 +5,5 @@
 mod connection;
 mod exchange;
 
-pub use connection::{ConnectError, Connection};
+pub use connection::{ConnectError, Connection, TlsSettings};
 pub use exchange::{exchange, ExchangeRequest, ExchangeResult};

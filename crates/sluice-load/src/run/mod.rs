@@ -142,6 +142,8 @@ pub struct RunSettings {
     pub grace: Duration,
     /// Stops the run early (the first Ctrl-C).
     pub interrupt: Interrupt,
+    /// For `https://` targets.
+    pub tls: Option<crate::client::TlsSettings>,
 }
 
 /// What a run produced, before analysis.

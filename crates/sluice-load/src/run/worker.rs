@@ -93,13 +93,19 @@ impl Worker {
             }
             self.shared.connection_closed();
         }
-        let addr = self
+        let t = self
             .settings
             .targets
             .get(target)
-            .and_then(|t| t.addr)
+            .ok_or_else(|| format!("no target {target}"))?;
+        let addr = t
+            .addr
             .ok_or_else(|| format!("target {target} has no resolved address"))?;
-        let c = Connection::open(addr, self.shared.clock)
+        let tls = t.tls_name.as_ref().and_then(|name| {
+            let settings = self.settings.tls.as_ref()?;
+            Some((settings, name))
+        });
+        let c = Connection::open(addr, self.shared.clock, tls)
             .await
             .map_err(|e| e.to_string())?;
         self.shared.connection_opened();
