@@ -20,8 +20,8 @@ pub use chunk::{
     ToolCallDelta, UsageField,
 };
 pub use request::{
-    ChatCompletionRequest, ChatMessage, FunctionDefinition, MessageContent, RequestError,
-    StreamOptions, Tool,
+    json_type_name, ChatCompletionRequest, ChatMessage, FunctionDefinition, MessageContent,
+    RequestError, StreamOptions, Tool,
 };
 pub use response::{
     AssistantMessage, ChatCompletion, Choice, FinishReason, FunctionCall, PromptTokensDetails,

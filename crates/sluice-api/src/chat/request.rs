@@ -143,7 +143,8 @@ impl MessageContent {
     }
 }
 
-fn json_type_name(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, as an error message says it ("an object", "null").
+pub fn json_type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -9,7 +9,7 @@ pub use histogram::{
     exact_quantile, samples_to_bound, BucketCounts, Interval, LatencyHistogram, LatencyStats,
 };
 pub use summary::{
-    analyze, Distributions, ErrorSummary, GeneratorSummary, Latencies, MetricSet, PerUserRate,
-    RequestCounts, RunAnalysis, RunSummary, Throughput, TokenSummary,
+    analyze, Distributions, ErrorSummary, GeneratorSummary, Latencies, MetricSet, PerMetric,
+    PerUserRate, RequestCounts, RunAnalysis, RunSummary, Throughput, TokenSummary,
 };
 pub use timeseries::TimeBucket;

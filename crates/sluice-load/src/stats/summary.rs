@@ -47,28 +47,18 @@ pub struct RunSummary {
     pub distributions: Distributions,
 }
 
-/// Each latency metric's samples (see [`BucketCounts`]).
+/// One value per latency metric.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Distributions {
-    pub ttft: BucketCounts,
-    pub ttst: BucketCounts,
-    pub tpot: BucketCounts,
-    pub itl: BucketCounts,
-    pub e2e: BucketCounts,
+pub struct PerMetric<T> {
+    pub ttft: T,
+    pub ttst: T,
+    pub tpot: T,
+    pub itl: T,
+    pub e2e: T,
 }
 
-impl Distributions {
-    fn of(m: &MetricSet) -> Distributions {
-        Distributions {
-            ttft: m.ttft.bucket_counts(),
-            ttst: m.ttst.bucket_counts(),
-            tpot: m.tpot.bucket_counts(),
-            itl: m.itl.bucket_counts(),
-            e2e: m.e2e.bucket_counts(),
-        }
-    }
-
-    pub fn get(&self, m: LatencyMetric) -> &BucketCounts {
+impl<T> PerMetric<T> {
+    pub fn get(&self, m: LatencyMetric) -> &T {
         match m {
             LatencyMetric::Ttft => &self.ttft,
             LatencyMetric::Ttst => &self.ttst,
@@ -77,7 +67,20 @@ impl Distributions {
             LatencyMetric::E2e => &self.e2e,
         }
     }
+
+    pub fn map<U>(&self, f: impl Fn(&T) -> U) -> PerMetric<U> {
+        PerMetric {
+            ttft: f(&self.ttft),
+            ttst: f(&self.ttst),
+            tpot: f(&self.tpot),
+            itl: f(&self.itl),
+            e2e: f(&self.e2e),
+        }
+    }
 }
+
+/// Each latency metric's samples (see [`BucketCounts`]).
+pub type Distributions = PerMetric<BucketCounts>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestCounts {
@@ -228,26 +231,7 @@ pub struct GeneratorSummary {
 
 /// Distributions of the measured requests, kept next to the summary for SLO gates that ask
 /// for a percentile the summary does not list.
-#[derive(Debug, Clone, Default)]
-pub struct MetricSet {
-    pub ttft: LatencyHistogram,
-    pub ttst: LatencyHistogram,
-    pub tpot: LatencyHistogram,
-    pub itl: LatencyHistogram,
-    pub e2e: LatencyHistogram,
-}
-
-impl MetricSet {
-    pub fn get(&self, m: LatencyMetric) -> &LatencyHistogram {
-        match m {
-            LatencyMetric::Ttft => &self.ttft,
-            LatencyMetric::Ttst => &self.ttst,
-            LatencyMetric::Tpot => &self.tpot,
-            LatencyMetric::Itl => &self.itl,
-            LatencyMetric::E2e => &self.e2e,
-        }
-    }
-}
+pub type MetricSet = PerMetric<LatencyHistogram>;
 
 #[derive(Debug, Clone)]
 pub struct RunAnalysis {
@@ -441,7 +425,7 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
             generator,
             timeseries: buckets(&measured, &out.token_timeline, start_us, out.window_end_us),
             notes,
-            distributions: Distributions::of(&metrics),
+            distributions: metrics.map(LatencyHistogram::bucket_counts),
         },
         metrics,
     }

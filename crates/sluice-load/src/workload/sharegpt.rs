@@ -12,6 +12,7 @@
 //! for English; the count the target reports is what the run measures.
 
 use serde_json::{json, Value};
+use sluice_api::chat::json_type_name;
 
 /// Characters per token of the length estimate.
 const CHARS_PER_TOKEN: usize = 4;
@@ -58,7 +59,7 @@ pub enum ImportError {
 pub fn import(text: &str, model: &str, options: ImportOptions) -> Result<Imported, ImportError> {
     let root: Value = serde_json::from_str(text).map_err(|e| ImportError::Json(e.to_string()))?;
     let Value::Array(conversations) = root else {
-        return Err(ImportError::NotAnArray(kind(&root)));
+        return Err(ImportError::NotAnArray(json_type_name(&root)));
     };
     let mut out = Imported {
         jsonl: String::new(),
@@ -148,17 +149,6 @@ fn turn(value: &Value) -> Option<(Role, &str)> {
 fn estimate_tokens(text: &str) -> u32 {
     let chars = text.chars().count();
     u32::try_from(chars.div_ceil(CHARS_PER_TOKEN).max(1)).unwrap_or(u32::MAX)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
