@@ -155,14 +155,15 @@ impl Gateway {
             )));
         }
         drop(self.listener);
-        tracing::info!(drain_timeout = ?self.drain_timeout, in_flight_connections = connections.len(), "shutting down: no new connections, draining");
+        // Per worker, so debug: the pool says it once for all of them.
+        tracing::debug!(drain_timeout = ?self.drain_timeout, in_flight_connections = connections.len(), "worker shutting down: no new connections, draining");
         context.drain.cancel();
         let drained = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(self.drain_timeout, drained)
             .await
             .is_ok()
         {
-            tracing::info!("drained");
+            tracing::debug!("worker drained");
         } else {
             tracing::warn!(drain_timeout = ?self.drain_timeout, remaining = connections.len(), "drain timeout reached; closing the remaining connections");
         }

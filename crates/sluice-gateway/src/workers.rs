@@ -104,8 +104,16 @@ impl WorkerPool {
 
     /// Stops accepting, lets each worker drain (up to the drain timeout), and waits for all.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
+        tracing::info!(
+            workers = self.threads.len(),
+            "shutting down: no new connections, draining"
+        );
         let _ = self.stop.send(true);
-        self.join().await
+        let joined = self.join().await;
+        if joined.is_ok() {
+            tracing::info!("drained");
+        }
+        joined
     }
 
     async fn join(&mut self) -> std::io::Result<()> {

@@ -200,3 +200,38 @@ fn check_config_accepts_the_examples_and_names_broken_keys() {
     assert!(!ok);
     assert!(text.contains("missing.toml"), "{text}");
 }
+
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes_and_says_drained_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    // Wait until it serves (it prints its address), then stop it.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .contains("listening on http://"));
+    let mut serve = Running {
+        child,
+        lines: mpsc::channel().1,
+    };
+    assert!(serve.terminate().success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("shutting down"), 1, "{text}");
+    assert_eq!(count(" drained"), 1, "{text}");
+}
