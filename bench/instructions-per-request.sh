@@ -64,7 +64,7 @@ measure() { # name port pid url-for-readiness
 }
 
 GW=$(free_port)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GW" "$MOCK" >"$WORK/gw.toml"
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GW" "$MOCK" >"$WORK/gw.toml"
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice.cg" "$BIN" serve --config "$WORK/gw.toml" >/dev/null 2>&1 & PIDS+=($!)
 SLUICE_RESULT=$(measure sluice "$GW" "$!" "http://127.0.0.1:$GW/health")
 

@@ -125,7 +125,8 @@ class ProxyStack:
         self.procs.append(start([sluice, "mock", "--listen", f"127.0.0.1:{self.mock_port}", "--zero-timing"]))
         wait_port(self.mock_port)
         (work / "gw.toml").write_text(
-            f'[server]\nlisten = "127.0.0.1:{self.gw_port}"\n[models.m]\n'
+            # No access log, as nginx runs with `access_log off`: both pay only for proxying.
+            f'[server]\nlisten = "127.0.0.1:{self.gw_port}"\naccess_log = false\n[models.m]\n'
             f'[[models.m.endpoints]]\nurl = "http://127.0.0.1:{self.mock_port}/v1"\n'
         )
         self.gateway = start([sluice, "serve", "--config", str(work / "gw.toml")])

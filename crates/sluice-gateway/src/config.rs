@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub write_timeout: Option<ConfigDuration>,
     /// Largest non-streaming upstream answer relayed, in bytes; a larger one is a 502.
     pub max_response_bytes: Option<u64>,
+    /// One log line per chat request at `info` (target `sluice::access`): request id,
+    /// model, endpoint, status, tokens, latency. Default: on.
+    pub access_log: Option<bool>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             body_timeout: None,
             write_timeout: None,
             max_response_bytes: None,
+            access_log: None,
         }
     }
 }
@@ -348,6 +352,8 @@ pub struct ResolvedConfig {
     pub listen: SocketAddr,
     pub workers: usize,
     pub drain_timeout: Duration,
+    /// See [`ServerConfig::access_log`].
+    pub access_log: bool,
     pub client_limits: ClientLimits,
     pub models: BTreeMap<String, ResolvedModel>,
 }
@@ -500,6 +506,7 @@ impl Config {
                 listen,
                 workers,
                 drain_timeout: self.server.drain_timeout.0,
+                access_log: self.server.access_log.unwrap_or(true),
                 client_limits,
                 models,
             }),

@@ -27,6 +27,8 @@ pub struct GatewayShared {
     /// Client connections open on all workers, against `client_limits.max_connections`.
     pub open_connections: AtomicUsize,
     pub started_unix: u64,
+    /// Log one line per chat request (`server.access_log`).
+    pub access_log: bool,
 }
 
 /// The services behind the phases; an empty slot is a phase that is not configured.
@@ -80,6 +82,7 @@ impl GatewayShared {
             client_limits: config.client_limits,
             open_connections: AtomicUsize::new(0),
             started_unix,
+            access_log: config.access_log,
         }
     }
 

@@ -201,32 +201,50 @@ fn check_config_accepts_the_examples_and_names_broken_keys() {
     assert!(text.contains("missing.toml"), "{text}");
 }
 
-#[test]
-fn a_log_written_to_a_file_has_no_colour_codes_and_says_drained_once() {
+/// Runs `sluice serve ARGS` with its log in a file at `info`, sends one chat request, stops
+/// it, and returns the log.
+async fn serve_logged(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("serve")
+        .args(args)
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    // Wait until it serves (it prints its address), then stop it.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .contains("listening on http://"));
-    let mut serve = Running {
-        child,
-        lines: mpsc::channel().1,
-    };
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serve = Running { child, lines };
+    let base = serve.wait_for_url();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    resp.bytes().await.unwrap();
     assert!(serve.terminate().success());
     let text = std::fs::read_to_string(&log_path).unwrap();
+    format!("{id}\n{text}")
+}
+
+#[tokio::test]
+async fn a_log_file_has_one_access_line_per_request_no_colour_and_one_drained() {
+    let out = serve_logged(&["--listen", "127.0.0.1:0"]).await;
+    let (id, text) = out.split_once('\n').unwrap();
     assert!(
         !text.contains('\u{1b}'),
         "colour codes in a log file:\n{text}"
@@ -234,4 +252,43 @@ fn a_log_written_to_a_file_has_no_colour_codes_and_says_drained_once() {
     let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(count("shutting down"), 1, "{text}");
     assert_eq!(count(" drained"), 1, "{text}");
+    let access: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sluice::access"))
+        .collect();
+    assert_eq!(access.len(), 1, "{text}");
+    for field in [
+        &format!("request_id={id}") as &str,
+        "model=mock",
+        "endpoint=",
+        "status=200",
+        "prompt_tokens=",
+        "completion_tokens=5",
+        "duration_ms=",
+    ] {
+        assert!(access[0].contains(field), "{field} not in {}", access[0]);
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_can_be_turned_off() {
+    let mock = sluice_mock::MockServer::start(
+        sluice_mock::MockOptions::zero_timing(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[models.mock]\n[[models.mock.endpoints]]\nurl = \"{}\"\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    let out = serve_logged(&["--config", config.to_str().unwrap()]).await;
+    assert!(!out.contains("sluice::access"), "{out}");
+    mock.shutdown().await;
 }

@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub permit: Option<Box<dyn Permit>>,
     /// The cache missed and the answer, if it succeeds, is to be stored.
     pub cache_write: bool,
+    /// The endpoint that answered (set by the call), for the access log.
+    pub endpoint: Option<Arc<str>>,
     /// Header fields the phases add to the answer, whatever its kind.
     pub answer_headers: AnswerHeaders,
     pub(super) finished: bool,
@@ -57,6 +59,7 @@ impl RequestCtx {
             flight: None,
             permit: None,
             cache_write: false,
+            endpoint: None,
             answer_headers: AnswerHeaders::default(),
             finished: false,
         }

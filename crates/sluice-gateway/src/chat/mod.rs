@@ -327,6 +327,9 @@ async fn call_upstream(
             }
         }
     }
+    if let Some((endpoint, _)) = &answered {
+        ctx.endpoint = Some(Arc::from(endpoint.label.as_str()));
+    }
     let Some((endpoint, sent)) = answered else {
         return Err(
             last_error.unwrap_or_else(|| GatewayError::UpstreamUnreachable {
@@ -462,6 +465,9 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>) {
     if let Some(permit) = ctx.permit.take() {
         permit.reconcile(usage.map(|u| u.prompt_tokens + u.completion_tokens));
     }
+    if ctx.shared.access_log {
+        access_log(ctx, status, usage);
+    }
     if let Some(audit) = &ctx.shared.services.audit {
         audit.record(AuditRecord {
             request_id: ctx.id.as_str().to_owned(),
@@ -472,6 +478,22 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>) {
             duration: ctx.received.elapsed(),
         });
     }
+}
+
+/// One line per request, at the end of the exchange (a stream's last byte, or the client
+/// leaving: 499).
+fn access_log(ctx: &RequestCtx, status: u16, usage: Option<&Usage>) {
+    tracing::info!(
+        target: "sluice::access",
+        request_id = %ctx.id.as_str(),
+        model = %ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
+        endpoint = %ctx.endpoint.as_deref().unwrap_or("-"),
+        status,
+        prompt_tokens = usage.map(|u| u.prompt_tokens),
+        completion_tokens = usage.map(|u| u.completion_tokens),
+        duration_ms = format_args!("{:.3}", ctx.received.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
 }
 
 fn store_in_cache(ctx: &RequestCtx, answer: CachedAnswer) {
