@@ -60,11 +60,11 @@ pub fn rewrite_for_check(config: &mut Config) {
 pub async fn start_engines(config: &mut Config) -> anyhow::Result<Vec<(String, MockServer)>> {
     let mut engines = Vec::new();
     let mut urls = BTreeMap::new();
-    for (i, name) in embedded_names(config).into_iter().enumerate() {
+    for name in embedded_names(config) {
         let opts = MockOptions {
-            // Different engines answer differently, as different replicas of a sampled model
-            // would; each is still deterministic.
-            seed: i as u64,
+            // One seed for all: the mock promises the same answer to the same request, and
+            // through the gateway that must hold whichever engine the round robin picks.
+            seed: 0,
             ..MockOptions::default()
         };
         let server = MockServer::start(opts, SocketAddr::from(([127, 0, 0, 1], 0)))

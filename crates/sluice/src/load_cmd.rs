@@ -227,6 +227,13 @@ pub struct RunArgs {
     /// Extra request header, 'Name: value'; repeatable (credentials are redacted in reports).
     #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = header)]
     pub headers: Vec<(String, String)>,
+    /// API key sent as `Authorization: Bearer KEY` (redacted in reports). Prefer
+    /// --api-key-env: a key on the command line is visible to every user of the machine.
+    #[arg(long, value_name = "KEY", conflicts_with = "api_key_env")]
+    pub api_key: Option<String>,
+    /// Name of an environment variable holding the API key (e.g. OPENAI_API_KEY).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
     /// Seed of prompts, lengths and arrival times. The same seed sends the same prompts: a
     /// target with a prefix cache has them cached on a second run (change the seed for
     /// cold-cache numbers).
@@ -517,6 +524,26 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
         },
     };
     c.headers = a.headers.clone();
+    let key = match (&a.api_key, &a.api_key_env) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(name)) => Some(
+            std::env::var(name)
+                .map_err(|_| format!("--api-key-env {name}: the variable is not set"))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(key) = key {
+        if c.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(
+                "--api-key and --header 'Authorization: ...' both set the key; give one".into(),
+            );
+        }
+        c.headers
+            .push(("authorization".to_owned(), format!("Bearer {key}")));
+    }
     c.seed = a.seed;
     c.timeout = a.timeout;
     c.grace = a.grace;
@@ -533,4 +560,44 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.progress = std::io::stderr().is_terminal();
     c.keep_token_times = a.ndjson.is_some() || a.csv.is_some();
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<LoadConfig, String> {
+        let mut all = vec!["load", "--url", "http://127.0.0.1:1/v1", "--model", "m"];
+        all.extend_from_slice(args);
+        config_from(&Wrap::try_parse_from(all).map_err(|e| e.to_string())?.run)
+    }
+
+    fn authorization(c: &LoadConfig) -> Vec<&str> {
+        c.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn an_api_key_becomes_a_bearer_header() {
+        let c = config(&["--api-key", "sk-test"]).unwrap();
+        assert_eq!(authorization(&c), ["Bearer sk-test"]);
+        std::env::set_var("SLUICE_TEST_KEY_FOR_LOAD", "sk-env");
+        let c = config(&["--api-key-env", "SLUICE_TEST_KEY_FOR_LOAD"]).unwrap();
+        assert_eq!(authorization(&c), ["Bearer sk-env"]);
+        let e = config(&["--api-key-env", "SLUICE_TEST_KEY_UNSET_FOR_LOAD"]).unwrap_err();
+        assert!(e.contains("is not set"), "{e}");
+        let e = config(&["--api-key", "a", "--header", "Authorization: Bearer b"]).unwrap_err();
+        assert!(e.contains("give one"), "{e}");
+        assert!(config(&["--api-key", "a", "--api-key-env", "X"]).is_err());
+    }
 }

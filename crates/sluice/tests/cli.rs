@@ -113,6 +113,21 @@ async fn serve_with_no_config_runs_the_embedded_default_and_stops_on_sigterm() {
         .as_str()
         .unwrap()
         .is_empty());
+    // The next request goes to the other embedded engine; the same request gets the same
+    // answer whichever engine serves it, as the mock promises.
+    let again: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        v["choices"][0]["message"]["content"]
+    );
     assert_eq!(
         client
             .get(format!("{base}/ready"))
