@@ -113,6 +113,21 @@ impl ServerConfig {
     }
 }
 
+/// `server.listen` as an address: an IP and port, or a host name and port (`localhost:8080`),
+/// the name resolved now, IPv4 first (what `localhost` means to most clients).
+fn listen_address(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let (_, port) = text.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let mut addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.into_iter().next()
+}
+
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -421,14 +436,14 @@ impl Config {
             problems.push(ConfigProblem { key, message })
         };
 
-        let listen = match self.server.listen.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        let listen = match listen_address(&self.server.listen) {
+            Some(a) => Some(a),
+            None => {
                 problem(
                     &mut problems,
                     "server.listen".into(),
                     format!(
-                        "`{}` is not an IP address and port; write e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+                        "`{}` is not an address and port; write e.g. \"127.0.0.1:8080\", \"localhost:8080\" or \"0.0.0.0:8080\"",
                         self.server.listen
                     ),
                 );
@@ -731,6 +746,15 @@ mod tests {
         assert_eq!(ep.timeouts.first_byte, Duration::from_secs(10));
         assert_eq!(ep.timeouts.total, Duration::from_secs(30));
         assert!(!format!("{ep:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_with_a_port() {
+        let a = listen_address("localhost:8080").unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
+        assert_eq!(listen_address("0.0.0.0:9").unwrap().port(), 9);
+        assert_eq!(listen_address("localhost"), None);
+        assert_eq!(listen_address("localhost:http"), None);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `sluice serve` and `sluice check-config`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -13,9 +12,9 @@ pub struct ServeArgs {
     /// Gateway config file (TOML). Without it, the embedded default runs.
     #[arg(long, short, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
-    /// Listen address; overrides `server.listen`.
+    /// Listen address (`127.0.0.1:8080`, `localhost:8080`); overrides `server.listen`.
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
@@ -39,7 +38,7 @@ fn env(name: &str) -> Option<String> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (mut config, path) = read_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
-        config.server.listen = listen.to_string();
+        config.server.listen = listen;
     }
     let engines = embedded::start_engines(&mut config).await?;
     let resolved = config.resolve(&path, &env)?;
