@@ -72,7 +72,9 @@ async fn identical_runs_do_not_regress_and_other_shapes_are_refused() {
     .await
     .unwrap();
 
-    let same = compare(&a, &b, &["--threshold", "50%"]);
+    // A generous threshold: the machine may be shared, and a run beside a build can be slower
+    // for real. The statistics of the verdict are unit-tested in `compare.rs`.
+    let same = compare(&a, &b, &["--threshold", "100%"]);
     let text = String::from_utf8_lossy(&same.stdout);
     assert_eq!(same.status.code(), Some(0), "{text}");
     assert!(text.contains("no regression"), "{text}");
