@@ -1,23 +1,56 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Needs only the Rust toolchain, Python 3 and
 # apt: it installs what else it needs and starts nothing it does not stop.
-set -euo pipefail
+#
+# Every suite runs, whatever an earlier one did, and the run ends with one line per suite
+# (passed, FAILED, or not run and why); the exit status is 1 when any failed or could not run.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
+summary=()
+status=0
 step() { printf '\n== %s\n' "$*"; }
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+# suite NAME COMMAND...: runs it, notes the outcome.
+suite() {
+  local name="$1"
+  shift
+  step "$name"
+  if "$@"; then
+    summary+=("passed    $name")
+  else
+    summary+=("FAILED    $name")
+    status=1
+  fi
+}
 
-step "cargo clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+not_run() {
+  summary+=("not run   $1 ($2)")
+  status=1
+}
 
-step "cargo test"
-cargo test --workspace --locked
+suite "cargo fmt --check" cargo fmt --all -- --check
+suite "cargo clippy (warnings are errors)" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --no-fail-fast: a failing test binary does not hide the ones after it; cargo lists every
+# failed target at the end.
+rust_log=$(mktemp)
+trap 'rm -f "$rust_log"' EXIT
+rust_passed=0
+step "cargo test (every crate's unit, integration and generated-input tests)"
+if cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$rust_log"; then
+  rust_passed=1
+  summary+=("passed    cargo test ($(grep -c '^test result: ok' "$rust_log") test binaries)")
+else
+  failed_targets=$(grep -oE '`-p [^`]+`' "$rust_log" | tr -d '`' | paste -sd ',' - | sed 's/,/, /g')
+  summary+=("FAILED    cargo test: ${failed_targets:-see the output above}")
+  status=1
+fi
 
 step "SDK tests (pytest): openai against the gateway; openai and anthropic through strict replay"
 venv=target/pyenv
-if [ ! -x "$venv/bin/python" ]; then
+venv_ready() {
+  [ -x "$venv/bin/python" ] && return 0
   if ! python3 -m venv "$venv" 2>/dev/null; then
     # Debian's python3 ships venv separately.
     rm -rf "$venv"
@@ -25,7 +58,27 @@ if [ ! -x "$venv/bin/python" ]; then
     else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi
     python3 -m venv "$venv"
   fi
+}
+if ! venv_ready; then
+  not_run "SDK tests (pytest)" "no Python venv: install python3-venv"
+elif ! "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt; then
+  not_run "SDK tests (pytest)" "pip could not install tests/python/requirements.txt"
+# The integration tests built target/debug/sluice (with the features the test build
+# unifies); building it again with `cargo build` would compile the crates a second time.
+elif [ "$rust_passed" != 1 ] && ! cargo build --locked -p sluice; then
+  not_run "SDK tests (pytest)" "the sluice binary did not build"
+else
+  # The binary the Rust tests built is the one these run against.
+  py_log=$(mktemp)
+  trap 'rm -f "$rust_log" "$py_log"' EXIT
+  if SLUICE_BIN="$PWD/target/debug/sluice" "$venv/bin/python" -m pytest -q tests/python 2>&1 | tee "$py_log"; then
+    summary+=("passed    SDK tests (pytest): $(tail -1 "$py_log")")
+  else
+    summary+=("FAILED    SDK tests (pytest): $(tail -1 "$py_log")")
+    status=1
+  fi
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
-cargo build --locked -p sluice
-SLUICE_BIN="$PWD/target/debug/sluice" "$venv/bin/python" -m pytest -q tests/python
+
+printf '\n== summary\n'
+printf '%s\n' "${summary[@]}"
+exit "$status"
