@@ -25,13 +25,18 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        Running::watch(child)
+    }
+
+    /// Takes over a child whose stdout is piped: its lines arrive on `lines`.
+    fn watch(mut child: Child) -> Running {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -222,7 +227,7 @@ async fn serve_logged(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("serve")
         .args(args)
         .env("RUST_LOG", "info")
@@ -231,16 +236,7 @@ async fn serve_logged(args: &[&str]) -> String {
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut serve = Running { child, lines };
+    let mut serve = Running::watch(child);
     let base = serve.wait_for_url();
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
