@@ -20,19 +20,36 @@ struct Cli {
     command: Command,
 }
 
+/// Exit status of the commands that serve until stopped.
+const SERVING_EXIT_CODES: &str = "\
+Exit status:
+  0  stopped cleanly (SIGINT or SIGTERM), after draining
+  1  could not start or failed while serving (bad config, address in use, ...; the message says which)
+  2  usage error";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the OpenAI-compatible gateway. With no --config, runs the embedded default: a
     /// model `mock` served by two in-process mock engines (examples/quickstart.toml).
+    #[command(after_help = SERVING_EXIT_CODES)]
     Serve(serve_cmd::ServeArgs),
     /// Run the mock OpenAI-compatible engine.
+    #[command(after_help = SERVING_EXIT_CODES)]
     Mock(mock_cmd::MockArgs),
     /// Generate LLM load against any OpenAI-compatible server and report TTFT, TPOT, ITL,
     /// throughput and goodput; gate on SLOs; compare reports.
     Load(load_cmd::LoadArgs),
     /// Record/replay proxy between a service and its LLM providers, for deterministic CI.
+    #[command(after_help = "Exit status:
+  0  served and stopped cleanly (SIGINT or SIGTERM), or the subcommand (ca, report, prune) did its work
+  1  could not start, or the subcommand refused (prune says why: a run that used nothing, misses, ...)
+  2  usage error")]
     Proxy(proxy_cmd::ProxyArgs),
     /// Validate a gateway config file without serving.
+    #[command(after_help = "Exit status:
+  0  the file is valid
+  1  it is not: the problems found are listed, each naming its key and the fix
+  2  usage error")]
     CheckConfig {
         /// The TOML file to check.
         file: std::path::PathBuf,

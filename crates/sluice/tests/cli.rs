@@ -303,3 +303,20 @@ async fn the_access_log_can_be_turned_off() {
     assert!(!out.contains("sluice::access"), "{out}");
     mock.shutdown().await;
 }
+
+#[test]
+fn every_command_states_its_exit_codes() {
+    for command in ["serve", "mock", "load", "proxy", "check-config"] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Exit status:"), "{command} --help:\n{help}");
+        assert!(
+            help.contains("  2  usage error"),
+            "{command} --help:\n{help}"
+        );
+    }
+}
