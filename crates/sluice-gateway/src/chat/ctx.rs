@@ -34,8 +34,9 @@ pub struct RequestCtx {
     pub permit: Option<Box<dyn Permit>>,
     /// The cache missed and the answer, if it succeeds, is to be stored.
     pub cache_write: bool,
-    /// The endpoint that answered (set by the call), for the access log.
-    pub endpoint: Option<Arc<str>>,
+    /// The endpoint that answered (set by the call), for the access log: a reference-count
+    /// increment, not a copy of its label.
+    pub endpoint: Option<Arc<crate::upstream::UpstreamEndpoint>>,
     /// Header fields the phases add to the answer, whatever its kind.
     pub answer_headers: AnswerHeaders,
     pub(super) finished: bool,

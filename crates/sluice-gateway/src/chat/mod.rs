@@ -328,7 +328,7 @@ async fn call_upstream(
         }
     }
     if let Some((endpoint, _)) = &answered {
-        ctx.endpoint = Some(Arc::from(endpoint.label.as_str()));
+        ctx.endpoint = Some(endpoint.clone());
     }
     let Some((endpoint, sent)) = answered else {
         return Err(
@@ -487,7 +487,7 @@ fn access_log(ctx: &RequestCtx, status: u16, usage: Option<&Usage>) {
         target: "sluice::access",
         request_id = %ctx.id.as_str(),
         model = %ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
-        endpoint = %ctx.endpoint.as_deref().unwrap_or("-"),
+        endpoint = %ctx.endpoint.as_ref().map_or("-", |e| e.label.as_str()),
         status,
         prompt_tokens = usage.map(|u| u.prompt_tokens),
         completion_tokens = usage.map(|u| u.completion_tokens),
