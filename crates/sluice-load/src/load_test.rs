@@ -58,11 +58,26 @@ pub async fn run_interruptible(
             .tls_name
             .as_ref()
             .and_then(|n| tls.as_ref().map(|s| (s, n)));
-        if let Err(e) = Connection::open(addr, crate::clock::Clock::start(), name_and_tls).await {
+        // Bounded like every request: a server that takes the connection and never
+        // answers (TCP or TLS) must not hang the tool before it starts.
+        let opened = tokio::time::timeout(
+            config.timeout,
+            Connection::open(addr, crate::clock::Clock::start(), name_and_tls),
+        )
+        .await;
+        let reason = match opened {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no connection (TCP and TLS) within --timeout {}",
+                crate::units::format_duration(config.timeout)
+            )),
+        };
+        if let Some(reason) = reason {
             return Err(LoadError::Unreachable {
                 url: t.url.clone(),
                 addr,
-                reason: e.to_string(),
+                reason,
             });
         }
     }

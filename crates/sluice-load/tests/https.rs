@@ -42,3 +42,24 @@ async fn an_https_target_is_measured_and_an_untrusted_one_refused_with_the_fix()
     tls.stop();
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_the_handshake_is_refused_within_the_timeout() {
+    // Takes the TCP connection and then says nothing: no TLS server hello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let mut c = config(format!("https://127.0.0.1:{port}/v1"), 8);
+    c.timeout = std::time::Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let err = run(c).await.unwrap_err();
+    assert!(matches!(err, LoadError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("within --timeout"), "{err}");
+    // The bound is the timeout; 20 s is far beyond any busy machine's delay of it.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
