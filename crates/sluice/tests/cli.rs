@@ -90,6 +90,16 @@ impl Drop for Running {
     }
 }
 
+/// `POST {base}/v1/chat/completions` asking model `mock` for five tokens of "Hello!".
+async fn hello(base: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serve_with_no_config_runs_the_embedded_default_and_stops_on_sigterm() {
     let mut serve = Running::start(&["serve", "--listen", "127.0.0.1:0"]);
@@ -106,12 +116,7 @@ async fn serve_with_no_config_runs_the_embedded_default_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(models["data"][0]["id"], "mock");
 
-    let resp = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
-        .send()
-        .await
-        .unwrap();
+    let resp = hello(&base).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert!(!v["choices"][0]["message"]["content"]
@@ -120,15 +125,7 @@ async fn serve_with_no_config_runs_the_embedded_default_and_stops_on_sigterm() {
         .is_empty());
     // The next request goes to the other embedded engine; the same request gets the same
     // answer whichever engine serves it, as the mock promises.
-    let again: Value = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = hello(&base).await.json().await.unwrap();
     assert_eq!(
         again["choices"][0]["message"]["content"],
         v["choices"][0]["message"]["content"]
@@ -238,12 +235,7 @@ async fn serve_logged(args: &[&str]) -> String {
         .unwrap();
     let mut serve = Running::watch(child);
     let base = serve.wait_for_url();
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 5}))
-        .send()
-        .await
-        .unwrap();
+    let resp = hello(&base).await;
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     resp.bytes().await.unwrap();
