@@ -68,6 +68,9 @@ pub struct LoadConfig {
     /// PEM certificates trusted for `https://` targets besides the web's roots (a private
     /// or corporate CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// The target model's `tokenizer.json`: prompts are sized in its tokens and answers
+    /// without `usage` are counted with it (see `tokenizer`).
+    pub tokenizer: Option<std::path::PathBuf>,
     /// How long requests still open when the measured window closes may take to finish;
     /// then they are cut (`unfinished`) and the run ends.
     #[serde(
@@ -114,6 +117,7 @@ impl LoadConfig {
             seed: 0,
             timeout: Duration::from_secs(60),
             ca_file: None,
+            tokenizer: None,
             grace: DEFAULT_GRACE,
             max_connections: 10_000,
             io_threads: 1,

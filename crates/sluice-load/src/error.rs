@@ -29,6 +29,8 @@ pub enum LoadError {
     Run(#[from] RunError),
     #[error("sweep: {0}")]
     Sweep(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("--ca-file {}: {message}", path.display())]
     CaFile { path: PathBuf, message: String },
 }

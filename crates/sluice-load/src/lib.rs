@@ -17,7 +17,8 @@
 //! - [`load_test`]: [`load_test::run`], the whole invocation (including sweeps).
 //! - [`run`]: executing one rate/concurrency/trace (`open_loop`, `closed_loop`, `worker`).
 //! - [`client`]: the HTTP/1.1 client and the timed exchange.
-//! - [`workload`], [`dist`], [`arrival`], [`prng`]: what is sent, and when.
+//! - [`workload`], [`dist`], [`arrival`], [`prng`]: what is sent, and when; [`tokenizer`]:
+//!   prompt sizes and answer counts in the target model's tokens, when its tokenizer is given.
 //! - [`record`], [`stats`]: measurements and their summaries.
 //! - [`slo`], [`gate`]: SLO expressions and verdicts. [`compare`]: report diffs.
 //! - [`report`]: JSON/NDJSON/console/Markdown/SVG output.
@@ -41,6 +42,7 @@ pub mod stats;
 pub mod target;
 #[cfg(test)]
 mod test_support;
+pub mod tokenizer;
 pub mod units;
 pub mod workload;
 

@@ -40,6 +40,11 @@ pub async fn run_interruptible(
     interrupt: Interrupt,
 ) -> Result<LoadTestResult, LoadError> {
     check(&config)?;
+    let tokenizer = config
+        .tokenizer
+        .as_deref()
+        .map(crate::tokenizer::TokenCounter::load)
+        .transpose()?;
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -88,6 +93,7 @@ pub async fn run_interruptible(
             model: config.model.clone(),
             stream: config.stream,
             seed: config.seed,
+            tokenizer: tokenizer.clone(),
         },
     )?;
     let settings = Arc::new(RunSettings {
@@ -107,6 +113,7 @@ pub async fn run_interruptible(
         grace: config.grace,
         interrupt: interrupt.clone(),
         tls,
+        tokenizer,
     });
     let policy = GatePolicy {
         min_samples: config.min_samples,

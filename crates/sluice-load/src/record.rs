@@ -58,6 +58,8 @@ pub enum TokenSource {
     Usage,
     /// Counted stream chunks that carried a token (one token per chunk assumed).
     Chunks,
+    /// The answer's text, counted by `--tokenizer` (the server sent no usage).
+    Tokenizer,
     /// Neither: a non-streaming answer without usage.
     Unknown,
 }

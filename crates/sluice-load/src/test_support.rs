@@ -70,6 +70,7 @@ pub(crate) fn output(n: u64, failed: u64, ttft_ms: u64) -> RunOutput {
         max_connections: 10,
         connection_cap_hit: false,
         distinct_requests: None,
+        tokenizer: false,
         scheduling_delay: LatencyHistogram::new(),
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod tls;
+pub mod tokenizer;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -73,8 +73,8 @@ pub enum LoadCommand {
     Compare(CompareArgs),
     /// Convert a ShareGPT-style conversation dump into the JSONL request file
     /// `--workload file --dataset` replays: each conversation's first user turn (with its
-    /// system turn), asking for as many tokens as the recorded answer had (estimated at 4
-    /// characters a token).
+    /// system turn), asking for as many tokens as the recorded answer had (counted with
+    /// --tokenizer, else estimated at 4 characters a token).
     Import(ImportArgs),
 }
 
@@ -92,9 +92,13 @@ pub struct ImportArgs {
     /// Take at most this many conversations.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Skip conversations whose answer is estimated longer than this many tokens.
+    /// Skip conversations whose answer is longer than this many tokens.
     #[arg(long, default_value_t = 4096)]
     pub max_output_tokens: u32,
+    /// The target model's tokenizer.json (Hugging Face format): answers are counted with
+    /// it instead of estimated.
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -196,7 +200,8 @@ pub struct RunArgs {
     /// What to send.
     #[arg(long, value_enum)]
     pub workload: Option<WorkloadArg>,
-    /// Prompt length in tokens (≈ words): 128, uniform:64-256 or normal:200,50.
+    /// Prompt length in tokens (≈ words; exact with --tokenizer): 128, uniform:64-256 or
+    /// normal:200,50.
     #[arg(long, default_value = "128", value_parser = length)]
     pub input_tokens: LengthDist,
     /// Answer length in tokens, sent as max_tokens with ignore_eos.
@@ -246,6 +251,11 @@ pub struct RunArgs {
     /// (a private or corporate CA).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The target model's tokenizer.json (Hugging Face format). Prompts are then sized in
+    /// its tokens, and answers that come without `usage` are counted with it (instead of
+    /// one token per stream chunk).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
     /// After the measured window closes (--duration), how long requests still open may
     /// take to finish; then they are cut, counted as failed (`unfinished`), and the run
     /// ends. Throughput counts only what completed within the window.
@@ -359,19 +369,30 @@ fn run_import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     use sluice_load::workload::sharegpt::{import, ImportOptions};
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let tokenizer = args
+        .tokenizer
+        .as_deref()
+        .map(sluice_load::tokenizer::TokenCounter::load)
+        .transpose()?;
+    let counted = if tokenizer.is_some() {
+        "counted with --tokenizer"
+    } else {
+        "estimated at 4 characters a token"
+    };
     let imported = import(
         &text,
         &args.model,
         ImportOptions {
             limit: args.limit,
             max_output_tokens: args.max_output_tokens,
+            tokenizer,
         },
     )
     .with_context(|| format!("{} is not a usable ShareGPT dump", args.input.display()))?;
     std::fs::write(&args.out, &imported.jsonl)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!(
-        "wrote {} requests to {} (skipped {} conversations without a user turn and its answer, {} with an answer over --max-output-tokens {})",
+        "wrote {} requests to {}, answer lengths {counted} (skipped {} conversations without a user turn and its answer, {} with an answer over --max-output-tokens {})",
         imported.requests,
         args.out.display(),
         imported.skipped_no_answer,
@@ -548,6 +569,7 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
     c.timeout = a.timeout;
     c.grace = a.grace;
     c.ca_file = a.ca_file.clone();
+    c.tokenizer = a.tokenizer.clone();
     c.max_connections = a.max_connections;
     c.io_threads = a.io_threads;
     c.connection_reuse = match a.connection_reuse {
@@ -599,5 +621,15 @@ mod tests {
         let e = config(&["--api-key", "a", "--header", "Authorization: Bearer b"]).unwrap_err();
         assert!(e.contains("give one"), "{e}");
         assert!(config(&["--api-key", "a", "--api-key-env", "X"]).is_err());
+    }
+
+    #[test]
+    fn the_tokenizer_flag_reaches_the_config() {
+        let c = config(&["--tokenizer", "models/llama/tokenizer.json"]).unwrap();
+        assert_eq!(
+            c.tokenizer.as_deref(),
+            Some(std::path::Path::new("models/llama/tokenizer.json"))
+        );
+        assert_eq!(config(&[]).unwrap().tokenizer, None);
     }
 }

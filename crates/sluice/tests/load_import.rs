@@ -75,3 +75,62 @@ async fn a_sharegpt_dump_is_imported_and_replayed() {
     assert_eq!(s["tokens"]["requested_output_mean"], 6.0);
     mock.shutdown().await;
 }
+
+#[test]
+fn with_a_tokenizer_answers_are_counted_not_estimated() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer_path = dir.path().join("tokenizer.json");
+    let tokenizer = sluice_testkit::tokenizer::write_small_bpe_tokenizer(&tokenizer_path).unwrap();
+    let answer = "The Danube flows through ten countries.";
+    let dump = dir.path().join("sharegpt.json");
+    std::fs::write(
+        &dump,
+        serde_json::json!([{"conversations": [
+            {"from": "human", "value": "Name a river."},
+            {"from": "gpt", "value": answer}]}])
+        .to_string(),
+    )
+    .unwrap();
+    let requests = dir.path().join("requests.jsonl");
+    let out = Command::new(BIN)
+        .args(["load", "import"])
+        .arg(&dump)
+        .arg("--out")
+        .arg(&requests)
+        .arg("--tokenizer")
+        .arg(&tokenizer_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("counted with --tokenizer"));
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&requests).unwrap().trim()).unwrap();
+    let counted = sluice_testkit::tokenizer::count(&tokenizer, answer);
+    // The estimate would have been 39 characters / 4 = 10.
+    assert_ne!(counted, 10);
+    assert_eq!(line["max_tokens"], counted);
+
+    // A file that is not a tokenizer is refused with the flag and the file named.
+    let out = Command::new(BIN)
+        .args(["load", "import"])
+        .arg(&dump)
+        .arg("--out")
+        .arg(&requests)
+        .arg("--tokenizer")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "--tokenizer {}: not a Hugging Face tokenizer.json",
+            dump.display()
+        )),
+        "{said}"
+    );
+}

@@ -234,11 +234,12 @@ fn run_detail(run: &RunReport) -> String {
     let tk = &s.tokens;
     let _ = writeln!(
         out,
-        "  tokens      output mean {} (asked {}), prompt mean {} (aimed {}){}",
+        "  tokens      output mean {} (asked {}), prompt mean {} (aimed {} {}){}",
         num(tk.output_mean, 1),
         num(tk.requested_output_mean, 1),
         num(tk.prompt_mean, 1),
         num(tk.approx_input_mean, 1),
+        tk.input_unit,
         tk.cached_prompt_share
             .map(|c| format!(", {:.0} % of prompt tokens cached", c * 100.0))
             .unwrap_or_default()

@@ -144,6 +144,8 @@ pub struct RunSettings {
     pub interrupt: Interrupt,
     /// For `https://` targets.
     pub tls: Option<crate::client::TlsSettings>,
+    /// `--tokenizer`: counts answers that come without `usage`.
+    pub tokenizer: Option<crate::tokenizer::TokenCounter>,
 }
 
 /// What a run produced, before analysis.
@@ -182,6 +184,8 @@ pub struct RunOutput {
     pub max_connections: usize,
     pub connection_cap_hit: bool,
     pub distinct_requests: Option<usize>,
+    /// Prompts were sized, and answers without usage counted, by `--tokenizer`.
+    pub tokenizer: bool,
     /// How late the generator noticed arriving data (see `health`).
     pub scheduling_delay: LatencyHistogram,
     /// How long token chunks waited in the kernel before a worker read them (kernel
@@ -417,6 +421,7 @@ fn merge(
         max_connections: settings.max_connections,
         connection_cap_hit: facts.cap_hit,
         distinct_requests: settings.workload.distinct_requests(),
+        tokenizer: settings.tokenizer.is_some(),
         scheduling_delay: facts.scheduling_delay,
         receive_lag,
     }

@@ -135,7 +135,7 @@ impl Worker {
             body: prepared.body,
             headers: &settings.headers,
             session_id: prepared.session_id.as_deref(),
-            keep_text: settings.workload.wants_reply_text(),
+            keep_text: settings.workload.wants_reply_text() || settings.tokenizer.is_some(),
         };
         self.gaps.clear();
         let before_us = clock.now_us();
@@ -223,10 +223,17 @@ impl Worker {
             None => {}
         }
 
-        let (output_tokens, token_source) = match (result.usage, result.streamed) {
-            (Some(u), _) => (Some(u.completion_tokens), TokenSource::Usage),
-            (None, true) => (Some(u64::from(result.token_chunks)), TokenSource::Chunks),
-            (None, false) => (None, TokenSource::Unknown),
+        // The server's own count first; then the answer's text through the user's tokenizer;
+        // then one token per stream chunk.
+        let tokenized = match (&result.usage, &settings.tokenizer, &result.reply_text) {
+            (None, Some(t), Some(text)) => t.count(text),
+            _ => None,
+        };
+        let (output_tokens, token_source) = match (result.usage, tokenized, result.streamed) {
+            (Some(u), _, _) => (Some(u.completion_tokens), TokenSource::Usage),
+            (None, Some(n), _) => (Some(u64::from(n)), TokenSource::Tokenizer),
+            (None, None, true) => (Some(u64::from(result.token_chunks)), TokenSource::Chunks),
+            (None, None, false) => (None, TokenSource::Unknown),
         };
         let record = RequestRecord {
             index,

@@ -174,13 +174,19 @@ pub struct TokenSummary {
     /// Requests whose output count came from usage / counted chunks / nowhere.
     pub output_from_usage: u64,
     pub output_from_chunks: u64,
+    /// Requests whose answer text was counted by `--tokenizer` (no usage sent).
+    #[serde(default)]
+    pub output_from_tokenizer: u64,
     pub output_unknown: u64,
     /// Requests with a known `max_tokens` whose output had another length.
     pub output_length_mismatches: u64,
     pub requested_output_mean: Option<f64>,
     pub output_mean: Option<f64>,
-    /// Mean prompt length aimed for (words ≈ tokens), synthetic workloads.
+    /// Mean prompt length the generator built (generated workloads), in `input_unit`.
     pub approx_input_mean: Option<f64>,
+    /// `words` (≈ tokens), or `tokens` when prompts were sized by `--tokenizer`.
+    #[serde(default = "words")]
+    pub input_unit: String,
     /// Mean prompt length as the server counted it.
     pub prompt_mean: Option<f64>,
     /// Mean share of prompt tokens served from the server's prefix cache, when reported.
@@ -322,8 +328,8 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
         }
     };
 
-    let tokens = token_summary(&measured);
-    let window_tokens = token_summary(&in_window);
+    let tokens = token_summary(&measured, out.tokenizer);
+    let window_tokens = token_summary(&in_window, out.tokenizer);
     let succeeded_in_window = in_window.iter().filter(|r| r.ok()).count() as u64;
     let goodput = goodput(&in_window, slos).map(|n| per_s(n as f64));
     let achieved = out
@@ -431,7 +437,11 @@ pub fn analyze(out: &RunOutput, slos: &[Slo]) -> RunAnalysis {
     }
 }
 
-fn token_summary(measured: &[&RequestRecord]) -> TokenSummary {
+fn words() -> String {
+    "words".to_owned()
+}
+
+fn token_summary(measured: &[&RequestRecord], tokenizer: bool) -> TokenSummary {
     let ok: Vec<&&RequestRecord> = measured.iter().filter(|r| r.ok()).collect();
     let count = |s: TokenSource| ok.iter().filter(|r| r.token_source == s).count() as u64;
     let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
@@ -440,6 +450,7 @@ fn token_summary(measured: &[&RequestRecord]) -> TokenSummary {
         prompt_total: ok.iter().filter_map(|r| r.prompt_tokens).sum(),
         output_from_usage: count(TokenSource::Usage),
         output_from_chunks: count(TokenSource::Chunks),
+        output_from_tokenizer: count(TokenSource::Tokenizer),
         output_unknown: count(TokenSource::Unknown),
         output_length_mismatches: ok
             .iter()
@@ -463,6 +474,7 @@ fn token_summary(measured: &[&RequestRecord]) -> TokenSummary {
                 .filter_map(|r| r.approx_input_tokens.map(f64::from))
                 .collect(),
         ),
+        input_unit: if tokenizer { "tokens".into() } else { words() },
         prompt_mean: mean(
             ok.iter()
                 .filter_map(|r| r.prompt_tokens.map(|t| t as f64))
@@ -669,6 +681,10 @@ fn notes(
     }
     let sources: Vec<String> = [
         (tokens.output_from_usage, "server usage"),
+        (
+            tokens.output_from_tokenizer,
+            "the answer text through --tokenizer (usage absent)",
+        ),
         (
             tokens.output_from_chunks,
             "counted stream chunks (usage absent; one token per chunk assumed)",

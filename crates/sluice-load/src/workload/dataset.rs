@@ -197,6 +197,7 @@ mod tests {
             model: "target-model".into(),
             stream,
             seed: 0,
+            tokenizer: None,
         }
     }
 

@@ -14,6 +14,8 @@ pub mod sharegpt;
 pub mod synthetic;
 mod words;
 
+pub(crate) use words::WORDS;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use serde::Serialize;
 
 use crate::dist::LengthDist;
 use crate::prng::Rng;
+use crate::tokenizer::TokenCounter;
 
 pub use dataset::{Dataset, DatasetError};
 pub use multi_turn::{ConversationPool, TurnTicket};
@@ -72,7 +75,8 @@ pub struct PreparedRequest {
     pub session_id: Option<String>,
     /// `max_tokens` as sent, when known.
     pub requested_output_tokens: Option<u32>,
-    /// Prompt length the generator aimed for, in words (≈ tokens); synthetic workloads only.
+    /// Length of the prompt's message texts as the generator built them: in words (≈ tokens),
+    /// or in tokens when `--tokenizer` is given. Generated workloads only.
     pub approx_input_tokens: Option<u32>,
     /// For multi-turn: the conversation, handed back with the answer via [`Workload::finish`].
     pub turn: Option<TurnTicket>,
@@ -84,6 +88,34 @@ pub struct RequestShape {
     pub model: String,
     pub stream: bool,
     pub seed: u64,
+    /// `--tokenizer`: prompt lengths are real tokens, not words.
+    pub tokenizer: Option<TokenCounter>,
+}
+
+impl RequestShape {
+    /// Prompt text of `tokens` tokens: that many words, or sized by the tokenizer.
+    pub(crate) fn prompt_text(&self, rng: &mut Rng, tokens: u32) -> String {
+        match &self.tokenizer {
+            Some(t) => t.prompt(rng, tokens).0,
+            None => words_text(rng, tokens),
+        }
+    }
+
+    /// Length of a message text in the unit prompts are sized in (tokens with a tokenizer,
+    /// else words).
+    pub(crate) fn text_length(&self, text: &str) -> u32 {
+        let words = || {
+            if text.is_empty() {
+                0
+            } else {
+                u32::try_from(text.split(' ').count()).unwrap_or(u32::MAX)
+            }
+        };
+        match &self.tokenizer {
+            Some(t) => t.count(text).unwrap_or_else(words),
+            None => words(),
+        }
+    }
 }
 
 /// A built workload: cheap to share between workers.
@@ -252,6 +284,7 @@ mod tests {
             model: "m".into(),
             stream: true,
             seed: 1,
+            tokenizer: None,
         };
         let body = generated_body(
             &shape,

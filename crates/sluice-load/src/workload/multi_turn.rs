@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
-use super::{generated_body, words_text, LengthDist, Message, PreparedRequest, RequestShape};
+use super::{generated_body, LengthDist, Message, PreparedRequest, RequestShape};
 use crate::prng::Rng;
 
 const STREAM_SYSTEM: u64 = 0x5E17_0004;
@@ -61,7 +61,7 @@ impl ConversationPool {
     ) -> Self {
         let mut rng = Rng::derive(shape.seed, STREAM_SYSTEM, 0);
         ConversationPool {
-            system_prompt: words_text(&mut rng, system_prompt_tokens),
+            system_prompt: shape.prompt_text(&mut rng, system_prompt_tokens),
             shape,
             turns: turns.max(1),
             input,
@@ -95,7 +95,7 @@ impl ConversationPool {
         );
         let input = self.input.sample(&mut rng);
         let output = self.output.sample(&mut rng);
-        let question = words_text(&mut rng, input);
+        let question = self.shape.prompt_text(&mut rng, input);
         conversation.history.push(("user", question));
         let mut messages = Vec::with_capacity(conversation.history.len() + 1);
         if !self.system_prompt.is_empty() {
@@ -109,13 +109,16 @@ impl ConversationPool {
             content: text,
         }));
         let body = generated_body(&self.shape, &messages, output);
-        let approx: usize = messages.iter().map(|m| m.content.split(' ').count()).sum();
+        let approx = messages
+            .iter()
+            .map(|m| self.shape.text_length(m.content))
+            .fold(0u32, u32::saturating_add);
         let session_id = format!("conversation-{}", conversation.id);
         PreparedRequest {
             body,
             session_id: Some(session_id),
             requested_output_tokens: Some(output),
-            approx_input_tokens: Some(u32::try_from(approx).unwrap_or(u32::MAX)),
+            approx_input_tokens: Some(approx),
             turn: Some(TurnTicket {
                 conversation,
                 requested_output: output,
@@ -138,7 +141,7 @@ impl ConversationPool {
                     STREAM_STANDIN,
                     conversation.id.wrapping_mul(1024) ^ u64::from(conversation.turn),
                 );
-                words_text(&mut rng, requested_output)
+                self.shape.prompt_text(&mut rng, requested_output)
             }
         };
         conversation.history.push(("assistant", reply));
@@ -161,6 +164,7 @@ mod tests {
                 model: "m".into(),
                 stream: true,
                 seed: 5,
+                tokenizer: None,
             },
             turns,
             20,

@@ -3,9 +3,7 @@
 //! built for. Every request is one of the N system prompts plus a question from one of its
 //! M users; the question is new on every request, so only the system prompt is shareable.
 
-use super::{
-    generated_body, push_words, words_text, LengthDist, Message, PreparedRequest, RequestShape,
-};
+use super::{generated_body, LengthDist, Message, PreparedRequest, RequestShape};
 use crate::prng::Rng;
 
 const STREAM_SYSTEM: u64 = 0x5E17_0002;
@@ -15,6 +13,8 @@ const STREAM_REQUEST: u64 = 0x5E17_0003;
 pub struct SharedPrefix {
     shape: RequestShape,
     system_prompts: Vec<String>,
+    /// Each system prompt's length (words, or tokens with a tokenizer), counted once.
+    system_lengths: Vec<u32>,
     users_per_prompt: u32,
     input: LengthDist,
     output: LengthDist,
@@ -29,13 +29,14 @@ impl SharedPrefix {
         input: LengthDist,
         output: LengthDist,
     ) -> Self {
-        let prompts = (0..u64::from(system_prompts.max(1)))
+        let prompts: Vec<String> = (0..u64::from(system_prompts.max(1)))
             .map(|i| {
                 let mut rng = Rng::derive(shape.seed, STREAM_SYSTEM, i);
-                words_text(&mut rng, system_prompt_tokens)
+                shape.prompt_text(&mut rng, system_prompt_tokens)
             })
             .collect();
         SharedPrefix {
+            system_lengths: prompts.iter().map(|p| shape.text_length(p)).collect(),
             shape,
             system_prompts: prompts,
             users_per_prompt: users_per_prompt.max(1),
@@ -51,9 +52,10 @@ impl SharedPrefix {
         let input = self.input.sample(&mut rng);
         let output = self.output.sample(&mut rng);
         // "user N" marks whose question it is; the words after it are this request's own.
-        let mut question = format!("user {user} asks");
-        question.push(' ');
-        push_words(&mut question, &mut rng, input);
+        let question = format!(
+            "user {user} asks {}",
+            self.shape.prompt_text(&mut rng, input)
+        );
         let system = &self.system_prompts[prompt];
         let body = generated_body(
             &self.shape,
@@ -69,16 +71,13 @@ impl SharedPrefix {
             ],
             output,
         );
-        let system_words = if system.is_empty() {
-            0
-        } else {
-            system.split(' ').count() as u32
-        };
         PreparedRequest {
             body,
             session_id: Some(format!("prompt{prompt}-user{user}")),
             requested_output_tokens: Some(output),
-            approx_input_tokens: Some(system_words + input + 3),
+            approx_input_tokens: Some(
+                self.system_lengths[prompt].saturating_add(self.shape.text_length(&question)),
+            ),
             turn: None,
         }
     }
@@ -96,6 +95,7 @@ mod tests {
                 model: "m".into(),
                 stream: true,
                 seed: 1,
+                tokenizer: None,
             },
             3,
             4,

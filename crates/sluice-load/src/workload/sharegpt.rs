@@ -7,22 +7,27 @@
 //! `gpt`/`assistant`/`chatgpt`/`bard` and `system` for the speaker). Each conversation whose
 //! first user turn has an answer becomes one request: the system turn (if any) and the first
 //! user turn as messages, and `max_tokens` set to the recorded answer's length, so the
-//! target is asked for as much output as the real conversation had. Without a tokenizer the
-//! length is estimated as one token per 4 characters (at least 1), the usual rule of thumb
-//! for English; the count the target reports is what the run measures.
+//! target is asked for as much output as the real conversation had. With the target model's
+//! tokenizer (`--tokenizer`) that length is exact; without one it is estimated as one token
+//! per 4 characters (at least 1), the usual rule of thumb for English. Either way the count
+//! the target reports is what the run measures.
 
 use serde_json::{json, Value};
 use sluice_api::chat::json_type_name;
 
+use crate::tokenizer::TokenCounter;
+
 /// Characters per token of the length estimate.
 const CHARS_PER_TOKEN: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Take at most this many requests (in file order).
     pub limit: Option<usize>,
-    /// Skip conversations whose answer is estimated longer than this.
+    /// Skip conversations whose answer is longer than this.
     pub max_output_tokens: u32,
+    /// Count answers with the target model's tokenizer instead of estimating.
+    pub tokenizer: Option<TokenCounter>,
 }
 
 impl Default for ImportOptions {
@@ -30,6 +35,7 @@ impl Default for ImportOptions {
         ImportOptions {
             limit: None,
             max_output_tokens: 4096,
+            tokenizer: None,
         }
     }
 }
@@ -75,7 +81,10 @@ pub fn import(text: &str, model: &str, options: ImportOptions) -> Result<Importe
             out.skipped_no_answer += 1;
             continue;
         };
-        let output_tokens = estimate_tokens(answer);
+        let output_tokens = match options.tokenizer.as_ref().and_then(|t| t.count(answer)) {
+            Some(n) => n.max(1),
+            None => estimate_tokens(answer),
+        };
         if output_tokens > options.max_output_tokens {
             out.skipped_too_long += 1;
             continue;
@@ -180,6 +189,7 @@ mod tests {
             ImportOptions {
                 limit: None,
                 max_output_tokens: 10,
+                tokenizer: None,
             },
         )
         .unwrap();

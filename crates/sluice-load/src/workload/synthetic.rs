@@ -1,6 +1,6 @@
 //! Independent single-turn requests: a prompt of sampled length, an answer of sampled length.
 
-use super::{generated_body, words_text, LengthDist, Message, PreparedRequest, RequestShape};
+use super::{generated_body, LengthDist, Message, PreparedRequest, RequestShape};
 use crate::prng::Rng;
 
 /// PRNG stream of synthetic prompts (distinct from other workloads' streams).
@@ -26,7 +26,7 @@ impl Synthetic {
         let mut rng = Rng::derive(self.shape.seed, STREAM, index);
         let input = self.input.sample(&mut rng);
         let output = self.output.sample(&mut rng);
-        let prompt = words_text(&mut rng, input);
+        let prompt = self.shape.prompt_text(&mut rng, input);
         let body = generated_body(
             &self.shape,
             &[Message {
@@ -39,7 +39,7 @@ impl Synthetic {
             body,
             session_id: None,
             requested_output_tokens: Some(output),
-            approx_input_tokens: Some(input),
+            approx_input_tokens: Some(self.shape.text_length(&prompt)),
             turn: None,
         }
     }
@@ -54,6 +54,7 @@ mod tests {
             model: "m".into(),
             stream: false,
             seed: 9,
+            tokenizer: None,
         }
     }
 

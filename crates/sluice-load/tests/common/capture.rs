@@ -1,5 +1,7 @@
 //! A target that records what it receives: HTTP/1.1 on raw TCP, answering every request at
-//! once with a fixed non-streaming completion whose text names the request's number.
+//! once with a fixed non-streaming completion whose text names the request's number, or
+//! (`capture_server_streaming`) with a stream of given chunks and no `usage`, as servers that
+//! ignore `stream_options` send.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,19 +30,33 @@ impl Captured {
 pub type Log = Arc<Mutex<Vec<Captured>>>;
 
 pub async fn capture_server() -> (SocketAddr, Log) {
+    start(None).await
+}
+
+/// Every answer is a stream of `chunks` (one content delta each), without usage.
+pub async fn capture_server_streaming(chunks: &'static [&'static str]) -> (SocketAddr, Log) {
+    start(Some(chunks)).await
+}
+
+async fn start(stream: Option<&'static [&'static str]>) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log: Log = Arc::default();
     let l = log.clone();
     tokio::spawn(async move {
         while let Ok((sock, peer)) = listener.accept().await {
-            tokio::spawn(serve(sock, peer, l.clone()));
+            tokio::spawn(serve(sock, peer, l.clone(), stream));
         }
     });
     (addr, log)
 }
 
-async fn serve(mut sock: TcpStream, peer: SocketAddr, log: Log) {
+async fn serve(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    log: Log,
+    stream: Option<&'static [&'static str]>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
@@ -82,6 +98,24 @@ async fn serve(mut sock: TcpStream, peer: SocketAddr, log: Log) {
             });
             log.len() - 1
         };
+        if let Some(chunks) = stream {
+            let mut events = String::new();
+            for c in chunks {
+                let chunk = serde_json::json!({"id": "x", "object": "chat.completion.chunk",
+                    "created": 0, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]});
+                events.push_str(&format!("data: {chunk}\n\n"));
+            }
+            events.push_str("data: [DONE]\n\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+                events.len()
+            );
+            if sock.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let answer = format!(
             r#"{{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"reply {n}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
         );
