@@ -218,6 +218,72 @@ fn check_config_accepts_the_examples_and_names_broken_keys() {
     assert!(text.contains("missing.toml"), "{text}");
 }
 
+#[test]
+fn check_config_reports_every_problem_in_file_order_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.toml");
+    // A typo early, a unit missing, a wrong type, a value check, a secret in the file, a
+    // missing url, and a syntax error last: all reported in one run, in file order.
+    std::fs::write(
+        &file,
+        r#"[server]
+lisen = "127.0.0.1:8080"
+drain_timeout = "30"
+workers = "two"
+
+[models.gpt]
+[[models.gpt.endpoints]]
+url = "ftp://example.com/v1"
+api_key = "sk-secret"
+timeouts = { totl = "30s" }
+
+[[models.gpt.endpoints]]
+name = "second"
+
+[models.broken
+"#,
+    )
+    .unwrap();
+    let (ok, text) = check_config(&file, &[]);
+    assert!(!ok, "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    let expect: [(&str, &str); 9] = [
+        ("line 2: server.lisen: ", "did you mean `listen`?"),
+        ("line 3: server.drain_timeout: ", "no unit"),
+        ("line 4: server.workers: ", "whole number"),
+        (
+            "line 8: models.gpt.endpoints[0].url: ",
+            "http:// or https://",
+        ),
+        ("line 9: models.gpt.endpoints[0].api_key: ", "api_key_env"),
+        (
+            "line 10: models.gpt.endpoints[0].timeouts.totl: ",
+            "did you mean `total`?",
+        ),
+        ("line 12: models.gpt.endpoints[1].url: ", "is missing"),
+        ("line 15: TOML syntax: ", ""),
+        // Read past the syntax error, the table is there and has no endpoint.
+        ("line 15: models.broken.endpoints: ", "has no endpoint"),
+    ];
+    assert_eq!(lines.len(), expect.len(), "{text}");
+    for (line, (start, has)) in lines.iter().zip(expect) {
+        assert!(
+            line.starts_with(start) && line.contains(has),
+            "{line:?} in\n{text}"
+        );
+    }
+    assert!(text.contains("has 9 problem(s)"), "{text}");
+    // The secret is never echoed, and `api_key` is not offered as a key to use.
+    assert!(!text.contains("sk-secret"), "{text}");
+    assert!(
+        !text.contains(" api_key,") && !text.contains(" api_key."),
+        "{text}"
+    );
+}
+
 /// Runs `sluice serve ARGS` with its log in a file at `info`, sends one chat request, stops
 /// it, and returns the log.
 async fn serve_logged(args: &[&str]) -> String {

@@ -1,6 +1,7 @@
 //! The gateway's configuration: one TOML file, deserialised into typed structs with
 //! `deny_unknown_fields`, then checked by [`Config::resolve`], which reports every problem at
-//! once, each naming the key and the fix. Secrets never live in the file: an endpoint names the
+//! once — syntax, unknown keys and wrong types found while reading (`source`) and values found
+//! while resolving — in file order, each with its line, the key and the fix. Secrets never live in the file: an endpoint names the
 //! environment variable that holds its key (`api_key_env`), read once at load.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+mod source;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +24,9 @@ pub struct Config {
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// What reading the file found (problems with their lines, where each key is).
+    #[serde(skip)]
+    source: source::SourceFindings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +80,7 @@ impl ServerConfig {
         {
             Some(ConfigDuration(d)) if d.is_zero() => {
                 problems.push(ConfigProblem {
+                    line: None,
                     key: format!("server.{key}"),
                     message: "must be longer than zero; leave it out for the default".into(),
                 });
@@ -98,12 +105,14 @@ impl ServerConfig {
         };
         if limits.max_connections == 0 {
             problems.push(ConfigProblem {
+                line: None,
                 key: "server.max_connections".into(),
                 message: "must be at least 1; leave it out for the default (16384)".into(),
             });
         }
         if limits.max_response_bytes < 1024 {
             problems.push(ConfigProblem {
+                line: None,
                 key: "server.max_response_bytes".into(),
                 message: "must be at least 1024 bytes; leave it out for the default (64 MiB)"
                     .into(),
@@ -264,7 +273,9 @@ pub struct EndpointConfig {
     /// URL. Default: `MODEL/INDEX` (`gpt-4o/0`).
     pub name: Option<String>,
     /// Base URL of an OpenAI-compatible API, up to and including `/v1`
-    /// (`https://api.openai.com/v1`, `http://vllm-0:8000/v1`).
+    /// (`https://api.openai.com/v1`, `http://vllm-0:8000/v1`). Required; the default (empty)
+    /// only lets a missing `url` be reported together with every other problem.
+    #[serde(default)]
     pub url: String,
     /// Name of the environment variable holding the API key sent as `Authorization: Bearer`.
     pub api_key_env: Option<String>,
@@ -323,16 +334,25 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
-/// One thing wrong with a configuration: the key, and what to do about it.
+/// One thing wrong with a configuration: where it is, the key, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
+    /// Dotted path (`models.gpt.endpoints[0].url`); empty for a syntax error.
     pub key: String,
+    /// 1-based line in the file; `None` for what is missing from it (no model at all).
+    pub line: Option<usize>,
     pub message: String,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -343,8 +363,6 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n{}", problems.len(), list(problems))]
     Invalid {
         path: PathBuf,
@@ -418,11 +436,11 @@ impl Config {
         Self::from_toml(&text, path)?.resolve(path, &|name| std::env::var(name).ok())
     }
 
-    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+    /// Parses a config file's text. Never fails on the text itself: syntax errors, unknown
+    /// keys and wrong types are kept, with their lines, and reported by [`Config::resolve`]
+    /// together with every other problem. (`Result` stays for callers that chain `?`.)
+    pub fn from_toml(text: &str, _path: &Path) -> Result<Config, ConfigError> {
+        Ok(source::read(text))
     }
 
     /// Validates and resolves. `env` looks up environment variables (injected for tests).
@@ -431,9 +449,19 @@ impl Config {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ResolvedConfig, ConfigError> {
+        if self.source.incomplete {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: self.source.problems.clone(),
+            });
+        }
         let mut problems = Vec::new();
         let problem = |problems: &mut Vec<ConfigProblem>, key: String, message: String| {
-            problems.push(ConfigProblem { key, message })
+            problems.push(ConfigProblem {
+                key,
+                line: None,
+                message,
+            })
         };
 
         let listen = match listen_address(&self.server.listen) {
@@ -516,6 +544,7 @@ impl Config {
             );
         }
 
+        let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
                 listen,
@@ -530,6 +559,24 @@ impl Config {
                 problems,
             }),
         }
+    }
+}
+
+impl Config {
+    /// Merges the problems found while reading with those found while resolving (dropping
+    /// the echoes of an entry reading already took out), places each in the file and sorts
+    /// them by line; what no line can be given for comes last.
+    fn in_file_order(&self, resolved: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+        let mut all = self.source.problems.clone();
+        for mut p in resolved {
+            if self.source.covers(&p.key) {
+                continue;
+            }
+            p.line = self.source.line_of(&p.key);
+            all.push(p);
+        }
+        all.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        all
     }
 }
 
@@ -553,6 +600,7 @@ fn check_timeouts(problems: &mut Vec<ConfigProblem>, key: &str, t: &Timeouts) {
     ] {
         if d.is_zero() {
             problems.push(ConfigProblem {
+                line: None,
                 key: format!("{key}.{field}"),
                 message: "must be greater than zero".into(),
             });
@@ -560,6 +608,7 @@ fn check_timeouts(problems: &mut Vec<ConfigProblem>, key: &str, t: &Timeouts) {
     }
     if t.first_byte > t.total {
         problems.push(ConfigProblem {
+            line: None,
             key: format!("{key}.first_byte"),
             message: format!(
                 "({:?}) is longer than total ({:?}); it would never fire — lower it or raise total",
@@ -572,12 +621,14 @@ fn check_timeouts(problems: &mut Vec<ConfigProblem>, key: &str, t: &Timeouts) {
 fn check_connections(problems: &mut Vec<ConfigProblem>, key: &str, c: &ConnectionLimits) {
     if c.max_connecting == 0 {
         problems.push(ConfigProblem {
+            line: None,
             key: format!("{key}.max_connecting"),
             message: "must be at least 1, or no request could ever get a connection".into(),
         });
     }
     if c.idle_timeout.is_zero() {
         problems.push(ConfigProblem {
+            line: None,
             key: format!("{key}.idle_timeout"),
             message: "must be greater than zero; set max_idle = 0 to keep no idle connections"
                 .into(),
@@ -596,6 +647,7 @@ fn resolve_endpoint(
     let before = problems.len();
     let mut push = |k: &str, m: String| {
         problems.push(ConfigProblem {
+            line: None,
             key: format!("{key}{k}"),
             message: m,
         })
@@ -616,6 +668,15 @@ fn resolve_endpoint(
         );
     }
     let base_url = match url::Url::parse(ep.url.trim_end_matches('/')) {
+        _ if ep.url.trim().is_empty() => {
+            push(
+                ".url",
+                "is missing; every endpoint needs the API base it sends to, e.g. \
+                 url = \"https://api.openai.com/v1\""
+                    .into(),
+            );
+            None
+        }
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
             if u.query().is_some() || u.fragment().is_some() {
                 push(
@@ -851,6 +912,56 @@ mod tests {
         assert!(e.to_string().contains("parsecs"), "{e}");
         let e = resolve("[server]\ndrain_timeout = \"5\"\n").unwrap_err();
         assert!(e.to_string().contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn problems_come_in_file_order_with_lines_and_without_echoes() {
+        let p = problems(
+            "[server]\nworkers = 0\nlisen = \"x\"\n[models.a]\nendpoints = \"e\"\n[models.b]\n[[models.b.endpoints]]\nurl = 7\n",
+        );
+        let shown: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 4, "{shown:#?}");
+        // Value problems found by resolve are placed at their key's line too.
+        assert_eq!(
+            p.iter().map(|p| p.line).collect::<Vec<_>>(),
+            [Some(2), Some(3), Some(5), Some(8)],
+            "{shown:#?}"
+        );
+        assert_eq!(p[0].key, "server.workers");
+        assert!(shown[1].contains("did you mean `listen`"), "{shown:#?}");
+        // A wrong-typed entry is reported once, not again as missing (no "has no endpoint",
+        // no "url is missing").
+        assert_eq!(p[2].key, "models.a.endpoints");
+        assert_eq!(p[3].key, "models.b.endpoints[0].url");
+        assert!(shown[3].contains("quoted string"), "{shown:#?}");
+    }
+
+    #[test]
+    fn an_unknown_key_message_never_offers_api_key() {
+        let p = problems(
+            "[models.a]\n[[models.a.endpoints]]\nurl = \"http://h:1/v1\"\napi_kee_env = \"K\"\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].message.contains("did you mean `api_key_env`?"),
+            "{}",
+            p[0]
+        );
+        assert!(!p[0].message.contains("api_key,"), "{}", p[0]);
+        assert_eq!(p[0].line, Some(4));
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_the_rest() {
+        let p = problems("[server\nworkers = 0\n[models.a]\n[[models.a.endpoints]]\nurl = \"x\"\n");
+        let shown: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert!(shown[0].starts_with("line 1: TOML syntax"), "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("models.a.endpoints[0].url")),
+            "{shown:#?}"
+        );
     }
 
     #[test]
