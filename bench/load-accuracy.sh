@@ -29,8 +29,8 @@ if [ -z "${SLUICE_BIN:-}" ]; then
 fi
 
 out="$(mktemp -d)"
-"$SLUICE_BIN" mock --listen "127.0.0.1:$PORT" --ttft-base-ms "$TTFT_MS" \
-  --decode-interval-ms "$DECODE_MS" --prefill-us-per-token 0 --batch-slowdown 0 \
+"$SLUICE_BIN" mock --listen "127.0.0.1:$PORT" --ttft-base "${TTFT_MS}ms" \
+  --decode-interval "${DECODE_MS}ms" --prefill-per-token 0us --batch-slowdown 0 \
   >"$out/mock.log" 2>&1 &
 mock_pid=$!
 trap 'kill "$mock_pid" 2>/dev/null || true; wait "$mock_pid" 2>/dev/null || true; rm -rf "$out"' EXIT

@@ -17,17 +17,17 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
-    /// Fixed part of the time to first token, in milliseconds.
-    #[arg(long, default_value_t = 20.0)]
-    pub ttft_base_ms: f64,
+    /// Fixed part of the time to first token (`20ms`, `1.5ms`, `1s`).
+    #[arg(long, default_value = "20ms", value_parser = duration)]
+    pub ttft_base: Duration,
 
-    /// Prefill time per prompt token not served from the prefix cache, in microseconds.
-    #[arg(long, default_value_t = 20.0)]
-    pub prefill_us_per_token: f64,
+    /// Prefill time per prompt token not served from the prefix cache (`20us`).
+    #[arg(long, default_value = "20us", value_parser = duration)]
+    pub prefill_per_token: Duration,
 
-    /// Time between two output tokens of one stream when it runs alone, in milliseconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub decode_interval_ms: f64,
+    /// Time between two output tokens of one stream when it runs alone.
+    #[arg(long, default_value = "10ms", value_parser = duration)]
+    pub decode_interval: Duration,
 
     /// Fractional slowdown of the decode interval per additional request in flight.
     #[arg(long, default_value_t = 0.02)]
@@ -62,7 +62,7 @@ pub struct MockArgs {
     /// Make every delay zero: the fastest possible target, for benchmarking a gateway.
     #[arg(
         long,
-        conflicts_with_all = ["ttft_base_ms", "prefill_us_per_token", "decode_interval_ms", "batch_slowdown"]
+        conflicts_with_all = ["ttft_base", "prefill_per_token", "decode_interval", "batch_slowdown"]
     )]
     pub zero_timing: bool,
 
@@ -74,21 +74,21 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 500)]
     pub error_status: u16,
 
-    /// `retry-after` seconds on an injected 429; 0 sends no header.
-    #[arg(long, default_value_t = 1)]
-    pub retry_after_secs: u64,
+    /// `retry-after` on an injected 429, in whole seconds; `0s` sends no header.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub retry_after: Duration,
 
-    /// Delay before anything of a chat answer is sent, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub added_latency_ms: u64,
+    /// Delay before anything of a chat answer is sent (whole milliseconds).
+    #[arg(long, default_value = "0ms", value_parser = duration)]
+    pub added_latency: Duration,
 
     /// Share of requests that pause mid-answer (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub stall_rate: f64,
 
-    /// Length of a stall, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub stall_ms: u64,
+    /// Length of a stall (whole milliseconds).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub stall_duration: Duration,
 
     /// A stalled stream pauses after this many SSE events.
     #[arg(long, default_value_t = 2)]
@@ -123,13 +123,9 @@ impl MockArgs {
                 );
             }
             TimingModel {
-                ttft_base: duration("ttft-base-ms", self.ttft_base_ms, 1e-3)?,
-                prefill_per_token: duration(
-                    "prefill-us-per-token",
-                    self.prefill_us_per_token,
-                    1e-6,
-                )?,
-                decode_interval: duration("decode-interval-ms", self.decode_interval_ms, 1e-3)?,
+                ttft_base: self.ttft_base,
+                prefill_per_token: self.prefill_per_token,
+                decode_interval: self.decode_interval,
                 batch_slowdown: self.batch_slowdown,
             }
         };
@@ -146,10 +142,10 @@ impl MockArgs {
         let faults = Faults {
             error_rate: self.error_rate,
             error_status: self.error_status,
-            retry_after_secs: self.retry_after_secs,
-            added_latency_ms: self.added_latency_ms,
+            retry_after_secs: whole(self.retry_after, "retry-after", 1)?,
+            added_latency_ms: whole(self.added_latency, "added-latency", 1000)?,
             stall_rate: self.stall_rate,
-            stall_ms: self.stall_ms,
+            stall_ms: whole(self.stall_duration, "stall-duration", 1000)?,
             stall_after_chunks: self.stall_after_chunks,
             disconnect_rate: self.disconnect_rate,
             disconnect_after_chunks: self.disconnect_after_chunks,
@@ -191,13 +187,20 @@ impl MockArgs {
     }
 }
 
-/// `value` in units of `unit` seconds, as a duration; negative or non-finite values are
-/// refused with the flag's name.
-fn duration(flag: &str, value: f64, unit: f64) -> anyhow::Result<Duration> {
-    match Duration::try_from_secs_f64(value * unit) {
-        Ok(d) if value.is_finite() => Ok(d),
-        _ => bail!("--{flag} must be a non-negative number, got {value}"),
+fn duration(s: &str) -> Result<Duration, String> {
+    sluice_load::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `d` as a whole number of 1/`per_second` seconds (what the fault knobs count in); a
+/// remainder is refused rather than silently dropped.
+fn whole(d: Duration, flag: &str, per_second: u32) -> anyhow::Result<u64> {
+    let nanos_per_unit = 1_000_000_000 / u128::from(per_second);
+    let nanos = d.as_nanos();
+    if nanos % nanos_per_unit != 0 {
+        let unit = if per_second == 1 { "seconds" } else { "milliseconds" };
+        bail!("--{flag} takes whole {unit}, got {d:?}");
     }
+    u64::try_from(nanos / nanos_per_unit).with_context(|| format!("--{flag} is out of range"))
 }
 
 /// Serves the mock until ctrl-c or SIGTERM, then lets answers in progress finish.
@@ -242,8 +245,12 @@ mod tests {
     #[test]
     fn flags_reach_the_options() {
         let options = parse(&[
-            "--decode-interval-ms",
-            "2.5",
+            "--decode-interval",
+            "2.5ms",
+            "--stall-duration",
+            "250ms",
+            "--retry-after",
+            "3s",
             "--model",
             "a",
             "--model",
@@ -260,6 +267,8 @@ mod tests {
         assert_eq!(options.served_models, ["a", "b"]);
         assert_eq!(options.faults.error_rate, 0.25);
         assert_eq!(options.faults.error_status, 429);
+        assert_eq!(options.faults.stall_ms, 250);
+        assert_eq!(options.faults.retry_after_secs, 3);
         let zero = parse(&["--zero-timing"]).unwrap().to_options().unwrap();
         assert_eq!(zero.timing, TimingModel::ZERO);
     }
@@ -269,8 +278,13 @@ mod tests {
         let err = |args: &[&str]| parse(args).unwrap().to_options().unwrap_err().to_string();
         assert!(err(&["--error-rate", "2"]).contains("--error-rate"));
         assert!(err(&["--error-status", "404"]).contains("--error-status"));
-        assert!(err(&["--decode-interval-ms=-1"]).contains("--decode-interval-ms"));
+        // Durations take a unit, like every duration flag of sluice.
+        let e = parse(&["--decode-interval", "10"]).unwrap_err().to_string();
+        assert!(e.contains("--decode-interval") && e.contains("no unit"), "{e}");
+        assert!(parse(&["--ttft-base=-1ms"]).is_err());
+        assert!(err(&["--stall-duration", "1.5ms"]).contains("whole milliseconds"));
+        assert!(err(&["--retry-after", "1500ms"]).contains("whole seconds"));
         assert!(err(&["--require-api-key-env", "SLUICE_SURELY_UNSET_VAR"]).contains("not set"));
-        assert!(parse(&["--zero-timing", "--ttft-base-ms", "5"]).is_err());
+        assert!(parse(&["--zero-timing", "--ttft-base", "5ms"]).is_err());
     }
 }
