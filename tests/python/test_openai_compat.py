@@ -28,7 +28,7 @@ def admin(engine, method, path, body=None):
 @pytest.fixture(scope="module")
 def stack():
     engines = [
-        Process(["mock", "--listen", "127.0.0.1:0", "--ttft-base-ms", "5", "--decode-interval-ms", "1"])
+        Process(["mock", "--listen", "127.0.0.1:0", "--ttft-base", "5ms", "--decode-interval", "1ms"])
         for _ in range(2)
     ]
     faulty = Process(["mock", "--listen", "127.0.0.1:0", "--zero-timing"])
