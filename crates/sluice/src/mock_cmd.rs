@@ -197,7 +197,11 @@ fn whole(d: Duration, flag: &str, per_second: u32) -> anyhow::Result<u64> {
     let nanos_per_unit = 1_000_000_000 / u128::from(per_second);
     let nanos = d.as_nanos();
     if nanos % nanos_per_unit != 0 {
-        let unit = if per_second == 1 { "seconds" } else { "milliseconds" };
+        let unit = if per_second == 1 {
+            "seconds"
+        } else {
+            "milliseconds"
+        };
         bail!("--{flag} takes whole {unit}, got {d:?}");
     }
     u64::try_from(nanos / nanos_per_unit).with_context(|| format!("--{flag} is out of range"))
@@ -280,7 +284,10 @@ mod tests {
         assert!(err(&["--error-status", "404"]).contains("--error-status"));
         // Durations take a unit, like every duration flag of sluice.
         let e = parse(&["--decode-interval", "10"]).unwrap_err().to_string();
-        assert!(e.contains("--decode-interval") && e.contains("no unit"), "{e}");
+        assert!(
+            e.contains("--decode-interval") && e.contains("no unit"),
+            "{e}"
+        );
         assert!(parse(&["--ttft-base=-1ms"]).is_err());
         assert!(err(&["--stall-duration", "1.5ms"]).contains("whole milliseconds"));
         assert!(err(&["--retry-after", "1500ms"]).contains("whole seconds"));
