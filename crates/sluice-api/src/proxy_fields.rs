@@ -4,7 +4,7 @@
 //! The gateway forwards the client's bytes unchanged in the common case and reads only
 //! `model`, `stream` and `stream_options.include_usage`. Building the whole request (every
 //! message's strings, every unknown field as a JSON value) is work a relay throws away, and
-//! it grows with the prompt (docs/benchmarks.md has the measurement). [`ProxyFields::read`]
+//! it grows with the prompt (docs/benchmarks-log.md has the measurement). [`ProxyFields::read`]
 //! walks the same JSON with serde, borrowing instead of building, and applies the same
 //! type rules.
 //!

@@ -2,7 +2,7 @@
 //!
 //! The gateway and the load generator read only `usage` from a response they otherwise pass
 //! on untouched. serde reading it as [`UsageSummary`] still decodes every key and skips every
-//! value of the whole body, a cost that grows with the answer (docs/benchmarks.md has the
+//! value of the whole body, a cost that grows with the answer (docs/benchmarks-log.md has the
 //! measurement). This walks the bytes once, tracking strings and nesting, and hands only the
 //! `usage` value to serde.
 //!
@@ -322,7 +322,7 @@ fn usage_value(body: &[u8], i: usize) -> Result<(Option<Usage>, usize), NotAComp
 /// `None` on anything else (other keys, duplicates, a missing count, a number serde would
 /// read differently or refuse), and the caller lets serde decide; so the answer is always
 /// serde's. The usual shape is worth a path of its own because every completion carries it
-/// (docs/benchmarks.md has the measured saving).
+/// (docs/benchmarks-log.md has the measured saving).
 fn plain_usage(body: &[u8], start: usize) -> Option<(Usage, usize)> {
     let mut counts: [Option<u64>; 3] = [None; 3];
     let mut details: Option<Option<PromptTokensDetails>> = None;

@@ -53,7 +53,7 @@ impl RequestId {
 ///
 /// A hand-written layer rather than `middleware::from_fn`, which boxes the rest of the
 /// request's future and clones the router state on every request: work for nothing on
-/// every routed request (measured in docs/benchmarks.md).
+/// every routed request (measured in docs/benchmarks-log.md).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
@@ -89,7 +89,7 @@ where
             .and_then(RequestId::from_client)
             .unwrap_or_else(RequestId::generate);
         // A debug span: at the default `info` level an enabled span formats and stores its
-        // fields for every request (a measurable cost, docs/benchmarks.md), while the
+        // fields for every request (a measurable cost, docs/benchmarks-log.md), while the
         // request path's own warnings name their `request_id` themselves.
         let span =
             tracing::debug_span!("request", request_id = %id.as_str(), path = %req.uri().path());

@@ -5,7 +5,7 @@
 //! and its own upstream connection pools (`WorkerState`). A request is accepted, parsed,
 //! forwarded and answered on one thread, so the hot path has no cross-thread wake-ups; on
 //! the work-stealing runtime, parking and unparking threads cost more CPU than the request's
-//! own work (docs/benchmarks.md). What all workers see — models, routers, metrics, the
+//! own work (docs/benchmarks-log.md). What all workers see — models, routers, metrics, the
 //! services — is one `GatewayShared`.
 
 use std::net::SocketAddr;

@@ -16,7 +16,7 @@
 //!
 //! The tool's accuracy itself (±2 % at p50, the tails) is a benchmark, not a test:
 //! `bench/load-accuracy.sh` measures it on a release build with nothing else running, next
-//! to an independent reference client (docs/benchmarks.md). A timing bound in a test fails
+//! to an independent reference client (docs/benchmarks-log.md). A timing bound in a test fails
 //! whenever the machine is busy, and these ran beside builds and other suites.
 //!
 //! Tests run unoptimised. In a debug build the in-process mock plus the generator cannot

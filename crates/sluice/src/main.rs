@@ -58,7 +58,7 @@ enum Command {
 
 /// mimalloc instead of the system allocator: the request path allocates and frees small
 /// buffers on every request, and glibc's malloc spent about 18 % of the gateway's user-space
-/// instructions on it (callgrind; see docs/benchmarks.md).
+/// instructions on it (callgrind; see docs/benchmarks-log.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

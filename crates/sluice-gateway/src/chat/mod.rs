@@ -22,7 +22,7 @@
 //! Future size policy: a request's future lives in its connection's state and is polled in
 //! place (pinned where it is made). A step that is rare or that awaits a service (connecting,
 //! reading an error body, a cache or limiter call) boxes its own future, so the common path's
-//! state stays small; docs/benchmarks.md has the measured cost.
+//! state stays small; docs/benchmarks-log.md has the measured cost.
 
 mod ctx;
 mod in_flight;

@@ -230,7 +230,7 @@ impl StreamRelay {
     /// What one chunk says. Until the first token, serde reads the chunk's choices (does it
     /// carry a token?); after it, only usage, an error and an empty choice list matter, and
     /// the structural walk finds them without building the chunk (most of the relay's cost
-    /// per event otherwise; docs/benchmarks.md). The walk leaves anything unusual to serde.
+    /// per event otherwise; docs/benchmarks-log.md). The walk leaves anything unusual to serde.
     fn read_chunk(&self, data: &str) -> Option<ChunkRead> {
         if self.seen_token {
             if let Some(shape) = ChunkShape::scan(data.as_bytes()) {

@@ -3,7 +3,7 @@
 //!
 //! Why not hyper's server connection: on the gateway's path (a JSON POST in, a JSON or SSE
 //! answer out) hyper's dispatcher, its `HeaderMap` and `Uri` for every request, and its
-//! per-request service plumbing cost more than the gateway's own work (docs/benchmarks.md).
+//! per-request service plumbing cost more than the gateway's own work (docs/benchmarks-log.md).
 //! The chat path gets a [`HeadView`] over the head's bytes; everything else goes to the axum
 //! router as a full `http::Request`, built only then. This code is frozen: security fixes and
 //! tests only; TLS and HTTP/2 will come from hyper behind the same head view.

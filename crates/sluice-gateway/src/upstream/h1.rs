@@ -6,7 +6,7 @@
 //! request's task through channels, waking one from the other several times per request.
 //! On the gateway's path (one POST, one JSON or SSE answer) that hand-off and hyper's general
 //! dispatcher cost more instructions than everything the gateway itself does with a request
-//! (docs/benchmarks.md). Here the request's task writes the request and reads the answer.
+//! (docs/benchmarks-log.md). Here the request's task writes the request and reads the answer.
 //!
 //! What it implements of RFC 9112: requests framed by `Content-Length`; responses framed by
 //! `Content-Length`, the `chunked` transfer coding (extensions and trailers skipped) or the

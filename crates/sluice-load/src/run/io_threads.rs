@@ -5,7 +5,7 @@
 //! work-stealing runtime each hand-off woke a parked worker thread and readiness events
 //! moved tasks between the two threads: about four context switches per request, and
 //! 35–40 % of a core at 5 000 req/s where one single-threaded runtime needs 22–25 %
-//! (docs/benchmarks.md). The generator shares the machine with what it measures, so every
+//! (docs/benchmarks-log.md). The generator shares the machine with what it measures, so every
 //! cycle it saves is left to the target.
 
 use std::sync::mpsc;

@@ -13,7 +13,7 @@
 //! lateness. Giving a request its own new connection instead, as this generator did before,
 //! turned every scheduling stall on a shared machine into a storm of hundreds of connects
 //! (one per request due during the stall) that the client, the target and everything behind
-//! the target then paid for while they were furthest behind; see docs/benchmarks.md. When
+//! the target then paid for while they were furthest behind; see docs/benchmarks-log.md. When
 //! the cap is reached the report says so.
 
 use std::collections::VecDeque;
