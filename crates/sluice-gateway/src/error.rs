@@ -8,6 +8,25 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use sluice_api::ErrorResponse;
 
+impl From<crate::services::AuthError> for GatewayError {
+    fn from(e: crate::services::AuthError) -> Self {
+        use crate::services::AuthError;
+        GatewayError::Unauthorized {
+            reason: match e {
+                AuthError::Missing => {
+                    "this gateway needs an API key: send `Authorization: Bearer KEY`"
+                }
+                AuthError::Invalid => {
+                    "the API key is not valid (unknown or revoked); ask your gateway's admin for a key"
+                }
+                AuthError::Expired => {
+                    "the API key has expired; ask your gateway's admin for a new one"
+                }
+            },
+        }
+    }
+}
+
 /// Which deadline expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
@@ -52,6 +71,20 @@ pub enum GatewayError {
 
     #[error("this API key may not use model `{model}`")]
     ModelNotAllowed { model: String },
+
+    #[error("this API key lacks the `{scope}` scope this route needs; ask your gateway's admin for a key with it")]
+    ScopeMissing { scope: crate::auth::Scope },
+
+    /// A resource the caller may not see is reported as absent: another tenant's key looks
+    /// exactly like no key at all.
+    #[error("no {what} `{name}`")]
+    NotFound { what: &'static str, name: String },
+
+    /// The gateway's own store failed (not the caller's doing, not an upstream's).
+    #[error(
+        "the gateway's store failed; try again, and tell the gateway's operator if it persists"
+    )]
+    StoreFailed,
 
     #[error("rate limit reached: {reason}; retry after {} s", retry_after.as_secs().max(1))]
     RateLimited {
@@ -131,7 +164,11 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::ModelNotAllowed { .. } | GatewayError::ScopeMissing { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::StoreFailed => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::UpstreamRejected { status, .. } => *status,
@@ -163,6 +200,9 @@ impl GatewayError {
             | GatewayError::RequestTimeout { .. }
             | GatewayError::Unauthorized { .. }
             | GatewayError::ModelNotAllowed { .. }
+            | GatewayError::ScopeMissing { .. }
+            | GatewayError::NotFound { .. }
+            | GatewayError::StoreFailed
             | GatewayError::RateLimited { .. }
             | GatewayError::ModelNotFound { .. } => return None,
             GatewayError::UpstreamRejected { .. } => "status_4xx",
@@ -201,6 +241,15 @@ impl GatewayError {
             GatewayError::ModelNotAllowed { .. } => {
                 ErrorResponse::new("permission_error", Some("model_not_allowed"), message)
                     .with_param("model")
+            }
+            GatewayError::ScopeMissing { .. } => {
+                ErrorResponse::new("permission_error", Some("insufficient_scope"), message)
+            }
+            GatewayError::NotFound { .. } => {
+                ErrorResponse::new("invalid_request_error", Some("not_found"), message)
+            }
+            GatewayError::StoreFailed => {
+                ErrorResponse::new("server_error", Some("store_failed"), message)
             }
             GatewayError::RateLimited { .. } => {
                 ErrorResponse::new("rate_limit_error", Some("rate_limit_exceeded"), message)

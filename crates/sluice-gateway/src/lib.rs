@@ -5,6 +5,8 @@
 //! them into a router with graceful shutdown; `downstream` is each client's HTTP/1.1
 //! connection.
 
+pub mod admin;
+pub mod auth;
 pub mod chat;
 pub mod config;
 #[cfg(test)]

@@ -7,10 +7,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use sluice_api::models::{ModelList, ModelObject};
 
+use crate::services::Principal;
 use crate::state::WorkerState;
 use crate::upstream::UpstreamEndpoint;
 
@@ -86,11 +87,17 @@ pub async fn metrics(State(w): State<Arc<WorkerState>>) -> Response {
         .into_response()
 }
 
-pub async fn models(State(w): State<Arc<WorkerState>>) -> Response {
+/// The models the caller may use (all of them when auth is off).
+pub async fn models(
+    State(w): State<Arc<WorkerState>>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
+    let principal = principal.map_or(Principal::Anonymous, |Extension(p)| p);
     let data = w
         .shared
         .model_names
         .iter()
+        .filter(|name| principal.may_use(name))
         .map(|name| ModelObject::new(name.clone(), w.shared.started_unix, "sluice"))
         .collect();
     Json(ModelList::new(data)).into_response()
@@ -102,7 +109,7 @@ pub async fn not_found() -> Response {
         &sluice_api::ErrorResponse::new(
             "invalid_request_error",
             Some("unknown_url"),
-            "unknown path; sluice serves POST /v1/chat/completions, GET /v1/models, /health, /ready and /metrics",
+            "unknown path; sluice serves POST /v1/chat/completions, GET /v1/models, /v1/admin/keys, /health, /ready and /metrics",
         ),
     )
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
 use crate::downstream::{self, ConnectionContext};
-use crate::ops;
 use crate::state::{GatewayShared, Services, WorkerBuildError, WorkerState};
+use crate::{admin, ops};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -26,6 +26,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Client(#[from] WorkerBuildError),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
 }
 
 /// Every route but the chat path's POST, which the client connection answers without routing
@@ -34,11 +36,23 @@ fn routes(state: Arc<WorkerState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", any(method_not_allowed))
         .route("/v1/models", get(ops::models))
+        .route(
+            "/v1/admin/keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route(
+            "/v1/admin/keys/{name}",
+            get(admin::get_key).delete(admin::revoke_key),
+        )
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::authorize,
+        ))
         .with_state(state)
 }
 
@@ -63,7 +77,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `config.listen` (port 0 picks a free port) and builds the upstream clients.
     pub async fn bind(config: &ResolvedConfig) -> Result<Self, StartError> {
-        Self::bind_with(config, Services::default()).await
+        Self::bind_with(config, Services::from_config(config)?).await
     }
 
     /// As [`Gateway::bind`], with the services behind the phases.

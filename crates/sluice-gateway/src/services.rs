@@ -23,6 +23,8 @@ use std::time::Duration;
 use axum::http::HeaderValue;
 use bytes::Bytes;
 
+use crate::auth::{Scope, ScopeSet, GLOBAL_TENANT};
+
 /// A future a service returns when it may await I/O.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -37,8 +39,11 @@ pub enum Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPrincipal {
     pub tenant: String,
-    /// The key's own name (never the secret): audit and metrics name the caller by it.
+    /// Who or what uses the key (its name unless given).
     pub subject: String,
+    /// The key's own name (never the secret): audit and metrics name the caller by it.
+    pub key_name: String,
+    pub scopes: ScopeSet,
     /// Models the key may use; empty means every configured model.
     pub allowed_models: Vec<String>,
 }
@@ -51,6 +56,24 @@ impl Principal {
         match self {
             Principal::Anonymous => Self::ANONYMOUS_TENANT,
             Principal::Key(k) => &k.tenant,
+        }
+    }
+
+    /// Whether the caller may use a route that needs `scope`. The anonymous caller (auth
+    /// off) may do everything but administer keys, which do not exist without auth.
+    pub fn has(&self, scope: Scope) -> bool {
+        match self {
+            Principal::Anonymous => scope != Scope::Admin,
+            Principal::Key(k) => k.scopes.contains(scope),
+        }
+    }
+
+    /// The tenant an admin key administers: its own, or `None` (every tenant) for a key of
+    /// the global tenant.
+    pub fn administered_tenant(&self) -> Option<&str> {
+        match self.tenant() {
+            GLOBAL_TENANT => None,
+            t => Some(t),
         }
     }
 
@@ -71,6 +94,8 @@ pub enum AuthError {
     Missing,
     /// A token no key matches (or a revoked one: the client is told the same).
     Invalid,
+    /// A key past its expiry.
+    Expired,
 }
 
 /// Turns a bearer token into the principal it stands for.

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{ClientLimits, ResolvedConfig};
+use crate::auth::{KeyRing, KeyTable};
+use crate::config::{AuthMode, ClientLimits, ResolvedConfig};
 use crate::metrics::{GatewayMetrics, ModelMetrics};
 use crate::routing::{RoundRobin, Router};
 use crate::services::{AuditSink, CacheStore, KeyStore, Limiter};
@@ -35,9 +36,30 @@ pub struct GatewayShared {
 #[derive(Default, Clone)]
 pub struct Services {
     pub keys: Option<Arc<dyn KeyStore>>,
+    /// Where keys are kept, for the admin API (`auth.mode = "keys"`).
+    pub key_table: Option<KeyTable>,
     pub cache: Option<Arc<dyn CacheStore>>,
     pub limiter: Option<Arc<dyn Limiter>>,
     pub audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl Services {
+    /// The services the config asks for: with `auth.mode = "keys"`, the key ring over the
+    /// embedded store in `server.data_dir` (opened, and created if need be, now).
+    pub fn from_config(config: &ResolvedConfig) -> Result<Services, sluice_store::StoreError> {
+        if config.auth.mode != AuthMode::Keys {
+            return Ok(Services::default());
+        }
+        let store = Arc::new(sluice_store::EmbeddedStore::open(&config.auth.data_dir)?);
+        let table = KeyTable::open(store)?;
+        let ring = KeyRing::load(config.auth.declared.clone(), Some(table.clone()))?;
+        KeyRing::watch_store(&ring);
+        Ok(Services {
+            keys: Some(ring),
+            key_table: Some(table),
+            ..Services::default()
+        })
+    }
 }
 
 /// A configured model as every worker sees it.

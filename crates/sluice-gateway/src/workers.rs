@@ -32,7 +32,7 @@ impl WorkerPool {
     /// worker has built its state, or with the first worker's error. Call from within a tokio
     /// runtime (the sockets are created on it, then handed to the workers).
     pub async fn start(config: &ResolvedConfig) -> Result<WorkerPool, StartError> {
-        Self::start_with(config, Services::default()).await
+        Self::start_with(config, Services::from_config(config)?).await
     }
 
     /// As [`WorkerPool::start`], with the services behind the phases.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sluice_gateway::auth::Scope;
 use sluice_gateway::services::{
     Admission, AuditRecord, AuditSink, AuthError, BoxFuture, CacheQuery, CacheStore, CachedAnswer,
     KeyPrincipal, KeyStore, Limiter, Permit, Phase, Principal, Refusal,
@@ -27,11 +28,15 @@ impl KeyStore for Keys {
             Some(b"sk-acme") => Ok(Principal::Key(Arc::new(KeyPrincipal {
                 tenant: "acme".into(),
                 subject: "ci-key".into(),
+                key_name: "ci-key".into(),
+                scopes: [Scope::ChatWrite, Scope::ModelsRead].into_iter().collect(),
                 allowed_models: vec!["m".into()],
             }))),
             Some(b"sk-other-model") => Ok(Principal::Key(Arc::new(KeyPrincipal {
                 tenant: "acme".into(),
                 subject: "narrow".into(),
+                key_name: "narrow".into(),
+                scopes: [Scope::ChatWrite, Scope::ModelsRead].into_iter().collect(),
                 allowed_models: vec!["not-m".into()],
             }))),
             Some(_) => Err(AuthError::Invalid),

@@ -71,6 +71,13 @@ pub fn gateway_toml(model: &str, urls: &[String], extra: &str) -> String {
     s
 }
 
+fn resolve_test_config(toml: &str) -> sluice_gateway::config::ResolvedConfig {
+    let path = Path::new("test.toml");
+    Config::from_toml(toml, path)
+        .and_then(|c| c.resolve(path, &|name| std::env::var(name).ok()))
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"))
+}
+
 /// A gateway serving on a tokio task, stopped by [`TestGateway::shutdown`] (graceful, as on
 /// SIGTERM) or when dropped.
 pub struct TestGateway {
@@ -83,18 +90,25 @@ pub struct TestGateway {
 impl TestGateway {
     /// Parses, validates and starts a gateway from TOML (environment variables as in the
     /// process).
+    /// The services are the ones the config asks for (`auth.mode = "keys"` opens the key
+    /// store in `server.data_dir`).
     pub async fn start_toml(toml: &str) -> TestGateway {
-        Self::start_with(toml, Services::default()).await
+        let config = resolve_test_config(toml);
+        let services = Services::from_config(&config).expect("the gateway's services start");
+        Self::start_resolved(&config, services).await
     }
 
     /// As [`TestGateway::start_toml`], with the services behind the phases (a test's own key
     /// store, cache, limiter or audit sink).
     pub async fn start_with(toml: &str, services: Services) -> TestGateway {
-        let path = Path::new("test.toml");
-        let config = Config::from_toml(toml, path)
-            .and_then(|c| c.resolve(path, &|name| std::env::var(name).ok()))
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-        let gateway = Gateway::bind_with(&config, services)
+        Self::start_resolved(&resolve_test_config(toml), services).await
+    }
+
+    async fn start_resolved(
+        config: &sluice_gateway::config::ResolvedConfig,
+        services: Services,
+    ) -> TestGateway {
+        let gateway = Gateway::bind_with(config, services)
             .await
             .expect("gateway binds");
         let addr = gateway.local_addr().expect("local addr");

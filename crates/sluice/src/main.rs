@@ -2,6 +2,7 @@
 //! crates.
 
 mod embedded;
+mod keys_cmd;
 mod load_cmd;
 mod mock_cmd;
 mod proxy_cmd;
@@ -54,6 +55,12 @@ enum Command {
         /// The TOML file to check.
         file: std::path::PathBuf,
     },
+    /// Manage API keys in the store the gateway's config names (`auth.mode = "keys"`).
+    #[command(after_help = "Exit status:
+  0  done (create prints the key alone on the last line of standard output)
+  1  refused or failed: an unknown model, a taken name, no such key, an unreadable store
+  2  usage error")]
+    Keys(keys_cmd::KeysArgs),
 }
 
 /// mimalloc instead of the system allocator: the request path allocates and frees small
@@ -83,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Command::Load(args) => load_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await.map(|()| done),
             Command::CheckConfig { file } => serve_cmd::check_config(&file).map(|()| done),
+            Command::Keys(args) => keys_cmd::run(args).map(|()| done),
         }
     });
     match result {

@@ -364,7 +364,7 @@ async fn the_access_log_can_be_turned_off() {
 
 #[test]
 fn every_command_states_its_exit_codes() {
-    for command in ["serve", "mock", "load", "proxy", "check-config"] {
+    for command in ["serve", "mock", "load", "proxy", "check-config", "keys"] {
         let out = Command::new(BIN)
             .args([command, "--help"])
             .output()
@@ -377,4 +377,141 @@ fn every_command_states_its_exit_codes() {
             "{command} --help:\n{help}"
         );
     }
+}
+
+fn keys(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("keys")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SLUICE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_by_the_cli_open_the_gateway_and_revoking_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"keys\"\n\
+             [models.m]\n[[models.m.endpoints]]\nurl = \"embedded-mock://engine\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+
+    let made = keys(
+        &config,
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "chat:write,models:read",
+            "--name",
+            "ci-bot",
+            "--expires",
+            "30d",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = String::from_utf8_lossy(&made.stdout);
+    let key = out.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("sk-sluice-") && key.len() == 53, "{out}");
+    assert!(out.contains("`ci-bot`") && out.contains("acme"), "{out}");
+    // Only the digest is stored.
+    let db = std::fs::read(data.join("sluice.db")).unwrap();
+    assert!(!db.windows(key.len()).any(|w| w == key.as_bytes()));
+
+    // Refusals that say why.
+    let taken = keys(
+        &config,
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "chat:write",
+            "--name",
+            "ci-bot",
+        ],
+    );
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("exists already"));
+    let unknown = keys(
+        &config,
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "chat:write",
+            "--models",
+            "gpt-9",
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("`gpt-9` is not configured"));
+    let bad_scope = keys(
+        &config,
+        &["create", "--tenant", "acme", "--scopes", "chat:read"],
+    );
+    assert_eq!(bad_scope.status.code(), Some(2));
+
+    let listed = keys(&config, &["list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("ci-bot") && text.contains("active"), "{text}");
+    assert!(!text.contains("sk-sluice-"), "{text}");
+
+    let mut gateway = Running::start(&["serve", "--config", config.to_str().unwrap()]);
+    let base = gateway.wait_for_url();
+    let client = reqwest::Client::new();
+    let chat = || {
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(chat().await.unwrap().status(), 200);
+    let anonymous = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let revoked = keys(&config, &["revoke", "ci-bot"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = chat().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = keys(&config, &["list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("revoked"));
+    let missing = keys(&config, &["revoke", "nobody"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(gateway.terminate().success());
 }

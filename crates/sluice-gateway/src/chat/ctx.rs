@@ -165,12 +165,7 @@ impl HeadView {
 
     /// The token of an `Authorization: Bearer TOKEN` field, if the request has one.
     pub fn bearer_token(&self) -> Option<&[u8]> {
-        let value = self.header("authorization")?;
-        let scheme = value.get(..7)?;
-        scheme
-            .eq_ignore_ascii_case(b"bearer ")
-            .then(|| value[7..].trim_ascii())
-            .filter(|t| !t.is_empty())
+        crate::auth::bearer_token(self.header("authorization")?)
     }
 }
 

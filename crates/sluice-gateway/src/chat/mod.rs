@@ -41,10 +41,11 @@ pub use ctx::{AnswerHeaders, HeadView, RequestBody, RequestCtx};
 pub use in_flight::InFlight;
 use outgoing::OutgoingRequest;
 
+use crate::auth::Scope;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::metrics::UNKNOWN_MODEL;
 use crate::routing::{AttemptOrder, RouteQuery};
-use crate::services::{Admission, AuditRecord, AuthError, CacheQuery, CachedAnswer, Phase};
+use crate::services::{Admission, AuditRecord, CacheQuery, CachedAnswer, Phase};
 use crate::state::WorkerState;
 use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
 
@@ -103,6 +104,13 @@ pub fn authenticate(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         return Ok(());
     };
     match keys.authenticate(ctx.head.bearer_token()) {
+        Ok(principal) if !principal.has(Scope::ChatWrite) => {
+            ctx.decide(Phase::Authenticate, "scope_missing", || None);
+            ctx.principal = principal;
+            Err(GatewayError::ScopeMissing {
+                scope: Scope::ChatWrite,
+            })
+        }
         Ok(principal) => {
             ctx.principal = principal;
             ctx.decide(Phase::Authenticate, "key", || None);
@@ -110,14 +118,7 @@ pub fn authenticate(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         }
         Err(e) => {
             ctx.decide(Phase::Authenticate, "refused", || None);
-            Err(GatewayError::Unauthorized {
-                reason: match e {
-                    AuthError::Missing => {
-                        "this gateway needs an API key: send `Authorization: Bearer KEY`"
-                    }
-                    AuthError::Invalid => "the API key is not valid",
-                },
-            })
+            Err(GatewayError::from(e))
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub defaults: Defaults,
+    /// Who may call (`[auth]`): nobody is asked by default.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -55,6 +58,10 @@ pub struct ServerConfig {
     /// One log line per chat request at `info` (target `sluice::access`): request id,
     /// model, endpoint, status, tokens, latency. Default: on.
     pub access_log: Option<bool>,
+    /// Where the gateway keeps its embedded store (`sluice.db`: API keys). Default:
+    /// `$SLUICE_DATA_DIR`, else `$XDG_DATA_HOME/sluice`, else `~/.local/share/sluice`. Only
+    /// created when something needs it (`auth.mode = "keys"`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +76,7 @@ impl Default for ServerConfig {
             write_timeout: None,
             max_response_bytes: None,
             access_log: None,
+            data_dir: None,
         }
     }
 }
@@ -143,6 +151,56 @@ fn default_listen() -> String {
 
 fn default_drain() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(30))
+}
+
+/// `[auth]`: how callers are identified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Keys declared by their digest, for setups whose config lives in git: accepted beside
+    /// the keys of the store (which `sluice keys` and the admin API manage).
+    #[serde(default)]
+    pub keys: Vec<DeclaredKeyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every caller is one anonymous tenant (the embedded default).
+    #[default]
+    None,
+    /// Every request but `/health`, `/ready` and `/metrics` needs an API key.
+    Keys,
+}
+
+/// `[[auth.keys]]`: a key known by its digest only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredKeyConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub tenant: String,
+    pub subject: Option<String>,
+    /// `sha256:` and the 64 hex digits of the key's SHA-256 (`printf %s "$KEY" | sha256sum`).
+    #[serde(default)]
+    pub digest: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Models the key may use; left out, every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// `[auth]`, checked.
+#[derive(Debug, Clone)]
+pub struct ResolvedAuth {
+    pub mode: AuthMode,
+    /// `server.data_dir`, or the default.
+    pub data_dir: PathBuf,
+    pub declared: Vec<crate::auth::KeyRecord>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -388,6 +446,7 @@ pub struct ResolvedConfig {
     /// See [`ServerConfig::access_log`].
     pub access_log: bool,
     pub client_limits: ClientLimits,
+    pub auth: ResolvedAuth,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -544,6 +603,7 @@ impl Config {
             );
         }
 
+        let auth = self.resolve_auth(&mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -552,6 +612,7 @@ impl Config {
                 drain_timeout: self.server.drain_timeout.0,
                 access_log: self.server.access_log.unwrap_or(true),
                 client_limits,
+                auth,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -563,6 +624,84 @@ impl Config {
 }
 
 impl Config {
+    fn resolve_auth(&self, problems: &mut Vec<ConfigProblem>) -> ResolvedAuth {
+        use crate::auth::{check_label, KeyDigest, KeyRecord, ScopeSet};
+        let mut push = |key: String, message: String| {
+            problems.push(ConfigProblem {
+                line: None,
+                key,
+                message,
+            })
+        };
+        if self.auth.mode == AuthMode::None && !self.auth.keys.is_empty() {
+            push(
+                "auth.mode".into(),
+                "keys are declared in [[auth.keys]] but auth.mode is \"none\", which asks \
+                 nobody for a key; set mode = \"keys\""
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut declared = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let key = format!("auth.keys[{i}]");
+            let mut ok = true;
+            let mut fail = |field: &str, message: String| {
+                ok = false;
+                push(format!("{key}.{field}"), message);
+            };
+            if let Err(e) = check_label("the key name", &k.name) {
+                fail("name", e);
+            } else if !names.insert(k.name.clone()) {
+                fail(
+                    "name",
+                    format!("`{}` names two keys; names are unique", k.name),
+                );
+            }
+            if let Err(e) = check_label("the tenant", &k.tenant) {
+                fail("tenant", e);
+            }
+            let digest = KeyDigest::parse(&k.digest)
+                .map_err(|e| fail("digest", e))
+                .ok();
+            let scopes = ScopeSet::parse_list(&k.scopes.join(","))
+                .map_err(|e| fail("scopes", e))
+                .ok();
+            for m in &k.models {
+                if !self.models.contains_key(m) {
+                    fail(
+                        "models",
+                        format!("model `{m}` is not configured; list models of [models.*]"),
+                    );
+                }
+            }
+            if let (true, Some(digest), Some(scopes)) = (ok, digest, scopes) {
+                declared.push(KeyRecord {
+                    subject: k.subject.clone().unwrap_or_else(|| k.name.clone()),
+                    name: k.name.clone(),
+                    tenant: k.tenant.clone(),
+                    scopes,
+                    models: k.models.clone(),
+                    digest,
+                    created_unix: 0,
+                    expires_unix: None,
+                    revoked_unix: None,
+                    requests_per_minute: None,
+                    tokens_per_minute: None,
+                });
+            }
+        }
+        ResolvedAuth {
+            mode: self.auth.mode,
+            data_dir: self
+                .server
+                .data_dir
+                .clone()
+                .unwrap_or_else(sluice_store::default_data_dir),
+            declared,
+        }
+    }
+
     /// Merges the problems found while reading with those found while resolving (dropping
     /// the echoes of an entry reading already took out), places each in the file and sorts
     /// them by line; what no line can be given for comes last.
@@ -962,6 +1101,37 @@ mod tests {
                 .any(|s| s.contains("models.a.endpoints[0].url")),
             "{shown:#?}"
         );
+    }
+
+    #[test]
+    fn declared_keys_are_checked_field_by_field() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let ok = resolve(&format!(
+            "[auth]\nmode = \"keys\"\n[[auth.keys]]\nname = \"ci\"\ntenant = \"acme\"\ndigest = \"{digest}\"\nscopes = [\"chat:write\"]\nmodels = [\"a\"]\n[models.a]\n[[models.a.endpoints]]\nurl = \"http://h:1/v1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.auth.mode, AuthMode::Keys);
+        assert_eq!(ok.auth.declared.len(), 1);
+        assert_eq!(ok.auth.declared[0].digest.to_hex(), "ab".repeat(32));
+
+        let p = problems(&format!(
+            "[auth]\n[[auth.keys]]\nname = \"ci\"\ntenant = \"acme\"\ndigest = \"sha256:12\"\nscopes = [\"chat:read\"]\nmodels = [\"zz\"]\n[[auth.keys]]\nname = \"ci\"\ntenant = \"a b\"\ndigest = \"{digest}\"\nscopes = [\"admin\"]\n[models.a]\n[[models.a.endpoints]]\nurl = \"http://h:1/v1\"\n"
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.mode",
+                "auth.keys[0].digest",
+                "auth.keys[0].scopes",
+                "auth.keys[0].models",
+                "auth.keys[1].name",
+                "auth.keys[1].tenant",
+            ],
+            "{p:#?}"
+        );
+        assert!(p[0].message.contains("set mode = \"keys\""), "{}", p[0]);
+        assert!(p[4].message.contains("names two keys"), "{}", p[4]);
     }
 
     #[test]
