@@ -6,6 +6,7 @@
 //! connection.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -212,6 +212,20 @@ impl GatewayMetrics {
         }
     }
 
+    /// Shows an audit sink's counts on `/metrics`.
+    pub fn register_audit(&mut self, counters: crate::services::AuditCounters) {
+        self.registry.register(
+            "audit_records_written",
+            "Audit log lines written",
+            counters.written,
+        );
+        self.registry.register(
+            "audit_records_dropped",
+            "Audit records dropped because the writer's queue was full (each drop is also reported in the log as an audit_overflow line)",
+            counters.dropped,
+        );
+    }
+
     /// The counter a pool of `endpoint` increments for each connection it opens.
     pub fn connections_opened(&self, endpoint: &str) -> Counter {
         Counter::clone(&self.connections_opened.get_or_create(&EndpointLabels {

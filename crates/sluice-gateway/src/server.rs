@@ -27,7 +27,7 @@ pub enum StartError {
     #[error(transparent)]
     Client(#[from] WorkerBuildError),
     #[error(transparent)]
-    Store(#[from] sluice_store::StoreError),
+    Services(#[from] crate::state::ServicesError),
 }
 
 /// Every route but the chat path's POST, which the client connection answers without routing

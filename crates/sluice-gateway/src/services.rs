@@ -156,22 +156,56 @@ pub trait Limiter: Send + Sync {
     ) -> BoxFuture<'a, Result<Box<dyn Permit>, Refusal>>;
 }
 
-/// One finished request as the audit log keeps it.
+/// One finished request as the audit log keeps it. Built on the request path from what the
+/// context already holds (reference-counted bodies, no parsing): the sink formats, scrubs and
+/// writes it elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
+    /// When the request arrived.
+    pub time: std::time::SystemTime,
     pub request_id: String,
     pub tenant: String,
+    /// The key's subject and name; `None` for the anonymous caller.
+    pub subject: Option<String>,
+    pub key_name: Option<String>,
+    pub route: &'static str,
     /// `None` when the request was refused before its model was known.
     pub model: Option<String>,
+    /// The label of the endpoint that answered, if one did.
+    pub endpoint: Option<String>,
     /// The status the client got (499 when it went away first).
     pub status: u16,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
     pub decisions: Vec<Decision>,
     pub duration: Duration,
+    /// The request's body and a whole answer's body, when the sink captures content
+    /// ([`AuditSink::wants_content`]); streamed answers are not kept.
+    pub request_body: Option<Bytes>,
+    pub answer_body: Option<Bytes>,
 }
 
 pub trait AuditSink: Send + Sync {
     /// Queues `record`; never blocks the request that finished.
     fn record(&self, record: AuditRecord);
+
+    /// Whether records should carry the bodies (content capture on).
+    fn wants_content(&self) -> bool {
+        false
+    }
+
+    /// Records written and records dropped for a full buffer, for `/metrics`.
+    fn counters(&self) -> Option<AuditCounters> {
+        None
+    }
+}
+
+/// What an audit sink counts, shown as `sluice_audit_records_written_total` and
+/// `sluice_audit_records_dropped_total`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditCounters {
+    pub written: prometheus_client::metrics::counter::Counter,
+    pub dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// A phase of the request path, as decisions name it.

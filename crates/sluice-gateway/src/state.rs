@@ -46,7 +46,14 @@ pub struct Services {
 impl Services {
     /// The services the config asks for: with `auth.mode = "keys"`, the key ring over the
     /// embedded store in `server.data_dir` (opened, and created if need be, now).
-    pub fn from_config(config: &ResolvedConfig) -> Result<Services, sluice_store::StoreError> {
+    pub fn from_config(config: &ResolvedConfig) -> Result<Services, ServicesError> {
+        let audit = config.audit.start()?;
+        let mut services = Services::with_keys(config)?;
+        services.audit = audit;
+        Ok(services)
+    }
+
+    fn with_keys(config: &ResolvedConfig) -> Result<Services, sluice_store::StoreError> {
         if config.auth.mode != AuthMode::Keys {
             return Ok(Services::default());
         }
@@ -62,6 +69,18 @@ impl Services {
     }
 }
 
+/// A service the config asks for could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// A configured model as every worker sees it.
 pub struct ModelEntry {
     pub name: String,
@@ -75,7 +94,11 @@ pub struct ModelEntry {
 
 impl GatewayShared {
     pub fn new(config: &ResolvedConfig, services: Services) -> Self {
-        let metrics = Arc::new(GatewayMetrics::new());
+        let mut metrics = GatewayMetrics::new();
+        if let Some(counters) = services.audit.as_ref().and_then(|a| a.counters()) {
+            metrics.register_audit(counters);
+        }
+        let metrics = Arc::new(metrics);
         let mut names: Vec<&String> = config.models.keys().collect();
         names.sort();
         let models = names

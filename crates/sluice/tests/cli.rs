@@ -515,3 +515,197 @@ async fn keys_made_by_the_cli_open_the_gateway_and_revoking_closes_it() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(gateway.terminate().success());
 }
+
+/// Personal data and secrets a client sends, generated per run: none may reach the audit
+/// file, the gateway's log or an error body.
+fn pii_samples(seed: u64) -> Vec<String> {
+    // A valid card number: 15 digits from the seed, then the Luhn check digit.
+    let body: Vec<u32> = (0..15)
+        .map(|i| ((seed >> (i % 16 * 4)) as u32 + i as u32 * 7) % 10)
+        .collect();
+    let sum: u32 = body
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    let check = (10 - sum % 10) % 10;
+    let card: String = body
+        .iter()
+        .chain([check].iter())
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect();
+    vec![
+        format!("jane.doe{seed}@example.org"),
+        card,
+        "DE89 3704 0044 0532 0130 00".to_owned(),
+        format!("123-45-{:04}", 1000 + seed % 9000),
+        format!("10.{}.{}.7", seed % 250, (seed / 7) % 250),
+        format!("sk-proj-{seed:016x}abcdefgh"),
+        "+1 (415) 555-2671".to_owned(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_keeps_who_and_what_but_no_secret_or_personal_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let audit = dir.path().join("audit").join("audit.jsonl");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"keys\"\n\
+             [audit]\nsink = \"file\"\npath = \"{}\"\ncontent = \"full\"\n\
+             [models.m]\n[[models.m.endpoints]]\nurl = \"embedded-mock://engine\"\n",
+            data.display(),
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let made = keys(
+        &config,
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "chat:write",
+            "--name",
+            "auditor",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key = String::from_utf8_lossy(&made.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let log_path = dir.path().join("serve.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut serve = Running::watch(child);
+    let base = serve.wait_for_url();
+    let client = reqwest::Client::new();
+    let mut secrets = vec![key.clone()];
+    let mut error_bodies = String::new();
+    for seed in 0..8u64 {
+        let pii = pii_samples(seed * 7919 + 13);
+        let content = format!("Please remember {} and reply.", pii.join(" and "));
+        secrets.extend(pii);
+        let body = json!({"model": "m", "max_tokens": 4, "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": content}]});
+        let ok = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("x-api-key", "sk-ant-headersecret0123456789")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        ok.bytes().await.unwrap();
+        // Refused requests: a wrong key, a bad body; their error bodies are checked too.
+        let wrong_key = format!("sk-sluice-wrong{seed:039}");
+        secrets.push(wrong_key.clone());
+        for resp in [
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&wrong_key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&json!({"model": "m", "messages": content}))
+                .send()
+                .await
+                .unwrap(),
+        ] {
+            assert!(resp.status().is_client_error());
+            error_bodies.push_str(&resp.text().await.unwrap());
+        }
+    }
+    secrets.push("sk-ant-headersecret0123456789".into());
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_audit_records_written_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_audit_records_dropped_total 0"),
+        "{metrics}"
+    );
+    assert!(serve.terminate().success());
+
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 24, "{lines}");
+    let ok: Vec<&Value> = records.iter().filter(|r| r["status"] == 200).collect();
+    assert_eq!(ok.len(), 8);
+    for r in &ok {
+        assert_eq!(r["tenant"], "acme");
+        assert_eq!(r["key"], "auditor");
+        assert_eq!(r["model"], "m");
+        assert_eq!(r["endpoint"], "engine");
+        assert_eq!(r["route"], "/v1/chat/completions");
+        assert!(r["prompt_tokens"].as_u64() > Some(0) && r["latency_ms"].as_f64() > Some(0.0));
+        assert!(r["time"].as_str().unwrap().ends_with('Z'));
+        let prompt = r["content"]["prompt"].as_str().unwrap();
+        for marker in [
+            "[EMAIL]", "[CARD]", "[IBAN]", "[SSN]", "[IP]", "[SECRET]", "[PHONE]",
+        ] {
+            assert!(prompt.contains(marker), "{marker} missing in {prompt}");
+        }
+        assert!(r["content"]["answer"].is_string());
+    }
+    assert_eq!(records.iter().filter(|r| r["status"] == 401).count(), 8);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for secret in &secrets {
+        assert!(
+            !lines.contains(secret.as_str()),
+            "{secret} in the audit file"
+        );
+        assert!(!log.contains(secret.as_str()), "{secret} in the log");
+        assert!(
+            !error_bodies.contains(secret.as_str()),
+            "{secret} in an error body"
+        );
+    }
+    assert!(!lines.to_lowercase().contains("authorization"));
+}

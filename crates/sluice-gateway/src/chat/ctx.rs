@@ -80,7 +80,7 @@ impl RequestCtx {
 impl Drop for RequestCtx {
     fn drop(&mut self) {
         if !self.finished {
-            super::finish(self, crate::metrics::CLIENT_CLOSED, None);
+            super::finish(self, crate::metrics::CLIENT_CLOSED, None, None);
         }
     }
 }

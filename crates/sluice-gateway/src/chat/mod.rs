@@ -135,7 +135,12 @@ pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: By
                 content_type: content_type.clone(),
                 body: body.clone(),
             });
-            finish(&mut ctx, StatusCode::OK.as_u16(), usage.as_ref());
+            finish(
+                &mut ctx,
+                StatusCode::OK.as_u16(),
+                usage.as_ref(),
+                Some(&body),
+            );
             if let Some(answer) = cached {
                 store_in_cache(&ctx, answer);
             }
@@ -441,7 +446,7 @@ pub fn refuse(mut ctx: RequestCtx, e: GatewayError) -> ChatAnswer {
     } else {
         tracing::debug!(request_id = ctx.id.as_str(), error = %e, "request refused");
     }
-    finish(&mut ctx, status.as_u16(), None);
+    finish(&mut ctx, status.as_u16(), None, None);
     let mut response = e.into_response();
     std::mem::take(&mut ctx.answer_headers).apply(response.headers_mut());
     ChatAnswer::Response(response)
@@ -450,7 +455,7 @@ pub fn refuse(mut ctx: RequestCtx, e: GatewayError) -> ChatAnswer {
 /// Phase: finish, exactly once per request (on the answer, at a stream's end, or when the
 /// context is dropped unfinished): metrics, the permit reconciled with the usage, the audit
 /// record. The cache write, which needs the answer, follows in [`chat_completions`].
-fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>) {
+fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>, answer: Option<&Bytes>) {
     if std::mem::replace(&mut ctx.finished, true) {
         return;
     }
@@ -469,16 +474,42 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>) {
     if ctx.shared.access_log {
         access_log(ctx, status, usage);
     }
-    if let Some(audit) = &ctx.shared.services.audit {
-        audit.record(AuditRecord {
-            request_id: ctx.id.as_str().to_owned(),
-            tenant: ctx.principal.tenant().to_owned(),
-            model: ctx.model.as_ref().map(|m| m.name.clone()),
-            status,
-            decisions: ctx.decisions.take(),
-            duration: ctx.received.elapsed(),
-        });
+    if let Some(audit) = ctx.shared.services.audit.clone() {
+        audit_record(ctx, &*audit, status, usage, answer.cloned());
     }
+}
+
+/// Hands the finished request to the audit sink: ids, who, what, how it went, and (when the
+/// sink captures content) the bodies by reference.
+fn audit_record(
+    ctx: &mut RequestCtx,
+    audit: &dyn crate::services::AuditSink,
+    status: u16,
+    usage: Option<&Usage>,
+    answer: Option<Bytes>,
+) {
+    let key = match &ctx.principal {
+        crate::services::Principal::Key(k) => Some(k),
+        crate::services::Principal::Anonymous => None,
+    };
+    let content = audit.wants_content();
+    audit.record(AuditRecord {
+        time: std::time::SystemTime::now() - ctx.received.elapsed(),
+        request_id: ctx.id.as_str().to_owned(),
+        tenant: ctx.principal.tenant().to_owned(),
+        subject: key.map(|k| k.subject.clone()),
+        key_name: key.map(|k| k.key_name.clone()),
+        route: "/v1/chat/completions",
+        model: ctx.model.as_ref().map(|m| m.name.clone()),
+        endpoint: ctx.endpoint.as_ref().map(|e| e.label.clone()),
+        status,
+        prompt_tokens: usage.map(|u| u.prompt_tokens),
+        completion_tokens: usage.map(|u| u.completion_tokens),
+        decisions: ctx.decisions.take(),
+        duration: ctx.received.elapsed(),
+        request_body: content.then(|| ctx.body.raw.clone()),
+        answer_body: answer.filter(|_| content),
+    });
 }
 
 /// One line per request, at the end of the exchange (a stream's last byte, or the client

@@ -276,6 +276,11 @@ impl StreamRelay {
             flight.model.upstream_error(&self.endpoint.label, kind);
         }
         // The head went out as 200; a broken stream is counted by its upstream error.
-        super::finish(&mut self.ctx, StatusCode::OK.as_u16(), self.usage.as_ref());
+        super::finish(
+            &mut self.ctx,
+            StatusCode::OK.as_u16(),
+            self.usage.as_ref(),
+            None,
+        );
     }
 }

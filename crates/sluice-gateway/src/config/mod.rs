@@ -24,6 +24,9 @@ pub struct Config {
     /// Who may call (`[auth]`): nobody is asked by default.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The audit log (`[audit]`): off by default.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -192,6 +195,72 @@ pub struct DeclaredKeyConfig {
     /// Models the key may use; left out, every model.
     #[serde(default)]
     pub models: Vec<String>,
+}
+
+/// `[audit]`: one JSON line per request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub sink: AuditSinkKind,
+    /// The file (`sink = "file"`). Default: `audit.jsonl` in `server.data_dir`.
+    pub path: Option<PathBuf>,
+    /// Rotate beyond this size. Default 100 MiB.
+    pub max_file_bytes: Option<u64>,
+    /// Rotated files kept (`audit.jsonl.1` … `.N`). Default 5.
+    pub keep_files: Option<usize>,
+    #[serde(default)]
+    pub fsync: crate::audit::Fsync,
+    #[serde(default)]
+    pub content: crate::audit::ContentCapture,
+    /// Records that may wait for the writer; beyond, they are dropped and counted. Default
+    /// 10 000.
+    pub buffer_records: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    #[default]
+    Off,
+    File,
+    Stdout,
+}
+
+/// `[audit]`, checked, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct ResolvedAudit {
+    pub sink: AuditSinkKind,
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    pub keep_files: usize,
+    pub fsync: crate::audit::Fsync,
+    pub content: crate::audit::ContentCapture,
+    pub buffer_records: usize,
+}
+
+impl ResolvedAudit {
+    /// Starts the audit log the config asks for (opening its file now), or none.
+    pub fn start(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::services::AuditSink>>, crate::state::ServicesError>
+    {
+        use crate::audit::{AuditLog, Destination, FileSink};
+        let fail = |source| crate::state::ServicesError::Audit {
+            path: self.path.clone(),
+            source,
+        };
+        let destination = match self.sink {
+            AuditSinkKind::Off => return Ok(None),
+            AuditSinkKind::Stdout => Destination::Stream(Box::new(std::io::stdout())),
+            AuditSinkKind::File => Destination::File(
+                FileSink::open(&self.path, self.max_file_bytes, self.keep_files, self.fsync)
+                    .map_err(fail)?,
+            ),
+        };
+        let log = AuditLog::start(destination, self.content, self.buffer_records).map_err(fail)?;
+        Ok(Some(std::sync::Arc::new(log)))
+    }
 }
 
 /// `[auth]`, checked.
@@ -447,6 +516,7 @@ pub struct ResolvedConfig {
     pub access_log: bool,
     pub client_limits: ClientLimits,
     pub auth: ResolvedAuth,
+    pub audit: ResolvedAudit,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -604,6 +674,7 @@ impl Config {
         }
 
         let auth = self.resolve_auth(&mut problems);
+        let audit = self.resolve_audit(&auth.data_dir, &mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -613,6 +684,7 @@ impl Config {
                 access_log: self.server.access_log.unwrap_or(true),
                 client_limits,
                 auth,
+                audit,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -624,6 +696,46 @@ impl Config {
 }
 
 impl Config {
+    fn resolve_audit(&self, data_dir: &Path, problems: &mut Vec<ConfigProblem>) -> ResolvedAudit {
+        let a = &self.audit;
+        let max_file_bytes = a.max_file_bytes.unwrap_or(100 * 1024 * 1024);
+        if max_file_bytes < 1024 {
+            problems.push(ConfigProblem {
+                key: "audit.max_file_bytes".into(),
+                line: None,
+                message: "must be at least 1024; leave it out for 100 MiB".into(),
+            });
+        }
+        let buffer_records = a.buffer_records.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&buffer_records) {
+            problems.push(ConfigProblem {
+                key: "audit.buffer_records".into(),
+                line: None,
+                message: "must be 1 to 1000000; leave it out for 10000".into(),
+            });
+        }
+        if a.sink != AuditSinkKind::File && a.path.is_some() {
+            problems.push(ConfigProblem {
+                key: "audit.path".into(),
+                line: None,
+                message: "is only used with sink = \"file\"; set the sink or remove the path"
+                    .into(),
+            });
+        }
+        ResolvedAudit {
+            sink: a.sink,
+            path: a
+                .path
+                .clone()
+                .unwrap_or_else(|| data_dir.join("audit.jsonl")),
+            max_file_bytes,
+            keep_files: a.keep_files.unwrap_or(5),
+            fsync: a.fsync,
+            content: a.content,
+            buffer_records,
+        }
+    }
+
     fn resolve_auth(&self, problems: &mut Vec<ConfigProblem>) -> ResolvedAuth {
         use crate::auth::{check_label, KeyDigest, KeyRecord, ScopeSet};
         let mut push = |key: String, message: String| {

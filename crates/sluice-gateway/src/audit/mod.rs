@@ -1,0 +1,386 @@
+//! The audit log: one JSON line per request, written off the request path.
+//!
+//! - [`AuditLog`] is the [`AuditSink`] the gateway plugs in: the request path hands it a record
+//!   through a bounded queue and moves on; a writer thread formats, scrubs and writes. When the
+//!   queue is full the record is dropped and counted — on `/metrics`
+//!   (`sluice_audit_records_dropped_total`), in a warning, and in an `audit_overflow` line the
+//!   writer adds to the log itself — never silently.
+//! - [`scrub`] takes personal data and secrets out of whatever content is captured.
+//! - `file`: the append-only file with size-based rotation and its fsync policy.
+//!
+//! No header is ever written: the record holds no headers at all, so `Authorization` and key
+//! headers cannot reach the log; keys are named by their name, never their secret.
+
+mod file;
+pub mod scrub;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+pub use file::{FileSink, Fsync};
+
+use crate::services::{AuditCounters, AuditRecord, AuditSink};
+
+/// How much of a request's and an answer's text the log keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentCapture {
+    /// Neither (the default): the log says who asked what model, how it went, not what.
+    #[default]
+    Off,
+    /// The last user message and the answer, each cut to [`SNIPPET_CHARS`], scrubbed.
+    Snippet,
+    /// Every message and the whole answer, scrubbed.
+    Full,
+}
+
+/// Characters a snippet keeps.
+pub const SNIPPET_CHARS: usize = 256;
+
+/// Where lines go.
+pub enum Destination {
+    File(FileSink),
+    /// Standard output, a pipe, anything written to in order (flushed per batch).
+    Stream(Box<dyn std::io::Write + Send>),
+}
+
+/// The audit sink: a bounded queue in front of a writer thread.
+pub struct AuditLog {
+    queue: SyncSender<AuditRecord>,
+    content: ContentCapture,
+    counters: AuditCounters,
+    /// Dropped since the writer last reported it in the log.
+    unreported: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// Starts the writer thread. `capacity` records may wait for it; more are dropped.
+    pub fn start(
+        destination: Destination,
+        content: ContentCapture,
+        capacity: usize,
+    ) -> std::io::Result<AuditLog> {
+        let (queue, records) = sync_channel(capacity.max(1));
+        let counters = AuditCounters::default();
+        let unreported = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            destination,
+            content,
+            written: counters.written.clone(),
+            unreported: unreported.clone(),
+        };
+        std::thread::Builder::new()
+            .name("sluice-audit".into())
+            .spawn(move || writer.run(records))?;
+        Ok(AuditLog {
+            queue,
+            content,
+            counters,
+            unreported,
+        })
+    }
+}
+
+impl AuditSink for AuditLog {
+    fn record(&self, record: AuditRecord) {
+        match self.queue.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters.dropped.inc();
+                // Warn on the first drop of a burst; the writer reports the count.
+                if self.unreported.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        "audit log: the writer is behind and its queue is full; records are being dropped (counted in sluice_audit_records_dropped_total)"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.inc();
+            }
+        }
+    }
+
+    fn wants_content(&self) -> bool {
+        self.content != ContentCapture::Off
+    }
+
+    fn counters(&self) -> Option<AuditCounters> {
+        Some(self.counters.clone())
+    }
+}
+
+struct Writer {
+    destination: Destination,
+    content: ContentCapture,
+    written: prometheus_client::metrics::counter::Counter,
+    unreported: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, records: Receiver<AuditRecord>) {
+        let mut line = Vec::with_capacity(1024);
+        // Block for one record, then take whatever else is queued: one flush per batch.
+        while let Ok(first) = records.recv() {
+            let mut batch = vec![first];
+            batch.extend(records.try_iter().take(1023));
+            for record in &batch {
+                line.clear();
+                let value = format_record(record, self.content);
+                if serde_json::to_writer(&mut line, &value).is_err() {
+                    continue;
+                }
+                line.push(b'\n');
+                self.write(&line);
+            }
+            let dropped = self.unreported.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                line.clear();
+                let note = json!({"time": rfc3339(std::time::SystemTime::now()), "event": "audit_overflow", "dropped": dropped});
+                if serde_json::to_writer(&mut line, &note).is_ok() {
+                    line.push(b'\n');
+                    self.write(&line);
+                }
+            }
+            self.flush();
+        }
+        self.flush();
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        let result = match &mut self.destination {
+            Destination::File(f) => f.append(line),
+            Destination::Stream(w) => w.write_all(line),
+        };
+        match result {
+            Ok(()) => {
+                self.written.inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit log: a line could not be written");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let result = match &mut self.destination {
+            Destination::File(f) => f.end_batch(),
+            Destination::Stream(w) => w.flush(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "audit log: flushing failed");
+        }
+    }
+}
+
+/// The JSON line of one record, its content scrubbed.
+pub fn format_record(r: &AuditRecord, content: ContentCapture) -> Value {
+    let cache = r
+        .decisions
+        .iter()
+        .find(|d| d.phase == crate::services::Phase::CacheLookup)
+        .map(|d| d.outcome);
+    let mut v = json!({
+        "time": rfc3339(r.time),
+        "request_id": r.request_id,
+        "tenant": r.tenant,
+        "subject": r.subject,
+        "key": r.key_name,
+        "route": r.route,
+        "model": r.model,
+        "endpoint": r.endpoint,
+        "status": r.status,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cache": cache,
+        "latency_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+        "decisions": r.decisions.iter().map(|d| scrub::scrub(&d.to_string()).into_owned()).collect::<Vec<_>>(),
+    });
+    if content != ContentCapture::Off {
+        let prompt = r.request_body.as_deref().map(|b| prompt_text(b, content));
+        let answer = r.answer_body.as_deref().map(|b| answer_text(b, content));
+        v["content"] = json!({"prompt": prompt, "answer": answer});
+    }
+    v
+}
+
+fn cut(text: &str, content: ContentCapture) -> String {
+    let scrubbed = scrub::scrub(text);
+    match content {
+        ContentCapture::Snippet => scrubbed.chars().take(SNIPPET_CHARS).collect(),
+        _ => scrubbed.into_owned(),
+    }
+}
+
+/// The request's messages as text: every message (`full`) or the last user message
+/// (`snippet`).
+fn prompt_text(body: &[u8], content: ContentCapture) -> String {
+    let Ok(request) = sluice_api::ChatCompletionRequest::from_slice(body) else {
+        return "[unparseable request]".into();
+    };
+    let texts: Vec<String> = request
+        .messages
+        .iter()
+        .filter(|m| content == ContentCapture::Full || m.role.as_str() == "user")
+        .filter_map(|m| m.content.as_ref().map(|c| c.text()))
+        .collect();
+    let text = match content {
+        ContentCapture::Snippet => texts.last().cloned().unwrap_or_default(),
+        _ => texts.join("\n"),
+    };
+    cut(&text, content)
+}
+
+fn answer_text(body: &[u8], content: ContentCapture) -> String {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = value["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    cut(text, content)
+}
+
+/// `2026-12-02T04:05:06.789Z`.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::{Condvar, Mutex};
+
+    use crate::services::{Decision, Phase};
+
+    /// Whether the gate is open, and what was written through it.
+    type GateState = Mutex<(bool, Vec<u8>)>;
+
+    /// A stream that blocks every write until the test opens its gate.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(GateState, Condvar)>);
+
+    impl std::io::Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, cv) = &*self.0;
+            let mut state = cv
+                .wait_while(lock.lock().unwrap(), |(open, _)| !*open)
+                .unwrap();
+            state.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let (lock, cv) = &*self.0;
+            lock.lock().unwrap().0 = true;
+            cv.notify_all();
+        }
+        fn written(&self) -> String {
+            String::from_utf8(self.0 .0.lock().unwrap().1.clone()).unwrap()
+        }
+    }
+
+    fn record(i: u32) -> AuditRecord {
+        AuditRecord {
+            time: UNIX_EPOCH,
+            request_id: format!("r{i}"),
+            tenant: "t".into(),
+            subject: None,
+            key_name: None,
+            route: "/v1/chat/completions",
+            model: Some("m".into()),
+            endpoint: None,
+            status: 200,
+            prompt_tokens: None,
+            completion_tokens: None,
+            decisions: vec![Decision {
+                phase: Phase::CacheLookup,
+                outcome: "miss",
+                detail: None,
+            }],
+            duration: Duration::from_millis(3),
+            request_body: None,
+            answer_body: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_counts_and_reports_in_the_log() {
+        let gate = Gate::default();
+        let log = AuditLog::start(
+            Destination::Stream(Box::new(gate.clone())),
+            ContentCapture::Off,
+            2,
+        )
+        .unwrap();
+        // The writer takes the first record and blocks writing it; two more fill the queue;
+        // the rest are dropped, without the callers ever waiting.
+        log.record(record(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while log.queue.try_send(record(99)).is_ok() {
+            // The queue had room: the writer had not taken record 0 yet. Fill it again.
+            assert!(std::time::Instant::now() < deadline);
+        }
+        let counters = log.counters().unwrap();
+        let before = counters.dropped.get();
+        for i in 1..=5 {
+            log.record(record(i));
+        }
+        assert_eq!(counters.dropped.get() - before, 5);
+        gate.open();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !gate.written().contains("audit_overflow") {
+            assert!(std::time::Instant::now() < deadline, "{}", gate.written());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let lines: Vec<Value> = gate
+            .written()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let overflow = lines
+            .iter()
+            .find(|l| l["event"] == "audit_overflow")
+            .unwrap();
+        assert_eq!(overflow["dropped"], 5 + before);
+        assert_eq!(lines[0]["request_id"], "r0");
+        assert_eq!(lines[0]["cache"], "miss");
+        assert_eq!(lines[0]["latency_ms"], 3.0);
+        assert!(lines.iter().all(|l| l["request_id"] != "r3"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_648_306_789);
+        assert_eq!(rfc3339(t), "2025-12-02T04:05:06.789Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
