@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Needs only the Rust toolchain, Python 3 and
-# apt: it installs what else it needs and starts nothing it does not stop.
+# apt: it installs what else it needs (redis-server, python3-venv) and starts nothing it does
+# not stop.
 #
 # Every suite runs, whatever an earlier one did, and the run ends with one line per suite
 # (passed, FAILED, or not run and why); the exit status is 1 when any failed or could not run.
@@ -31,6 +32,25 @@ not_run() {
 
 suite "cargo fmt --check" cargo fmt --all -- --check
 suite "cargo clippy (warnings are errors)" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The tests of shared state start their own redis-server on a free port (sluice-testkit's
+# harness) and stop it; the machine needs the binary. apt is kept from starting the system's
+# Redis service (policy-rc.d): this script starts nothing it does not stop.
+install_redis() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && made_policy=1
+  fi
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null; } || rc=$?
+  [ "$made_policy" = 1 ] && $sudo rm -f "$policy"
+  return "$rc"
+}
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (apt), for the shared-state tests"
+  install_redis || echo "redis-server could not be installed: the tests that need it will fail and say so"
+fi
 
 # --no-fail-fast: a failing test binary does not hide the ones after it; cargo lists every
 # failed target at the end.

@@ -140,7 +140,7 @@ pub async fn list_keys(
         async {
             let table = table(&w)?;
             let tenant = p.administered_tenant().map(str::to_owned);
-            let keys = blocking(move || Ok(table.list(tenant.as_deref())?)).await?;
+            let keys = blocking(move || table.list(tenant.as_deref())).await?;
             let now = now_unix();
             let data: Vec<Value> = keys.iter().map(|k| key_view(k, now)).collect();
             Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -159,7 +159,7 @@ pub async fn get_key(
             let table = table(&w)?;
             let tenant = p.administered_tenant().map(str::to_owned);
             let wanted = name.clone();
-            let key = blocking(move || Ok(table.get(&wanted, tenant.as_deref())?)).await?;
+            let key = blocking(move || table.get(&wanted, tenant.as_deref())).await?;
             match key {
                 Some(k) => Ok(Json(key_view(&k, now_unix())).into_response()),
                 None => Err(GatewayError::NotFound { what: "key", name }),
@@ -183,7 +183,7 @@ pub async fn revoke_key(
                 if !table.revoke(&wanted, tenant.as_deref())? {
                     return Ok(None);
                 }
-                Ok(table.get(&wanted, tenant.as_deref())?)
+                table.get(&wanted, tenant.as_deref())
             })
             .await?;
             match key {

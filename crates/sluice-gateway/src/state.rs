@@ -53,12 +53,11 @@ impl Services {
         Ok(services)
     }
 
-    fn with_keys(config: &ResolvedConfig) -> Result<Services, sluice_store::StoreError> {
+    fn with_keys(config: &ResolvedConfig) -> Result<Services, ServicesError> {
         if config.auth.mode != AuthMode::Keys {
             return Ok(Services::default());
         }
-        let store = Arc::new(sluice_store::EmbeddedStore::open(&config.auth.data_dir)?);
-        let table = KeyTable::open(store)?;
+        let table = KeyTable::for_config(config)?;
         let ring = KeyRing::load(config.auth.declared.clone(), Some(table.clone()))?;
         KeyRing::watch_store(&ring);
         Ok(Services {
@@ -74,6 +73,8 @@ impl Services {
 pub enum ServicesError {
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
     #[error("cannot open the audit log {}: {source}", path.display())]
     Audit {
         path: std::path::PathBuf,

@@ -407,3 +407,80 @@ async fn a_key_declared_in_the_config_by_its_digest_is_accepted() {
     assert_eq!(status, 403);
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_redis_are_shared_by_every_instance_and_survive_without_it() {
+    use sluice_testkit::redis::RedisServer;
+    let mut redis = RedisServer::start();
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = config(&mock.base_url(), dir.path());
+    toml.push_str(&format!("[state]\nredis_url = \"{}\"\n", redis.url()));
+    let store = sluice_store::RedisStore::connect(&redis.url()).unwrap();
+    let t = KeyTable::redis(Arc::new(store));
+    let admin = key(&t, "ops", "acme", scopes(&[Scope::Admin]), &[]);
+
+    let a = TestGateway::start_toml(&toml).await;
+    let b = TestGateway::start_toml(&toml).await;
+    let client = reqwest::Client::new();
+    // Made through one instance's admin API...
+    let created: Value = client
+        .post(a.url("/v1/admin/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "shared", "scopes": ["models:read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let models = |gw: &TestGateway| {
+        let req = client.get(gw.url("/v1/models")).bearer_auth(&secret);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // ...it works on the other.
+    assert_eq!(wait_for_status(|| models(&b), 200).await, 200);
+    assert_eq!(wait_for_status(|| models(&a), 200).await, 200);
+    // Nothing of it is in the data directory: Redis holds the keys.
+    assert!(!dir.path().join("sluice.db").exists());
+
+    // Revoked through the second instance, refused by both.
+    let revoked_at = Instant::now();
+    let resp = client
+        .delete(b.url("/v1/admin/keys/shared"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut took = Vec::new();
+    for gw in [&a, &b] {
+        assert_eq!(wait_for_status(|| models(gw), 401).await, 401);
+        took.push(revoked_at.elapsed());
+    }
+    println!("revocation through Redis refused by both instances after {took:?}");
+
+    // With Redis gone, keys already known keep working (checking one never waits on
+    // Redis); the admin API says its store failed.
+    redis.kill();
+    let ops = client
+        .get(a.url("/v1/models"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ops.status(), 403, "an admin-only key may not list models");
+    let listed = client
+        .get(a.url("/v1/admin/keys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 500);
+    let body: Value = listed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_failed");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -1,4 +1,5 @@
-//! The state backends the gateway's subsystems share.
+//! The state backends the gateway's subsystems share: [`EmbeddedStore`] for one gateway (or
+//! several on one host), [`RedisStore`] for instances on many hosts.
 //!
 //! [`EmbeddedStore`] is one SQLite file per gateway, `sluice.db` in the data directory
 //! (`server.data_dir`, else [`default_data_dir`]). Each subsystem (API keys now; the cache and
@@ -11,6 +12,10 @@
 //! in WAL mode serialises the writers and lets readers run beside them; a writer that finds
 //! the file busy waits up to [`BUSY_TIMEOUT`]. Readers notice other processes' commits through
 //! [`EmbeddedStore::data_version`], which is how a gateway picks up a key revoked by the CLI.
+
+mod redis_store;
+
+pub use redis_store::{redis, RedisError, RedisStore};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};

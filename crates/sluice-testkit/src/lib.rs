@@ -3,6 +3,7 @@
 //! Only tests and benches depend on this crate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod redis;
 pub mod tls;
 pub mod tokenizer;
 

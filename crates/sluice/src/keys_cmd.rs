@@ -1,10 +1,9 @@
 //! `sluice keys create|list|revoke`: API keys in the store the gateway's config names.
 //!
-//! The store is the SQLite file in `server.data_dir`; a running gateway sharing it sees a new
-//! or revoked key within a second (it watches the file for commits).
+//! The store is Redis when the config sets `state.redis_url`, else the SQLite file in
+//! `server.data_dir`; running gateways on it see a new or revoked key within a second.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use sluice_gateway::auth::{
@@ -75,17 +74,13 @@ fn lifetime(s: &str) -> Result<std::time::Duration, String> {
 
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {
     let config = load_config(args.config)?;
-    let store = sluice_store::EmbeddedStore::open(&config.auth.data_dir)?;
-    let table = KeyTable::open(Arc::new(store))?;
+    let table = KeyTable::for_config(&config)?;
     match args.command {
         KeysCommand::Create(c) => create(&table, &config, c),
         KeysCommand::List { tenant } => list(&table, tenant.as_deref()),
         KeysCommand::Revoke { name } => {
             if !table.revoke(&name, None)? {
-                bail!(
-                    "no key named `{name}` in {}",
-                    table.store().path().display()
-                );
+                bail!("no key named `{name}` in {}", table.location());
             }
             println!("revoked key `{name}`; gateways on this store refuse it within a second");
             Ok(())
@@ -149,7 +144,7 @@ fn create(table: &KeyTable, config: &ResolvedConfig, c: CreateArgs) -> anyhow::R
         record.scopes,
         models_text(&record),
         expiry_text(&record),
-        table.store().path().display()
+        table.location()
     );
     println!("the key is shown once, below; store it now");
     println!("{secret}");
@@ -159,7 +154,7 @@ fn create(table: &KeyTable, config: &ResolvedConfig, c: CreateArgs) -> anyhow::R
 fn list(table: &KeyTable, tenant: Option<&str>) -> anyhow::Result<()> {
     let keys = table.list(tenant)?;
     if keys.is_empty() {
-        println!("no keys in {}", table.store().path().display());
+        println!("no keys in {}", table.location());
         return Ok(());
     }
     let now = now_unix();

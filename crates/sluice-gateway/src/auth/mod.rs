@@ -9,6 +9,7 @@
 //!   store changes.
 
 pub mod key;
+mod redis_keys;
 pub mod ring;
 pub mod scope;
 pub mod table;

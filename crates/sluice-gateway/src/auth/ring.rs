@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use super::key::KeyDigest;
-use super::table::{now_unix, KeyRecord, KeyTable};
+use super::table::{now_unix, KeyError, KeyRecord, KeyTable};
 use crate::services::{AuthError, KeyPrincipal, KeyStore, Principal};
 
 /// How often the refresher looks for changes in the store.
@@ -39,7 +39,7 @@ impl KeyRing {
     pub fn load(
         declared: Vec<KeyRecord>,
         table: Option<KeyTable>,
-    ) -> Result<Arc<KeyRing>, sluice_store::StoreError> {
+    ) -> Result<Arc<KeyRing>, KeyError> {
         let ring = KeyRing {
             keys: RwLock::new(Arc::new(Keys::new())),
             declared,
@@ -54,7 +54,7 @@ impl KeyRing {
     }
 
     /// Rebuilds the accepted keys from the config and the store.
-    pub fn reload(&self) -> Result<(), sluice_store::StoreError> {
+    pub fn reload(&self) -> Result<(), KeyError> {
         let stored = match &self.table {
             Some(t) => t.list(None)?,
             None => Vec::new(),

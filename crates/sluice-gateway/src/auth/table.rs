@@ -1,4 +1,6 @@
-//! The keys in the embedded store: one row per key, the secret's digest in place of the secret.
+//! Where keys are kept: [`KeyTable`], over the embedded store (`SqliteKeys`, one row per key)
+//! or Redis (`RedisKeys`, shared by every instance). Either way the secret's digest stands in
+//! for the secret.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -68,6 +70,12 @@ pub struct NewKey {
 pub enum KeyError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Redis(#[from] sluice_store::RedisError),
+    #[error(
+        "the key store holds a record it cannot read ({0}); was it written by a newer sluice?"
+    )]
+    Corrupt(String),
     #[error("a key named `{0}` exists already; pick another --name (names are unique)")]
     NameTaken(String),
     #[error("no random bytes from the operating system: {0}")]
@@ -99,20 +107,45 @@ pub fn check_label(what: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// The `api_keys` table of an [`EmbeddedStore`].
+/// Where keys are kept.
 #[derive(Debug, Clone)]
-pub struct KeyTable {
-    store: Arc<EmbeddedStore>,
+pub enum KeyTable {
+    /// The embedded store in `server.data_dir`.
+    Sqlite(SqliteKeys),
+    /// Redis (`[state] redis_url`), shared by every instance.
+    Redis(super::redis_keys::RedisKeys),
 }
 
 impl KeyTable {
     pub fn open(store: Arc<EmbeddedStore>) -> Result<KeyTable, StoreError> {
         store.migrate("api_keys", MIGRATIONS)?;
-        Ok(KeyTable { store })
+        Ok(KeyTable::Sqlite(SqliteKeys { store }))
     }
 
-    pub fn store(&self) -> &EmbeddedStore {
-        &self.store
+    pub fn redis(store: Arc<sluice_store::RedisStore>) -> KeyTable {
+        KeyTable::Redis(super::redis_keys::RedisKeys::new(store))
+    }
+
+    /// The table the config names: Redis when `state.redis_url` is set, else the embedded
+    /// store in `server.data_dir` (opened, and created if need be, now).
+    pub fn for_config(config: &crate::config::ResolvedConfig) -> Result<KeyTable, KeyError> {
+        match &config.redis_url {
+            Some(url) => Ok(KeyTable::redis(Arc::new(
+                sluice_store::RedisStore::connect(url)?,
+            ))),
+            None => {
+                let store = EmbeddedStore::open(&config.auth.data_dir)?;
+                Ok(KeyTable::open(Arc::new(store))?)
+            }
+        }
+    }
+
+    /// Where the keys are, for messages: the store's path or the Redis URL (no password).
+    pub fn location(&self) -> String {
+        match self {
+            KeyTable::Sqlite(t) => t.store.path().display().to_string(),
+            KeyTable::Redis(t) => t.url().to_owned(),
+        }
     }
 
     /// Makes a key and stores its digest; the secret is returned once and kept nowhere.
@@ -133,6 +166,60 @@ impl KeyTable {
             requests_per_minute: new.requests_per_minute,
             tokens_per_minute: new.tokens_per_minute,
         };
+        let inserted = match self {
+            KeyTable::Sqlite(t) => t.insert(&record)?,
+            KeyTable::Redis(t) => t.insert(&record)?,
+        };
+        if !inserted {
+            return Err(KeyError::NameTaken(record.name));
+        }
+        Ok((record, secret.secret))
+    }
+
+    /// Every key (revoked and expired ones included), of one tenant or of all, by name.
+    pub fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, KeyError> {
+        match self {
+            KeyTable::Sqlite(t) => Ok(t.list(tenant)?),
+            KeyTable::Redis(t) => t.list(tenant),
+        }
+    }
+
+    /// Revokes the key `name` (of `tenant` only, when given). `false` when there is no such
+    /// key, or it belongs to another tenant: the caller cannot tell the two apart.
+    pub fn revoke(&self, name: &str, tenant: Option<&str>) -> Result<bool, KeyError> {
+        match self {
+            KeyTable::Sqlite(t) => Ok(t.revoke(name, tenant)?),
+            KeyTable::Redis(t) => t.revoke(name, tenant),
+        }
+    }
+
+    /// The key called `name`, if it exists (of `tenant` only, when given).
+    pub fn get(&self, name: &str, tenant: Option<&str>) -> Result<Option<KeyRecord>, KeyError> {
+        match self {
+            KeyTable::Sqlite(t) => Ok(t.get(name, tenant)?),
+            KeyTable::Redis(t) => t.get(name, tenant),
+        }
+    }
+
+    /// A number that grows whenever any process changes the keys: the ring reloads when it
+    /// moves.
+    pub fn version(&self) -> Result<i64, KeyError> {
+        match self {
+            KeyTable::Sqlite(t) => Ok(t.store.data_version()?),
+            KeyTable::Redis(t) => t.version(),
+        }
+    }
+}
+
+/// The `api_keys` table of an [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteKeys {
+    store: Arc<EmbeddedStore>,
+}
+
+impl SqliteKeys {
+    /// `false` when the name is taken.
+    fn insert(&self, record: &KeyRecord) -> Result<bool, StoreError> {
         let inserted = self.store.with(|c| {
             c.execute(
                 "INSERT INTO api_keys (name, tenant, subject, scopes, models, digest, created_at,
@@ -140,9 +227,9 @@ impl KeyTable {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10)
                  ON CONFLICT (name) DO NOTHING",
                 params![
-                    record.name,
-                    record.tenant,
-                    record.subject,
+                    &record.name,
+                    &record.tenant,
+                    &record.subject,
                     record.scopes.to_string(),
                     serde_json::to_string(&record.models).unwrap_or_else(|_| "[]".into()),
                     &record.digest.0[..],
@@ -153,14 +240,10 @@ impl KeyTable {
                 ],
             )
         })?;
-        if inserted == 0 {
-            return Err(KeyError::NameTaken(record.name));
-        }
-        Ok((record, secret.secret))
+        Ok(inserted > 0)
     }
 
-    /// Every key (revoked and expired ones included), of one tenant or of all, by name.
-    pub fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.store.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT name, tenant, subject, scopes, models, digest, created_at, expires_at,
@@ -198,11 +281,6 @@ impl KeyTable {
             )
             .optional()
         })
-    }
-
-    /// Changes whenever any process commits to the store (see `EmbeddedStore::data_version`).
-    pub fn version(&self) -> Result<i64, StoreError> {
-        self.store.data_version()
     }
 }
 

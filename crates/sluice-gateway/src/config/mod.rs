@@ -27,6 +27,9 @@ pub struct Config {
     /// The audit log (`[audit]`): off by default.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// State shared by several instances (`[state]`): none by default.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -195,6 +198,15 @@ pub struct DeclaredKeyConfig {
     /// Models the key may use; left out, every model.
     #[serde(default)]
     pub models: Vec<String>,
+}
+
+/// `[state]`: where instances share state.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `redis://[user:password@]host:port[/db]`: API keys live there (not in the data
+    /// directory) and every instance sees them.
+    pub redis_url: Option<String>,
 }
 
 /// `[audit]`: one JSON line per request.
@@ -517,6 +529,8 @@ pub struct ResolvedConfig {
     pub client_limits: ClientLimits,
     pub auth: ResolvedAuth,
     pub audit: ResolvedAudit,
+    /// `state.redis_url`, checked to be a `redis://` URL.
+    pub redis_url: Option<String>,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -675,6 +689,16 @@ impl Config {
 
         let auth = self.resolve_auth(&mut problems);
         let audit = self.resolve_audit(&auth.data_dir, &mut problems);
+        let redis_url = self.state.redis_url.clone();
+        if let Some(url) = &redis_url {
+            if !url.starts_with("redis://") {
+                problem(
+                    &mut problems,
+                    "state.redis_url".into(),
+                    "must be a redis:// URL, e.g. \"redis://127.0.0.1:6379/0\" (TLS, rediss://, is not supported yet)".into(),
+                );
+            }
+        }
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -685,6 +709,7 @@ impl Config {
                 client_limits,
                 auth,
                 audit,
+                redis_url,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
