@@ -28,16 +28,7 @@ use crate::error::GatewayError;
 use crate::services::Principal;
 use crate::state::WorkerState;
 
-/// The scope a routed path needs; `None` for paths anyone may call.
-pub fn scope_for(path: &str) -> Option<Scope> {
-    if path == "/v1/models" {
-        Some(Scope::ModelsRead)
-    } else if path == "/v1/admin" || path.starts_with("/v1/admin/") {
-        Some(Scope::Admin)
-    } else {
-        None
-    }
-}
+use crate::openapi::scope_for;
 
 /// Middleware: the caller's identity and scope, checked before the handler runs.
 pub async fn authorize(

@@ -17,6 +17,7 @@ mod egress;
 pub mod error;
 mod http1;
 pub mod metrics;
+pub mod openapi;
 mod ops;
 pub mod request_id;
 pub mod routing;

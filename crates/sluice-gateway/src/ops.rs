@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
+use serde_json::{json, Value};
 use sluice_api::models::{ModelList, ModelObject};
 
 use crate::services::Principal;
@@ -103,13 +103,20 @@ pub async fn models(
     Json(ModelList::new(data)).into_response()
 }
 
+/// The API contract (see `openapi`), built once.
+pub async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(crate::openapi::document);
+    Json(&*DOCUMENT).into_response()
+}
+
 pub async fn not_found() -> Response {
     crate::error::json_error(
         StatusCode::NOT_FOUND,
         &sluice_api::ErrorResponse::new(
             "invalid_request_error",
             Some("unknown_url"),
-            "unknown path; sluice serves POST /v1/chat/completions, GET /v1/models, /v1/admin/keys, /health, /ready and /metrics",
+            "unknown path; sluice serves POST /v1/chat/completions, GET /v1/models, /v1/admin/keys, /health, /ready, /metrics and /openapi.json",
         ),
     )
 }
