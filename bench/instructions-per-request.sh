@@ -8,6 +8,11 @@
 # the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
 # counters are dumped.
 #
+# Three rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
+# log); and sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
+# `snippet`, scrubbed) — the cost of knowing who calls and writing it down. Every thread of
+# the process counts, the audit writer's included.
+#
 # Usage: bench/instructions-per-request.sh [REQUESTS=2000]
 # Needs valgrind (apt) and nginx (apt nginx-light); installs them when missing.
 set -euo pipefail
@@ -36,8 +41,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$1" && return; sleep 0.2; done; echo "no answer from $1" >&2; exit 1; }
-load() {
-  "$BIN" load --url "$1" --model m --rate "$2" --requests "$3" --no-stream \
+load() { # url rate requests [extra sluice load flags]
+  "$BIN" load --url "$1" --model m --rate "$2" --requests "$3" --no-stream "${@:4}" \
     --input-tokens 32 --output-tokens 16 --json "$WORK/load.json" >/dev/null 2>&1 || true
   python3 -c "import json,sys; s=json.load(open('$WORK/load.json'))['runs'][0]['summary']['requests']; sys.exit(0 if s['failed']==0 else 1)" \
     || { echo "requests failed during the measurement" >&2; exit 1; }
@@ -48,12 +53,12 @@ MOCK=$(free_port)
 "$BIN" mock --listen "127.0.0.1:$MOCK" --zero-timing >/dev/null 2>&1 & PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK/v1/models"
 
-measure() { # name port pid url-for-readiness
+measure() { # name port pid url-for-readiness [extra sluice load flags]
   local name=$1 port=$2 pid=$3
   wait_http "$4"
-  load "http://127.0.0.1:$port/v1" 50 100      # warm-up: connections open, pools filled
+  load "http://127.0.0.1:$port/v1" 50 100 "${@:5}"     # warm-up: connections open, pools filled
   callgrind_control -z "$pid" >/dev/null 2>&1
-  load "http://127.0.0.1:$port/v1" "$RATE" "$REQUESTS"
+  load "http://127.0.0.1:$port/v1" "$RATE" "$REQUESTS" "${@:5}"
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   local file
@@ -67,6 +72,15 @@ GW=$(free_port)
 printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GW" "$MOCK" >"$WORK/gw.toml"
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice.cg" "$BIN" serve --config "$WORK/gw.toml" >/dev/null 2>&1 & PIDS+=($!)
 SLUICE_RESULT=$(measure sluice "$GW" "$!" "http://127.0.0.1:$GW/health")
+
+# The same gateway with keys and the audit log.
+GWA=$(free_port)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\ndata_dir = "%s/data"\n[auth]\nmode = "keys"\n[audit]\nsink = "file"\npath = "%s/audit.jsonl"\ncontent = "snippet"\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GWA" "$WORK" "$WORK" "$MOCK" >"$WORK/gwa.toml"
+KEY=$("$BIN" keys --config "$WORK/gwa.toml" create --tenant bench --scopes chat:write --name bench | tail -1)
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice-auth-audit.cg" "$BIN" serve --config "$WORK/gwa.toml" >/dev/null 2>&1 & PIDS+=($!)
+AUTH_RESULT=$(measure sluice-auth-audit "$GWA" "$!" "http://127.0.0.1:$GWA/health" --api-key "$KEY")
+AUDITED=$(wc -l <"$WORK/audit.jsonl")
+[ "$AUDITED" -ge "$REQUESTS" ] || { echo "the audit log has $AUDITED lines for $REQUESTS requests" >&2; exit 1; }
 
 NG=$(free_port)
 mkdir -p "$WORK/tmp"
@@ -96,7 +110,7 @@ EOF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WORK/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
 
-python3 - "$REQUESTS" "$SLUICE_RESULT" "$NGINX_RESULT" <<'EOF'
+python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$NGINX_RESULT" <<'EOF'
 import sys
 n = int(sys.argv[1])
 rows = dict(r.split() for r in sys.argv[2:])
@@ -104,7 +118,9 @@ per = {k: int(v) / n for k, v in rows.items()}
 print(f"user-space instructions per proxied request ({n} requests, one worker each):")
 print("| proxy | instructions per request |")
 print("|---|---|")
-for k in ("nginx", "sluice"):
+for k in ("nginx", "sluice", "sluice-auth-audit"):
     print(f"| {k} | {per[k]:,.0f} |")
 print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
+print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['nginx']:.2f}"
+      f" (keys and audit add {per['sluice-auth-audit'] - per['sluice']:,.0f} per request)")
 EOF

@@ -117,7 +117,7 @@ class ProxyStack:
     """A zero-timing mock with `sluice serve` and nginx in front of it, on free loopback
     ports; `procs` is everything started, for `stop_all`."""
 
-    def __init__(self, sluice, work):
+    def __init__(self, sluice, work, auth_audit=False):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         (work / "tmp").mkdir(exist_ok=True)
         self.procs = []
@@ -138,12 +138,28 @@ class ProxyStack:
         self.procs.append(self.nginx)
         wait_port(self.gw_port)
         wait_port(self.nginx_port)
+        self.auth_gateway, self.auth_port, self.api_key = None, None, None
+        if auth_audit:
+            # The same gateway with API keys and the audit log (a file, content `snippet`).
+            self.auth_port = free_port()
+            (work / "gwa.toml").write_text(
+                f'[server]\nlisten = "127.0.0.1:{self.auth_port}"\naccess_log = false\ndata_dir = "{work}/data"\n'
+                f'[auth]\nmode = "keys"\n[audit]\nsink = "file"\npath = "{work}/audit.jsonl"\ncontent = "snippet"\n'
+                f'[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:{self.mock_port}/v1"\n'
+            )
+            made = subprocess.run([sluice, "keys", "--config", str(work / "gwa.toml"), "create",
+                                   "--tenant", "bench", "--scopes", "chat:write", "--name", "bench"],
+                                  capture_output=True, text=True, check=True)
+            self.api_key = made.stdout.strip().splitlines()[-1]
+            self.auth_gateway = start([sluice, "serve", "--config", str(work / "gwa.toml")])
+            self.procs.append(self.auth_gateway)
+            wait_port(self.auth_port)
 
 
 STREAM_EVENTS = 64
 
 
-def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse, stream=False):
+def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse, stream=False, api_key=None):
     shape = ["--output-tokens", str(STREAM_EVENTS)] if stream else ["--no-stream", "--output-tokens", "16"]
     cmd = [
         sluice, "load", "--url", url, "--model", "m", "--rate", str(rate),
@@ -151,6 +167,7 @@ def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse
         "--input-tokens", "32", "--timeout", "10s",
         "--max-connections", str(max_connections), "--connection-reuse", connection_reuse,
         "--max-error-rate", "1", "--json", str(out),
+        *(["--api-key", api_key] if api_key else []),
     ]
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     report = json.loads(out.read_text())
@@ -175,6 +192,7 @@ def run_load(sluice, url, rate, duration, out, max_connections, connection_reuse
 
 
 NAMES = ["direct", "nginx", "sluice"]
+AUTH = "sluice+auth+audit"
 TARGET_RATIO = 1.5
 
 
@@ -185,18 +203,18 @@ def added(cells, rate, name, key, picks=None):
     return statistics.median(proxy[i][key] - direct[i][key] for i in picks)
 
 
-def ratio(cells, rate, picks=None):
-    """sluice's added p99 over nginx's; infinite when nginx added nothing."""
+def ratio(cells, rate, picks=None, name="sluice"):
+    """`name`'s added p99 over nginx's; infinite when nginx added nothing."""
     nginx = added(cells, rate, "nginx", "p99", picks)
-    return added(cells, rate, "sluice", "p99", picks) / nginx if nginx > 0 else float("inf")
+    return added(cells, rate, name, "p99", picks) / nginx if nginx > 0 else float("inf")
 
 
-def ratio_interval(cells, rate, resamples=2000):
+def ratio_interval(cells, rate, resamples=2000, name="sluice"):
     """5th and 95th percentiles of the ratio over resampled repeats (seeded: the same file
     always gives the same interval)."""
-    n = min(len(cells[f"{rate}/{name}"]) for name in NAMES)
+    n = min(len(cells[f"{rate}/{t}"]) for t in NAMES + [name])
     rng = random.Random(rate)
-    values = sorted(ratio(cells, rate, [rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    values = sorted(ratio(cells, rate, [rng.randrange(n) for _ in range(n)], name) for _ in range(resamples))
     return values[int(0.05 * resamples)], values[int(0.95 * resamples) - 1]
 
 
@@ -226,6 +244,7 @@ def summary(saved):
         "| errors direct / nginx / sluice |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    names = NAMES + ([AUTH] if f"{rates[0]}/{AUTH}" in cells else [])
     for rate in rates:
         low, high = ratio_interval(cells, rate)
         errs = " / ".join(f"{100 * med(rate, n, 'error_rate'):.2f} %" for n in NAMES)
@@ -237,11 +256,23 @@ def summary(saved):
             f"| {ratio(cells, rate):.2f} | {low:.2f}–{high:.2f}: {verdict(low, high)} "
             f"| {f'{statistics.median(cpu):.0f}' if cpu else '–'} | {errs} |"
         )
-    best = {n: max([r for r in rates if sustains(r, n)], default=None) for n in NAMES}
+    if AUTH in names:
+        lines += ["", f"With API keys and the audit log (`{AUTH}`, the same load with a key), side by side:", "",
+                  "| rate (req/s) | sluice added p50 / p99 (ms) | with keys + audit added p50 / p99 (ms) "
+                  "| with keys + audit ÷ nginx (added p99) | 90 % interval, target 1.5x | errors |",
+                  "|---|---|---|---|---|---|"]
+        for rate in rates:
+            low, high = ratio_interval(cells, rate, name=AUTH)
+            lines.append(
+                f"| {rate} | {added(cells, rate, 'sluice', 'p50'):+.3f} / {added(cells, rate, 'sluice', 'p99'):+.3f} "
+                f"| {added(cells, rate, AUTH, 'p50'):+.3f} / {added(cells, rate, AUTH, 'p99'):+.3f} "
+                f"| {ratio(cells, rate, name=AUTH):.2f} | {low:.2f}–{high:.2f}: {verdict(low, high)} "
+                f"| {100 * med(rate, AUTH, 'error_rate'):.2f} % |")
+    best = {n: max([r for r in rates if sustains(r, n)], default=None) for n in names}
     lines.append("")
     peak = saved.get("peak_rss_mib")
     lines.append("Highest rate sustained (< 0.1 % errors, ≥ 97 % of the target rate achieved, every repeat): "
-                 + ", ".join(f"{n} {best[n] or 'none'}" for n in NAMES)
+                 + ", ".join(f"{n} {best[n] or 'none'}" for n in names)
                  + (f". sluice peak RSS {peak:.1f} MiB." if peak is not None else "."))
     gen_flags = sorted({int(k.split("/")[0]) for k, cs in cells.items() if any(c.get("generator_bottleneck") for c in cs)})
     if gen_flags:
@@ -260,10 +291,11 @@ def summary(saved):
         lines.append(f"Steal (CPU time the hypervisor took from this VM) per run: median {statistics.median(steals):.2f} %, "
                      f"max {max(steals):.2f} %; runs at 0.5 % or more: {sum(1 for x in steals if x >= 0.5)} of {len(steals)}"
                      + (f"; runs discarded and run again for steal over {saved['max_steal']:g} %: {again}." if again is not None else "."))
-    lines += ["", "p99 (ms) per repeat, in the order run:", "", "| rate | " + " | ".join(NAMES) + " |", "|---|---|---|---|"]
+    lines += ["", "p99 (ms) per repeat, in the order run:", "", "| rate | " + " | ".join(names) + " |",
+              "|" + "---|" * (len(names) + 1)]
     for rate in rates:
         lines.append(f"| {rate} | " + " | ".join(
-            ", ".join(f"{c['p99']:.2f}" for c in cells[f"{rate}/{n}"]) for n in NAMES) + " |")
+            ", ".join(f"{c['p99']:.2f}" for c in cells[f"{rate}/{n}"]) for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -293,6 +325,8 @@ def main():
     ap.add_argument("--steal-retries", type=int, default=3)
     ap.add_argument("--stream", action="store_true",
                     help=f"every request streams {STREAM_EVENTS} SSE events (default: unary answers)")
+    ap.add_argument("--auth-audit", action="store_true",
+                    help="also measure a second sluice with API keys and the audit log on")
     ap.add_argument("--summarize", metavar="JSON",
                     help="print the summary of a saved run (its overhead-*.json) and measure nothing")
     args = ap.parse_args()
@@ -304,7 +338,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="sluice-overhead-"))
     procs = []
     try:
-        stack = ProxyStack(args.sluice, work)
+        stack = ProxyStack(args.sluice, work, args.auth_audit)
         procs = stack.procs
         gateway = stack.gateway
         targets = {
@@ -312,19 +346,22 @@ def main():
             "nginx": f"http://127.0.0.1:{stack.nginx_port}/v1",
             "sluice": f"http://127.0.0.1:{stack.gw_port}/v1",
         }
+        if args.auth_audit:
+            targets[AUTH] = f"http://127.0.0.1:{stack.auth_port}/v1"
         names = list(targets)
         cells = {}
         sluice_cpu = {}
         repeated_for_steal = 0
         for rep in range(args.repeats):
             for rate in rates:
-                order = names[rep % 3:] + names[: rep % 3]
+                order = names[rep % len(names):] + names[: rep % len(names)]
                 for name in order:
                     for attempt in range(args.steal_retries + 1):
                         before = cpu_seconds(gateway.pid)
                         t0 = time.time()
                         r = run_load(args.sluice, targets[name], rate, args.duration, work / "r.json",
-                                     args.max_connections, args.connection_reuse, args.stream)
+                                     args.max_connections, args.connection_reuse, args.stream,
+                                     stack.api_key if name == AUTH else None)
                         used = cpu_seconds(gateway.pid) - before
                         stolen = r["steal_percent"] or 0
                         again = stolen > args.max_steal and attempt < args.steal_retries
