@@ -145,19 +145,7 @@ pub async fn get_key(
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Response {
-    answer(
-        async {
-            let table = table(&w)?;
-            let tenant = p.administered_tenant().map(str::to_owned);
-            let wanted = name.clone();
-            let key = blocking(move || table.get(&wanted, tenant.as_deref())).await?;
-            match key {
-                Some(k) => Ok(Json(key_view(&k, now_unix())).into_response()),
-                None => Err(GatewayError::NotFound { what: "key", name }),
-            }
-        }
-        .await,
-    )
+    one_key(&w, &p, name, |table, name, tenant| table.get(name, tenant)).await
 }
 
 pub async fn revoke_key(
@@ -165,19 +153,31 @@ pub async fn revoke_key(
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Response {
+    one_key(&w, &p, name, |table, name, tenant| {
+        if !table.revoke(name, tenant)? {
+            return Ok(None);
+        }
+        table.get(name, tenant)
+    })
+    .await
+}
+
+/// Runs `op` on the key `name` within the caller's tenant and answers with the key it
+/// returns, or 404 (no such key, or another tenant's).
+async fn one_key(
+    w: &WorkerState,
+    p: &Principal,
+    name: String,
+    op: impl FnOnce(&KeyTable, &str, Option<&str>) -> Result<Option<KeyRecord>, KeyError>
+        + Send
+        + 'static,
+) -> Response {
     answer(
         async {
-            let table = table(&w)?;
+            let table = table(w)?;
             let tenant = p.administered_tenant().map(str::to_owned);
             let wanted = name.clone();
-            let key = blocking(move || {
-                if !table.revoke(&wanted, tenant.as_deref())? {
-                    return Ok(None);
-                }
-                table.get(&wanted, tenant.as_deref())
-            })
-            .await?;
-            match key {
+            match blocking(move || op(&table, &wanted, tenant.as_deref())).await? {
                 Some(k) => Ok(Json(key_view(&k, now_unix())).into_response()),
                 None => Err(GatewayError::NotFound { what: "key", name }),
             }
