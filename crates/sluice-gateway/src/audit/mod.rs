@@ -19,7 +19,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 pub use file::{FileSink, Fsync};
 
@@ -129,8 +129,8 @@ impl Writer {
             batch.extend(records.try_iter().take(1023));
             for record in &batch {
                 line.clear();
-                let value = format_record(record, self.content);
-                if serde_json::to_writer(&mut line, &value).is_err() {
+                let formatted = format_record(record, self.content);
+                if serde_json::to_writer(&mut line, &formatted).is_err() {
                     continue;
                 }
                 line.push(b'\n');
@@ -176,35 +176,62 @@ impl Writer {
     }
 }
 
-/// The JSON line of one record, its content scrubbed.
-pub fn format_record(r: &AuditRecord, content: ContentCapture) -> Value {
+/// One line of the log, as written.
+#[derive(serde::Serialize)]
+pub struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    tenant: &'a str,
+    subject: Option<&'a str>,
+    key: Option<&'a str>,
+    route: &'a str,
+    model: Option<&'a str>,
+    endpoint: Option<&'a str>,
+    status: u16,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cache: Option<&'a str>,
+    latency_ms: f64,
+    /// The gateway's own words (phases, endpoint labels, refusal reasons): nothing of the
+    /// client's is in them.
+    decisions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<Content>,
+}
+
+#[derive(serde::Serialize)]
+struct Content {
+    prompt: Option<String>,
+    answer: Option<String>,
+}
+
+/// The line of one record, its content scrubbed.
+pub fn format_record(r: &AuditRecord, content: ContentCapture) -> Line<'_> {
     let cache = r
         .decisions
         .iter()
         .find(|d| d.phase == crate::services::Phase::CacheLookup)
         .map(|d| d.outcome);
-    let mut v = json!({
-        "time": rfc3339(r.time),
-        "request_id": r.request_id,
-        "tenant": r.tenant,
-        "subject": r.subject,
-        "key": r.key_name,
-        "route": r.route,
-        "model": r.model,
-        "endpoint": r.endpoint,
-        "status": r.status,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "cache": cache,
-        "latency_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
-        "decisions": r.decisions.iter().map(|d| scrub::scrub(&d.to_string()).into_owned()).collect::<Vec<_>>(),
-    });
-    if content != ContentCapture::Off {
-        let prompt = r.request_body.as_deref().map(|b| prompt_text(b, content));
-        let answer = r.answer_body.as_deref().map(|b| answer_text(b, content));
-        v["content"] = json!({"prompt": prompt, "answer": answer});
+    Line {
+        time: rfc3339(r.time),
+        request_id: &r.request_id,
+        tenant: &r.tenant,
+        subject: r.subject.as_deref(),
+        key: r.key_name.as_deref(),
+        route: r.route,
+        model: r.model.as_deref(),
+        endpoint: r.endpoint.as_deref(),
+        status: r.status,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cache,
+        latency_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+        decisions: r.decisions.iter().map(ToString::to_string).collect(),
+        content: (content != ContentCapture::Off).then(|| Content {
+            prompt: r.request_body.as_deref().map(|b| prompt_text(b, content)),
+            answer: r.answer_body.as_deref().map(|b| answer_text(b, content)),
+        }),
     }
-    v
 }
 
 fn cut(text: &str, content: ContentCapture) -> String {
@@ -234,12 +261,30 @@ fn prompt_text(body: &[u8], content: ContentCapture) -> String {
     cut(&text, content)
 }
 
+/// The first choice's text of a completion; serde skips everything else without building it.
 fn answer_text(body: &[u8], content: ContentCapture) -> String {
-    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let text = value["choices"][0]["message"]["content"]
-        .as_str()
+    #[derive(serde::Deserialize)]
+    struct Completion {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        message: Option<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        #[serde(default)]
+        content: Option<String>,
+    }
+    let text = serde_json::from_slice::<Completion>(body)
+        .ok()
+        .and_then(|c| c.choices.into_iter().next())
+        .and_then(|c| c.message)
+        .and_then(|m| m.content)
         .unwrap_or_default();
-    cut(text, content)
+    cut(&text, content)
 }
 
 /// `2026-12-02T04:05:06.789Z`.
@@ -359,7 +404,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{}", gate.written());
             std::thread::sleep(Duration::from_millis(5));
         }
-        let lines: Vec<Value> = gate
+        let lines: Vec<serde_json::Value> = gate
             .written()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

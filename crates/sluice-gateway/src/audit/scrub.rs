@@ -15,16 +15,40 @@ use regex::{Captures, Regex};
 
 struct Rule {
     marker: &'static str,
+    /// A cheap look at the text that must pass before the pattern runs (most text holds no
+    /// digits run, no `@`, no key prefix: most rules never run).
+    gate: fn(&Clues) -> bool,
     pattern: Regex,
     /// Confirms a match (a checksum); `None`: every match is replaced.
     check: Option<fn(&str) -> bool>,
 }
 
-fn rule(marker: &'static str, pattern: &str, check: Option<fn(&str) -> bool>) -> Rule {
+/// What one pass over the text finds, for the gates.
+struct Clues<'a> {
+    text: &'a str,
+    digits: usize,
+}
+
+impl Clues<'_> {
+    fn has(&self, needle: &str) -> bool {
+        self.text.contains(needle)
+    }
+}
+
+/// Word boundaries are ASCII (`(?-u:\b)`) and classes spelled out, which keeps every pattern
+/// on the regex crate's DFA: a Unicode `\b` falls back to a much slower engine.
+fn rule(
+    marker: &'static str,
+    gate: fn(&Clues) -> bool,
+    pattern: &str,
+    check: Option<fn(&str) -> bool>,
+) -> Rule {
+    let pattern = pattern.replace(r"\b", r"(?-u:\b)");
     Rule {
         marker,
+        gate,
         // The patterns are constants of this file, tested below.
-        pattern: Regex::new(pattern).unwrap_or_else(|e| panic!("scrub pattern {marker}: {e}")),
+        pattern: Regex::new(&pattern).unwrap_or_else(|e| panic!("scrub pattern {marker}: {e}")),
         check,
     }
 }
@@ -32,44 +56,81 @@ fn rule(marker: &'static str, pattern: &str, check: Option<fn(&str) -> bool>) ->
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     vec![
         // Secrets: bearer tokens, provider and cloud keys, JWTs, `password=...` pairs.
-        rule("[SECRET]", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}", None),
-        rule("[SECRET]", r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}", None),
         rule(
             "[SECRET]",
+            |c| {
+                c.text
+                    .as_bytes()
+                    .windows(6)
+                    .any(|w| w.eq_ignore_ascii_case(b"bearer"))
+            },
+            r"(?i)\bbearer[ \t]+[A-Za-z0-9._~+/=-]{8,}",
+            None,
+        ),
+        rule(
+            "[SECRET]",
+            |c| c.has("k-"),
+            r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}",
+            None,
+        ),
+        rule(
+            "[SECRET]",
+            |c| c.has("_") || c.has("xox") || c.has("AKIA") || c.has("AIza"),
             r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})",
             None,
         ),
         rule(
             "[SECRET]",
+            |c| c.has("eyJ"),
             r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
             None,
         ),
         rule(
             "[SECRET]",
-            r#"(?i)\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password|passwd)\b\s*[:=]\s*["']?[^\s"',;]{4,}"#,
+            |c| c.has(":") || c.has("="),
+            r#"(?i)\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password|passwd)\b[ \t]*[:=][ \t]*["']?[^ \t\r\n"',;]{4,}"#,
             None,
         ),
         rule(
             "[EMAIL]",
+            |c| c.has("@"),
             r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
             None,
         ),
         rule(
             "[IBAN]",
-            r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b",
+            |c| c.digits >= 4,
+            r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]){11,30}\b",
             Some(iban_ok),
         ),
-        rule("[CARD]", r"\b\d(?:[ -]?\d){12,18}\b", Some(luhn_ok)),
-        rule("[SSN]", r"\b\d{3}-\d{2}-\d{4}\b", Some(ssn_ok)),
-        rule("[IP]", r"\b\d{1,3}(?:\.\d{1,3}){3}\b", Some(ipv4_ok)),
+        rule(
+            "[CARD]",
+            |c| c.digits >= 13,
+            r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
+            Some(luhn_ok),
+        ),
+        rule(
+            "[SSN]",
+            |c| c.digits >= 9,
+            r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
+            Some(ssn_ok),
+        ),
         rule(
             "[IP]",
+            |c| c.digits >= 4 && c.has("."),
+            r"\b[0-9]{1,3}(?:\.[0-9]{1,3}){3}\b",
+            Some(ipv4_ok),
+        ),
+        rule(
+            "[IP]",
+            |c| c.text.matches(':').nth(1).is_some(),
             r"(?i)\b(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}\b",
             Some(ipv6_ok),
         ),
         rule(
             "[PHONE]",
-            r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}\b",
+            |c| c.digits >= 9,
+            r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){2,4}\b",
             Some(phone_ok),
         ),
     ]
@@ -78,7 +139,13 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 /// `text` with every finding replaced by its marker; borrowed when nothing was found.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
+    let count_digits = |t: &str| t.bytes().filter(u8::is_ascii_digit).count();
+    let mut digits = count_digits(text);
     for rule in RULES.iter() {
+        let clues = Clues { text: &out, digits };
+        if !(rule.gate)(&clues) {
+            continue;
+        }
         let replaced = rule.pattern.replace_all(&out, |c: &Captures<'_>| {
             let found = &c[0];
             match rule.check {
@@ -87,6 +154,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
             }
         });
         if let Cow::Owned(s) = replaced {
+            digits = count_digits(&s);
             out = Cow::Owned(s);
         }
     }
