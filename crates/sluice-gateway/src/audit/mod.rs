@@ -235,28 +235,58 @@ pub fn format_record(r: &AuditRecord, content: ContentCapture) -> Line<'_> {
 }
 
 fn cut(text: &str, content: ContentCapture) -> String {
+    // Scrubbed whole, then cut: cutting first could split a finding and leave its half.
     let scrubbed = scrub::scrub(text);
     match content {
-        ContentCapture::Snippet => scrubbed.chars().take(SNIPPET_CHARS).collect(),
+        ContentCapture::Snippet => match scrubbed.char_indices().nth(SNIPPET_CHARS) {
+            Some((end, _)) => scrubbed[..end].to_owned(),
+            None => scrubbed.into_owned(),
+        },
         _ => scrubbed.into_owned(),
     }
 }
 
 /// The request's messages as text: every message (`full`) or the last user message
-/// (`snippet`).
+/// (`snippet`). Only `messages[].role` and `messages[].content` are read; serde skips the
+/// rest of the body without building it.
 fn prompt_text(body: &[u8], content: ContentCapture) -> String {
-    let Ok(request) = sluice_api::ChatCompletionRequest::from_slice(body) else {
+    #[derive(serde::Deserialize)]
+    struct Prompt<'a> {
+        #[serde(borrow, default)]
+        messages: Vec<PromptMessage<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PromptMessage<'a> {
+        #[serde(borrow, default)]
+        role: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        content: Option<serde_json::Value>,
+    }
+    let Ok(prompt) = serde_json::from_slice::<Prompt<'_>>(body) else {
         return "[unparseable request]".into();
     };
-    let texts: Vec<String> = request
+    let text_of = |v: &serde_json::Value| -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            // Content parts: their texts, in order (images and audio are not text).
+            serde_json::Value::Array(parts) => Some(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        }
+    };
+    let mut texts = prompt
         .messages
         .iter()
-        .filter(|m| content == ContentCapture::Full || m.role.as_str() == "user")
-        .filter_map(|m| m.content.as_ref().map(|c| c.text()))
-        .collect();
+        .filter(|m| content == ContentCapture::Full || m.role == "user")
+        .filter_map(|m| m.content.as_ref().and_then(text_of));
     let text = match content {
-        ContentCapture::Snippet => texts.last().cloned().unwrap_or_default(),
-        _ => texts.join("\n"),
+        ContentCapture::Snippet => texts.next_back().unwrap_or_default(),
+        _ => texts.collect::<Vec<_>>().join("\n"),
     };
     cut(&text, content)
 }
@@ -418,6 +448,32 @@ mod tests {
         assert_eq!(lines[0]["cache"], "miss");
         assert_eq!(lines[0]["latency_ms"], 3.0);
         assert!(lines.iter().all(|l| l["request_id"] != "r3"));
+    }
+
+    #[test]
+    fn snippets_keep_the_last_user_message_cut_and_scrubbed() {
+        let long = "word ".repeat(100);
+        let body = serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "system text"},
+            {"role": "user", "content": "first question"},
+            {"role": "user", "content": [{"type": "text", "text": "mail a@b.io"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": long}]}
+        ]})
+        .to_string();
+        let snippet = prompt_text(body.as_bytes(), ContentCapture::Snippet);
+        assert!(snippet.starts_with("mail [EMAIL] word"), "{snippet}");
+        assert_eq!(snippet.chars().count(), SNIPPET_CHARS);
+        let full = prompt_text(body.as_bytes(), ContentCapture::Full);
+        assert!(
+            full.starts_with("system text\nfirst question\nmail [EMAIL]"),
+            "{full}"
+        );
+        assert_eq!(
+            prompt_text(b"not json", ContentCapture::Full),
+            "[unparseable request]"
+        );
+        let answer =
+            br#"{"choices":[{"message":{"role":"assistant","content":"call +1 415 555 2671"}}]}"#;
+        assert_eq!(answer_text(answer, ContentCapture::Full), "call [PHONE]");
     }
 
     #[test]
