@@ -15,7 +15,7 @@ mod file;
 pub mod scrub;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -123,8 +123,21 @@ struct Writer {
 impl Writer {
     fn run(mut self, records: Receiver<AuditRecord>) {
         let mut line = Vec::with_capacity(1024);
-        // Block for one record, then take whatever else is queued: one flush per batch.
-        while let Ok(first) = records.recv() {
+        // Wait for a record (waking each second to sync what is written, per the policy),
+        // then take whatever else is queued: one flush per batch.
+        loop {
+            let first = match records.recv_timeout(Duration::from_secs(1)) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Destination::File(f) = &mut self.destination {
+                        if let Err(e) = f.sync_if_due() {
+                            tracing::error!(error = %e, "audit log: syncing failed");
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             batch.extend(records.try_iter().take(1023));
             for record in &batch {
