@@ -198,6 +198,10 @@ pub trait AuditSink: Send + Sync {
     fn counters(&self) -> Option<AuditCounters> {
         None
     }
+
+    /// Writes out (and syncs) everything queued, and stops: the gateway calls it once its
+    /// requests are done, so that a shutdown loses no record. Records after it are dropped.
+    fn close(&self) {}
 }
 
 /// What an audit sink counts, shown as `sluice_audit_records_written_total` and

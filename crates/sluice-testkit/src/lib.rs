@@ -150,10 +150,15 @@ impl TestGateway {
     /// Shuts down gracefully and waits until the server has drained.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.begin_shutdown();
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task.await.expect("gateway task"),
             None => Ok(()),
+        };
+        // As `WorkerPool::shutdown` does: the audit log writes out what it holds.
+        if let Some(audit) = self.shared.services.audit.clone() {
+            let _ = tokio::task::spawn_blocking(move || audit.close()).await;
         }
+        served
     }
 }
 

@@ -82,6 +82,16 @@ impl FileSink {
         self.sync_if_due()
     }
 
+    /// Writes out and syncs now, whatever the policy (at shutdown).
+    pub fn sync_now(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if self.fsync != Fsync::Never {
+            self.out.get_ref().sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
     /// Syncs what is written when the once-a-second policy says so (the writer calls it when
     /// idle, too, so the last lines do not wait for the next request).
     pub fn sync_if_due(&mut self) -> std::io::Result<()> {

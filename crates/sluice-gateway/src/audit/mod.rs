@@ -38,6 +38,9 @@ pub enum ContentCapture {
     Full,
 }
 
+/// How long the writer lets records gather between drains.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
 /// Characters a snippet keeps.
 pub const SNIPPET_CHARS: usize = 256;
 
@@ -48,9 +51,21 @@ pub enum Destination {
     Stream(Box<dyn std::io::Write + Send>),
 }
 
+/// What the writer is sent.
+// A record moves through the queue by value: boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Record(AuditRecord),
+    /// Write out and sync everything before this, acknowledge, and stop.
+    Close(std::sync::mpsc::Sender<()>),
+}
+
+/// How long `close` waits for the writer to finish.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The audit sink: a bounded queue in front of a writer thread.
 pub struct AuditLog {
-    queue: SyncSender<AuditRecord>,
+    queue: SyncSender<Message>,
     content: ContentCapture,
     counters: AuditCounters,
     /// Dropped since the writer last reported it in the log.
@@ -64,7 +79,7 @@ impl AuditLog {
         content: ContentCapture,
         capacity: usize,
     ) -> std::io::Result<AuditLog> {
-        let (queue, records) = sync_channel(capacity.max(1));
+        let (queue, records) = sync_channel::<Message>(capacity.max(1));
         let counters = AuditCounters::default();
         let unreported = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -87,7 +102,7 @@ impl AuditLog {
 
 impl AuditSink for AuditLog {
     fn record(&self, record: AuditRecord) {
-        match self.queue.try_send(record) {
+        match self.queue.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.counters.dropped.inc();
@@ -111,6 +126,23 @@ impl AuditSink for AuditLog {
     fn counters(&self) -> Option<AuditCounters> {
         Some(self.counters.clone())
     }
+
+    fn close(&self) {
+        let (done, acknowledged) = std::sync::mpsc::channel();
+        // Waits for room if the queue is full: the records before it go first. A second
+        // close finds the writer gone and returns at once.
+        if self.queue.send(Message::Close(done)).is_ok()
+            && acknowledged.recv_timeout(CLOSE_TIMEOUT).is_err()
+        {
+            tracing::error!("audit log: the writer did not finish within {CLOSE_TIMEOUT:?} of shutdown; the last records may be missing");
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 struct Writer {
@@ -121,7 +153,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, records: Receiver<AuditRecord>) {
+    fn run(mut self, records: Receiver<Message>) {
         let mut line = Vec::with_capacity(1024);
         // Wait for a record (waking each second to sync what is written, per the policy),
         // then take whatever else is queued: one flush per batch.
@@ -140,7 +172,15 @@ impl Writer {
             };
             let mut batch = vec![first];
             batch.extend(records.try_iter().take(1023));
-            for record in &batch {
+            let mut closing = None;
+            for message in &batch {
+                let record = match message {
+                    Message::Record(r) => r,
+                    Message::Close(done) => {
+                        closing = Some(done.clone());
+                        break;
+                    }
+                };
                 line.clear();
                 let formatted = format_record(record, self.content);
                 if serde_json::to_writer(&mut line, &formatted).is_err() {
@@ -159,6 +199,19 @@ impl Writer {
                 }
             }
             self.flush();
+            if let Some(done) = closing {
+                self.sync();
+                // Closed before acknowledging: a record sent after `close` returns finds no
+                // writer and is counted as dropped, never queued for nobody.
+                drop(records);
+                let _ = done.send(());
+                return;
+            }
+            // Let records gather before the next drain: a writer woken for every record
+            // makes every request pay a wake-up (and, on a busy core, a context switch);
+            // pausing turns those into one per pause at any rate below the queue's size per
+            // pause. Records wait at most this long more to be written.
+            std::thread::sleep(BATCH_PAUSE);
         }
         self.flush();
     }
@@ -174,6 +227,15 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit log: a line could not be written");
+            }
+        }
+    }
+
+    /// Everything written, on the disk now (shutdown).
+    fn sync(&mut self) {
+        if let Destination::File(f) = &mut self.destination {
+            if let Err(e) = f.sync_now() {
+                tracing::error!(error = %e, "audit log: syncing failed");
             }
         }
     }
@@ -431,7 +493,7 @@ mod tests {
         // the rest are dropped, without the callers ever waiting.
         log.record(record(0));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while log.queue.try_send(record(99)).is_ok() {
+        while log.queue.try_send(Message::Record(record(99))).is_ok() {
             // The queue had room: the writer had not taken record 0 yet. Fill it again.
             assert!(std::time::Instant::now() < deadline);
         }
@@ -487,6 +549,27 @@ mod tests {
         let answer =
             br#"{"choices":[{"message":{"role":"assistant","content":"call +1 415 555 2671"}}]}"#;
         assert_eq!(answer_text(answer, ContentCapture::Full), "call [PHONE]");
+    }
+
+    #[test]
+    fn close_writes_out_every_queued_record_before_it_returns() {
+        let gate = Gate::default();
+        gate.open();
+        let log = AuditLog::start(
+            Destination::Stream(Box::new(gate.clone())),
+            ContentCapture::Off,
+            1000,
+        )
+        .unwrap();
+        for i in 0..50 {
+            log.record(record(i));
+        }
+        log.close();
+        assert_eq!(gate.written().lines().count(), 50);
+        // Closed: later records are counted as dropped, and a second close returns at once.
+        log.record(record(50));
+        log.close();
+        assert_eq!(log.counters().unwrap().dropped.get(), 1);
     }
 
     #[test]
