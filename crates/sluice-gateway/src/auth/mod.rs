@@ -34,28 +34,11 @@ pub fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
 /// The longest life a key can be given: keys are meant to be rotated.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// A key's lifetime: a whole number and a unit, `d`, `h`, `m` or `s` (`30d`, `12h`).
+/// A key's lifetime, written as every duration of the config is (`30d`, `12h`, `90m`),
+/// between a second and [`MAX_LIFETIME`].
 pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a lifetime; write e.g. 30d, 12h or 90m"))?;
-    let seconds = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        "" => return Err(format!("`{text}` has no unit; write e.g. {n}d or {n}h")),
-        other => {
-            return Err(format!(
-                "`{other}` is not a lifetime unit; use d, h, m or s"
-            ))
-        }
-    };
-    let life = Duration::from_secs(n.saturating_mul(seconds));
-    if life.is_zero() || life > MAX_LIFETIME {
+    let life = crate::config::ConfigDuration::parse(text)?.0;
+    if life < Duration::from_secs(1) || life > MAX_LIFETIME {
         return Err(format!(
             "`{text}`: a key lives between 1 second and 10 years"
         ));

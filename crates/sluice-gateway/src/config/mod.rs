@@ -429,7 +429,7 @@ pub struct EndpointConfig {
     pub api_key: Option<toml::Value>,
 }
 
-/// A duration written as a string with a unit: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+/// A duration written as a string with a unit: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"30d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
@@ -448,6 +448,7 @@ impl ConfigDuration {
             "s" => value,
             "m" => value * 60.0,
             "h" => value * 3600.0,
+            "d" => value * 86_400.0,
             "" => {
                 return Err(format!(
                     "`{s}` has no unit; write e.g. \"{s}s\" or \"{s}ms\""
@@ -455,7 +456,7 @@ impl ConfigDuration {
             }
             other => {
                 return Err(format!(
-                    "`{other}` is not a duration unit; use ms, s, m or h"
+                    "`{other}` is not a duration unit; use ms, s, m, h or d"
                 ))
             }
         };
