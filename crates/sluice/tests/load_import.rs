@@ -10,6 +10,22 @@ use sluice_mock::{MockOptions, MockServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// `sluice load import DUMP --out REQUESTS [EXTRA...]`.
+fn import(
+    dump: &std::path::Path,
+    requests: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    Command::new(BIN)
+        .args(["load", "import"])
+        .arg(dump)
+        .arg("--out")
+        .arg(requests)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_sharegpt_dump_is_imported_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,13 +40,7 @@ async fn a_sharegpt_dump_is_imported_and_replayed() {
     )
     .unwrap();
     let requests = dir.path().join("requests.jsonl");
-    let out = Command::new(BIN)
-        .args(["load", "import"])
-        .arg(&dump)
-        .arg("--out")
-        .arg(&requests)
-        .output()
-        .unwrap();
+    let out = import(&dump, &requests, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -92,15 +102,11 @@ fn with_a_tokenizer_answers_are_counted_not_estimated() {
     )
     .unwrap();
     let requests = dir.path().join("requests.jsonl");
-    let out = Command::new(BIN)
-        .args(["load", "import"])
-        .arg(&dump)
-        .arg("--out")
-        .arg(&requests)
-        .arg("--tokenizer")
-        .arg(&tokenizer_path)
-        .output()
-        .unwrap();
+    let out = import(
+        &dump,
+        &requests,
+        &["--tokenizer".as_ref(), tokenizer_path.as_os_str()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -115,15 +121,11 @@ fn with_a_tokenizer_answers_are_counted_not_estimated() {
     assert_eq!(line["max_tokens"], counted);
 
     // A file that is not a tokenizer is refused with the flag and the file named.
-    let out = Command::new(BIN)
-        .args(["load", "import"])
-        .arg(&dump)
-        .arg("--out")
-        .arg(&requests)
-        .arg("--tokenizer")
-        .arg(&dump)
-        .output()
-        .unwrap();
+    let out = import(
+        &dump,
+        &requests,
+        &["--tokenizer".as_ref(), dump.as_os_str()],
+    );
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
