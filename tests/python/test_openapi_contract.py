@@ -38,7 +38,7 @@ def test_every_answer_matches_the_contract():
                 [schemathesis, "run", f"{gateway.url}/openapi.json",
                  "--checks", CHECKS, "--max-examples", "25", "--generation-deterministic",
                  "--request-timeout", "20", "-H", f"Authorization: Bearer {key}"],
-                capture_output=True, text=True, timeout=600,
+                capture_output=True, text=True, timeout=600, cwd=tmp,
                 env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
             )
             summary = run.stdout[-4000:]
