@@ -19,6 +19,7 @@ mod http1;
 pub mod metrics;
 pub mod openapi;
 mod ops;
+pub mod otel;
 pub mod request_id;
 pub mod routing;
 pub mod server;

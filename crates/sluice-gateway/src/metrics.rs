@@ -226,6 +226,20 @@ impl GatewayMetrics {
         );
     }
 
+    /// Shows the trace exporter's counts on `/metrics`.
+    pub fn register_otel(&mut self, counters: &crate::otel::ExportCounters) {
+        self.registry.register(
+            "otel_spans_exported",
+            "Spans the collector accepted",
+            counters.exported.clone(),
+        );
+        self.registry.register(
+            "otel_spans_dropped",
+            "Spans dropped: the exporter's queue was full (queue_full), or the collector could not be reached or refused them after retries (export_failed)",
+            counters.dropped.clone(),
+        );
+    }
+
     /// The counter a pool of `endpoint` increments for each connection it opens.
     pub fn connections_opened(&self, endpoint: &str) -> Counter {
         Counter::clone(&self.connections_opened.get_or_create(&EndpointLabels {

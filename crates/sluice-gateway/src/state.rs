@@ -41,6 +41,8 @@ pub struct Services {
     pub cache: Option<Arc<dyn CacheStore>>,
     pub limiter: Option<Arc<dyn Limiter>>,
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// OpenTelemetry traces (`[otel]` with an endpoint).
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
 }
 
 impl Services {
@@ -48,9 +50,22 @@ impl Services {
     /// embedded store in `server.data_dir` (opened, and created if need be, now).
     pub fn from_config(config: &ResolvedConfig) -> Result<Services, ServicesError> {
         let audit = config.audit.start()?;
+        let tracer = crate::otel::Tracer::start(&config.otel).map_err(ServicesError::Otel)?;
         let mut services = Services::with_keys(config)?;
         services.audit = audit;
+        services.tracer = tracer;
         Ok(services)
+    }
+
+    /// Writes out what the services still hold (audit records, spans): called once every
+    /// request has finished, so that a shutdown loses nothing. Blocks up to their deadlines.
+    pub fn close(&self) {
+        if let Some(audit) = &self.audit {
+            audit.close();
+        }
+        if let Some(tracer) = &self.tracer {
+            tracer.close();
+        }
     }
 
     fn with_keys(config: &ResolvedConfig) -> Result<Services, ServicesError> {
@@ -75,6 +90,8 @@ pub enum ServicesError {
     Store(#[from] sluice_store::StoreError),
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    #[error("cannot start the trace exporter: {0}")]
+    Otel(std::io::Error),
     #[error("cannot open the audit log {}: {source}", path.display())]
     Audit {
         path: std::path::PathBuf,
@@ -98,6 +115,9 @@ impl GatewayShared {
         let mut metrics = GatewayMetrics::new();
         if let Some(counters) = services.audit.as_ref().and_then(|a| a.counters()) {
             metrics.register_audit(counters);
+        }
+        if let Some(tracer) = &services.tracer {
+            metrics.register_otel(tracer.counters());
         }
         let metrics = Arc::new(metrics);
         let mut names: Vec<&String> = config.models.keys().collect();

@@ -113,10 +113,10 @@ impl WorkerPool {
         if joined.is_ok() {
             tracing::info!("drained");
         }
-        // Every request has finished: the audit log writes out what it still holds.
-        if let Some(audit) = self.shared.services.audit.clone() {
-            let _ = tokio::task::spawn_blocking(move || audit.close()).await;
-        }
+        // Every request has finished: the audit log and the trace exporter write out what
+        // they still hold.
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.services.close()).await;
         joined
     }
 

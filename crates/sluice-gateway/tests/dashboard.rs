@@ -1,5 +1,5 @@
 //! `deploy/grafana/sluice.json` is built on the real metric names: after a run of traffic
-//! through a real gateway (unary, streamed, failed; with an audit log), every metric the
+//! through a real gateway (unary, streamed, failed; with an audit log and traces), every metric the
 //! dashboard queries is on `/metrics`, with every label it groups or filters by.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,13 +28,15 @@ fn dashboard_queries() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_exists() {
     let mock = start_mock(MockOptions::zero_timing()).await;
+    let collector = sluice_testkit::otlp::OtlpReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = gateway_toml(
         "m",
         &[mock.base_url(), refused_url()],
         &format!(
-            "[audit]\nsink = \"file\"\npath = \"{}\"\n",
-            dir.path().join("audit.jsonl").display()
+            "[audit]\nsink = \"file\"\npath = \"{}\"\n[otel]\nendpoint = \"{}\"\n",
+            dir.path().join("audit.jsonl").display(),
+            collector.endpoint()
         ),
     );
     let gw = TestGateway::start_toml(&toml).await;

@@ -22,8 +22,16 @@ pub(crate) struct RequestLog {
 #[derive(Debug)]
 struct Entry {
     request_id: Option<String>,
+    trace: TraceHeaders,
     /// The body as received; parsed only when the log is read, to keep the hot path cheap.
     body: Option<Bytes>,
+}
+
+/// The W3C trace context a request carried, so a test can check a gateway propagates it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// One logged request as served: `body` is the JSON received, or null when it was not JSON
@@ -31,18 +39,24 @@ struct Entry {
 #[derive(Debug, Serialize)]
 pub(crate) struct LoggedRequest {
     pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub trace: TraceHeaders,
     pub body: Value,
 }
 
 impl RequestLog {
-    pub(crate) fn record(&self, request_id: Option<String>, body: &Bytes) {
+    pub(crate) fn record(&self, request_id: Option<String>, trace: TraceHeaders, body: &Bytes) {
         // `Bytes` clones share the buffer: no copy of the body.
         let body = (body.len() <= MAX_LOGGED_BODY).then(|| body.clone());
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() == LOGGED_REQUESTS {
             entries.pop_front();
         }
-        entries.push_back(Entry { request_id, body });
+        entries.push_back(Entry {
+            request_id,
+            trace,
+            body,
+        });
     }
 
     /// Oldest first.
@@ -52,6 +66,7 @@ impl RequestLog {
             .iter()
             .map(|e| LoggedRequest {
                 request_id: e.request_id.clone(),
+                trace: e.trace.clone(),
                 body: e
                     .body
                     .as_ref()
@@ -72,11 +87,20 @@ mod tests {
         for i in 0..70 {
             log.record(
                 Some(format!("r{i}")),
+                TraceHeaders::default(),
                 &Bytes::from(format!("{{\"n\":{i}}}")),
             );
         }
-        log.record(None, &Bytes::from_static(b"not json"));
-        log.record(None, &Bytes::from(vec![b' '; MAX_LOGGED_BODY + 1]));
+        log.record(
+            None,
+            TraceHeaders::default(),
+            &Bytes::from_static(b"not json"),
+        );
+        log.record(
+            None,
+            TraceHeaders::default(),
+            &Bytes::from(vec![b' '; MAX_LOGGED_BODY + 1]),
+        );
         let seen = log.snapshot();
         assert_eq!(seen.len(), LOGGED_REQUESTS);
         assert_eq!(seen[0].request_id.as_deref(), Some("r8"));

@@ -3,6 +3,7 @@
 //! Only tests and benches depend on this crate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod tokenizer;
@@ -154,10 +155,10 @@ impl TestGateway {
             Some(task) => task.await.expect("gateway task"),
             None => Ok(()),
         };
-        // As `WorkerPool::shutdown` does: the audit log writes out what it holds.
-        if let Some(audit) = self.shared.services.audit.clone() {
-            let _ = tokio::task::spawn_blocking(move || audit.close()).await;
-        }
+        // As `WorkerPool::shutdown` does: the audit log and the trace exporter write out
+        // what they hold.
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.services.close()).await;
         served
     }
 }

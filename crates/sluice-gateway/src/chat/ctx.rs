@@ -11,6 +11,7 @@ use sluice_api::{ChatCompletionRequest, ProxyFields, RequestError};
 use tokio::time::Instant;
 
 use super::InFlight;
+use crate::otel::RequestTrace;
 use crate::request_id::RequestId;
 use crate::services::{Decision, Permit, Phase, Principal};
 use crate::state::{GatewayShared, ModelEntry};
@@ -39,15 +40,23 @@ pub struct RequestCtx {
     pub endpoint: Option<Arc<crate::upstream::UpstreamEndpoint>>,
     /// Header fields the phases add to the answer, whatever its kind.
     pub answer_headers: AnswerHeaders,
+    /// The request's trace, when traces are on (`[otel]`).
+    pub trace: Option<Box<RequestTrace>>,
     pub(super) finished: bool,
 }
 
 impl RequestCtx {
     pub fn new(shared: Arc<GatewayShared>, head: HeadView, id: RequestId) -> Self {
         let keep_decisions = shared.services.audit.is_some();
+        let received = Instant::now();
+        let trace = shared
+            .services
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.begin(&head, received));
         RequestCtx {
             id,
-            received: Instant::now(),
+            received,
             head,
             shared,
             principal: Principal::Anonymous,
@@ -62,7 +71,15 @@ impl RequestCtx {
             cache_write: false,
             endpoint: None,
             answer_headers: AnswerHeaders::default(),
+            trace,
             finished: false,
+        }
+    }
+
+    /// A phase starts: its span, when the request is traced, runs until the next one starts.
+    pub fn enter(&mut self, phase: Phase) {
+        if let Some(trace) = &mut self.trace {
+            trace.enter(phase);
         }
     }
 

@@ -103,6 +103,22 @@ pub fn authenticate(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let Some(keys) = ctx.shared.services.keys.clone() else {
         return Ok(());
     };
+    ctx.enter(Phase::Authenticate);
+    let outcome = check_key(ctx, &*keys);
+    // The client connection reads the body next: not a phase of the pipeline.
+    if let Some(trace) = &mut ctx.trace {
+        if let Err(e) = &outcome {
+            trace.fail(error_type(e));
+        }
+        trace.leave();
+    }
+    outcome
+}
+
+fn check_key(
+    ctx: &mut RequestCtx,
+    keys: &dyn crate::services::KeyStore,
+) -> Result<(), GatewayError> {
     match keys.authenticate(ctx.head.bearer_token()) {
         Ok(principal) if !principal.has(Scope::ChatWrite) => {
             ctx.decide(Phase::Authenticate, "scope_missing", || None);
@@ -184,12 +200,14 @@ async fn run_phases(
 /// Phase: parse. The quick read suffices to relay; [`RequestBody::parsed`] does the full
 /// parse when a later phase needs the messages.
 fn parse(ctx: &mut RequestCtx, raw: Bytes) -> Result<(), GatewayError> {
+    ctx.enter(Phase::Parse);
     ctx.body = RequestBody::read(raw).map_err(invalid)?;
     Ok(())
 }
 
 /// Phase: resolve the model. From here on the request is accounted under its model.
 fn resolve_model(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    ctx.enter(Phase::ResolveModel);
     let name = &ctx.body.fields.model;
     let Some(model) = ctx.shared.models.get(name).cloned() else {
         return Err(GatewayError::ModelNotFound {
@@ -212,6 +230,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
     let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
         return Ok(Flow::Continue);
     };
+    ctx.enter(Phase::CacheLookup);
     if ctx.body.fields.stream {
         ctx.answer_headers
             .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
@@ -249,6 +268,7 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     else {
         return Ok(());
     };
+    ctx.enter(Phase::Admit);
     let estimated_tokens = estimate_tokens(ctx.body.parsed().map_err(invalid)?);
     let admission = Admission {
         tenant: ctx.principal.tenant(),
@@ -275,6 +295,7 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
 
 /// Phase: route. The model's router orders its endpoints.
 fn route(ctx: &mut RequestCtx) -> AttemptOrder {
+    ctx.enter(Phase::Route);
     let Some(model) = ctx.model.clone() else {
         return AttemptOrder::Ranked(Vec::new());
     };
@@ -300,6 +321,7 @@ async fn call_upstream(
     ctx: &mut RequestCtx,
     order: &AttemptOrder,
 ) -> Result<(Arc<UpstreamEndpoint>, Sent), GatewayError> {
+    ctx.enter(Phase::Upstream);
     let endpoints = match &ctx.model {
         Some(model) => worker.endpoints(model),
         None => &[],
@@ -312,10 +334,20 @@ async fn call_upstream(
     let mut answered = None;
     for endpoint in order.iter().filter_map(|i| endpoints.get(i)) {
         let body = outgoing.body_for(endpoint);
-        match flight
-            .wait_upstream(endpoint.send(body, ctx.id.as_str()))
-            .await
-        {
+        let trace_lines = match &mut ctx.trace {
+            Some(trace) => trace.start_attempt(endpoint),
+            None => Vec::new(),
+        };
+        let result = flight
+            .wait_upstream(endpoint.send(body, ctx.id.as_str(), &trace_lines))
+            .await;
+        if let Some(trace) = &mut ctx.trace {
+            match &result {
+                Ok(sent) => trace.attempt_answered(sent.response.status().as_u16()),
+                Err(e) => trace.attempt_failed(e.upstream_kind().unwrap_or("error")),
+            }
+        }
+        match result {
             Ok(sent) => {
                 flight.pool_wait += sent.pool_wait;
                 answered = Some((endpoint.clone(), sent));
@@ -361,6 +393,7 @@ async fn respond(
     endpoint: Arc<UpstreamEndpoint>,
     sent: Sent,
 ) -> Result<Reply, GatewayError> {
+    ctx.enter(Phase::Respond);
     if ctx.body.fields.stream {
         return Ok(Reply::Stream {
             endpoint,
@@ -446,6 +479,9 @@ pub fn refuse(mut ctx: RequestCtx, e: GatewayError) -> ChatAnswer {
     } else {
         tracing::debug!(request_id = ctx.id.as_str(), error = %e, "request refused");
     }
+    if let Some(trace) = &mut ctx.trace {
+        trace.fail(error_type(&e));
+    }
     finish(&mut ctx, status.as_u16(), None, None);
     let mut response = e.into_response();
     std::mem::take(&mut ctx.answer_headers).apply(response.headers_mut());
@@ -476,6 +512,42 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>, answer: Opti
     }
     if let Some(audit) = ctx.shared.services.audit.clone() {
         audit_record(ctx, &*audit, status, usage, answer.cloned());
+    }
+    if let Some(trace) = ctx.trace.take() {
+        export_trace(ctx, *trace, status, usage);
+    }
+}
+
+/// Hands a traced request's spans to the exporter.
+fn export_trace(
+    ctx: &RequestCtx,
+    trace: crate::otel::RequestTrace,
+    status: u16,
+    usage: Option<&Usage>,
+) {
+    let Some(tracer) = &ctx.shared.services.tracer else {
+        return;
+    };
+    let summary = crate::otel::RequestSummary {
+        request_id: ctx.id.as_str(),
+        model: (!ctx.body.fields.model.is_empty()).then_some(ctx.body.fields.model.as_str()),
+        tenant: ctx.principal.tenant(),
+        endpoint: ctx.endpoint.as_ref().map(|e| e.label.as_str()),
+        status,
+        input_tokens: usage.map(|u| u.prompt_tokens),
+        output_tokens: usage.map(|u| u.completion_tokens),
+        stream: ctx.body.fields.stream,
+        peer: ctx.head.peer.ip(),
+    };
+    tracer.export(trace.finish(&summary));
+}
+
+/// `error.type` of a failed request: the upstream failure's kind, or the status (what
+/// OpenTelemetry's HTTP conventions use when nothing more specific is known).
+fn error_type(e: &GatewayError) -> std::borrow::Cow<'static, str> {
+    match e.upstream_kind() {
+        Some(kind) => kind.into(),
+        None => e.status().as_u16().to_string().into(),
     }
 }
 

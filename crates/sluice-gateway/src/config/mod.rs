@@ -30,6 +30,9 @@ pub struct Config {
     /// State shared by several instances (`[state]`): none by default.
     #[serde(default)]
     pub state: StateConfig,
+    /// OpenTelemetry traces (`[otel]`): off unless an endpoint is set.
+    #[serde(default)]
+    pub otel: OtelConfig,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -209,6 +212,25 @@ pub struct StateConfig {
     pub redis_url: Option<String>,
 }
 
+/// `[otel]`: traces of the request path, exported over OTLP/HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `"http://127.0.0.1:4318"`; spans are posted
+    /// to `{endpoint}/v1/traces`. Unset: traces are off.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans. Default `"sluice"`.
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0. Default 1.0. A request carrying a
+    /// `traceparent` follows its caller's decision.
+    pub sample_ratio: Option<f64>,
+    /// Deadline of one export (connect, send, answer). Default 10s.
+    pub timeout: Option<ConfigDuration>,
+    /// Requests whose spans may wait for the exporter; beyond, they are dropped and
+    /// counted. Default 4096.
+    pub queue_requests: Option<usize>,
+}
+
 /// `[audit]`: one JSON line per request.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +295,48 @@ impl ResolvedAudit {
         let log = AuditLog::start(destination, self.content, self.buffer_records).map_err(fail)?;
         Ok(Some(std::sync::Arc::new(log)))
     }
+}
+
+/// The collector an `otel.endpoint` names: `http://HOST[:PORT][/PREFIX]`, spans going to
+/// `PREFIX/v1/traces`.
+fn otlp_collector(endpoint: &str, timeout: Duration) -> Result<crate::otel::Collector, String> {
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("is not a URL ({e}); e.g. \"http://127.0.0.1:4318\""))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err("https is not supported yet: send to a collector on the host or in the cluster over http (OTLP/HTTP, port 4318), which can forward over TLS".into())
+        }
+        other => {
+            return Err(format!(
+                "must be an http:// URL (OTLP/HTTP), not {other}://; e.g. \"http://127.0.0.1:4318\""
+            ))
+        }
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| "has no host; e.g. \"http://127.0.0.1:4318\"".to_string())?;
+    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must be a plain http://HOST:PORT[/PATH] URL (no query, no credentials)".into(),
+        );
+    }
+    let port = url.port().unwrap_or(80);
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+        _ => host.to_owned(),
+    };
+    let authority = format!("{host}:{port}");
+    Ok(crate::otel::Collector {
+        host: if url.port().is_some() {
+            authority.clone()
+        } else {
+            host
+        },
+        authority,
+        path: format!("{}/v1/traces", url.path().trim_end_matches('/')),
+        timeout,
+    })
 }
 
 /// `[auth]`, checked.
@@ -532,6 +596,7 @@ pub struct ResolvedConfig {
     pub audit: ResolvedAudit,
     /// `state.redis_url`, checked to be a `redis://` URL.
     pub redis_url: Option<String>,
+    pub otel: crate::otel::ResolvedOtel,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -700,6 +765,7 @@ impl Config {
                 );
             }
         }
+        let otel = self.resolve_otel(&mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -711,6 +777,7 @@ impl Config {
                 auth,
                 audit,
                 redis_url,
+                otel,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -722,6 +789,54 @@ impl Config {
 }
 
 impl Config {
+    fn resolve_otel(&self, problems: &mut Vec<ConfigProblem>) -> crate::otel::ResolvedOtel {
+        let o = &self.otel;
+        let mut push = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                line: None,
+                message,
+            });
+        };
+        let sample_ratio = o.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            push(
+                "otel.sample_ratio",
+                "must be between 0.0 and 1.0 (the share of new traces recorded)".into(),
+            );
+        }
+        let timeout = o.timeout.map_or(Duration::from_secs(10), |d| d.0);
+        if timeout.is_zero() {
+            push(
+                "otel.timeout",
+                "must be more than zero; leave it out for 10s".into(),
+            );
+        }
+        let queue_requests = o.queue_requests.unwrap_or(4096);
+        if !(1..=1_000_000).contains(&queue_requests) {
+            push(
+                "otel.queue_requests",
+                "must be 1 to 1000000; leave it out for 4096".into(),
+            );
+        }
+        let collector =
+            o.endpoint
+                .as_deref()
+                .and_then(|endpoint| match otlp_collector(endpoint, timeout) {
+                    Ok(c) => Some(c),
+                    Err(message) => {
+                        push("otel.endpoint", message);
+                        None
+                    }
+                });
+        crate::otel::ResolvedOtel {
+            collector,
+            service_name: o.service_name.clone().unwrap_or_else(|| "sluice".into()),
+            sample_ratio,
+            queue_requests,
+        }
+    }
+
     fn resolve_audit(&self, data_dir: &Path, problems: &mut Vec<ConfigProblem>) -> ResolvedAudit {
         let a = &self.audit;
         let max_file_bytes = a.max_file_bytes.unwrap_or(100 * 1024 * 1024);

@@ -64,6 +64,9 @@
 //! |---|---|---|---|
 //! | request | a chat-path target whose query its `Uri` does not take (`?q="x"`, `{`) | accepts | the chat path builds no `Uri` (the module `downstream` says why) and never reads or forwards the query; httparse has already refused spaces and controls in the target, so where the head, and so the message, ends is the same for both |
 //!
+//! One more parser of network bytes is compared here with a reference of its own:
+//! [`trace_context`], the `traceparent` header against OpenTelemetry's W3C propagator.
+//!
 //! Set `SLUICE_DIFFERENTIAL_EXPLORE=1` to have a run print every unexplained difference
 //! (then fail) instead of stopping and shrinking at the first; `PROPTEST_RNG_SEED=n` draws
 //! other inputs than the fixed default.
@@ -75,6 +78,7 @@ mod hyper_side;
 mod requests;
 mod responses;
 mod sluice_side;
+mod trace_context;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -182,9 +182,16 @@ impl UpstreamEndpoint {
     /// stopped it. The first-byte timeout runs from the call: expiring while the request
     /// still waits for a connection, it is a `pool_wait` timeout (nothing was sent, another
     /// endpoint may be tried); after the request went out, a `first_byte` one.
-    pub async fn send(&self, body: Bytes, request_id: &str) -> Result<Sent, GatewayError> {
+    /// `trace_lines` are the trace context's header lines (`traceparent: …\r\n`), made by the
+    /// gateway, or empty.
+    pub async fn send(
+        &self,
+        body: Bytes,
+        request_id: &str,
+        trace_lines: &[u8],
+    ) -> Result<Sent, GatewayError> {
         let deadline = Instant::now() + self.config.timeouts.first_byte;
-        let head_rest = request_head_rest(request_id, body.len());
+        let head_rest = request_head_rest(request_id, trace_lines, body.len());
         let mut unsent = 0;
         let mut pool_wait = Duration::ZERO;
         loop {
@@ -445,14 +452,16 @@ fn request_head_prefix(
 }
 
 /// The per-request end of the head: the request id (when it is a valid header value; client
-/// ids are checked on the way in, generated ones always are) and the body length.
-fn request_head_rest(request_id: &str, body_len: usize) -> Vec<u8> {
-    let mut rest = Vec::with_capacity(96);
+/// ids are checked on the way in, generated ones always are), the trace context and the body
+/// length.
+fn request_head_rest(request_id: &str, trace_lines: &[u8], body_len: usize) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(96 + trace_lines.len());
     if !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic()) {
         rest.extend_from_slice(b"x-request-id: ");
         rest.extend_from_slice(request_id.as_bytes());
         rest.extend_from_slice(b"\r\n");
     }
+    rest.extend_from_slice(trace_lines);
     rest.extend_from_slice(b"content-length: ");
     rest.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     rest.extend_from_slice(b"\r\n\r\n");

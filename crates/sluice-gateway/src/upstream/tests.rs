@@ -170,7 +170,7 @@ fn resolved_endpoint(keys: &str, env: &dyn Fn(&str) -> Option<String>) -> Resolv
 /// One request, its body read to the end and accepted (the connection released).
 async fn call(endpoint: &UpstreamEndpoint) -> Bytes {
     let resp = endpoint
-        .send(Bytes::from_static(b"{}"), "req")
+        .send(Bytes::from_static(b"{}"), "req", b"")
         .await
         .unwrap()
         .response;
@@ -292,7 +292,7 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     let (url, server) = hyper_server(Answer::SlowStream).await;
     let ep = endpoint(&url, "");
     let resp = ep
-        .send(Bytes::from_static(b"{}"), "req")
+        .send(Bytes::from_static(b"{}"), "req", b"")
         .await
         .unwrap()
         .response;
@@ -304,7 +304,7 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     eventually("the half-read connection closes", || server.closed() == 1).await;
     // A body read to the end but not accepted does not return it either.
     let resp = ep
-        .send(Bytes::from_static(b"{}"), "req")
+        .send(Bytes::from_static(b"{}"), "req", b"")
         .await
         .unwrap()
         .response;
@@ -313,7 +313,7 @@ async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
     eventually("the unaccepted connection closes", || server.closed() == 2).await;
     // Read to the end and released: it goes back.
     let resp = ep
-        .send(Bytes::from_static(b"{}"), "req")
+        .send(Bytes::from_static(b"{}"), "req", b"")
         .await
         .unwrap()
         .response;
@@ -391,7 +391,7 @@ async fn a_request_carries_the_fixed_headers_its_id_and_its_length() {
     );
     let ep = UpstreamEndpoint::new(resolved, &GatewayMetrics::new()).unwrap();
     let resp = ep
-        .send(Bytes::from_static(b"{\"model\":\"m\"}"), "req-1")
+        .send(Bytes::from_static(b"{\"model\":\"m\"}"), "req-1", b"")
         .await
         .unwrap()
         .response;
@@ -427,7 +427,7 @@ async fn a_connection_is_reused_after_a_chunked_answer_but_not_after_connection_
 async fn an_upstream_that_answers_garbage_gets_a_protocol_error_naming_it() {
     let (url, _server, _) = scripted_server(vec!["<html>502 Bad Gateway</html>\r\n\r\n"]).await;
     let ep = endpoint(&url, "");
-    let Err(e) = ep.send(Bytes::from_static(b"{}"), "req").await else {
+    let Err(e) = ep.send(Bytes::from_static(b"{}"), "req", b"").await else {
         panic!("garbage accepted as a response");
     };
     assert!(!e.retry_safe());
@@ -443,7 +443,7 @@ async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
     .await;
     let ep = endpoint(&url, "");
     let resp = ep
-        .send(Bytes::from_static(b"{}"), "req")
+        .send(Bytes::from_static(b"{}"), "req", b"")
         .await
         .unwrap()
         .response;

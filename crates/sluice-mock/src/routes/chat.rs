@@ -49,7 +49,16 @@ pub(super) async fn chat_completions(
     let request_id = headers
         .get(&super::X_REQUEST_ID)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    engine.request_log().record(request_id, &body);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let trace = crate::request_log::TraceHeaders {
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    };
+    engine.request_log().record(request_id, trace, &body);
     if let Err(e) = authorize(&engine, &headers) {
         return e.into_response();
     }
