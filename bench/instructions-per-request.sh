@@ -8,10 +8,12 @@
 # the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
 # counters are dumped.
 #
-# Three rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
-# log); and sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
-# `snippet`, scrubbed) — the cost of knowing who calls and writing it down. Every thread of
-# the process counts, the audit writer's included.
+# Four rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
+# log); sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
+# `snippet`, scrubbed) — the cost of knowing who calls and writing it down; and sluice with
+# OpenTelemetry traces on, every request sampled, exported to a collector that accepts
+# everything (a few lines of Python, outside the measurement). Every thread of the process
+# counts, the audit writer's and the span exporter's included.
 #
 # Usage: bench/instructions-per-request.sh [REQUESTS=2000]
 # Needs valgrind (apt) and nginx (apt nginx-light); installs them when missing.
@@ -82,6 +84,29 @@ AUTH_RESULT=$(measure sluice-auth-audit "$GWA" "$!" "http://127.0.0.1:$GWA/healt
 AUDITED=$(wc -l <"$WORK/audit.jsonl")
 [ "$AUDITED" -ge "$REQUESTS" ] || { echo "the audit log has $AUDITED lines for $REQUESTS requests" >&2; exit 1; }
 
+# The same gateway with traces: every request sampled, spans posted to a sink.
+OTLP=$(free_port)
+python3 - "$OTLP" >/dev/null 2>&1 <<'PY' & PIDS+=($!)
+import http.server, sys
+class Collector(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Collector).serve_forever()
+PY
+GWT=$(free_port)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[otel]\nendpoint = "http://127.0.0.1:%s"\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n' "$GWT" "$OTLP" "$MOCK" >"$WORK/gwt.toml"
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice-otel.cg" "$BIN" serve --config "$WORK/gwt.toml" >/dev/null 2>&1 & PIDS+=($!)
+OTEL_RESULT=$(measure sluice-otel "$GWT" "$!" "http://127.0.0.1:$GWT/health")
+EXPORTED=$(curl -s "http://127.0.0.1:$GWT/metrics" | awk '/^sluice_otel_spans_exported_total/ {print int($2)}')
+[ "${EXPORTED:-0}" -ge "$((REQUESTS * 6))" ] || { echo "only ${EXPORTED:-0} spans exported for $REQUESTS requests" >&2; exit 1; }
+
 NG=$(free_port)
 mkdir -p "$WORK/tmp"
 cat >"$WORK/nginx.conf" <<EOF
@@ -110,7 +135,7 @@ EOF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WORK/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
 
-python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$NGINX_RESULT" <<'EOF'
+python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$NGINX_RESULT" <<'EOF'
 import sys
 n = int(sys.argv[1])
 rows = dict(r.split() for r in sys.argv[2:])
@@ -118,9 +143,11 @@ per = {k: int(v) / n for k, v in rows.items()}
 print(f"user-space instructions per proxied request ({n} requests, one worker each):")
 print("| proxy | instructions per request |")
 print("|---|---|")
-for k in ("nginx", "sluice", "sluice-auth-audit"):
+for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel"):
     print(f"| {k} | {per[k]:,.0f} |")
 print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
 print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['nginx']:.2f}"
       f" (keys and audit add {per['sluice-auth-audit'] - per['sluice']:,.0f} per request)")
+print(f"sluice with traces ÷ nginx: {per['sluice-otel'] / per['nginx']:.2f}"
+      f" (traces add {per['sluice-otel'] - per['sluice']:,.0f} per request)")
 EOF

@@ -25,6 +25,7 @@ pub mod routing;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 

@@ -28,6 +28,8 @@ pub enum StartError {
     Client(#[from] WorkerBuildError),
     #[error(transparent)]
     Services(#[from] crate::state::ServicesError),
+    #[error("cannot watch for SIGHUP, which reloads the TLS certificate: {0}")]
+    Sighup(std::io::Error),
 }
 
 /// Every route but the chat path's POST, which the client connection answers without routing
@@ -160,6 +162,16 @@ impl Gateway {
             };
             // Token-by-token streams are many small writes: never hold one back.
             let _ = stream.set_nodelay(true);
+            if let Some(tls) = &self.worker.shared.services.tls {
+                connections.spawn(Box::pin(crate::tls::serve_connection(
+                    stream,
+                    peer,
+                    context.clone(),
+                    slot,
+                    tls.acceptor(),
+                )));
+                continue;
+            }
             // Boxed once here: the connection's future holds a request's (kilobytes), and
             // spawning would otherwise copy it several times.
             connections.spawn(Box::pin(downstream::serve_connection(

@@ -43,6 +43,8 @@ pub struct Services {
     pub audit: Option<Arc<dyn AuditSink>>,
     /// OpenTelemetry traces (`[otel]` with an endpoint).
     pub tracer: Option<Arc<crate::otel::Tracer>>,
+    /// TLS on the listener (`[server.tls]`).
+    pub tls: Option<Arc<crate::tls::TlsTermination>>,
 }
 
 impl Services {
@@ -54,6 +56,10 @@ impl Services {
         let mut services = Services::with_keys(config)?;
         services.audit = audit;
         services.tracer = tracer;
+        services.tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::tls::TlsTermination::start(files)?)),
+            None => None,
+        };
         Ok(services)
     }
 
@@ -90,6 +96,8 @@ pub enum ServicesError {
     Store(#[from] sluice_store::StoreError),
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the trace exporter: {0}")]
     Otel(std::io::Error),
     #[error("cannot open the audit log {}: {source}", path.display())]

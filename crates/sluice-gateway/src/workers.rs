@@ -47,6 +47,9 @@ impl WorkerPool {
             .and_then(|l| l.local_addr().ok())
             .unwrap_or(config.listen);
         let shared = Arc::new(GatewayShared::new(config, services));
+        if let Some(tls) = &shared.services.tls {
+            tls.reload_on_sighup().map_err(StartError::Sighup)?;
+        }
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
         let mut ready = Vec::with_capacity(workers);

@@ -45,8 +45,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pool = WorkerPool::start(&resolved).await?;
     let addr = pool.local_addr();
     let models: Vec<&str> = resolved.models.keys().map(String::as_str).collect();
+    let scheme = if resolved.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "sluice serve: listening on http://{addr} (models: {}; {} worker thread(s))",
+        "sluice serve: listening on {scheme}://{addr} (models: {}; {} worker thread(s))",
         models.join(", "),
         pool.workers()
     );
@@ -56,7 +61,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(model) = models.first() {
         println!("try:");
         println!(
-            "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+            "  curl -s {scheme}://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
         );
     }
     crate::shutdown_signal().await;

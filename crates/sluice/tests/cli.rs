@@ -690,3 +690,92 @@ async fn the_audit_log_keeps_who_and_what_but_no_secret_or_personal_data() {
     }
     assert!(!lines.to_lowercase().contains("authorization"));
 }
+
+/// The certificate `sluice serve` presents to a client that trusts only `pem`.
+async fn presented_certificate(base: &str, pem: &str) -> Result<Vec<u8>, reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let resp = client.get(format!("{base}/health")).send().await?;
+    assert_eq!(resp.status(), 200);
+    Ok(resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .unwrap()
+        .to_vec())
+}
+
+/// A self-signed pair for localhost in `dir` (cert.pem, key.pem); returns the certificate's
+/// PEM and DER.
+fn write_tls_pair(dir: &std::path::Path) -> (String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (cert.pem(), cert.der().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_pem, first_der) = write_tls_pair(dir.path());
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n[models.mock]\n[[models.mock.endpoints]]\nurl = \"embedded-mock://engine\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut serve = Running::start(&["serve", "--config", config.to_str().unwrap()]);
+    let banner = loop {
+        let line = serve.lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        if line.contains("listening on") {
+            break line;
+        }
+    };
+    let port = banner
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no https address in {banner}"))
+        .to_owned();
+    let base = format!("https://localhost:{port}");
+    assert_eq!(
+        presented_certificate(&base, &first_pem).await.unwrap(),
+        first_der
+    );
+
+    let (second_pem, second_der) = write_tls_pair(dir.path());
+    let kill = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The signal is handled asynchronously: new connections get the new pair soon after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(der) = presented_certificate(&base, &second_pem).await {
+            assert_eq!(der, second_der);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(presented_certificate(&base, &first_pem).await.is_err());
+    assert!(
+        serve.terminate().success(),
+        "still running after SIGHUP, stops on SIGTERM"
+    );
+}

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     /// `$SLUICE_DATA_DIR`, else `$XDG_DATA_HOME/sluice`, else `~/.local/share/sluice`. Only
     /// created when something needs it (`auth.mode = "keys"`).
     pub data_dir: Option<PathBuf>,
+    /// `[server.tls]`: terminate TLS on the listener. Unset: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             max_response_bytes: None,
             access_log: None,
             data_dir: None,
+            tls: None,
         }
     }
 }
@@ -210,6 +213,16 @@ pub struct StateConfig {
     /// `redis://[user:password@]host:port[/db]`: API keys live there (not in the data
     /// directory) and every instance sees them.
     pub redis_url: Option<String>,
+}
+
+/// `[server.tls]`: the listener's certificate and key, PEM files re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// The certificate chain (server certificate first).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[otel]`: traces of the request path, exported over OTLP/HTTP.
@@ -597,6 +610,8 @@ pub struct ResolvedConfig {
     /// `state.redis_url`, checked to be a `redis://` URL.
     pub redis_url: Option<String>,
     pub otel: crate::otel::ResolvedOtel,
+    /// `[server.tls]`, the pair checked to load.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -766,6 +781,7 @@ impl Config {
             }
         }
         let otel = self.resolve_otel(&mut problems);
+        let tls = self.resolve_tls(&mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -778,6 +794,7 @@ impl Config {
                 audit,
                 redis_url,
                 otel,
+                tls,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -789,6 +806,29 @@ impl Config {
 }
 
 impl Config {
+    /// `[server.tls]`: the files must load now, so that `check-config` and start-up say
+    /// what is wrong with them instead of the first handshake.
+    fn resolve_tls(&self, problems: &mut Vec<ConfigProblem>) -> Option<crate::tls::TlsFiles> {
+        let t = self.server.tls.as_ref()?;
+        let files = crate::tls::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        };
+        if let Err(e) = files.load() {
+            let key = match e {
+                crate::tls::TlsError::Cert { .. } => "server.tls.cert",
+                _ => "server.tls.key",
+            };
+            problems.push(ConfigProblem {
+                key: key.into(),
+                line: None,
+                message: e.to_string(),
+            });
+            return None;
+        }
+        Some(files)
+    }
+
     fn resolve_otel(&self, problems: &mut Vec<ConfigProblem>) -> crate::otel::ResolvedOtel {
         let o = &self.otel;
         let mut push = |key: &str, message: String| {

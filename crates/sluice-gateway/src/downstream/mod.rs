@@ -6,7 +6,8 @@
 //! per-request service plumbing cost more than the gateway's own work (docs/benchmarks-log.md).
 //! The chat path gets a [`HeadView`] over the head's bytes; everything else goes to the axum
 //! router as a full `http::Request`, built only then. This code is frozen: security fixes and
-//! tests only; TLS and HTTP/2 will come from hyper behind the same head view.
+//! tests only; TLS connections are served by hyper into the same request path (`tls`), and
+//! HTTP/2 would come the same way.
 //!
 //! What it implements of RFC 9112: request bodies framed by `Content-Length` or the
 //! `chunked` coding (both at once, another coding, or a conflicting length are refused),
