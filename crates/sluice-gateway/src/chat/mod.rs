@@ -518,7 +518,7 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>, answer: Opti
     }
 }
 
-/// Hands a traced request's spans to the exporter.
+/// Hands a sampled request's trace to the exporter, which builds its spans.
 fn export_trace(
     ctx: &RequestCtx,
     trace: crate::otel::RequestTrace,
@@ -528,18 +528,24 @@ fn export_trace(
     let Some(tracer) = &ctx.shared.services.tracer else {
         return;
     };
+    if !trace.sampled() {
+        return;
+    }
+    let model = &ctx.body.fields.model;
     let summary = crate::otel::RequestSummary {
-        request_id: ctx.id.as_str(),
-        model: (!ctx.body.fields.model.is_empty()).then_some(ctx.body.fields.model.as_str()),
-        tenant: ctx.principal.tenant(),
-        endpoint: ctx.endpoint.as_ref().map(|e| e.label.as_str()),
+        request_id: ctx.id.as_str().to_owned(),
+        model: (!model.is_empty()).then(|| model.clone()),
+        tenant: ctx.principal.tenant().to_owned(),
+        endpoint: ctx.endpoint.clone(),
         status,
         input_tokens: usage.map(|u| u.prompt_tokens),
         output_tokens: usage.map(|u| u.completion_tokens),
         stream: ctx.body.fields.stream,
         peer: ctx.head.peer.ip(),
     };
-    tracer.export(trace.finish(&summary));
+    if let Some(finished) = trace.finish(summary) {
+        tracer.export(finished);
+    }
 }
 
 /// `error.type` of a failed request: the upstream failure's kind, or the status (what

@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::net::TcpStream;
 
 use super::otlp::{export_request, Resource, SpanData};
+use super::request::FinishedTrace;
 use crate::http1::{Decoded, Framing};
 use crate::upstream::h1::Connection;
 
@@ -85,7 +86,9 @@ impl Default for ExportCounters {
 }
 
 enum Message {
-    Spans(Vec<SpanData>),
+    /// Boxed: a request's marks and summary are some 300 bytes; the channel's slots are
+    /// the size of its largest message.
+    Trace(Box<FinishedTrace>),
     Close(std::sync::mpsc::Sender<()>),
 }
 
@@ -120,14 +123,19 @@ impl SpanExporter {
         Ok(SpanExporter { queue, counters })
     }
 
-    /// Queues one request's spans; drops (and counts) them when the queue is full.
-    pub fn export(&self, spans: Vec<SpanData>) {
-        let n = spans.len() as u64;
-        match self.queue.try_send(Message::Spans(spans)) {
+    /// Queues one request's trace; drops (and counts its spans) when the queue is full.
+    pub fn export(&self, trace: FinishedTrace) {
+        match self.queue.try_send(Message::Trace(Box::new(trace))) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped_queue_full.inc_by(n);
+            Err(
+                TrySendError::Full(Message::Trace(t))
+                | TrySendError::Disconnected(Message::Trace(t)),
+            ) => {
+                self.counters
+                    .dropped_queue_full
+                    .inc_by(t.span_count() as u64);
             }
+            Err(_) => {}
         }
     }
 
@@ -196,9 +204,9 @@ impl ExportThread {
             });
             let mut closing = None;
             match queue.recv_timeout(wait) {
-                Ok(Message::Spans(spans)) => {
+                Ok(Message::Trace(trace)) => {
                     oldest.get_or_insert_with(Instant::now);
-                    pending.extend(spans);
+                    pending.extend(trace.spans());
                 }
                 Ok(Message::Close(done)) => closing = Some(done),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -210,7 +218,7 @@ impl ExportThread {
             // Whatever else is queued joins this batch.
             while closing.is_none() && pending.len() < MAX_BATCH_SPANS {
                 match queue.try_recv() {
-                    Ok(Message::Spans(spans)) => pending.extend(spans),
+                    Ok(Message::Trace(trace)) => pending.extend(trace.spans()),
                     Ok(Message::Close(done)) => closing = Some(done),
                     Err(_) => break,
                 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use context::{hex, traceparent_value, SpanId, TraceId, TraceParent};
 pub use export::{Collector, ExportCounters, SpanExporter, MAX_BATCH_SPANS};
 pub use otlp::{export_request, AttrValue, Resource, SpanData, SpanKind, SpanStatus};
-pub use request::{RequestSummary, RequestTrace};
+pub use request::{FinishedTrace, RequestSummary, RequestTrace};
 
 use crate::chat::HeadView;
 
@@ -81,11 +81,9 @@ impl Tracer {
         ))
     }
 
-    /// Queues a finished request's spans for export.
-    pub fn export(&self, spans: Vec<SpanData>) {
-        if !spans.is_empty() {
-            self.exporter.export(spans);
-        }
+    /// Queues a finished request's trace for export.
+    pub fn export(&self, trace: FinishedTrace) {
+        self.exporter.export(trace);
     }
 
     pub fn counters(&self) -> &ExportCounters {

@@ -83,7 +83,8 @@ pub struct Resource {
 
 /// The body of one export request holding `spans`.
 pub fn export_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-    let mut request = Proto::default();
+    // A span with its attributes is some 400 bytes.
+    let mut request = Proto(Vec::with_capacity(256 + spans.len() * 512));
     // ExportTraceServiceRequest.resource_spans = 1
     request.message(1, |rs| {
         // ResourceSpans.resource = 1
@@ -199,10 +200,23 @@ impl Proto {
         self.bytes(field, s.as_bytes());
     }
 
+    /// A nested message, written in place: its length goes in front once it is known. One
+    /// byte is set aside for it (enough below 128 bytes: attributes, values); a longer
+    /// message moves over by the few bytes more its length takes. One buffer for the whole
+    /// request, instead of one per nested message.
     fn message(&mut self, field: u64, write: impl FnOnce(&mut Proto)) {
-        let mut inner = Proto::default();
-        write(&mut inner);
-        self.bytes(field, &inner.0);
+        self.tag(field, Self::LEN);
+        let at = self.0.len();
+        self.0.push(0);
+        write(self);
+        let len = self.0.len() - at - 1;
+        if len < 0x80 {
+            self.0[at] = len as u8;
+            return;
+        }
+        let mut prefix = Proto(Vec::with_capacity(10));
+        prefix.varint(len as u64);
+        self.0.splice(at..at + 1, prefix.0);
     }
 }
 
@@ -220,6 +234,19 @@ mod tests {
             p.0,
             [1, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
         );
+    }
+
+    #[test]
+    fn nested_lengths_take_as_many_bytes_as_they_need() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut p = Proto::default();
+            p.message(2, |m| m.0.extend(std::iter::repeat_n(7u8, len)));
+            let mut expected = Proto::default();
+            expected.tag(2, Proto::LEN);
+            expected.varint(len as u64);
+            expected.0.extend(std::iter::repeat_n(7u8, len));
+            assert_eq!(p.0, expected.0, "{len}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`RequestTrace`]: one chat request's trace while it runs. The phases mark where they
-//! start and end (a few `Instant`s); the spans are built only when the request finishes, and
-//! only when the trace is sampled.
+//! start and end (a few `Instant`s); a sampled request's marks go to the export thread when
+//! it finishes ([`FinishedTrace`]), and the spans are built there.
 //!
 //! ```text
 //! chat MODEL (server)                         parent: the client's traceparent, if any
@@ -57,14 +57,15 @@ struct AttemptMark {
     error: Option<&'static str>,
 }
 
-/// What the server span says about the finished request.
-pub struct RequestSummary<'a> {
-    pub request_id: &'a str,
+/// What the server span says about the finished request. Owned: the spans are built on the
+/// export thread, off the request path.
+pub struct RequestSummary {
+    pub request_id: String,
     /// As the client named it.
-    pub model: Option<&'a str>,
-    pub tenant: &'a str,
+    pub model: Option<String>,
+    pub tenant: String,
     /// The endpoint that answered.
-    pub endpoint: Option<&'a str>,
+    pub endpoint: Option<Arc<UpstreamEndpoint>>,
     pub status: u16,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
@@ -199,34 +200,64 @@ impl RequestTrace {
         }
     }
 
-    /// The request's spans (none unless sampled), everything still open ending now.
-    pub fn finish(mut self, summary: &RequestSummary<'_>) -> Vec<SpanData> {
+    /// The request ended: everything still open ends now. `None` unless sampled.
+    pub fn finish(mut self, summary: RequestSummary) -> Option<FinishedTrace> {
         if !self.sampled {
-            return Vec::new();
+            return None;
         }
-        let now = Instant::now();
-        self.close_phase(now);
+        let ended = Instant::now();
+        self.close_phase(ended);
+        Some(FinishedTrace {
+            trace: self,
+            ended,
+            summary,
+        })
+    }
+}
+
+/// A sampled request's marks and summary, on their way to the export thread, which turns
+/// them into spans.
+pub struct FinishedTrace {
+    trace: RequestTrace,
+    ended: Instant,
+    summary: RequestSummary,
+}
+
+impl FinishedTrace {
+    /// How many spans [`FinishedTrace::spans`] makes.
+    pub fn span_count(&self) -> usize {
+        1 + self.trace.phases.len() + self.trace.attempts.len()
+    }
+
+    /// The request's spans: the server span, one per phase, one per upstream attempt.
+    pub fn spans(self) -> Vec<SpanData> {
+        let FinishedTrace {
+            trace: this,
+            ended: now,
+            summary,
+        } = self;
+        let summary = &summary;
         let at = |t: Instant| {
-            self.received_unix_nanos + t.saturating_duration_since(self.received).as_nanos() as u64
+            this.received_unix_nanos + t.saturating_duration_since(this.received).as_nanos() as u64
         };
-        let operation = match summary.model {
+        let operation = match summary.model.as_deref() {
             Some(model) => Cow::Owned(format!("chat {model}")),
             None => Cow::Borrowed("chat"),
         };
         // A stream that broke after its head went out ends with a 5xx and no error of its own.
-        let error = self
+        let error = this
             .error
             .clone()
             .or_else(|| (summary.status >= 500).then(|| Cow::Owned(summary.status.to_string())));
-        let mut spans = Vec::with_capacity(1 + self.phases.len() + self.attempts.len());
+        let mut spans = Vec::with_capacity(1 + this.phases.len() + this.attempts.len());
         spans.push(SpanData {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent: self.remote_parent,
-            trace_state: self.trace_state.clone(),
+            trace_id: this.trace_id,
+            span_id: this.span_id,
+            parent: this.remote_parent,
+            trace_state: this.trace_state.clone(),
             name: operation.clone(),
             kind: SpanKind::Server,
-            start: at(self.received),
+            start: at(this.received),
             end: at(now),
             attributes: server_attributes(summary, error.as_deref()),
             // A server span is an error when the server failed (5xx), not the client.
@@ -236,31 +267,31 @@ impl RequestTrace {
             },
             sampled: true,
         });
-        for phase in &self.phases {
+        for phase in &this.phases {
             spans.push(SpanData {
-                trace_id: self.trace_id,
+                trace_id: this.trace_id,
                 span_id: phase.id,
-                parent: Some(self.span_id),
+                parent: Some(this.span_id),
                 trace_state: None,
                 name: Cow::Borrowed(phase.phase.as_str()),
                 kind: SpanKind::Internal,
                 start: at(phase.start),
                 end: at(phase.end.unwrap_or(now)),
                 attributes: Vec::new(),
-                status: match (&self.error, phase.failed) {
+                status: match (&this.error, phase.failed) {
                     (Some(e), true) => SpanStatus::Error(e.clone()),
                     _ => SpanStatus::Unset,
                 },
                 sampled: true,
             });
         }
-        for attempt in &self.attempts {
+        for attempt in &this.attempts {
             let mut attributes = vec![
                 ("gen_ai.operation.name", AttrValue::from("chat")),
                 ("sluice.endpoint", attempt.endpoint.label.clone().into()),
             ];
-            if let Some(model) = summary.model {
-                attributes.push(("gen_ai.request.model", model.to_owned().into()));
+            if let Some(model) = &summary.model {
+                attributes.push(("gen_ai.request.model", model.clone().into()));
             }
             let url = attempt.endpoint.base_url();
             if let Some(host) = url.host_str() {
@@ -282,7 +313,7 @@ impl RequestTrace {
                 attributes.push(("error.type", AttrValue::Str(e.clone())));
             }
             spans.push(SpanData {
-                trace_id: self.trace_id,
+                trace_id: this.trace_id,
                 span_id: attempt.id,
                 parent: Some(attempt.parent),
                 trace_state: None,
@@ -301,14 +332,11 @@ impl RequestTrace {
 
 /// The server span's attributes: OpenTelemetry's GenAI and HTTP conventions, and sluice's
 /// own under `sluice.`.
-fn server_attributes(
-    s: &RequestSummary<'_>,
-    error: Option<&str>,
-) -> Vec<(&'static str, AttrValue)> {
+fn server_attributes(s: &RequestSummary, error: Option<&str>) -> Vec<(&'static str, AttrValue)> {
     let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
     a.push(("gen_ai.operation.name", "chat".into()));
-    if let Some(model) = s.model {
-        a.push(("gen_ai.request.model", model.to_owned().into()));
+    if let Some(model) = &s.model {
+        a.push(("gen_ai.request.model", model.clone().into()));
     }
     if let Some(n) = s.input_tokens {
         a.push(("gen_ai.usage.input_tokens", n.into()));
@@ -320,11 +348,11 @@ fn server_attributes(
     a.push(("http.route", "/v1/chat/completions".into()));
     a.push(("http.response.status_code", u64::from(s.status).into()));
     a.push(("client.address", s.peer.to_string().into()));
-    a.push(("sluice.request_id", s.request_id.to_owned().into()));
-    a.push(("sluice.tenant", s.tenant.to_owned().into()));
+    a.push(("sluice.request_id", s.request_id.clone().into()));
+    a.push(("sluice.tenant", s.tenant.clone().into()));
     a.push(("sluice.stream", s.stream.into()));
-    if let Some(endpoint) = s.endpoint {
-        a.push(("sluice.endpoint", endpoint.to_owned().into()));
+    if let Some(endpoint) = &s.endpoint {
+        a.push(("sluice.endpoint", endpoint.label.clone().into()));
     }
     if let Some(e) = error {
         a.push(("error.type", e.to_owned().into()));
