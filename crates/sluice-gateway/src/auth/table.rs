@@ -12,7 +12,8 @@ use super::key::{KeyDigest, NewSecret};
 use super::scope::ScopeSet;
 
 /// The `api_keys` subsystem's schema, one entry per version.
-const MIGRATIONS: &[&str] = &["CREATE TABLE api_keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE api_keys (
         name        TEXT PRIMARY KEY,
         tenant      TEXT NOT NULL,
         subject     TEXT NOT NULL,
@@ -25,7 +26,22 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE api_keys (
         requests_per_minute INTEGER,
         tokens_per_minute   INTEGER
     );
-    CREATE INDEX api_keys_tenant ON api_keys (tenant);"];
+    CREATE INDEX api_keys_tenant ON api_keys (tenant);",
+    // v2: a counter that moves only when keys change (triggers, so every writer of the file
+    // moves it, whatever its version): the ring's reload signal. The file's own change
+    // counter moves on every commit, the cache's writes included.
+    "CREATE TABLE api_keys_version (
+         id      INTEGER PRIMARY KEY CHECK (id = 1),
+         version INTEGER NOT NULL
+     );
+     INSERT INTO api_keys_version (id, version) VALUES (1, 0);
+     CREATE TRIGGER api_keys_inserted AFTER INSERT ON api_keys
+         BEGIN UPDATE api_keys_version SET version = version + 1; END;
+     CREATE TRIGGER api_keys_updated AFTER UPDATE ON api_keys
+         BEGIN UPDATE api_keys_version SET version = version + 1; END;
+     CREATE TRIGGER api_keys_deleted AFTER DELETE ON api_keys
+         BEGIN UPDATE api_keys_version SET version = version + 1; END;",
+];
 
 /// One key as stored (or declared in the config file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +221,7 @@ impl KeyTable {
     /// moves.
     pub fn version(&self) -> Result<i64, KeyError> {
         match self {
-            KeyTable::Sqlite(t) => Ok(t.store.data_version()?),
+            KeyTable::Sqlite(t) => Ok(t.version()?),
             KeyTable::Redis(t) => t.version(),
         }
     }
@@ -218,6 +234,17 @@ pub struct SqliteKeys {
 }
 
 impl SqliteKeys {
+    /// The keys' change counter (moved by the table's triggers).
+    fn version(&self) -> Result<i64, StoreError> {
+        self.store.with(|c| {
+            c.query_row(
+                "SELECT version FROM api_keys_version WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// `false` when the name is taken.
     fn insert(&self, record: &KeyRecord) -> Result<bool, StoreError> {
         let inserted = self.store.with(|c| {
@@ -315,4 +342,46 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         requests_per_minute: opt_u64(9)?,
         tokens_per_minute: opt_u64(10)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_version_moves_with_the_keys_and_not_with_other_writes_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let table = KeyTable::open(store.clone()).unwrap();
+        let v0 = table.version().unwrap();
+        // Another subsystem writing to the same file (the cache will) changes nothing here.
+        store
+            .with(|c| {
+                c.execute_batch(
+                    "CREATE TABLE other (x INTEGER); INSERT INTO other VALUES (1), (2);",
+                )
+            })
+            .unwrap();
+        assert_eq!(table.version().unwrap(), v0);
+        let (record, _) = table
+            .create(NewKey {
+                name: "ci".into(),
+                tenant: "t".into(),
+                subject: None,
+                scopes: ScopeSet::parse_list("chat:write").unwrap(),
+                models: Vec::new(),
+                expires_unix: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
+            })
+            .unwrap();
+        let v1 = table.version().unwrap();
+        assert!(v1 > v0);
+        assert!(table.revoke(&record.name, None).unwrap());
+        assert!(table.version().unwrap() > v1);
+        // Another process (another connection to the file) sees the same counter.
+        let other = KeyTable::open(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).unwrap();
+        assert_eq!(other.version().unwrap(), table.version().unwrap());
+    }
 }
