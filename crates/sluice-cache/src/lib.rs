@@ -9,8 +9,13 @@
 //!   versioned encoding.
 //! - [`memory`]: [`MemoryFront`], recently used entries in memory under a byte bound.
 //! - [`flight`]: [`SingleFlight`], identical concurrent misses sharing one upstream call.
+//! - [`replay`]: a stored stream served as a completion and the other way round, with a
+//!   fresh `id` and `created`.
 //! - [`sqlite`]: [`SqliteEntries`], entries in the embedded store (the gateway's SQLite
 //!   file), bounded in bytes, surviving restarts.
+//!
+//! - [`tools`]: whether an answer's tool calls are fit to replay (offered tools, JSON
+//!   arguments that match the tool's schema).
 //!
 //! This crate knows nothing of HTTP or of the gateway: the gateway's cache phases call it.
 
@@ -19,7 +24,9 @@ pub mod flight;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod replay;
 pub mod sqlite;
+pub mod tools;
 
 pub use entry::{Entry, EntryError, SavedUsage, StoredAnswer};
 pub use flight::{Leader, Role, SingleFlight, Waited, Waiter};
