@@ -310,6 +310,38 @@ impl Refresh {
     }
 }
 
+/// The extension of `usage` on a hit: what the stored answer's generation used, which this
+/// answer did not.
+pub const SAVED_USAGE_FIELD: &str = "sluice_cache_saved";
+
+impl Refresh {
+    /// A stored completion as a hit's answer: fresh identity, and its `usage` zeroed (no
+    /// upstream tokens were spent) with what was saved under [`SAVED_USAGE_FIELD`].
+    pub fn hit(&self, completion: &[u8]) -> Result<Bytes, ReplayError> {
+        let mut value: Value =
+            serde_json::from_slice(completion).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let Value::Object(top) = &mut value else {
+            return Err(bad("not a JSON object"));
+        };
+        top.insert("id".into(), Value::from(self.id.clone()));
+        top.insert("created".into(), Value::from(self.created));
+        if let Some(Value::Object(usage)) = top.get_mut("usage") {
+            let saved = json!({
+                "prompt_tokens": usage.get("prompt_tokens").cloned().unwrap_or(Value::from(0)),
+                "completion_tokens": usage.get("completion_tokens").cloned().unwrap_or(Value::from(0)),
+            });
+            usage.clear();
+            usage.insert("prompt_tokens".into(), Value::from(0));
+            usage.insert("completion_tokens".into(), Value::from(0));
+            usage.insert("total_tokens".into(), Value::from(0));
+            usage.insert(SAVED_USAGE_FIELD.into(), saved);
+        }
+        serde_json::to_vec(&value)
+            .map(Bytes::from)
+            .map_err(|e| bad(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -458,6 +490,22 @@ mod tests {
             json!({"id": "chatcmpl-new", "created": 99, "model": "m", "choices": [{"index": 0}]})
         );
         assert!(r.apply(b"[]").is_err());
+    }
+
+    #[test]
+    fn a_hit_spends_no_tokens_and_says_what_it_saved() {
+        let r = Refresh {
+            id: "chatcmpl-hit".into(),
+            created: 5,
+        };
+        let stored = br#"{"id":"a","created":1,"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let hit: Value = serde_json::from_slice(&r.hit(stored).unwrap()).unwrap();
+        assert_eq!(hit["id"], "chatcmpl-hit");
+        assert_eq!(
+            hit["usage"],
+            json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+            "sluice_cache_saved": {"prompt_tokens": 9, "completion_tokens": 4}})
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod chat;
 pub mod config;
 #[cfg(test)]

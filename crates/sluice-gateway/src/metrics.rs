@@ -41,6 +41,51 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheOutcomeLabels {
+    /// `hit`, `miss` or `bypass`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// The cache phases' counts.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    pub lookups: Family<CacheOutcomeLabels, Counter>,
+    pub skipped: Family<ReasonLabels, Counter>,
+    pub tokens_saved: Family<KindLabels, Counter>,
+}
+
+impl CacheMetrics {
+    pub fn lookup(&self, outcome: &'static str) {
+        self.lookups
+            .get_or_create(&CacheOutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn skipped(&self, reason: &'static str) {
+        self.skipped.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn saved(&self, input: u64, output: u64) {
+        self.tokens_saved
+            .get_or_create(&KindLabels { kind: "input" })
+            .inc_by(input);
+        self.tokens_saved
+            .get_or_create(&KindLabels { kind: "output" })
+            .inc_by(output);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: String,
 }
@@ -224,6 +269,46 @@ impl GatewayMetrics {
             "Audit records dropped because the writer's queue was full (each drop is also reported in the log as an audit_overflow line)",
             counters.dropped,
         );
+    }
+
+    /// Registers the cache's series: the phases' counts (returned, for the request path) and
+    /// the store's (`store`, read from its own counters).
+    pub fn register_cache(
+        &mut self,
+        store: Option<crate::services::CacheStoreCounters>,
+    ) -> CacheMetrics {
+        let m = CacheMetrics::default();
+        for outcome in ["hit", "miss", "bypass"] {
+            let _ = m.lookups.get_or_create(&CacheOutcomeLabels { outcome });
+        }
+        self.registry.register(
+            "cache_lookups",
+            "Chat requests by cache outcome: hit (answered from the cache), miss (asked the upstream; stored if the mode writes), bypass (the cache was not read: mode off or write_only, or no key)",
+            m.lookups.clone(),
+        );
+        self.registry.register(
+            "cache_skipped_writes",
+            "Answers not stored, by reason (upstream_error, no_usage, unknown_tool, tool_arguments_not_json, tool_arguments_invalid, tool_schema_unusable, too_large)",
+            m.skipped.clone(),
+        );
+        self.registry.register(
+            "cache_tokens_saved",
+            "Tokens the upstream did not have to process because a hit answered, by kind (input, output), as the stored answer's usage reported them",
+            m.tokens_saved.clone(),
+        );
+        if let Some(store) = store {
+            self.registry.register(
+                "cache_writes",
+                "Entries written to the cache's store",
+                store.writes,
+            );
+            self.registry.register(
+                "cache_store_errors",
+                "Cache store faults (a read or write failed, or the write queue was full): each read that failed was answered as a miss",
+                store.errors,
+            );
+        }
+        m
     }
 
     /// Shows the trace exporter's counts on `/metrics`.

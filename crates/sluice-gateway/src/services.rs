@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderValue;
 use bytes::Bytes;
 
 use crate::auth::{Scope, ScopeSet, GLOBAL_TENANT};
@@ -104,26 +103,34 @@ pub trait KeyStore: Send + Sync {
     fn authenticate(&self, token: Option<&[u8]>) -> Result<Principal, AuthError>;
 }
 
-/// What a cache is asked about: one tenant's request for one model, as the client sent it.
-/// The store derives its key from these (tenants never share entries).
+/// What a cache is asked about: the key (tenant, model and canonical request, derived by the
+/// cache-lookup phase) and the oldest entry the request accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheQuery<'a> {
-    pub tenant: &'a str,
-    pub model: &'a str,
-    pub body: &'a [u8],
-}
-
-/// A stored completion, answered as the upstream once answered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedAnswer {
-    pub content_type: HeaderValue,
-    pub body: Bytes,
+    pub key: &'a sluice_cache::CacheKey,
+    pub max_age: Option<Duration>,
 }
 
 pub trait CacheStore: Send + Sync {
-    fn lookup<'a>(&'a self, query: CacheQuery<'a>) -> BoxFuture<'a, Option<CachedAnswer>>;
-    /// Queues `answer` for `query`; never waits for the store.
-    fn store(&self, query: CacheQuery<'_>, answer: CachedAnswer);
+    /// The entry under the key, if one young enough is stored. A store that fails answers
+    /// `None` (a miss) and counts the fault: a cache never fails a request.
+    fn lookup<'a>(
+        &'a self,
+        query: CacheQuery<'a>,
+    ) -> BoxFuture<'a, Option<Arc<sluice_cache::Entry>>>;
+    /// Keeps `entry` under `key`; never waits for the store.
+    fn store(&self, key: sluice_cache::CacheKey, entry: sluice_cache::Entry);
+    /// What the store counts, for `/metrics`.
+    fn counters(&self) -> Option<CacheStoreCounters> {
+        None
+    }
+}
+
+/// What a cache store counts: `sluice_cache_writes_total`, `sluice_cache_store_errors_total`.
+#[derive(Debug, Clone, Default)]
+pub struct CacheStoreCounters {
+    pub writes: prometheus_client::metrics::counter::Counter,
+    pub errors: prometheus_client::metrics::counter::Counter,
 }
 
 /// What a request asks of the model's capacity.

@@ -22,6 +22,8 @@ pub struct GatewayShared {
     /// Configured model names, sorted: for `/v1/models` and "unknown model" errors.
     pub model_names: Vec<String>,
     pub metrics: Arc<GatewayMetrics>,
+    /// The cache phases' counts, when a cache is configured.
+    pub cache_metrics: Option<crate::metrics::CacheMetrics>,
     pub services: Services,
     /// How client connections are bounded (deadlines, sizes, count).
     pub client_limits: ClientLimits,
@@ -56,6 +58,9 @@ impl Services {
         let mut services = Services::with_keys(config)?;
         services.audit = audit;
         services.tracer = tracer;
+        if let Some(cache) = &config.cache {
+            services.cache = Some(Arc::new(crate::cache::EmbeddedCache::open(cache)?));
+        }
         services.tls = match &config.tls {
             Some(files) => Some(Arc::new(crate::tls::TlsTermination::start(files)?)),
             None => None,
@@ -98,6 +103,8 @@ pub enum ServicesError {
     Keys(#[from] crate::auth::KeyError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot start the cache's writer thread: {0}")]
+    CacheWriter(std::io::Error),
     #[error("cannot start the trace exporter: {0}")]
     Otel(std::io::Error),
     #[error("cannot open the audit log {}: {source}", path.display())]
@@ -116,6 +123,8 @@ pub struct ModelEntry {
     pub router: Box<dyn Router>,
     /// The endpoints' labels, in config order: what errors, logs and metrics call them.
     pub endpoint_labels: Vec<String>,
+    /// The model's default cache policy (`[models.NAME.cache]`; off without one).
+    pub cache: sluice_cache::CachePolicy,
 }
 
 impl GatewayShared {
@@ -127,6 +136,10 @@ impl GatewayShared {
         if let Some(tracer) = &services.tracer {
             metrics.register_otel(tracer.counters());
         }
+        let cache_metrics = services
+            .cache
+            .as_ref()
+            .map(|c| metrics.register_cache(c.counters()));
         let metrics = Arc::new(metrics);
         let mut names: Vec<&String> = config.models.keys().collect();
         names.sort();
@@ -141,6 +154,7 @@ impl GatewayShared {
                     metrics: Arc::new(metrics.for_model(&model.name)),
                     router: Box::new(RoundRobin::default()),
                     endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
+                    cache: model.cache,
                 };
                 ((*name).clone(), Arc::new(entry))
             })
@@ -149,6 +163,7 @@ impl GatewayShared {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         GatewayShared {
+            cache_metrics,
             models,
             model_names: names.into_iter().cloned().collect(),
             metrics,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_gateway::auth::Scope;
 use sluice_gateway::services::{
-    Admission, AuditRecord, AuditSink, AuthError, BoxFuture, CacheQuery, CacheStore, CachedAnswer,
-    KeyPrincipal, KeyStore, Limiter, Permit, Phase, Principal, Refusal,
+    Admission, AuditRecord, AuditSink, AuthError, BoxFuture, CacheQuery, CacheStore, KeyPrincipal,
+    KeyStore, Limiter, Permit, Phase, Principal, Refusal,
 };
 use sluice_gateway::state::Services;
 use sluice_testkit::{assert_eventually, gateway_toml, start_mock, MockOptions, TestGateway};
@@ -59,24 +59,21 @@ impl Audit {
     }
 }
 
-/// Tenant, model, body.
-type CacheKey = (String, String, Vec<u8>);
-
+/// Entries by key, in a map: the seam without the real store.
 #[derive(Default)]
-struct MemoryCache(Mutex<HashMap<CacheKey, CachedAnswer>>);
-
-fn key(q: &CacheQuery<'_>) -> CacheKey {
-    (q.tenant.to_owned(), q.model.to_owned(), q.body.to_vec())
-}
+struct MemoryCache(Mutex<HashMap<sluice_cache::CacheKey, Arc<sluice_cache::Entry>>>);
 
 impl CacheStore for MemoryCache {
-    fn lookup<'a>(&'a self, query: CacheQuery<'a>) -> BoxFuture<'a, Option<CachedAnswer>> {
-        let hit = self.0.lock().unwrap().get(&key(&query)).cloned();
+    fn lookup<'a>(
+        &'a self,
+        query: CacheQuery<'a>,
+    ) -> BoxFuture<'a, Option<Arc<sluice_cache::Entry>>> {
+        let hit = self.0.lock().unwrap().get(query.key).cloned();
         Box::pin(async move { hit })
     }
 
-    fn store(&self, query: CacheQuery<'_>, answer: CachedAnswer) {
-        self.0.lock().unwrap().insert(key(&query), answer);
+    fn store(&self, key: sluice_cache::CacheKey, entry: sluice_cache::Entry) {
+        self.0.lock().unwrap().insert(key, Arc::new(entry));
     }
 }
 
@@ -192,7 +189,8 @@ async fn a_cache_hit_answers_without_the_upstream_and_says_so() {
         audit: Some(audit.clone()),
         ..Services::default()
     };
-    let gw = TestGateway::start_with(&gateway_toml("m", &[mock.base_url()], ""), services).await;
+    let toml = gateway_toml("m", &[mock.base_url()], "") + "[models.m.cache]\nmode = \"on\"\n";
+    let gw = TestGateway::start_with(&toml, services).await;
 
     let first = post(&gw, None, body(json!({}))).await;
     assert_eq!(first.status(), 200);
@@ -201,7 +199,16 @@ async fn a_cache_hit_answers_without_the_upstream_and_says_so() {
     let second = post(&gw, None, body(json!({}))).await;
     assert_eq!(second.headers()["x-sluice-cache"], "hit");
     assert!(second.headers().contains_key("x-request-id"));
-    assert_eq!(second.text().await.unwrap(), first_body);
+    // The same answer, under a fresh id, with no upstream tokens spent and what was saved.
+    let first: Value = serde_json::from_str(&first_body).unwrap();
+    let hit: Value = second.json().await.unwrap();
+    assert_eq!(hit["choices"], first["choices"]);
+    assert_ne!(hit["id"], first["id"]);
+    assert_eq!(hit["usage"]["completion_tokens"], 0);
+    assert_eq!(
+        hit["usage"]["sluice_cache_saved"]["completion_tokens"],
+        first["usage"]["completion_tokens"]
+    );
     assert_eq!(
         mock.engine().stats().requests_total,
         1,

@@ -33,8 +33,9 @@ pub struct RequestCtx {
     pub flight: Option<InFlight>,
     /// Capacity the admit phase reserved; reconciled when the request finishes.
     pub permit: Option<Box<dyn Permit>>,
-    /// The cache missed and the answer, if it succeeds, is to be stored.
-    pub cache_write: bool,
+    /// The key the answer is to be stored under, if it succeeds (the cache missed, or the
+    /// mode only writes).
+    pub cache_write: Option<sluice_cache::CacheKey>,
     /// The endpoint that answered (set by the call), for the access log: a reference-count
     /// increment, not a copy of its label.
     pub endpoint: Option<Arc<crate::upstream::UpstreamEndpoint>>,
@@ -68,7 +69,7 @@ impl RequestCtx {
             },
             flight: None,
             permit: None,
-            cache_write: false,
+            cache_write: None,
             endpoint: None,
             answer_headers: AnswerHeaders::default(),
             trace,

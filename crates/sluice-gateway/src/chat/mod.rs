@@ -45,9 +45,10 @@ use crate::auth::Scope;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::metrics::UNKNOWN_MODEL;
 use crate::routing::{AttemptOrder, RouteQuery};
-use crate::services::{Admission, AuditRecord, CacheQuery, CachedAnswer, Phase};
+use crate::services::{Admission, AuditRecord, CacheQuery, Phase};
 use crate::state::WorkerState;
 use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
+use sluice_cache::{CacheKey, CacheMode, CachePolicy, RequestOverride};
 
 /// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
 /// this a request is more likely a mistake than a prompt.
@@ -147,18 +148,15 @@ pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: By
             body,
             usage,
         }) => {
-            let cached = ctx.cache_write.then(|| CachedAnswer {
-                content_type: content_type.clone(),
-                body: body.clone(),
-            });
+            let write = ctx.cache_write.take();
             finish(
                 &mut ctx,
                 StatusCode::OK.as_u16(),
                 usage.as_ref(),
                 Some(&body),
             );
-            if let Some(answer) = cached {
-                store_in_cache(&ctx, answer);
+            if let Some(key) = write {
+                store_in_cache(&mut ctx, key, &content_type, &body, usage.as_ref());
             }
             ChatAnswer::Completion {
                 content_type,
@@ -225,40 +223,127 @@ fn resolve_model(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Phase: cache lookup, when a cache is configured. Streams are not cached yet: they bypass.
+/// Phase: cache lookup, when a cache is configured. The policy is the model's, unless the
+/// request overrides it (`x-sluice-cache`, or the body's `sluice.cache`); a read that hits
+/// answers now. Streams are not cached yet: they bypass.
 async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
     let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
         return Ok(Flow::Continue);
     };
     ctx.enter(Phase::CacheLookup);
-    if ctx.body.fields.stream {
-        ctx.answer_headers
-            .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
-        ctx.decide(Phase::CacheLookup, "bypass", || Some("stream".into()));
-        return Ok(Flow::Continue);
-    }
-    let query = CacheQuery {
-        tenant: ctx.principal.tenant(),
-        model: &model.name,
-        body: &ctx.body.raw,
+    let shared = ctx.shared.clone();
+    let metrics = shared.cache_metrics.as_ref();
+    let policy = request_cache_policy(ctx, model.cache)?;
+    let key = if ctx.body.fields.stream || policy.mode == CacheMode::Off {
+        None
+    } else {
+        CacheKey::derive(
+            ctx.principal.tenant(),
+            &model.name,
+            sluice_cache::CHAT_COMPLETIONS,
+            &ctx.body.raw,
+        )
+        .ok()
     };
-    let hit = cache.lookup(query).await;
+    let key = match key {
+        Some(key) if policy.mode.reads() => key,
+        unread => {
+            if policy.mode.writes() {
+                ctx.cache_write = unread;
+            }
+            let why = if ctx.body.fields.stream {
+                "stream"
+            } else {
+                policy.mode.as_str()
+            };
+            ctx.answer_headers
+                .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
+            ctx.decide(Phase::CacheLookup, "bypass", || Some(why.into()));
+            if let Some(m) = metrics {
+                m.lookup("bypass");
+            }
+            return Ok(Flow::Continue);
+        }
+    };
+    let query = CacheQuery {
+        key: &key,
+        max_age: policy.max_age,
+    };
+    let hit = match cache.lookup(query).await {
+        Some(entry) => hit_answer(&entry),
+        None => None,
+    };
     let outcome = if hit.is_some() { "hit" } else { "miss" };
     ctx.answer_headers
         .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
     ctx.decide(Phase::CacheLookup, outcome, || None);
+    if let Some(m) = metrics {
+        m.lookup(outcome);
+    }
     Ok(match hit {
-        Some(answer) => Flow::Reply(Box::new(Reply::Completion {
-            content_type: answer.content_type,
-            body: answer.body,
-            // Served without an upstream: no tokens were spent.
-            usage: None,
-        })),
+        Some((answer, saved)) => {
+            if let (Some(m), Some(saved)) = (metrics, saved) {
+                m.saved(saved.prompt_tokens, saved.completion_tokens);
+            }
+            Flow::Reply(Box::new(Reply::Completion {
+                content_type: answer.0,
+                body: answer.1,
+                // Served without an upstream: no tokens were spent.
+                usage: None,
+            }))
+        }
         None => {
-            ctx.cache_write = true;
+            if policy.mode.writes() {
+                ctx.cache_write = Some(key);
+            }
             Flow::Continue
         }
     })
+}
+
+/// The model's cache policy under the request's overrides; a malformed override is the
+/// client's error (400, naming the header or field).
+fn request_cache_policy(
+    ctx: &mut RequestCtx,
+    default: CachePolicy,
+) -> Result<CachePolicy, GatewayError> {
+    let bad =
+        |e: sluice_cache::OverrideError| GatewayError::invalid_request(e.message, Some(e.param));
+    let from_headers = RequestOverride::from_headers(
+        ctx.head.header(sluice_cache::policy::MODE_HEADER),
+        ctx.head.header(sluice_cache::policy::MAX_AGE_HEADER),
+    )
+    .map_err(bad)?;
+    // The body field is read only when its name is in the body at all.
+    let mut from_body = RequestOverride::default();
+    if memchr::memmem::find(&ctx.body.raw, b"\"sluice\"").is_some() {
+        let request = ctx.body.parsed().map_err(invalid)?;
+        if let Some(options) = request.extra.get(outgoing::GATEWAY_OPTIONS) {
+            from_body = RequestOverride::from_body_field(options).map_err(bad)?;
+        }
+    }
+    Ok(from_headers.or(from_body).apply(default))
+}
+
+/// A stored entry as a hit's answer (a stored stream added up to its completion), with a
+/// fresh id and the usage zeroed; `None` if it cannot be replayed (then it is a miss).
+fn hit_answer(
+    entry: &sluice_cache::Entry,
+) -> Option<((HeaderValue, Bytes), Option<sluice_cache::SavedUsage>)> {
+    let completion = match &entry.answer {
+        sluice_cache::StoredAnswer::Completion(body) => body.clone(),
+        sluice_cache::StoredAnswer::Stream(events) => {
+            sluice_cache::replay::completion_from_events(events).ok()?
+        }
+    };
+    let refresh = sluice_cache::replay::Refresh {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: crate::cache::now_ms() / 1000,
+    };
+    let body = refresh.hit(&completion).ok()?;
+    let content_type = HeaderValue::from_str(&entry.content_type)
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    Some(((content_type, body), entry.usage))
 }
 
 /// Phase: admit, when a limiter is configured: reserve the request's estimated tokens
@@ -482,6 +567,11 @@ pub fn refuse(mut ctx: RequestCtx, e: GatewayError) -> ChatAnswer {
     if let Some(trace) = &mut ctx.trace {
         trace.fail(error_type(&e));
     }
+    if ctx.cache_write.take().is_some() {
+        if let Some(m) = &ctx.shared.cache_metrics {
+            m.skipped("request_failed");
+        }
+    }
     finish(&mut ctx, status.as_u16(), None, None);
     let mut response = e.into_response();
     std::mem::take(&mut ctx.answer_headers).apply(response.headers_mut());
@@ -606,18 +696,48 @@ fn access_log(ctx: &RequestCtx, status: u16, usage: Option<&Usage>) {
     );
 }
 
-fn store_in_cache(ctx: &RequestCtx, answer: CachedAnswer) {
-    let (Some(cache), Some(model)) = (&ctx.shared.services.cache, &ctx.model) else {
+/// Phase: cache write, after a whole completion was answered: stored unless its tool calls
+/// are not fit to replay. (Errors never get here; streams are not stored yet.)
+fn store_in_cache(
+    ctx: &mut RequestCtx,
+    key: CacheKey,
+    content_type: &HeaderValue,
+    body: &Bytes,
+    usage: Option<&Usage>,
+) {
+    let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
         return;
     };
-    cache.store(
-        CacheQuery {
-            tenant: ctx.principal.tenant(),
-            model: &model.name,
-            body: &ctx.body.raw,
-        },
-        answer,
+    let skip = |reason: &'static str| {
+        if let Some(m) = &ctx.shared.cache_metrics {
+            m.skipped(reason);
+        }
+    };
+    if memchr::memmem::find(body, b"\"tool_calls\"").is_some() {
+        let request: serde_json::Value = match serde_json::from_slice(&ctx.body.raw) {
+            Ok(v) => v,
+            Err(_) => return skip("request_not_json"),
+        };
+        let answer: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return skip("answer_not_json"),
+        };
+        if let Err(why) = sluice_cache::tools::check_tool_calls(&request, &answer) {
+            tracing::debug!(request_id = ctx.id.as_str(), reason = %why, "cache: answer not stored");
+            return skip(why.reason());
+        }
+    }
+    let entry = sluice_cache::Entry::new(
+        ctx.principal.tenant(),
+        &model.name,
+        content_type.to_str().unwrap_or("application/json"),
+        usage.map(|u| sluice_cache::SavedUsage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }),
+        sluice_cache::StoredAnswer::Completion(body.clone()),
     );
+    cache.store(key, entry);
 }
 
 /// A rough prompt-token estimate for admission (about four characters a token), plus the

@@ -1,11 +1,15 @@
 //! The request as it goes upstream. Streams always ask the upstream for usage, so the gateway
-//! can count tokens; the usage chunk is dropped again if the client did not ask for it.
+//! can count tokens; the usage chunk is dropped again if the client did not ask for it. The
+//! gateway's own options (a top-level `sluice` object, e.g. the cache mode) never leave it.
 
 use bytes::Bytes;
 use sluice_api::{ChatCompletionRequest, RequestError};
 
 use super::ctx::RequestBody;
 use crate::upstream::UpstreamEndpoint;
+
+/// The top-level field of the gateway's own options: read by the gateway, never forwarded.
+pub const GATEWAY_OPTIONS: &str = "sluice";
 
 pub struct OutgoingRequest {
     model: String,
@@ -28,7 +32,10 @@ impl OutgoingRequest {
         let renames = endpoints
             .iter()
             .any(|e| e.upstream_model().is_some_and(|m| m != model));
-        if !renames {
+        // A byte search first: the full parse only for a body that may carry the field.
+        let strips = memchr::memmem::find(&body.raw, b"\"sluice\"").is_some()
+            && body.parsed()?.extra.contains_key(GATEWAY_OPTIONS);
+        if !renames && !strips {
             // The client's bytes, or them with usage asked for when that is an insertion.
             let unchanged = if adds_usage {
                 body.fields.with_stream_usage(&body.raw).map(Bytes::from)
@@ -45,12 +52,15 @@ impl OutgoingRequest {
         }
         // The rare path: the body is rewritten, from a copy (the context keeps the client's).
         let mut request = Box::new(body.parsed()?.clone());
+        request.extra.remove(GATEWAY_OPTIONS);
         let raw = body.raw.clone();
         let default_body = if adds_usage {
             request
                 .stream_options
                 .get_or_insert_with(Default::default)
                 .include_usage = Some(true);
+            Bytes::from(request.to_json_vec())
+        } else if strips {
             Bytes::from(request.to_json_vec())
         } else {
             raw

@@ -33,6 +33,9 @@ pub struct Config {
     /// OpenTelemetry traces (`[otel]`): off unless an endpoint is set.
     #[serde(default)]
     pub otel: OtelConfig,
+    /// The inference cache's stores (`[cache]`); the cache is used by models that have a
+    /// `[models.NAME.cache]` table.
+    pub cache: Option<CacheConfig>,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -480,6 +483,31 @@ impl Timeouts {
 pub struct ModelConfig {
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// `[models.NAME.cache]`: the model's default cache policy. Absent: off.
+    pub cache: Option<ModelCacheConfig>,
+}
+
+/// `[models.NAME.cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCacheConfig {
+    /// `"on"`, `"off"`, `"read_only"` or `"write_only"`.
+    pub mode: sluice_cache::CacheMode,
+    /// The oldest entry a read accepts. Default: any entry still stored (`cache.ttl`).
+    pub max_age: Option<ConfigDuration>,
+}
+
+/// `[cache]`: the inference cache's stores.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of entries kept in memory (the most recently used). Default 64 MiB.
+    pub memory_bytes: Option<u64>,
+    /// Bytes of entries kept in the embedded store (`server.data_dir`); beyond, the oldest
+    /// go. Default 1 GiB.
+    pub store_bytes: Option<u64>,
+    /// How long an entry lives. Default 24h.
+    pub ttl: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -612,6 +640,8 @@ pub struct ResolvedConfig {
     pub otel: crate::otel::ResolvedOtel,
     /// `[server.tls]`, the pair checked to load.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The inference cache, when any model uses it or `[cache]` is set.
+    pub cache: Option<ResolvedCache>,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -619,6 +649,19 @@ pub struct ResolvedConfig {
 pub struct ResolvedModel {
     pub name: String,
     pub endpoints: Vec<ResolvedEndpoint>,
+    /// The default cache policy of the model's requests.
+    pub cache: sluice_cache::CachePolicy,
+}
+
+/// `[cache]`, checked: present when any model has a `[models.NAME.cache]` table or `[cache]`
+/// is in the file.
+#[derive(Debug, Clone)]
+pub struct ResolvedCache {
+    pub memory_bytes: u64,
+    pub store_bytes: u64,
+    pub ttl: Duration,
+    /// Where the embedded store lives (`server.data_dir`).
+    pub data_dir: PathBuf,
 }
 
 #[derive(Clone)]
@@ -759,11 +802,21 @@ impl Config {
                     endpoints.push(resolved);
                 }
             }
+            let cache = model
+                .cache
+                .as_ref()
+                .map_or_else(sluice_cache::CachePolicy::default, |c| {
+                    sluice_cache::CachePolicy {
+                        mode: c.mode,
+                        max_age: c.max_age.map(|d| d.0),
+                    }
+                });
             models.insert(
                 name.clone(),
                 ResolvedModel {
                     name: name.clone(),
                     endpoints,
+                    cache,
                 },
             );
         }
@@ -782,6 +835,7 @@ impl Config {
         }
         let otel = self.resolve_otel(&mut problems);
         let tls = self.resolve_tls(&mut problems);
+        let cache = self.resolve_cache(&auth.data_dir, &mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -795,6 +849,7 @@ impl Config {
                 redis_url,
                 otel,
                 tls,
+                cache,
                 models,
             }),
             _ => Err(ConfigError::Invalid {
@@ -806,6 +861,49 @@ impl Config {
 }
 
 impl Config {
+    fn resolve_cache(
+        &self,
+        data_dir: &Path,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Option<ResolvedCache> {
+        let used = self.models.values().any(|m| m.cache.is_some());
+        if self.cache.is_none() && !used {
+            return None;
+        }
+        let c = self.cache.clone().unwrap_or_default();
+        let memory_bytes = c.memory_bytes.unwrap_or(64 * 1024 * 1024);
+        let store_bytes = c.store_bytes.unwrap_or(1024 * 1024 * 1024);
+        let ttl = c.ttl.map_or(Duration::from_secs(24 * 3600), |d| d.0);
+        let mut push = |key: &str, message: &str| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                line: None,
+                message: message.into(),
+            });
+        };
+        if memory_bytes < 1024 * 1024 {
+            push(
+                "cache.memory_bytes",
+                "must be at least 1048576 (1 MiB); leave it out for 64 MiB",
+            );
+        }
+        if store_bytes < 1024 * 1024 {
+            push(
+                "cache.store_bytes",
+                "must be at least 1048576 (1 MiB); leave it out for 1 GiB",
+            );
+        }
+        if ttl.is_zero() {
+            push("cache.ttl", "must be more than zero; leave it out for 24h");
+        }
+        Some(ResolvedCache {
+            memory_bytes,
+            store_bytes,
+            ttl,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
     /// `[server.tls]`: the files must load now, so that `check-config` and start-up say
     /// what is wrong with them instead of the first handshake.
     fn resolve_tls(&self, problems: &mut Vec<ConfigProblem>) -> Option<crate::tls::TlsFiles> {

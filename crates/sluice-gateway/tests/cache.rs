@@ -1,0 +1,336 @@
+//! The inference cache through a real gateway: the embedded store (memory front over the
+//! SQLite file in a temporary data directory), a real mock engine upstream counting what it
+//! is asked, and the mock's fault knobs producing what must never be stored.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_testkit::{
+    assert_eventually, gateway_toml, metric_value, start_mock, MockOptions, MockServer, TestGateway,
+};
+
+fn toml(mock: &MockServer, data_dir: &Path, mode: &str, extra: &str) -> String {
+    gateway_toml(
+        "m",
+        &[mock.base_url()],
+        &format!("data_dir = \"{}\"\n{extra}", data_dir.display()),
+    ) + &format!("[models.m.cache]\nmode = \"{mode}\"\n")
+}
+
+fn question(extra: Value) -> Value {
+    let mut body = json!({"model": "m", "max_tokens": 6,
+                          "messages": [{"role": "user", "content": "what is a sluice?"}]});
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    body
+}
+
+async fn ask(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body);
+    for (n, v) in headers {
+        r = r.header(*n, *v);
+    }
+    r.send().await.unwrap()
+}
+
+/// `x-sluice-cache` of the answer, after checking it succeeded.
+async fn outcome(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> String {
+    let resp = ask(gw, body, headers).await;
+    assert_eq!(resp.status(), 200);
+    let o = resp.headers()["x-sluice-cache"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    resp.bytes().await.unwrap();
+    o
+}
+
+fn upstream_calls(mock: &MockServer) -> u64 {
+    mock.engine().stats().requests_total
+}
+
+async fn writes(gw: &TestGateway) -> f64 {
+    metric_value(&gw.metrics_text().await, "sluice_cache_writes_total", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_reads_and_writes_as_named_and_a_request_may_override_it() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "off", "")).await;
+    let q = question(json!({}));
+
+    // The model's default is off: neither read nor written.
+    assert_eq!(outcome(&gw, &q, &[]).await, "bypass");
+    assert_eq!(outcome(&gw, &q, &[]).await, "bypass");
+    assert_eq!(upstream_calls(&mock), 2);
+    // read_only: reads (a miss), writes nothing.
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache", "read_only")]).await,
+        "miss"
+    );
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache", "read_only")]).await,
+        "miss"
+    );
+    assert_eq!(upstream_calls(&mock), 4);
+    // write_only: does not read, but stores; then a read hits without the upstream.
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache", "write_only")]).await,
+        "bypass"
+    );
+    assert_eq!(upstream_calls(&mock), 5);
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache", "read_only")]).await,
+        "hit"
+    );
+    assert_eq!(upstream_calls(&mock), 5);
+    // on, through the body field (for SDKs that cannot set headers): a hit too.
+    let with_field = question(json!({"sluice": {"cache": {"mode": "on"}}}));
+    assert_eq!(outcome(&gw, &with_field, &[]).await, "hit");
+    // A header wins over the body field.
+    assert_eq!(
+        outcome(&gw, &with_field, &[("x-sluice-cache", "off")]).await,
+        "bypass"
+    );
+    assert_eq!(upstream_calls(&mock), 6);
+    // The gateway's own field never goes upstream.
+    let log: Vec<Value> = reqwest::get(mock.base_url().replace("/v1", "/admin/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = &log.last().unwrap()["body"];
+    assert!(last.get("sluice").is_none(), "{last}");
+    assert_eq!(last["model"], "m");
+
+    let metrics = gw.metrics_text().await;
+    let lookups = |o: &str| metric_value(&metrics, "sluice_cache_lookups_total", &[("outcome", o)]);
+    assert_eq!(
+        (lookups("hit"), lookups("miss"), lookups("bypass")),
+        (2.0, 2.0, 4.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_the_stored_answer_under_a_fresh_id_with_the_tokens_it_saved() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let q = question(json!({"temperature": 1}));
+    let first = ask(&gw, &q, &[]).await;
+    assert_eq!(first.headers()["x-sluice-cache"], "miss");
+    let first: Value = first.json().await.unwrap();
+    // Same question, other spelling: key order, an ignored field, a number written 1.0.
+    let respelled = json!({"messages": [{"content": "what is a sluice?", "role": "user"}],
+                           "temperature": 1.0, "max_tokens": 6, "model": "m",
+                           "user": "someone-else"});
+    let hit = ask(&gw, &respelled, &[]).await;
+    assert_eq!(hit.status(), 200);
+    assert_eq!(hit.headers()["x-sluice-cache"], "hit");
+    assert!(hit.headers().contains_key("x-request-id"));
+    let hit: Value = hit.json().await.unwrap();
+    assert_eq!(hit["choices"], first["choices"]);
+    assert_ne!(hit["id"], first["id"]);
+    assert_eq!(hit["usage"]["prompt_tokens"], 0);
+    assert_eq!(hit["usage"]["completion_tokens"], 0);
+    assert_eq!(
+        hit["usage"]["sluice_cache_saved"],
+        json!({"prompt_tokens": first["usage"]["prompt_tokens"],
+               "completion_tokens": first["usage"]["completion_tokens"]})
+    );
+    assert_eq!(upstream_calls(&mock), 1);
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_cache_tokens_saved_total",
+            &[("kind", "output")]
+        ),
+        first["usage"]["completion_tokens"].as_f64().unwrap()
+    );
+    // The hit counted no upstream tokens.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_tokens_total",
+            &[("model", "m"), ("kind", "output")]
+        ),
+        first["usage"]["completion_tokens"].as_f64().unwrap()
+    );
+    // A different question misses.
+    let other = question(json!({"temperature": 0.5}));
+    assert_eq!(outcome(&gw, &other, &[]).await, "miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_bounds_what_a_read_accepts_and_bad_options_are_named() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let q = question(json!({}));
+    assert_eq!(outcome(&gw, &q, &[]).await, "miss");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache-max-age", "0")]).await,
+        "miss"
+    );
+    assert_eq!(
+        outcome(&gw, &q, &[("x-sluice-cache-max-age", "3600")]).await,
+        "hit"
+    );
+
+    for (headers, body, param) in [
+        (
+            vec![("x-sluice-cache", "yes")],
+            question(json!({})),
+            "x-sluice-cache",
+        ),
+        (
+            vec![("x-sluice-cache-max-age", "1h")],
+            question(json!({})),
+            "x-sluice-cache-max-age",
+        ),
+        (
+            vec![],
+            question(json!({"sluice": {"cache": {"mode": "sometimes"}}})),
+            "sluice.cache.mode",
+        ),
+        (
+            vec![],
+            question(json!({"sluice": {"cach": {}}})),
+            "sluice.cach",
+        ),
+    ] {
+        let resp = ask(&gw, &body, &headers).await;
+        assert_eq!(resp.status(), 400, "{param}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["param"], param);
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_survive_a_restart_and_failures_are_never_stored() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = toml(&mock, dir.path(), "on", "");
+    let q = question(json!({}));
+    let gw = TestGateway::start_toml(&config).await;
+    assert_eq!(outcome(&gw, &q, &[]).await, "miss");
+    assert_eventually!(writes(&gw).await == 1.0);
+    gw.shutdown().await.unwrap();
+
+    // A new gateway on the same data directory: its memory is empty, the file is not.
+    let gw = TestGateway::start_toml(&config).await;
+    assert_eq!(outcome(&gw, &q, &[]).await, "hit");
+    assert_eq!(upstream_calls(&mock), 1);
+
+    // An upstream error is not stored: the same question misses again once it recovers.
+    let faults = mock.base_url().replace("/v1", "/admin/faults");
+    let set = |v: Value| {
+        let faults = faults.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .patch(faults)
+                .json(&v)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    set(json!({"error_rate": 1.0, "error_status": 500})).await;
+    let other = question(json!({"max_tokens": 3}));
+    assert_eq!(ask(&gw, &other, &[]).await.status(), 502);
+    set(json!({"error_rate": 0.0})).await;
+    assert_eq!(outcome(&gw, &other, &[]).await, "miss");
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_cache_skipped_writes_total",
+            &[("reason", "request_failed")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_are_stored_only_when_they_fit_the_offered_tools() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let tools = json!({"tools": [{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]});
+    let q = question(tools.clone());
+    let first = ask(&gw, &q, &[]).await;
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(outcome(&gw, &q, &[]).await, "hit");
+
+    // Arguments cut in half (the mock's fault): never stored.
+    let r = reqwest::Client::new()
+        .patch(mock.base_url().replace("/v1", "/admin/faults"))
+        .json(&json!({"invalid_tool_args_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let broken = question(json!({"tools": tools["tools"], "max_tokens": 7}));
+    assert_eq!(outcome(&gw, &broken, &[]).await, "miss");
+    assert_eq!(outcome(&gw, &broken, &[]).await, "miss");
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_cache_skipped_writes_total",
+            &[("reason", "tool_arguments_not_json")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_never_reads_anothers_entry() {
+    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = KeyTable::open(std::sync::Arc::new(
+        sluice_store::EmbeddedStore::open(dir.path()).unwrap(),
+    ))
+    .unwrap();
+    let key_of = |tenant: &str| {
+        table
+            .create(NewKey {
+                name: format!("{tenant}-key"),
+                tenant: tenant.into(),
+                subject: None,
+                scopes: ScopeSet::parse_list("chat:write").unwrap(),
+                models: Vec::new(),
+                expires_unix: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
+            })
+            .unwrap()
+            .1
+    };
+    let (a, b) = (key_of("a"), key_of("b"));
+    let gw =
+        TestGateway::start_toml(&toml(&mock, dir.path(), "on", "[auth]\nmode = \"keys\"\n")).await;
+    let q = question(json!({}));
+    let bearer = |k: &str| format!("Bearer {k}");
+    let (ha, hb) = (bearer(&a), bearer(&b));
+    assert_eq!(outcome(&gw, &q, &[("authorization", &ha)]).await, "miss");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &ha)]).await, "hit");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &hb)]).await, "miss");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &hb)]).await, "hit");
+    assert_eq!(upstream_calls(&mock), 2);
+}
