@@ -288,7 +288,7 @@ impl GatewayMetrics {
         );
         self.registry.register(
             "cache_skipped_writes",
-            "Answers not stored, by reason (upstream_error, no_usage, unknown_tool, tool_arguments_not_json, tool_arguments_invalid, tool_schema_unusable, too_large)",
+            "Answers not stored, by reason (request_failed, stream_broken, stream_error, too_large, unknown_tool, tool_arguments_not_json, tool_arguments_invalid, tool_schema_unusable)",
             m.skipped.clone(),
         );
         self.registry.register(

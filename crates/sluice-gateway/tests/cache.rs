@@ -334,3 +334,181 @@ async fn one_tenant_never_reads_anothers_entry() {
     assert_eq!(outcome(&gw, &q, &[("authorization", &hb)]).await, "hit");
     assert_eq!(upstream_calls(&mock), 2);
 }
+
+/// The data of every event of a streamed answer, `[DONE]` last.
+async fn stream_events(resp: reqwest::Response) -> Vec<String> {
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The text a stream's chunks carry, and whether it ended with `[DONE]`.
+fn streamed_text(events: &[String]) -> (String, bool) {
+    let mut text = String::new();
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+    }
+    (text, events.last().map(String::as_str) == Some("[DONE]"))
+}
+
+fn patch_faults(mock: &MockServer, faults: Value) -> impl std::future::Future<Output = ()> {
+    let url = mock.base_url().replace("/v1", "/admin/faults");
+    async move {
+        let r = reqwest::Client::new()
+            .patch(url)
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_stored_at_done_and_serves_streams_and_completions() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let streaming = question(json!({"stream": true, "max_tokens": 12}));
+    let first = ask(&gw, &streaming, &[]).await;
+    assert_eq!(first.headers()["x-sluice-cache"], "miss");
+    let (text, done) = streamed_text(&stream_events(first).await);
+    assert!(done && !text.is_empty());
+    assert_eventually!(writes(&gw).await == 1.0);
+
+    // The same question streamed again: the same text, from the cache, under one fresh id.
+    let again = ask(&gw, &streaming, &[]).await;
+    assert_eq!(again.headers()["x-sluice-cache"], "hit");
+    let events = stream_events(again).await;
+    assert_eq!(streamed_text(&events), (text.clone(), true));
+    let ids: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one id for the whole replay");
+    // No usage chunk for a client that did not ask; one, zeroed, for one that did.
+    assert!(!events.iter().any(|e| e.contains("\"usage\":{")));
+    let with_usage = question(json!({"stream": true, "max_tokens": 12,
+                                     "stream_options": {"include_usage": true}}));
+    let events = stream_events(ask(&gw, &with_usage, &[]).await).await;
+    let usage: Value = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .find(|c| c["usage"].is_object())
+        .unwrap()["usage"]
+        .clone();
+    assert_eq!(usage["completion_tokens"], 0);
+    assert!(
+        usage["sluice_cache_saved"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // A non-streaming request is answered with the completion the stored stream adds up to.
+    let whole = ask(&gw, &question(json!({"max_tokens": 12})), &[]).await;
+    assert_eq!(whole.headers()["x-sluice-cache"], "hit");
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["choices"][0]["message"]["content"], text);
+    assert_eq!(upstream_calls(&mock), 1);
+
+    // And the other way round: a stored completion streams.
+    let completion_first = question(json!({"max_tokens": 9}));
+    let stored: Value = ask(&gw, &completion_first, &[]).await.json().await.unwrap();
+    assert_eventually!(writes(&gw).await == 2.0);
+    let events = stream_events(
+        ask(
+            &gw,
+            &question(json!({"max_tokens": 9, "stream": true})),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        streamed_text(&events),
+        (
+            stored["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            true
+        )
+    );
+    assert_eq!(upstream_calls(&mock), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_is_never_stored() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    patch_faults(
+        &mock,
+        json!({"disconnect_rate": 1.0, "disconnect_after_chunks": 3}),
+    )
+    .await;
+    let streaming = question(json!({"stream": true, "max_tokens": 20}));
+    let (_, done) = streamed_text(&stream_events(ask(&gw, &streaming, &[]).await).await);
+    assert!(!done, "the stream was cut");
+    patch_faults(&mock, json!({"disconnect_rate": 0.0})).await;
+    assert_eq!(
+        ask(&gw, &streaming, &[]).await.headers()["x-sluice-cache"],
+        "miss"
+    );
+    let metrics = gw.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_cache_skipped_writes_total",
+            &[("reason", "stream_broken")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_tool_calls_are_checked_before_they_are_stored() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]);
+    let good = question(json!({"stream": true, "tools": tools}));
+    stream_events(ask(&gw, &good, &[]).await).await;
+    assert_eventually!(writes(&gw).await == 1.0);
+    // Served as a completion, the stored stream's call is whole.
+    let whole: Value = ask(&gw, &question(json!({"tools": tools})), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let call = &whole["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "lookup");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["q"].is_string());
+
+    patch_faults(&mock, json!({"invalid_tool_args_rate": 1.0})).await;
+    let broken = question(json!({"stream": true, "tools": tools, "max_tokens": 30}));
+    stream_events(ask(&gw, &broken, &[]).await).await;
+    assert_eq!(
+        ask(&gw, &broken, &[]).await.headers()["x-sluice-cache"],
+        "miss"
+    );
+}

@@ -89,6 +89,8 @@ enum Reply {
         response: UpstreamResponse,
         client_wants_usage: bool,
     },
+    /// A cache hit on a streaming request: every event's data, ready to send.
+    Events(Vec<Bytes>),
 }
 
 /// What a phase says about what comes next.
@@ -156,13 +158,21 @@ pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: By
                 Some(&body),
             );
             if let Some(key) = write {
-                store_in_cache(&mut ctx, key, &content_type, &body, usage.as_ref());
+                let stored = sluice_cache::StoredAnswer::Completion(body.clone());
+                let content_type = content_type.to_str().unwrap_or("application/json");
+                store_in_cache(&ctx, key, content_type, stored, usage.as_ref());
             }
             ChatAnswer::Completion {
                 content_type,
                 body,
                 headers: std::mem::take(&mut ctx.answer_headers),
             }
+        }
+        Ok(Reply::Events(events)) => {
+            finish(&mut ctx, StatusCode::OK.as_u16(), None, None);
+            let mut response = cached_stream_response(events);
+            std::mem::take(&mut ctx.answer_headers).apply(response.headers_mut());
+            ChatAnswer::Response(response)
         }
         Ok(Reply::Stream {
             endpoint,
@@ -225,7 +235,7 @@ fn resolve_model(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
 
 /// Phase: cache lookup, when a cache is configured. The policy is the model's, unless the
 /// request overrides it (`x-sluice-cache`, or the body's `sluice.cache`); a read that hits
-/// answers now. Streams are not cached yet: they bypass.
+/// answers now (a stream as a stream, a completion as a completion, whichever was stored).
 async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
     let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
         return Ok(Flow::Continue);
@@ -234,7 +244,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
     let shared = ctx.shared.clone();
     let metrics = shared.cache_metrics.as_ref();
     let policy = request_cache_policy(ctx, model.cache)?;
-    let key = if ctx.body.fields.stream || policy.mode == CacheMode::Off {
+    let key = if policy.mode == CacheMode::Off {
         None
     } else {
         CacheKey::derive(
@@ -251,11 +261,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
             if policy.mode.writes() {
                 ctx.cache_write = unread;
             }
-            let why = if ctx.body.fields.stream {
-                "stream"
-            } else {
-                policy.mode.as_str()
-            };
+            let why = policy.mode.as_str();
             ctx.answer_headers
                 .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
             ctx.decide(Phase::CacheLookup, "bypass", || Some(why.into()));
@@ -269,8 +275,13 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         key: &key,
         max_age: policy.max_age,
     };
+    let stream = ctx
+        .body
+        .fields
+        .stream
+        .then_some(ctx.body.fields.include_usage);
     let hit = match cache.lookup(query).await {
-        Some(entry) => hit_answer(&entry),
+        Some(entry) => hit_answer(&entry, stream),
         None => None,
     };
     let outcome = if hit.is_some() { "hit" } else { "miss" };
@@ -281,16 +292,11 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         m.lookup(outcome);
     }
     Ok(match hit {
-        Some((answer, saved)) => {
+        Some((reply, saved)) => {
             if let (Some(m), Some(saved)) = (metrics, saved) {
                 m.saved(saved.prompt_tokens, saved.completion_tokens);
             }
-            Flow::Reply(Box::new(Reply::Completion {
-                content_type: answer.0,
-                body: answer.1,
-                // Served without an upstream: no tokens were spent.
-                usage: None,
-            }))
+            Flow::Reply(Box::new(reply))
         }
         None => {
             if policy.mode.writes() {
@@ -325,25 +331,69 @@ fn request_cache_policy(
     Ok(from_headers.or(from_body).apply(default))
 }
 
-/// A stored entry as a hit's answer (a stored stream added up to its completion), with a
-/// fresh id and the usage zeroed; `None` if it cannot be replayed (then it is a miss).
+/// A stored entry as a hit's answer, in the shape the request asked for (`stream`: `None`
+/// for a whole completion, else whether the client wants the usage chunk): a stored stream
+/// added up to its completion, or a stored completion cut into a stream's events. A fresh
+/// id and `created`; usage zeroed, with what was saved beside it. `None` if the entry cannot
+/// be replayed (then it is a miss).
 fn hit_answer(
     entry: &sluice_cache::Entry,
-) -> Option<((HeaderValue, Bytes), Option<sluice_cache::SavedUsage>)> {
-    let completion = match &entry.answer {
-        sluice_cache::StoredAnswer::Completion(body) => body.clone(),
-        sluice_cache::StoredAnswer::Stream(events) => {
-            sluice_cache::replay::completion_from_events(events).ok()?
-        }
-    };
-    let refresh = sluice_cache::replay::Refresh {
+    stream: Option<bool>,
+) -> Option<(Reply, Option<sluice_cache::SavedUsage>)> {
+    use sluice_cache::replay;
+    use sluice_cache::StoredAnswer;
+    let refresh = replay::Refresh {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: crate::cache::now_ms() / 1000,
     };
-    let body = refresh.hit(&completion).ok()?;
-    let content_type = HeaderValue::from_str(&entry.content_type)
-        .unwrap_or(HeaderValue::from_static("application/json"));
-    Some(((content_type, body), entry.usage))
+    let reply = match (stream, &entry.answer) {
+        (None, StoredAnswer::Completion(body)) => completion_reply(entry, refresh.hit(body).ok()?),
+        (None, StoredAnswer::Stream(events)) => {
+            let body = replay::completion_from_events(events).ok()?;
+            completion_reply(entry, refresh.hit(&body).ok()?)
+        }
+        (Some(wants_usage), answer) => {
+            let events = match answer {
+                StoredAnswer::Stream(events) => events.clone(),
+                StoredAnswer::Completion(body) => replay::events_from_completion(body).ok()?,
+            };
+            let events = events
+                .iter()
+                .filter(|e| wants_usage || !replay::is_usage_only(e))
+                .map(|e| refresh.hit(e))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            Reply::Events(events)
+        }
+    };
+    Some((reply, entry.usage))
+}
+
+fn completion_reply(entry: &sluice_cache::Entry, body: Bytes) -> Reply {
+    Reply::Completion {
+        content_type: HeaderValue::from_str(&entry.content_type)
+            .unwrap_or(HeaderValue::from_static("application/json")),
+        body,
+        // Served without an upstream: no tokens were spent.
+        usage: None,
+    }
+}
+
+/// A cached stream as an event stream: each event's data, then `[DONE]`.
+fn cached_stream_response(events: Vec<Bytes>) -> Response {
+    let mut text = String::new();
+    for event in &events {
+        sluice_api::sse::encode_event_into(&mut text, None, &String::from_utf8_lossy(event));
+    }
+    text.push_str(sluice_api::sse::DONE_EVENT);
+    let mut response = Response::new(axum::body::Body::from(text));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// Phase: admit, when a limiter is configured: reserve the request's estimated tokens
@@ -696,13 +746,13 @@ fn access_log(ctx: &RequestCtx, status: u16, usage: Option<&Usage>) {
     );
 }
 
-/// Phase: cache write, after a whole completion was answered: stored unless its tool calls
-/// are not fit to replay. (Errors never get here; streams are not stored yet.)
+/// Phase: cache write, after an answer ended cleanly (a whole completion, or a stream at
+/// `[DONE]`): stored unless its tool calls are not fit to replay. Errors never get here.
 fn store_in_cache(
-    ctx: &mut RequestCtx,
+    ctx: &RequestCtx,
     key: CacheKey,
-    content_type: &HeaderValue,
-    body: &Bytes,
+    content_type: &str,
+    answer: sluice_cache::StoredAnswer,
     usage: Option<&Usage>,
 ) {
     let (Some(cache), Some(model)) = (ctx.shared.services.cache.clone(), ctx.model.clone()) else {
@@ -713,31 +763,47 @@ fn store_in_cache(
             m.skipped(reason);
         }
     };
-    if memchr::memmem::find(body, b"\"tool_calls\"").is_some() {
-        let request: serde_json::Value = match serde_json::from_slice(&ctx.body.raw) {
-            Ok(v) => v,
-            Err(_) => return skip("request_not_json"),
-        };
-        let answer: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(_) => return skip("answer_not_json"),
-        };
-        if let Err(why) = sluice_cache::tools::check_tool_calls(&request, &answer) {
-            tracing::debug!(request_id = ctx.id.as_str(), reason = %why, "cache: answer not stored");
-            return skip(why.reason());
-        }
+    if let Err(reason) = fit_to_replay(ctx, &answer) {
+        tracing::debug!(
+            request_id = ctx.id.as_str(),
+            reason,
+            "cache: answer not stored"
+        );
+        return skip(reason);
     }
     let entry = sluice_cache::Entry::new(
         ctx.principal.tenant(),
         &model.name,
-        content_type.to_str().unwrap_or("application/json"),
+        content_type,
         usage.map(|u| sluice_cache::SavedUsage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
         }),
-        sluice_cache::StoredAnswer::Completion(body.clone()),
+        answer,
     );
     cache.store(key, entry);
+}
+
+/// Whether an answer may be served again: its tool calls (if it has any) name offered tools
+/// with arguments their schemas accept. `Err` names why not.
+fn fit_to_replay(
+    ctx: &RequestCtx,
+    answer: &sluice_cache::StoredAnswer,
+) -> Result<(), &'static str> {
+    let has_calls = |b: &[u8]| memchr::memmem::find(b, b"\"tool_calls\"").is_some();
+    let completion = match answer {
+        sluice_cache::StoredAnswer::Completion(body) if has_calls(body) => body.clone(),
+        sluice_cache::StoredAnswer::Stream(events) if events.iter().any(|e| has_calls(e)) => {
+            sluice_cache::replay::completion_from_events(events)
+                .map_err(|_| "stream_not_replayable")?
+        }
+        _ => return Ok(()),
+    };
+    let request: serde_json::Value =
+        serde_json::from_slice(&ctx.body.raw).map_err(|_| "request_not_json")?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&completion).map_err(|_| "answer_not_json")?;
+    sluice_cache::tools::check_tool_calls(&request, &answer).map_err(|e| e.reason())
 }
 
 /// A rough prompt-token estimate for admission (about four characters a token), plus the

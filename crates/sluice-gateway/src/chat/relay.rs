@@ -25,6 +25,34 @@ use crate::upstream::{error_chain, PooledBody, UpstreamEndpoint, UpstreamRespons
 
 /// How long to wait for the upstream to end its response after `[DONE]`.
 const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Largest stream recorded for the cache (its events' data); a longer one is relayed and
+/// not stored.
+const MAX_RECORDED_BYTES: usize = 8 * 1024 * 1024;
+
+/// A stream being recorded for the cache: stored only if it ends with `[DONE]` and carried
+/// no error event.
+struct Recording {
+    key: sluice_cache::CacheKey,
+    events: Vec<Bytes>,
+    bytes: usize,
+    /// Why it will not be stored, once that is known.
+    spoiled: Option<&'static str>,
+}
+
+impl Recording {
+    fn push(&mut self, data: &str) {
+        if self.spoiled.is_some() {
+            return;
+        }
+        self.bytes += data.len();
+        if self.bytes > MAX_RECORDED_BYTES {
+            self.spoiled = Some("too_large");
+            self.events = Vec::new();
+            return;
+        }
+        self.events.push(Bytes::copy_from_slice(data.as_bytes()));
+    }
+}
 
 pub fn stream_response(
     endpoint: Arc<UpstreamEndpoint>,
@@ -34,7 +62,17 @@ pub fn stream_response(
 ) -> Response {
     let timeouts = endpoint.timeouts();
     let received = ctx.received;
+    let mut ctx = ctx;
+    let recording = ctx.cache_write.take().map(|key| {
+        Box::new(Recording {
+            key,
+            events: Vec::new(),
+            bytes: 0,
+            spoiled: None,
+        })
+    });
     let relay = StreamRelay {
+        recording,
         upstream: response.into_body(),
         parser: SseParser::new(),
         events: Vec::new(),
@@ -85,6 +123,8 @@ struct StreamRelay {
     saw_done: bool,
     seen_token: bool,
     usage: Option<Usage>,
+    /// The stream as the cache will store it (when the request's answer is to be stored).
+    recording: Option<Box<Recording>>,
 }
 
 /// What the relay reads from one chunk.
@@ -194,6 +234,9 @@ impl StreamRelay {
                 out.push_str(DONE_EVENT);
                 continue;
             }
+            if let Some(recording) = &mut self.recording {
+                recording.push(&event.data);
+            }
             if !self.inspect(&event) {
                 continue;
             }
@@ -216,6 +259,9 @@ impl StreamRelay {
             flight
                 .model
                 .upstream_error(&self.endpoint.label, "stream_error");
+            if let Some(recording) = &mut self.recording {
+                recording.spoiled = Some("stream_error");
+            }
         }
         if !self.seen_token && chunk.carries_token {
             self.seen_token = true;
@@ -281,6 +327,30 @@ impl StreamRelay {
             StatusCode::OK.as_u16(),
             self.usage.as_ref(),
             None,
+        );
+        if let Some(recording) = self.recording.take() {
+            self.commit(*recording, error_kind);
+        }
+    }
+
+    /// Stores a recorded stream that ended cleanly; counts why one is not stored.
+    fn commit(&self, recording: Recording, error_kind: Option<&'static str>) {
+        let spoiled = recording
+            .spoiled
+            .or(error_kind.map(|_| "stream_broken"))
+            .or((!self.saw_done).then_some("stream_broken"));
+        if let Some(reason) = spoiled {
+            if let Some(m) = &self.ctx.shared.cache_metrics {
+                m.skipped(reason);
+            }
+            return;
+        }
+        super::store_in_cache(
+            &self.ctx,
+            recording.key,
+            "application/json",
+            sluice_cache::StoredAnswer::Stream(recording.events),
+            self.usage.as_ref(),
         );
     }
 }
