@@ -8,7 +8,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_cache::{CacheKey, Entry, MemoryFront, SqliteEntries, KEY_SCHEME};
+use sluice_cache::{CacheKey, Entry, MemoryFront, SingleFlight, SqliteEntries, KEY_SCHEME};
 use sluice_store::EmbeddedStore;
 
 use crate::config::ResolvedCache;
@@ -26,6 +26,7 @@ pub struct EmbeddedCache {
     ttl: Duration,
     writes: SyncSender<(CacheKey, Arc<Entry>)>,
     counters: CacheStoreCounters,
+    flights: Arc<SingleFlight>,
 }
 
 impl EmbeddedCache {
@@ -51,6 +52,7 @@ impl EmbeddedCache {
             ttl: config.ttl,
             writes,
             counters,
+            flights: Arc::default(),
         })
     }
 
@@ -97,8 +99,7 @@ impl CacheStore for EmbeddedCache {
         })
     }
 
-    fn store(&self, key: CacheKey, entry: Entry) {
-        let entry = Arc::new(entry);
+    fn store(&self, key: CacheKey, entry: Arc<Entry>) {
         self.front.insert(key, entry.clone());
         match self.writes.try_send((key, entry)) {
             Ok(()) => {}
@@ -111,6 +112,10 @@ impl CacheStore for EmbeddedCache {
 
     fn counters(&self) -> Option<CacheStoreCounters> {
         Some(self.counters.clone())
+    }
+
+    fn flights(&self) -> Option<&Arc<SingleFlight>> {
+        Some(&self.flights)
     }
 }
 

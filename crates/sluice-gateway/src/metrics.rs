@@ -62,9 +62,16 @@ pub struct CacheMetrics {
     pub lookups: Family<CacheOutcomeLabels, Counter>,
     pub skipped: Family<ReasonLabels, Counter>,
     pub tokens_saved: Family<KindLabels, Counter>,
+    pub coalesced: Family<CacheOutcomeLabels, Counter>,
 }
 
 impl CacheMetrics {
+    pub fn coalesced(&self, outcome: &'static str) {
+        self.coalesced
+            .get_or_create(&CacheOutcomeLabels { outcome })
+            .inc();
+    }
+
     pub fn lookup(&self, outcome: &'static str) {
         self.lookups
             .get_or_create(&CacheOutcomeLabels { outcome })
@@ -295,6 +302,11 @@ impl GatewayMetrics {
             "cache_tokens_saved",
             "Tokens the upstream did not have to process because a hit answered, by kind (input, output), as the stored answer's usage reported them",
             m.tokens_saved.clone(),
+        );
+        self.registry.register(
+            "cache_coalesced",
+            "Misses that waited for an identical request already asking the upstream: served (from its answer) or went_upstream (it failed, stored nothing, or took longer than the wait)",
+            m.coalesced.clone(),
         );
         if let Some(store) = store {
             self.registry.register(

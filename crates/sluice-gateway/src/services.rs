@@ -119,7 +119,12 @@ pub trait CacheStore: Send + Sync {
         query: CacheQuery<'a>,
     ) -> BoxFuture<'a, Option<Arc<sluice_cache::Entry>>>;
     /// Keeps `entry` under `key`; never waits for the store.
-    fn store(&self, key: sluice_cache::CacheKey, entry: sluice_cache::Entry);
+    fn store(&self, key: sluice_cache::CacheKey, entry: Arc<sluice_cache::Entry>);
+    /// Where identical misses meet, so that one goes upstream for all (none: every miss
+    /// goes upstream).
+    fn flights(&self) -> Option<&Arc<sluice_cache::SingleFlight>> {
+        None
+    }
     /// What the store counts, for `/metrics`.
     fn counters(&self) -> Option<CacheStoreCounters> {
         None

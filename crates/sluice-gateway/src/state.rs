@@ -125,6 +125,9 @@ pub struct ModelEntry {
     pub endpoint_labels: Vec<String>,
     /// The model's default cache policy (`[models.NAME.cache]`; off without one).
     pub cache: sluice_cache::CachePolicy,
+    /// How long a miss waits for an identical request already upstream: the model's
+    /// longest total timeout.
+    pub cache_wait: std::time::Duration,
 }
 
 impl GatewayShared {
@@ -155,6 +158,12 @@ impl GatewayShared {
                     router: Box::new(RoundRobin::default()),
                     endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
                     cache: model.cache,
+                    cache_wait: model
+                        .endpoints
+                        .iter()
+                        .map(|e| e.timeouts.total)
+                        .max()
+                        .unwrap_or_default(),
                 };
                 ((*name).clone(), Arc::new(entry))
             })

@@ -72,8 +72,8 @@ impl CacheStore for MemoryCache {
         Box::pin(async move { hit })
     }
 
-    fn store(&self, key: sluice_cache::CacheKey, entry: sluice_cache::Entry) {
-        self.0.lock().unwrap().insert(key, Arc::new(entry));
+    fn store(&self, key: sluice_cache::CacheKey, entry: Arc<sluice_cache::Entry>) {
+        self.0.lock().unwrap().insert(key, entry);
     }
 }
 

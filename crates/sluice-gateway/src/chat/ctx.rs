@@ -36,6 +36,9 @@ pub struct RequestCtx {
     /// The key the answer is to be stored under, if it succeeds (the cache missed, or the
     /// mode only writes).
     pub cache_write: Option<sluice_cache::CacheKey>,
+    /// This request leads the flight of identical misses: storing its answer releases the
+    /// waiters with it; dropping it (the request failed) sends them upstream.
+    pub cache_leader: Option<sluice_cache::Leader>,
     /// The endpoint that answered (set by the call), for the access log: a reference-count
     /// increment, not a copy of its label.
     pub endpoint: Option<Arc<crate::upstream::UpstreamEndpoint>>,
@@ -70,6 +73,7 @@ impl RequestCtx {
             flight: None,
             permit: None,
             cache_write: None,
+            cache_leader: None,
             endpoint: None,
             answer_headers: AnswerHeaders::default(),
             trace,

@@ -160,7 +160,7 @@ pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: By
             if let Some(key) = write {
                 let stored = sluice_cache::StoredAnswer::Completion(body.clone());
                 let content_type = content_type.to_str().unwrap_or("application/json");
-                store_in_cache(&ctx, key, content_type, stored, usage.as_ref());
+                store_in_cache(&mut ctx, key, content_type, stored, usage.as_ref());
             }
             ChatAnswer::Completion {
                 content_type,
@@ -280,10 +280,33 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         .fields
         .stream
         .then_some(ctx.body.fields.include_usage);
-    let hit = match cache.lookup(query).await {
+    let mut hit = match cache.lookup(query).await {
         Some(entry) => hit_answer(&entry, stream),
         None => None,
     };
+    if hit.is_none() && policy.mode.writes() {
+        // A miss that will store: identical misses share one upstream call.
+        if let Some(flights) = cache.flights() {
+            match flights.join(key) {
+                sluice_cache::Role::Leader(leader) => ctx.cache_leader = Some(leader),
+                sluice_cache::Role::Waiter(waiter) => {
+                    let waited = waiter.wait(model.cache_wait).await;
+                    let served = match waited {
+                        sluice_cache::Waited::Served(entry) => hit_answer(&entry, stream),
+                        sluice_cache::Waited::GoUpstream => None,
+                    };
+                    if let Some(m) = metrics {
+                        m.coalesced(if served.is_some() {
+                            "served"
+                        } else {
+                            "went_upstream"
+                        });
+                    }
+                    hit = served;
+                }
+            }
+        }
+    }
     let outcome = if hit.is_some() { "hit" } else { "miss" };
     ctx.answer_headers
         .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
@@ -749,7 +772,7 @@ fn access_log(ctx: &RequestCtx, status: u16, usage: Option<&Usage>) {
 /// Phase: cache write, after an answer ended cleanly (a whole completion, or a stream at
 /// `[DONE]`): stored unless its tool calls are not fit to replay. Errors never get here.
 fn store_in_cache(
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     key: CacheKey,
     content_type: &str,
     answer: sluice_cache::StoredAnswer,
@@ -771,7 +794,7 @@ fn store_in_cache(
         );
         return skip(reason);
     }
-    let entry = sluice_cache::Entry::new(
+    let entry = Arc::new(sluice_cache::Entry::new(
         ctx.principal.tenant(),
         &model.name,
         content_type,
@@ -780,8 +803,11 @@ fn store_in_cache(
             completion_tokens: u.completion_tokens,
         }),
         answer,
-    );
-    cache.store(key, entry);
+    ));
+    cache.store(key, entry.clone());
+    if let Some(leader) = ctx.cache_leader.take() {
+        leader.complete(Some(entry));
+    }
 }
 
 /// Whether an answer may be served again: its tool calls (if it has any) name offered tools

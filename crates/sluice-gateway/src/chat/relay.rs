@@ -334,7 +334,7 @@ impl StreamRelay {
     }
 
     /// Stores a recorded stream that ended cleanly; counts why one is not stored.
-    fn commit(&self, recording: Recording, error_kind: Option<&'static str>) {
+    fn commit(&mut self, recording: Recording, error_kind: Option<&'static str>) {
         let spoiled = recording
             .spoiled
             .or(error_kind.map(|_| "stream_broken"))
@@ -346,7 +346,7 @@ impl StreamRelay {
             return;
         }
         super::store_in_cache(
-            &self.ctx,
+            &mut self.ctx,
             recording.key,
             "application/json",
             sluice_cache::StoredAnswer::Stream(recording.events),
