@@ -1,6 +1,6 @@
 """The gateway's answers against its own OpenAPI document, by schemathesis.
 
-A gateway with `auth.mode = "keys"` in a temp data directory, a global admin key made with
+A gateway with `auth.mode = "keys"` and the cache on, in a temp data directory, a global admin key made with
 `sluice keys`, and schemathesis generating requests for every documented operation from
 `/openapi.json` (deterministically, bounded in examples and time). The checks: no 5xx, every
 status documented, every body and content type as documented.
@@ -24,6 +24,7 @@ def test_every_answer_matches_the_contract():
                 f'[server]\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp}/data"\n'
                 '[auth]\nmode = "keys"\n'
                 '[models."gpt-4o-mini"]\n[[models."gpt-4o-mini".endpoints]]\nurl = "embedded-mock://engine"\n'
+                '[models."gpt-4o-mini".cache]\nmode = "on"\n'
             )
         made = subprocess.run(
             [BIN, "keys", "--config", config, "create", "--tenant", "*", "--name", "contract",

@@ -8,11 +8,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_cache::{CacheKey, Entry, MemoryFront, SingleFlight, SqliteEntries, KEY_SCHEME};
+use sluice_cache::{CacheKey, Entry, MemoryFront, Purge, SingleFlight, SqliteEntries, KEY_SCHEME};
 use sluice_store::EmbeddedStore;
 
 use crate::config::ResolvedCache;
-use crate::services::{BoxFuture, CacheQuery, CacheStore, CacheStoreCounters};
+use crate::services::{BoxFuture, CacheQuery, CacheStats, CacheStore, CacheStoreCounters};
 
 /// Writes that may wait for the writer thread; beyond, they are dropped (and counted as
 /// store errors): a cache is allowed to forget.
@@ -116,6 +116,24 @@ impl CacheStore for EmbeddedCache {
 
     fn flights(&self) -> Option<&Arc<SingleFlight>> {
         Some(&self.flights)
+    }
+
+    fn stats(&self, tenant: Option<&str>) -> Result<CacheStats, String> {
+        let stored = self.entries.stats(tenant).map_err(|e| e.to_string())?;
+        let front = self.front.stats();
+        Ok(CacheStats {
+            entries: stored.entries,
+            bytes: stored.bytes,
+            memory_entries: front.entries as u64,
+            memory_bytes: front.bytes as u64,
+        })
+    }
+
+    fn purge(&self, purge: &Purge) -> Result<u64, String> {
+        let now = now_ms();
+        // Memory first: an entry purged from the file must not be answered from memory.
+        self.front.purge(|e| purge.matches(e, now));
+        self.entries.purge(purge, now).map_err(|e| e.to_string())
     }
 }
 

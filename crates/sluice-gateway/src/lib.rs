@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod cache_admin;
 pub mod chat;
 pub mod config;
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! (tests) keep separate counts. Names follow Prometheus conventions: `sluice_` prefix, base
 //! units (seconds), `_total` on counters.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -63,19 +63,53 @@ pub struct CacheMetrics {
     pub skipped: Family<ReasonLabels, Counter>,
     pub tokens_saved: Family<KindLabels, Counter>,
     pub coalesced: Family<CacheOutcomeLabels, Counter>,
+    /// Lookups per tenant (hit, miss, bypass), for the admin view's hit ratio. Tenants are
+    /// the keys' (a bounded set); without keys, one.
+    pub per_tenant: Arc<Mutex<HashMap<String, [u64; 3]>>>,
 }
 
 impl CacheMetrics {
+    /// Hits, misses and bypasses of `tenant` (all tenants' for `None`).
+    pub fn tenant_lookups(&self, tenant: Option<&str>) -> [u64; 3] {
+        let map = self
+            .per_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match tenant {
+            Some(t) => map.get(t).copied().unwrap_or_default(),
+            None => map
+                .values()
+                .fold([0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]),
+        }
+    }
+
     pub fn coalesced(&self, outcome: &'static str) {
         self.coalesced
             .get_or_create(&CacheOutcomeLabels { outcome })
             .inc();
     }
 
-    pub fn lookup(&self, outcome: &'static str) {
+    pub fn lookup(&self, tenant: &str, outcome: &'static str) {
         self.lookups
             .get_or_create(&CacheOutcomeLabels { outcome })
             .inc();
+        let slot = match outcome {
+            "hit" => 0,
+            "miss" => 1,
+            _ => 2,
+        };
+        let mut map = self
+            .per_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get_mut(tenant) {
+            Some(counts) => counts[slot] += 1,
+            None => {
+                let mut counts = [0; 3];
+                counts[slot] = 1;
+                map.insert(tenant.to_owned(), counts);
+            }
+        }
     }
 
     pub fn skipped(&self, reason: &'static str) {

@@ -23,6 +23,8 @@ pub struct RouteDoc {
     pub summary: &'static str,
     /// Component schema of the JSON body, when the route takes one.
     pub request: Option<&'static str>,
+    /// Query parameters: name, JSON schema type, description.
+    pub query: &'static [(&'static str, &'static str, &'static str)],
     /// Status → (description, media type and component schema of the body).
     pub responses: &'static [(&'static str, &'static str, Body)],
 }
@@ -97,6 +99,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary:
             "Create a chat completion (OpenAI-compatible), routed to one of the model's endpoints",
         request: Some("ChatCompletionRequest"),
+        query: &[],
         responses: CHAT_RESPONSES,
     },
     RouteDoc {
@@ -106,6 +109,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "listModels",
         summary: "The models this key may use",
         request: None,
+        query: &[],
         responses: &[
             ("200", "The model list", Body::Json("ModelList")),
             auth_refusals!()[0],
@@ -119,6 +123,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "listKeys",
         summary: "The API keys of the caller's tenant (every tenant's for the global admin)",
         request: None,
+        query: &[],
         responses: &[
             (
                 "200",
@@ -142,6 +147,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "createKey",
         summary: "Create an API key; the answer holds the key, once",
         request: Some("CreateApiKey"),
+        query: &[],
         responses: &[
             (
                 "201",
@@ -166,6 +172,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "getKey",
         summary: "One API key",
         request: None,
+        query: &[],
         responses: &[
             ("200", "The key", Body::Json("ApiKey")),
             auth_refusals!()[0],
@@ -181,6 +188,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "revokeKey",
         summary: "Revoke an API key; gateways on the store refuse it within a second",
         request: None,
+        query: &[],
         responses: &[
             ("200", "The key, revoked", Body::Json("ApiKey")),
             auth_refusals!()[0],
@@ -191,11 +199,49 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "get",
+        path: "/v1/admin/cache",
+        scope: Some(Scope::Admin),
+        operation_id: "getCache",
+        summary: "The inference cache as the caller's tenant sees it (every tenant's for the global admin): entries, bytes, lookups, hit ratio",
+        request: None,
+        query: &[],
+        responses: &[
+            ("200", "The cache's numbers", Body::Json("CacheStats")),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "This gateway has no cache", ERR),
+            ("500", "The cache's store failed", ERR),
+        ],
+    },
+    RouteDoc {
+        method: "delete",
+        path: "/v1/admin/cache",
+        scope: Some(Scope::Admin),
+        operation_id: "purgeCache",
+        summary: "Drop the caller's tenant's entries (any tenant's for the global admin) that match every filter given",
+        request: None,
+        query: &[
+            ("model", "string", "Only this model's entries (as clients name it)"),
+            ("older_than", "string", "Only entries stored at least this long ago: 30d, 12h, 90m or 3600s"),
+            ("tenant", "string", "Only this tenant's entries (the global admin; a tenant's admin may name only its own)"),
+        ],
+        responses: &[
+            ("200", "How many entries were dropped", Body::Json("CachePurge")),
+            ("400", "A filter is invalid", ERR),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "This gateway has no cache, or the tenant is not the caller's", ERR),
+            ("500", "The cache's store failed", ERR),
+        ],
+    },
+    RouteDoc {
+        method: "get",
         path: "/health",
         scope: None,
         operation_id: "health",
         summary: "The process is up",
         request: None,
+        query: &[],
         responses: &[("200", "Up", Body::Json("Status"))],
     },
     RouteDoc {
@@ -205,6 +251,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "ready",
         summary: "Every model has an endpoint that accepts connections",
         request: None,
+        query: &[],
         responses: &[
             ("200", "Ready", Body::Json("Status")),
             (
@@ -221,6 +268,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "metrics",
         summary: "Prometheus metrics (OpenMetrics text)",
         request: None,
+        query: &[],
         responses: &[(
             "200",
             "The metrics",
@@ -234,6 +282,7 @@ pub const ROUTES: &[RouteDoc] = &[
         operation_id: "openapi",
         summary: "This document",
         request: None,
+        query: &[],
         responses: &[("200", "The OpenAPI document", Body::Json("OpenApiDocument"))],
     },
 ];
@@ -304,6 +353,13 @@ pub fn document() -> Value {
         }
         if route.path.contains('{') {
             op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}]);
+        }
+        if !route.query.is_empty() {
+            op["parameters"] = route
+                .query
+                .iter()
+                .map(|(name, ty, description)| json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": ty}}))
+                .collect();
         }
         let entry = paths
             .entry(route.path.to_owned())
@@ -461,6 +517,24 @@ fn schemas() -> Value {
                 "expires_in": {"type": "string", "pattern": "^[0-9]{1,7}[dhms]$", "description": "30d, 12h, 90m or 3600s (at most 10 years)"}
             },
             "additionalProperties": false
+        },
+        "CacheStats": {
+            "type": "object",
+            "required": ["object", "tenant", "entries", "bytes", "lookups", "hit_ratio"],
+            "properties": {
+                "object": {"const": "cache"},
+                "tenant": {"type": ["string", "null"], "description": "null: every tenant (the global admin)"},
+                "entries": {"type": "integer", "minimum": 0},
+                "bytes": {"type": "integer", "minimum": 0},
+                "memory": {"type": "object", "description": "The memory front (the global admin only)", "properties": {"entries": {"type": "integer"}, "bytes": {"type": "integer"}}},
+                "lookups": {"type": "object", "required": ["hit", "miss", "bypass"], "properties": {"hit": {"type": "integer"}, "miss": {"type": "integer"}, "bypass": {"type": "integer"}}},
+                "hit_ratio": {"type": ["number", "null"], "description": "hits ÷ (hits + misses) since the gateway started; null before any"}
+            }
+        },
+        "CachePurge": {
+            "type": "object",
+            "required": ["object", "deleted"],
+            "properties": {"object": {"const": "cache.purge"}, "deleted": {"type": "integer", "minimum": 0}}
         },
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "NotReady": {

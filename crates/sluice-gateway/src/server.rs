@@ -43,6 +43,10 @@ fn routes(state: Arc<WorkerState>) -> Router {
             get(admin::list_keys).post(admin::create_key),
         )
         .route(
+            "/v1/admin/cache",
+            get(crate::cache_admin::stats).delete(crate::cache_admin::purge),
+        )
+        .route(
             "/v1/admin/keys/{name}",
             get(admin::get_key).delete(admin::revoke_key),
         )

@@ -129,6 +129,25 @@ pub trait CacheStore: Send + Sync {
     fn counters(&self) -> Option<CacheStoreCounters> {
         None
     }
+    /// What the store holds, of `tenant` or of all (the admin view). May block: called off
+    /// the workers' event loops.
+    fn stats(&self, _tenant: Option<&str>) -> Result<CacheStats, String> {
+        Err("this cache store keeps no statistics".into())
+    }
+    /// Drops what `purge` matches; returns how many. May block, as `stats`.
+    fn purge(&self, _purge: &sluice_cache::Purge) -> Result<u64, String> {
+        Err("this cache store cannot purge".into())
+    }
+}
+
+/// What a cache store holds, for the admin view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    /// The memory front, all tenants together.
+    pub memory_entries: u64,
+    pub memory_bytes: u64,
 }
 
 /// What a cache store counts: `sluice_cache_writes_total`, `sluice_cache_store_errors_total`.

@@ -623,3 +623,101 @@ async fn a_leader_that_fails_releases_its_waiters_to_go_upstream() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_see_and_purge_their_own_tenants_entries_only() {
+    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = KeyTable::open(std::sync::Arc::new(
+        sluice_store::EmbeddedStore::open(dir.path()).unwrap(),
+    ))
+    .unwrap();
+    let key = |name: &str, tenant: &str, scopes: &str| {
+        table
+            .create(NewKey {
+                name: name.into(),
+                tenant: tenant.into(),
+                subject: None,
+                scopes: ScopeSet::parse_list(scopes).unwrap(),
+                models: Vec::new(),
+                expires_unix: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
+            })
+            .unwrap()
+            .1
+    };
+    let a = format!("Bearer {}", key("a-app", "a", "chat:write,admin"));
+    let b = format!("Bearer {}", key("b-app", "b", "chat:write"));
+    let global = format!("Bearer {}", key("ops", "*", "admin"));
+    let gw =
+        TestGateway::start_toml(&toml(&mock, dir.path(), "on", "[auth]\nmode = \"keys\"\n")).await;
+    let q = question(json!({}));
+    assert_eq!(outcome(&gw, &q, &[("authorization", &a)]).await, "miss");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &a)]).await, "hit");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &b)]).await, "miss");
+    assert_eventually!(writes(&gw).await == 2.0);
+
+    let client = reqwest::Client::new();
+    let view = |auth: String| {
+        let req = client
+            .get(gw.url("/v1/admin/cache"))
+            .header("authorization", auth);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let mine = view(a.clone()).await;
+    assert_eq!(mine["tenant"], "a");
+    assert_eq!(mine["entries"], 1);
+    assert_eq!(mine["lookups"], json!({"hit": 1, "miss": 1, "bypass": 0}));
+    assert_eq!(mine["hit_ratio"], 0.5);
+    assert!(
+        mine.get("memory").is_none(),
+        "the memory front is every tenant's"
+    );
+    let all = view(global.clone()).await;
+    assert_eq!(all["tenant"], Value::Null);
+    assert_eq!(all["entries"], 2);
+    assert_eq!(all["memory"]["entries"], 2);
+    // Without the admin scope: 403.
+    let refused = client
+        .get(gw.url("/v1/admin/cache"))
+        .header("authorization", &b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    let purge = |auth: String, query: &str| {
+        let req = client
+            .delete(gw.url(&format!("/v1/admin/cache{query}")))
+            .header("authorization", auth);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    // Another tenant's entries are answered as a tenant that does not exist.
+    assert_eq!(purge(a.clone(), "?tenant=b").await.0, 404);
+    let (status, body) = purge(a.clone(), "?older_than=soon").await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("older_than"))
+    );
+    assert_eq!(purge(a.clone(), "?colour=red").await.0, 400);
+    assert_eq!(purge(a.clone(), "?model=other").await.1["deleted"], 0);
+    assert_eq!(purge(a.clone(), "?model=m").await.1["deleted"], 1);
+    // a's entry is gone (from memory too); b's is not.
+    assert_eq!(outcome(&gw, &q, &[("authorization", &a)]).await, "miss");
+    assert_eq!(outcome(&gw, &q, &[("authorization", &b)]).await, "hit");
+    assert_eventually!(writes(&gw).await == 3.0);
+    assert_eq!(
+        purge(global.clone(), "?older_than=0s").await.1["deleted"],
+        2
+    );
+    assert_eq!(view(global).await["entries"], 0);
+}

@@ -266,7 +266,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
                 .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
             ctx.decide(Phase::CacheLookup, "bypass", || Some(why.into()));
             if let Some(m) = metrics {
-                m.lookup("bypass");
+                m.lookup(ctx.principal.tenant(), "bypass");
             }
             return Ok(Flow::Continue);
         }
@@ -312,7 +312,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
         .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
     ctx.decide(Phase::CacheLookup, outcome, || None);
     if let Some(m) = metrics {
-        m.lookup(outcome);
+        m.lookup(ctx.principal.tenant(), outcome);
     }
     Ok(match hit {
         Some((reply, saved)) => {
