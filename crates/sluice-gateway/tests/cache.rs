@@ -58,6 +58,35 @@ async fn writes(gw: &TestGateway) -> f64 {
     metric_value(&gw.metrics_text().await, "sluice_cache_writes_total", &[])
 }
 
+async fn skipped(gw: &TestGateway, reason: &str) -> f64 {
+    metric_value(
+        &gw.metrics_text().await,
+        "sluice_cache_skipped_writes_total",
+        &[("reason", reason)],
+    )
+}
+
+/// A key in the data directory's store, for a gateway with `auth.mode = "keys"`; returns
+/// the `Authorization` value.
+fn bearer(dir: &Path, name: &str, tenant: &str, scopes: &str) -> String {
+    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
+    let store = std::sync::Arc::new(sluice_store::EmbeddedStore::open(dir).unwrap());
+    let (_, secret) = KeyTable::open(store)
+        .unwrap()
+        .create(NewKey {
+            name: name.into(),
+            tenant: tenant.into(),
+            subject: None,
+            scopes: ScopeSet::parse_list(scopes).unwrap(),
+            models: Vec::new(),
+            expires_unix: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        })
+        .unwrap();
+    format!("Bearer {secret}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mode_reads_and_writes_as_named_and_a_request_may_override_it() {
     let mock = start_mock(MockOptions::zero_timing()).await;
@@ -233,33 +262,12 @@ async fn entries_survive_a_restart_and_failures_are_never_stored() {
     assert_eq!(upstream_calls(&mock), 1);
 
     // An upstream error is not stored: the same question misses again once it recovers.
-    let faults = mock.base_url().replace("/v1", "/admin/faults");
-    let set = |v: Value| {
-        let faults = faults.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .patch(faults)
-                .json(&v)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-        }
-    };
-    set(json!({"error_rate": 1.0, "error_status": 500})).await;
+    patch_faults(&mock, json!({"error_rate": 1.0, "error_status": 500})).await;
     let other = question(json!({"max_tokens": 3}));
     assert_eq!(ask(&gw, &other, &[]).await.status(), 502);
-    set(json!({"error_rate": 0.0})).await;
+    patch_faults(&mock, json!({"error_rate": 0.0})).await;
     assert_eq!(outcome(&gw, &other, &[]).await, "miss");
-    let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_cache_skipped_writes_total",
-            &[("reason", "request_failed")]
-        ),
-        1.0
-    );
+    assert_eq!(skipped(&gw, "request_failed").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,57 +285,22 @@ async fn tool_calls_are_stored_only_when_they_fit_the_offered_tools() {
     assert_eq!(outcome(&gw, &q, &[]).await, "hit");
 
     // Arguments cut in half (the mock's fault): never stored.
-    let r = reqwest::Client::new()
-        .patch(mock.base_url().replace("/v1", "/admin/faults"))
-        .json(&json!({"invalid_tool_args_rate": 1.0}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    patch_faults(&mock, json!({"invalid_tool_args_rate": 1.0})).await;
     let broken = question(json!({"tools": tools["tools"], "max_tokens": 7}));
     assert_eq!(outcome(&gw, &broken, &[]).await, "miss");
     assert_eq!(outcome(&gw, &broken, &[]).await, "miss");
-    let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_cache_skipped_writes_total",
-            &[("reason", "tool_arguments_not_json")]
-        ),
-        2.0
-    );
+    assert_eq!(skipped(&gw, "tool_arguments_not_json").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_never_reads_anothers_entry() {
-    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
     let mock = start_mock(MockOptions::zero_timing()).await;
     let dir = tempfile::tempdir().unwrap();
-    let table = KeyTable::open(std::sync::Arc::new(
-        sluice_store::EmbeddedStore::open(dir.path()).unwrap(),
-    ))
-    .unwrap();
-    let key_of = |tenant: &str| {
-        table
-            .create(NewKey {
-                name: format!("{tenant}-key"),
-                tenant: tenant.into(),
-                subject: None,
-                scopes: ScopeSet::parse_list("chat:write").unwrap(),
-                models: Vec::new(),
-                expires_unix: None,
-                requests_per_minute: None,
-                tokens_per_minute: None,
-            })
-            .unwrap()
-            .1
-    };
-    let (a, b) = (key_of("a"), key_of("b"));
+    let ha = bearer(dir.path(), "a-key", "a", "chat:write");
+    let hb = bearer(dir.path(), "b-key", "b", "chat:write");
     let gw =
         TestGateway::start_toml(&toml(&mock, dir.path(), "on", "[auth]\nmode = \"keys\"\n")).await;
     let q = question(json!({}));
-    let bearer = |k: &str| format!("Bearer {k}");
-    let (ha, hb) = (bearer(&a), bearer(&b));
     assert_eq!(outcome(&gw, &q, &[("authorization", &ha)]).await, "miss");
     assert_eq!(outcome(&gw, &q, &[("authorization", &ha)]).await, "hit");
     assert_eq!(outcome(&gw, &q, &[("authorization", &hb)]).await, "miss");
@@ -471,15 +444,7 @@ async fn a_stream_cut_short_is_never_stored() {
         ask(&gw, &streaming, &[]).await.headers()["x-sluice-cache"],
         "miss"
     );
-    let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_cache_skipped_writes_total",
-            &[("reason", "stream_broken")]
-        ),
-        1.0
-    );
+    assert_eq!(skipped(&gw, "stream_broken").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,31 +591,11 @@ async fn a_leader_that_fails_releases_its_waiters_to_go_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_see_and_purge_their_own_tenants_entries_only() {
-    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
     let mock = start_mock(MockOptions::zero_timing()).await;
     let dir = tempfile::tempdir().unwrap();
-    let table = KeyTable::open(std::sync::Arc::new(
-        sluice_store::EmbeddedStore::open(dir.path()).unwrap(),
-    ))
-    .unwrap();
-    let key = |name: &str, tenant: &str, scopes: &str| {
-        table
-            .create(NewKey {
-                name: name.into(),
-                tenant: tenant.into(),
-                subject: None,
-                scopes: ScopeSet::parse_list(scopes).unwrap(),
-                models: Vec::new(),
-                expires_unix: None,
-                requests_per_minute: None,
-                tokens_per_minute: None,
-            })
-            .unwrap()
-            .1
-    };
-    let a = format!("Bearer {}", key("a-app", "a", "chat:write,admin"));
-    let b = format!("Bearer {}", key("b-app", "b", "chat:write"));
-    let global = format!("Bearer {}", key("ops", "*", "admin"));
+    let a = bearer(dir.path(), "a-app", "a", "chat:write,admin");
+    let b = bearer(dir.path(), "b-app", "b", "chat:write");
+    let global = bearer(dir.path(), "ops", "*", "admin");
     let gw =
         TestGateway::start_toml(&toml(&mock, dir.path(), "on", "[auth]\nmode = \"keys\"\n")).await;
     let q = question(json!({}));
