@@ -11,6 +11,7 @@
 //! - [`flight`]: [`SingleFlight`], identical concurrent misses sharing one upstream call.
 //! - [`replay`]: a stored stream served as a completion and the other way round, with a
 //!   fresh `id` and `created`.
+//! - [`redis`]: [`redis::RedisEntries`], entries in Redis, shared by every gateway on it.
 //! - [`sqlite`]: [`SqliteEntries`], entries in the embedded store (the gateway's SQLite
 //!   file), bounded in bytes, surviving restarts.
 //!
@@ -24,6 +25,7 @@ pub mod flight;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod redis;
 pub mod replay;
 pub mod sqlite;
 pub mod tools;

@@ -1,15 +1,22 @@
-//! [`EmbeddedCache`]: the `CacheStore` of a gateway with `[models.NAME.cache]`: the memory
-//! front over the embedded store (the SQLite file in `server.data_dir`), so entries survive
-//! a restart. Warm hits are answered from memory; a memory miss reads the file on the
-//! blocking pool (never on a worker's thread); writes go to a thread of their own through a
-//! bounded queue, so storing never waits.
+//! [`GatewayCache`]: the `CacheStore` of a gateway with `[models.NAME.cache]`, over one of two
+//! backends the config picks:
+//!
+//! - embedded (the default): the SQLite file in `server.data_dir`, so entries survive a
+//!   restart, with a memory front answering warm hits without I/O;
+//! - Redis (`state.redis_url`): entries every gateway on it shares. No memory front: a purge
+//!   on one gateway must hold on all of them, and a hit is one `GET`.
+//!
+//! Reads that leave the process run on the blocking pool, never on a worker's thread; writes
+//! go to a thread of their own through a bounded queue, so storing never waits. A backend
+//! that fails answers as a miss and is counted: the cache never fails a request.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_cache::redis::RedisEntries;
 use sluice_cache::{CacheKey, Entry, MemoryFront, Purge, SingleFlight, SqliteEntries, KEY_SCHEME};
-use sluice_store::EmbeddedStore;
+use sluice_store::{EmbeddedStore, RedisStore};
 
 use crate::config::ResolvedCache;
 use crate::services::{BoxFuture, CacheQuery, CacheStats, CacheStore, CacheStoreCounters};
@@ -20,25 +27,88 @@ const WRITE_QUEUE: usize = 1024;
 /// How often the writer drops expired entries from the file.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
-pub struct EmbeddedCache {
-    front: MemoryFront,
-    entries: Arc<SqliteEntries>,
+/// Where entries are kept.
+enum Backend {
+    Sqlite(SqliteEntries),
+    Redis(RedisEntries),
+}
+
+impl Backend {
+    fn get(&self, key: &CacheKey) -> Result<Option<Entry>, String> {
+        match self {
+            Backend::Sqlite(s) => s.get(key).map_err(|e| e.to_string()),
+            Backend::Redis(r) => r.get(key).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn put(&self, key: &CacheKey, entry: &Entry) -> Result<(), String> {
+        match self {
+            Backend::Sqlite(s) => s.put(key, entry).map_err(|e| e.to_string()),
+            Backend::Redis(r) => r.put(key, entry).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Drops expired entries (Redis expires its own).
+    fn expire(&self, ttl: Duration) -> Result<(), String> {
+        match self {
+            Backend::Sqlite(s) => s.expire(ttl, now_ms()).map(drop).map_err(|e| e.to_string()),
+            Backend::Redis(_) => Ok(()),
+        }
+    }
+
+    fn stats(&self, tenant: Option<&str>) -> Result<sluice_cache::StoreStats, String> {
+        match self {
+            Backend::Sqlite(s) => s.stats(tenant).map_err(|e| e.to_string()),
+            Backend::Redis(r) => r.stats(tenant, now_ms()).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn purge(&self, purge: &Purge) -> Result<u64, String> {
+        match self {
+            Backend::Sqlite(s) => s.purge(purge, now_ms()).map_err(|e| e.to_string()),
+            Backend::Redis(r) => r.purge(purge, now_ms()).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct GatewayCache {
+    /// Embedded backend only.
+    front: Option<MemoryFront>,
+    backend: Arc<Backend>,
     ttl: Duration,
     writes: SyncSender<(CacheKey, Arc<Entry>)>,
     counters: CacheStoreCounters,
     flights: Arc<SingleFlight>,
 }
 
-impl EmbeddedCache {
-    /// Opens (creating if need be) the entries table in the data directory's store and
-    /// starts the writer thread.
-    pub fn open(config: &ResolvedCache) -> Result<EmbeddedCache, crate::state::ServicesError> {
-        let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-        let entries = Arc::new(SqliteEntries::open(store, config.store_bytes)?);
+impl GatewayCache {
+    /// The cache over the backend the config names (Redis when `state.redis_url` is set,
+    /// else the data directory's store, created if need be), its writer thread started.
+    pub fn open(
+        config: &ResolvedCache,
+        redis_url: Option<&str>,
+    ) -> Result<GatewayCache, crate::state::ServicesError> {
+        let (backend, front) = match redis_url {
+            Some(url) => {
+                let store =
+                    Arc::new(RedisStore::connect(url).map_err(crate::state::ServicesError::Redis)?);
+                (Backend::Redis(RedisEntries::new(store, config.ttl)), None)
+            }
+            None => {
+                let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+                let front =
+                    MemoryFront::new(usize::try_from(config.memory_bytes).unwrap_or(usize::MAX));
+                (
+                    Backend::Sqlite(SqliteEntries::open(store, config.store_bytes)?),
+                    Some(front),
+                )
+            }
+        };
+        let backend = Arc::new(backend);
         let counters = CacheStoreCounters::default();
         let (writes, queue) = sync_channel(WRITE_QUEUE);
         let writer = Writer {
-            entries: entries.clone(),
+            backend: backend.clone(),
             ttl: config.ttl,
             counters: counters.clone(),
         };
@@ -46,9 +116,9 @@ impl EmbeddedCache {
             .name("sluice-cache-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(crate::state::ServicesError::CacheWriter)?;
-        Ok(EmbeddedCache {
-            front: MemoryFront::new(usize::try_from(config.memory_bytes).unwrap_or(usize::MAX)),
-            entries,
+        Ok(GatewayCache {
+            front,
+            backend,
             ttl: config.ttl,
             writes,
             counters,
@@ -69,16 +139,16 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl CacheStore for EmbeddedCache {
+impl CacheStore for GatewayCache {
     fn lookup<'a>(&'a self, query: CacheQuery<'a>) -> BoxFuture<'a, Option<Arc<Entry>>> {
         Box::pin(async move {
             let now = now_ms();
-            if let Some(entry) = self.front.get(query.key) {
+            if let Some(entry) = self.front.as_ref().and_then(|f| f.get(query.key)) {
                 return self.fresh(&entry, query.max_age, now).then_some(entry);
             }
-            let entries = self.entries.clone();
+            let backend = self.backend.clone();
             let key = *query.key;
-            let found = tokio::task::spawn_blocking(move || entries.get(&key)).await;
+            let found = tokio::task::spawn_blocking(move || backend.get(&key)).await;
             let entry = match found {
                 Ok(Ok(Some(entry))) => Arc::new(entry),
                 Ok(Ok(None)) => return None,
@@ -92,19 +162,22 @@ impl CacheStore for EmbeddedCache {
                     return None;
                 }
             };
-            if self.fresh(&entry, None, now) {
-                self.front.insert(key, entry.clone());
+            if let Some(front) = &self.front {
+                if self.fresh(&entry, None, now) {
+                    front.insert(key, entry.clone());
+                }
             }
             self.fresh(&entry, query.max_age, now).then_some(entry)
         })
     }
 
     fn store(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.front.insert(key, entry.clone());
+        if let Some(front) = &self.front {
+            front.insert(key, entry.clone());
+        }
         match self.writes.try_send((key, entry)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                // Still in memory; the file misses it.
                 self.counters.errors.inc();
             }
         }
@@ -119,8 +192,12 @@ impl CacheStore for EmbeddedCache {
     }
 
     fn stats(&self, tenant: Option<&str>) -> Result<CacheStats, String> {
-        let stored = self.entries.stats(tenant).map_err(|e| e.to_string())?;
-        let front = self.front.stats();
+        let stored = self.backend.stats(tenant)?;
+        let front = self
+            .front
+            .as_ref()
+            .map(MemoryFront::stats)
+            .unwrap_or_default();
         Ok(CacheStats {
             entries: stored.entries,
             bytes: stored.bytes,
@@ -131,14 +208,16 @@ impl CacheStore for EmbeddedCache {
 
     fn purge(&self, purge: &Purge) -> Result<u64, String> {
         let now = now_ms();
-        // Memory first: an entry purged from the file must not be answered from memory.
-        self.front.purge(|e| purge.matches(e, now));
-        self.entries.purge(purge, now).map_err(|e| e.to_string())
+        // Memory first: an entry purged from the store must not be answered from memory.
+        if let Some(front) = &self.front {
+            front.purge(|e| purge.matches(e, now));
+        }
+        self.backend.purge(purge)
     }
 }
 
 struct Writer {
-    entries: Arc<SqliteEntries>,
+    backend: Arc<Backend>,
     ttl: Duration,
     counters: CacheStoreCounters,
 }
@@ -148,7 +227,7 @@ impl Writer {
         let mut last_expiry = std::time::Instant::now();
         loop {
             match queue.recv_timeout(EXPIRY_INTERVAL) {
-                Ok((key, entry)) => match self.entries.put(&key, &entry) {
+                Ok((key, entry)) => match self.backend.put(&key, &entry) {
                     Ok(()) => {
                         self.counters.writes.inc();
                     }
@@ -162,7 +241,7 @@ impl Writer {
             }
             if last_expiry.elapsed() >= EXPIRY_INTERVAL {
                 last_expiry = std::time::Instant::now();
-                if let Err(e) = self.entries.expire(self.ttl, now_ms()) {
+                if let Err(e) = self.backend.expire(self.ttl) {
                     self.counters.errors.inc();
                     tracing::warn!(error = %e, "cache: dropping expired entries failed");
                 }

@@ -59,7 +59,10 @@ impl Services {
         services.audit = audit;
         services.tracer = tracer;
         if let Some(cache) = &config.cache {
-            services.cache = Some(Arc::new(crate::cache::EmbeddedCache::open(cache)?));
+            services.cache = Some(Arc::new(crate::cache::GatewayCache::open(
+                cache,
+                config.redis_url.as_deref(),
+            )?));
         }
         services.tls = match &config.tls {
             Some(files) => Some(Arc::new(crate::tls::TlsTermination::start(files)?)),
@@ -103,6 +106,8 @@ pub enum ServicesError {
     Keys(#[from] crate::auth::KeyError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Redis(sluice_store::RedisError),
     #[error("cannot start the cache's writer thread: {0}")]
     CacheWriter(std::io::Error),
     #[error("cannot start the trace exporter: {0}")]

@@ -666,3 +666,61 @@ async fn admins_see_and_purge_their_own_tenants_entries_only() {
     );
     assert_eq!(view(global).await["entries"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_two_gateways_share_entries_and_a_dead_redis_only_costs_hits() {
+    let mut redis = sluice_testkit::redis::RedisServer::start();
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = format!("[state]\nredis_url = \"{}\"\n", redis.url());
+    let a = TestGateway::start_toml(&toml(&mock, dir_a.path(), "on", &state)).await;
+    let b = TestGateway::start_toml(&toml(&mock, dir_b.path(), "on", &state)).await;
+    let q = question(json!({}));
+    let streaming = question(json!({"stream": true}));
+
+    assert_eq!(outcome(&a, &q, &[]).await, "miss");
+    assert_eventually!(writes(&a).await == 1.0);
+    // Stored by one gateway, answered by the other, in either shape.
+    assert_eq!(outcome(&b, &q, &[]).await, "hit");
+    let events = stream_events(ask(&b, &streaming, &[]).await).await;
+    assert!(streamed_text(&events).1);
+    assert_eq!(upstream_calls(&mock), 1);
+
+    // The store's view, and a purge through one gateway that holds for the other.
+    let cache_b = b.shared.services.cache.clone().unwrap();
+    let stats = tokio::task::spawn_blocking({
+        let c = cache_b.clone();
+        move || c.stats(None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.entries, 1);
+    assert!(stats.bytes > 0);
+    let purge = sluice_cache::Purge {
+        model: Some("m".into()),
+        ..sluice_cache::Purge::default()
+    };
+    let deleted = tokio::task::spawn_blocking(move || cache_b.purge(&purge))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(outcome(&a, &q, &[]).await, "miss");
+    assert_eventually!(writes(&a).await == 2.0);
+
+    // Redis dies: every request is still answered, as a miss, and the faults are counted.
+    redis.kill();
+    for gw in [&a, &b] {
+        assert_eq!(outcome(gw, &q, &[]).await, "miss");
+        let (_, done) = streamed_text(&stream_events(ask(gw, &streaming, &[]).await).await);
+        assert!(done);
+    }
+    assert_eventually!(
+        metric_value(
+            &b.metrics_text().await,
+            "sluice_cache_store_errors_total",
+            &[]
+        ) >= 2.0
+    );
+}
