@@ -8,12 +8,14 @@
 # the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
 # counters are dumped.
 #
-# Four rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
+# Five rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
 # log); sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
-# `snippet`, scrubbed) — the cost of knowing who calls and writing it down; and sluice with
+# `snippet`, scrubbed) — the cost of knowing who calls and writing it down; sluice with
 # OpenTelemetry traces on, every request sampled, exported to a collector that accepts
-# everything (a few lines of Python, outside the measurement). Every thread of the process
-# counts, the audit writer's and the span exporter's included.
+# everything (a few lines of Python, outside the measurement); and sluice answering every
+# request from its cache (one question asked over and over; the warm-up stores it, so every
+# measured request is a hit from memory). Every thread of the process counts, the audit
+# writer's and the span exporter's included.
 #
 # Usage: bench/instructions-per-request.sh [REQUESTS=2000]
 # Needs valgrind (apt) and nginx (apt nginx-light); installs them when missing.
@@ -107,6 +109,15 @@ OTEL_RESULT=$(measure sluice-otel "$GWT" "$!" "http://127.0.0.1:$GWT/health")
 EXPORTED=$(curl -s "http://127.0.0.1:$GWT/metrics" | awk '/^sluice_otel_spans_exported_total/ {print int($2)}')
 [ "${EXPORTED:-0}" -ge "$((REQUESTS * 6))" ] || { echo "only ${EXPORTED:-0} spans exported for $REQUESTS requests" >&2; exit 1; }
 
+# The same gateway with the cache on, asked one question over and over: all hits.
+GWC=$(free_port)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\ndata_dir = "%s/cache-data"\n[models.m]\n[[models.m.endpoints]]\nurl = "http://127.0.0.1:%s/v1"\n[models.m.cache]\nmode = "on"\n' "$GWC" "$WORK" "$MOCK" >"$WORK/gwc.toml"
+python3 -c 'import json; print(json.dumps({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": " ".join(["word"] * 32)}]}))' >"$WORK/one-question.jsonl"
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/sluice-cache-hit.cg" "$BIN" serve --config "$WORK/gwc.toml" >/dev/null 2>&1 & PIDS+=($!)
+CACHE_RESULT=$(measure sluice-cache-hit "$GWC" "$!" "http://127.0.0.1:$GWC/health" --dataset "$WORK/one-question.jsonl")
+HITS=$(curl -s "http://127.0.0.1:$GWC/metrics" | awk '/^sluice_cache_lookups_total\{outcome="hit"\}/ {print int($2)}')
+[ "${HITS:-0}" -ge "$REQUESTS" ] || { echo "only ${HITS:-0} cache hits for $REQUESTS requests" >&2; exit 1; }
+
 NG=$(free_port)
 mkdir -p "$WORK/tmp"
 cat >"$WORK/nginx.conf" <<EOF
@@ -135,7 +146,7 @@ EOF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WORK/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
 
-python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$NGINX_RESULT" <<'EOF'
+python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$CACHE_RESULT" "$NGINX_RESULT" <<'EOF'
 import sys
 n = int(sys.argv[1])
 rows = dict(r.split() for r in sys.argv[2:])
@@ -143,11 +154,12 @@ per = {k: int(v) / n for k, v in rows.items()}
 print(f"user-space instructions per proxied request ({n} requests, one worker each):")
 print("| proxy | instructions per request |")
 print("|---|---|")
-for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel"):
+for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel", "sluice-cache-hit"):
     print(f"| {k} | {per[k]:,.0f} |")
 print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
 print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['nginx']:.2f}"
       f" (keys and audit add {per['sluice-auth-audit'] - per['sluice']:,.0f} per request)")
 print(f"sluice with traces ÷ nginx: {per['sluice-otel'] / per['nginx']:.2f}"
       f" (traces add {per['sluice-otel'] - per['sluice']:,.0f} per request)")
+print(f"a cache hit ÷ a pass-through request (plain sluice): {per['sluice-cache-hit'] / per['sluice']:.2f}")
 EOF
