@@ -315,8 +315,9 @@ impl Refresh {
 pub const SAVED_USAGE_FIELD: &str = "sluice_cache_saved";
 
 impl Refresh {
-    /// A stored completion as a hit's answer: fresh identity, and its `usage` zeroed (no
-    /// upstream tokens were spent) with what was saved under [`SAVED_USAGE_FIELD`].
+    /// A stored completion (or chunk) as a hit's answer: fresh identity, and its `usage`
+    /// zeroed (no upstream tokens were spent) with what was saved under
+    /// [`SAVED_USAGE_FIELD`]. A usage already in that form (a [`hit_template`]) is kept.
     pub fn hit(&self, completion: &[u8]) -> Result<Bytes, ReplayError> {
         let mut value: Value =
             serde_json::from_slice(completion).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -325,7 +326,10 @@ impl Refresh {
         };
         top.insert("id".into(), Value::from(self.id.clone()));
         top.insert("created".into(), Value::from(self.created));
-        if let Some(Value::Object(usage)) = top.get_mut("usage") {
+        if let Some(Value::Object(usage)) = top
+            .get_mut("usage")
+            .filter(|u| u.get(SAVED_USAGE_FIELD).is_none())
+        {
             let saved = json!({
                 "prompt_tokens": usage.get("prompt_tokens").cloned().unwrap_or(Value::from(0)),
                 "completion_tokens": usage.get("completion_tokens").cloned().unwrap_or(Value::from(0)),
@@ -340,6 +344,74 @@ impl Refresh {
             .map(Bytes::from)
             .map_err(|e| bad(e.to_string()))
     }
+}
+
+/// The fixed start of a [`hit_template`]: `{"id":"` then the id's place.
+const TEMPLATE_ID_AT: usize = br#"{"id":""#.len();
+/// `chatcmpl-` and 32 hex digits: the ids the gateway gives replays.
+pub const REPLAY_ID_LEN: usize = 41;
+const TEMPLATE_CREATED_AT: usize = TEMPLATE_ID_AT + REPLAY_ID_LEN + br#"","created":"#.len();
+/// Unix seconds have ten digits until the year 2286.
+const CREATED_DIGITS: usize = 10;
+
+/// A completion as hits will serve it, written once when it is stored: usage zeroed with
+/// what it saved beside it, and `id` and `created` first, at fixed places, so that a hit
+/// only copies the bytes and writes its own identity over them ([`stamp`]) instead of
+/// parsing and writing the JSON again.
+pub fn hit_template(completion: &[u8]) -> Result<Bytes, ReplayError> {
+    let placeholder = Refresh {
+        id: format!("chatcmpl-{}", "0".repeat(REPLAY_ID_LEN - 9)),
+        created: 1_000_000_000,
+    };
+    let rewritten = placeholder.hit(completion)?;
+    let Value::Object(mut top) =
+        serde_json::from_slice::<Value>(&rewritten).map_err(|e| bad(e.to_string()))?
+    else {
+        return Err(bad("not a JSON object"));
+    };
+    top.shift_remove("id");
+    top.shift_remove("created");
+    let rest = serde_json::to_vec(&Value::Object(top)).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::with_capacity(rest.len() + 80);
+    out.extend_from_slice(br#"{"id":""#);
+    out.extend_from_slice(placeholder.id.as_bytes());
+    out.extend_from_slice(br#"","created":"#);
+    out.extend_from_slice(placeholder.created.to_string().as_bytes());
+    if rest.len() > 2 {
+        out.push(b',');
+        out.extend_from_slice(&rest[1..]);
+    } else {
+        out.push(b'}');
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A [`hit_template`] with `refresh`'s identity written in: `None` when `template` is not
+/// one, or the identity does not fit its places (then [`Refresh::hit`] serves).
+pub fn stamp(template: &[u8], refresh: &Refresh) -> Option<Bytes> {
+    let created = refresh.created.to_string();
+    let fits = refresh.id.len() == REPLAY_ID_LEN
+        && refresh
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && created.len() == CREATED_DIGITS
+        && template.len() > TEMPLATE_CREATED_AT + CREATED_DIGITS
+        && template.starts_with(br#"{"id":"chatcmpl-"#)
+        && template[TEMPLATE_CREATED_AT - br#"","created":"#.len()..TEMPLATE_CREATED_AT]
+            == *br#"","created":"#
+        && template[TEMPLATE_CREATED_AT..TEMPLATE_CREATED_AT + CREATED_DIGITS]
+            .iter()
+            .all(u8::is_ascii_digit)
+        && matches!(template[TEMPLATE_CREATED_AT + CREATED_DIGITS], b',' | b'}');
+    if !fits {
+        return None;
+    }
+    let mut out = template.to_vec();
+    out[TEMPLATE_ID_AT..TEMPLATE_ID_AT + REPLAY_ID_LEN].copy_from_slice(refresh.id.as_bytes());
+    out[TEMPLATE_CREATED_AT..TEMPLATE_CREATED_AT + CREATED_DIGITS]
+        .copy_from_slice(created.as_bytes());
+    Some(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -506,6 +578,33 @@ mod tests {
             json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
             "sluice_cache_saved": {"prompt_tokens": 9, "completion_tokens": 4}})
         );
+    }
+
+    #[test]
+    fn a_stamped_template_is_what_a_full_rewrite_gives() {
+        let stored = br#"{"id":"chatcmpl-up","object":"chat.completion","created":17,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#;
+        let r = Refresh {
+            id: format!("chatcmpl-{}", "ab12".repeat(8)),
+            created: 1_764_000_000,
+        };
+        let template = hit_template(stored).unwrap();
+        let fast: Value = serde_json::from_slice(&stamp(&template, &r).unwrap()).unwrap();
+        let slow: Value = serde_json::from_slice(&r.hit(stored).unwrap()).unwrap();
+        assert_eq!(fast, slow);
+        // The template serves streams too, and a second rewrite keeps what was saved.
+        let again: Value = serde_json::from_slice(&r.hit(&template).unwrap()).unwrap();
+        assert_eq!(again, slow);
+        // What is not a template, or an identity that does not fit, is left to the rewrite.
+        assert!(stamp(stored, &r).is_none());
+        let short = Refresh {
+            id: "chatcmpl-1".into(),
+            created: 5,
+        };
+        assert!(stamp(&template, &short).is_none());
+        // Cut anywhere, a template is refused or stamped without a panic.
+        for n in 0..template.len() {
+            let _ = stamp(&template[..n], &r);
+        }
     }
 
     #[test]

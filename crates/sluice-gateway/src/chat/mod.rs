@@ -158,7 +158,10 @@ pub async fn chat_completions(worker: &WorkerState, mut ctx: RequestCtx, raw: By
                 Some(&body),
             );
             if let Some(key) = write {
-                let stored = sluice_cache::StoredAnswer::Completion(body.clone());
+                // Written once in the form hits serve (see `replay::hit_template`).
+                let template =
+                    sluice_cache::replay::hit_template(&body).unwrap_or_else(|_| body.clone());
+                let stored = sluice_cache::StoredAnswer::Completion(template);
                 let content_type = content_type.to_str().unwrap_or("application/json");
                 store_in_cache(&mut ctx, key, content_type, stored, usage.as_ref());
             }
@@ -370,7 +373,14 @@ fn hit_answer(
         created: crate::cache::now_ms() / 1000,
     };
     let reply = match (stream, &entry.answer) {
-        (None, StoredAnswer::Completion(body)) => completion_reply(entry, refresh.hit(body).ok()?),
+        (None, StoredAnswer::Completion(body)) => {
+            // Stored as a hit template: a copy with this reply's identity written in.
+            let body = match replay::stamp(body, &refresh) {
+                Some(body) => body,
+                None => refresh.hit(body).ok()?,
+            };
+            completion_reply(entry, body)
+        }
         (None, StoredAnswer::Stream(events)) => {
             let body = replay::completion_from_events(events).ok()?;
             completion_reply(entry, refresh.hit(&body).ok()?)
