@@ -83,6 +83,67 @@ impl CacheKey {
     }
 }
 
+/// Keys of request bodies seen before, found by a BLAKE3 hash of their exact bytes (and
+/// the tenant, model and group): a request sent again byte for byte — what a cache hit
+/// usually is — skips the JSON parse that the canonical form needs. BLAKE3, not a fast
+/// hash: a collision here would hand one tenant's request another's key. Bounded: once
+/// `capacity` bodies are remembered, the memo starts over.
+pub struct KeyMemo {
+    keys: std::sync::Mutex<std::collections::HashMap<[u8; 32], CacheKey>>,
+    capacity: usize,
+}
+
+impl KeyMemo {
+    pub fn new(capacity: usize) -> KeyMemo {
+        KeyMemo {
+            keys: std::sync::Mutex::default(),
+            capacity,
+        }
+    }
+
+    /// [`CacheKey::derive`], remembered.
+    pub fn key(
+        &self,
+        tenant: &str,
+        model: &str,
+        group: &str,
+        body: &[u8],
+    ) -> Result<CacheKey, KeyError> {
+        let mut hasher = blake3::Hasher::new_derive_key("sluice inference cache raw request");
+        for part in [tenant.as_bytes(), model.as_bytes(), group.as_bytes(), body] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let raw = *hasher.finalize().as_bytes();
+        let lock = || {
+            self.keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(key) = lock().get(&raw) {
+            return Ok(*key);
+        }
+        let key = CacheKey::derive(tenant, model, group, body)?;
+        let mut keys = lock();
+        if keys.len() >= self.capacity {
+            keys.clear();
+        }
+        keys.insert(raw, key);
+        Ok(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A body the key cannot be derived from (the request path has already refused these; the
 /// cache then bypasses).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,6 +297,21 @@ mod tests {
         assert_eq!(n("18446744073709551615"), b"18446744073709551615");
         assert_ne!(n("0.1"), n("0.10000001"));
         assert_eq!(n(r#""\u00e9""#), "\"é\"".as_bytes());
+    }
+
+    #[test]
+    fn the_memo_gives_the_derived_key_and_stays_bounded() {
+        let memo = KeyMemo::new(2);
+        let body = br#"{"model":"m","messages":[]}"#;
+        let derived = CacheKey::derive("t", "m", CHAT_COMPLETIONS, body).unwrap();
+        assert_eq!(memo.key("t", "m", CHAT_COMPLETIONS, body).unwrap(), derived);
+        assert_eq!(memo.key("t", "m", CHAT_COMPLETIONS, body).unwrap(), derived);
+        // Another tenant, same bytes: another key, never the remembered one.
+        assert_ne!(memo.key("u", "m", CHAT_COMPLETIONS, body).unwrap(), derived);
+        assert_eq!(memo.len(), 2);
+        memo.key("v", "m", CHAT_COMPLETIONS, body).unwrap();
+        assert!(memo.len() <= 2);
+        assert!(memo.key("t", "m", CHAT_COMPLETIONS, b"[]").is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod tools;
 
 pub use entry::{Entry, EntryError, SavedUsage, StoredAnswer};
 pub use flight::{Leader, Role, SingleFlight, Waited, Waiter};
-pub use key::{CacheKey, KeyError, CHAT_COMPLETIONS, IGNORED_FIELDS, KEY_SCHEME};
+pub use key::{CacheKey, KeyError, KeyMemo, CHAT_COMPLETIONS, IGNORED_FIELDS, KEY_SCHEME};
 pub use memory::{FrontStats, MemoryFront};
 pub use policy::{CacheMode, CachePolicy, OverrideError, RequestOverride};
 pub use sqlite::{Purge, SqliteEntries, StoreStats};

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_cache::redis::RedisEntries;
-use sluice_cache::{CacheKey, Entry, MemoryFront, Purge, SingleFlight, SqliteEntries, KEY_SCHEME};
+use sluice_cache::{
+    CacheKey, Entry, KeyError, KeyMemo, MemoryFront, Purge, SingleFlight, SqliteEntries,
+    CHAT_COMPLETIONS, KEY_SCHEME,
+};
 use sluice_store::{EmbeddedStore, RedisStore};
 
 use crate::config::ResolvedCache;
@@ -24,6 +27,8 @@ use crate::services::{BoxFuture, CacheQuery, CacheStats, CacheStore, CacheStoreC
 /// Writes that may wait for the writer thread; beyond, they are dropped (and counted as
 /// store errors): a cache is allowed to forget.
 const WRITE_QUEUE: usize = 1024;
+/// Request bodies whose keys are remembered (some 64 bytes each).
+const REMEMBERED_KEYS: usize = 65_536;
 /// How often the writer drops expired entries from the file.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -79,6 +84,7 @@ pub struct GatewayCache {
     writes: SyncSender<(CacheKey, Arc<Entry>)>,
     counters: CacheStoreCounters,
     flights: Arc<SingleFlight>,
+    keys: KeyMemo,
 }
 
 impl GatewayCache {
@@ -123,6 +129,7 @@ impl GatewayCache {
             writes,
             counters,
             flights: Arc::default(),
+            keys: KeyMemo::new(REMEMBERED_KEYS),
         })
     }
 
@@ -185,6 +192,10 @@ impl CacheStore for GatewayCache {
 
     fn counters(&self) -> Option<CacheStoreCounters> {
         Some(self.counters.clone())
+    }
+
+    fn key(&self, tenant: &str, model: &str, body: &[u8]) -> Result<CacheKey, KeyError> {
+        self.keys.key(tenant, model, CHAT_COMPLETIONS, body)
     }
 
     fn flights(&self) -> Option<&Arc<SingleFlight>> {

@@ -120,6 +120,16 @@ pub trait CacheStore: Send + Sync {
     ) -> BoxFuture<'a, Option<Arc<sluice_cache::Entry>>>;
     /// Keeps `entry` under `key`; never waits for the store.
     fn store(&self, key: sluice_cache::CacheKey, entry: Arc<sluice_cache::Entry>);
+    /// The key of a chat request `body` from `tenant` for `model` (a store may remember
+    /// the keys of bodies it has seen).
+    fn key(
+        &self,
+        tenant: &str,
+        model: &str,
+        body: &[u8],
+    ) -> Result<sluice_cache::CacheKey, sluice_cache::KeyError> {
+        sluice_cache::CacheKey::derive(tenant, model, sluice_cache::CHAT_COMPLETIONS, body)
+    }
     /// Where identical misses meet, so that one goes upstream for all (none: every miss
     /// goes upstream).
     fn flights(&self) -> Option<&Arc<sluice_cache::SingleFlight>> {

@@ -250,13 +250,9 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
     let key = if policy.mode == CacheMode::Off {
         None
     } else {
-        CacheKey::derive(
-            ctx.principal.tenant(),
-            &model.name,
-            sluice_cache::CHAT_COMPLETIONS,
-            &ctx.body.raw,
-        )
-        .ok()
+        cache
+            .key(ctx.principal.tenant(), &model.name, &ctx.body.raw)
+            .ok()
     };
     let key = match key {
         Some(key) if policy.mode.reads() => key,
