@@ -344,7 +344,7 @@ fn request_cache_policy(
     .map_err(bad)?;
     // The body field is read only when its name is in the body at all.
     let mut from_body = RequestOverride::default();
-    if memchr::memmem::find(&ctx.body.raw, b"\"sluice\"").is_some() {
+    if outgoing::may_carry_gateway_options(&ctx.body.raw) {
         let request = ctx.body.parsed().map_err(invalid)?;
         if let Some(options) = request.extra.get(outgoing::GATEWAY_OPTIONS) {
             from_body = RequestOverride::from_body_field(options).map_err(bad)?;
@@ -822,7 +822,9 @@ fn fit_to_replay(
     ctx: &RequestCtx,
     answer: &sluice_cache::StoredAnswer,
 ) -> Result<(), &'static str> {
-    let has_calls = |b: &[u8]| memchr::memmem::find(b, b"\"tool_calls\"").is_some();
+    static TOOL_CALLS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"tool_calls\""));
+    let has_calls = |b: &[u8]| TOOL_CALLS.find(b).is_some();
     let completion = match answer {
         sluice_cache::StoredAnswer::Completion(body) if has_calls(body) => body.clone(),
         sluice_cache::StoredAnswer::Stream(events) if events.iter().any(|e| has_calls(e)) => {
