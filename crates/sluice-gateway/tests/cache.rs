@@ -478,24 +478,16 @@ async fn streamed_tool_calls_are_checked_before_they_are_stored() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identical_misses_together_make_one_upstream_call() {
-    let mut opts = MockOptions::zero_timing();
-    // The first request stays upstream this long: the others, sent once it is there, arrive
-    // while it is (with seconds to spare on a busy machine).
-    opts.timing.ttft_base = Duration::from_secs(2);
-    let mock = start_mock(opts).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
-    let q = question(json!({}));
-    let streaming = question(json!({"stream": true}));
+/// Sends `bodies` at once, the first alone until it has reached the upstream (which must
+/// hold it for seconds), so that the others arrive while it is there. Each answer's status,
+/// `x-sluice-cache` and body.
+async fn while_the_first_is_upstream(
+    gw: &TestGateway,
+    mock: &MockServer,
+    bodies: Vec<Value>,
+) -> Vec<(u16, String, String)> {
     let mut tasks = Vec::new();
-    for i in 0..8 {
-        let body = if i % 2 == 0 {
-            q.clone()
-        } else {
-            streaming.clone()
-        };
+    for (i, body) in bodies.into_iter().enumerate() {
         let url = gw.url("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
             let resp = reqwest::Client::new()
@@ -511,35 +503,47 @@ async fn identical_misses_together_make_one_upstream_call() {
             (resp.status().as_u16(), outcome, resp.text().await.unwrap())
         }));
         if i == 0 {
-            // The first leads: the others are sent once it has reached the upstream.
-            assert_eventually!(upstream_calls(&mock) == 1);
+            assert_eventually!(upstream_calls(mock) == 1);
         }
     }
-    let mut outcomes = Vec::new();
+    let mut answers = Vec::new();
     for t in tasks {
-        let (status, outcome, text) = t.await.unwrap();
-        assert_eq!(status, 200, "{text}");
-        outcomes.push(outcome);
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+async fn coalesced(gw: &TestGateway, outcome: &str) -> f64 {
+    metric_value(
+        &gw.metrics_text().await,
+        "sluice_cache_coalesced_total",
+        &[("outcome", outcome)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_misses_together_make_one_upstream_call() {
+    let mut opts = MockOptions::zero_timing();
+    // The first request stays upstream this long: seconds to spare on a busy machine.
+    opts.timing.ttft_base = Duration::from_secs(2);
+    let mock = start_mock(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_toml(&toml(&mock, dir.path(), "on", "")).await;
+    let bodies = (0..8)
+        .map(|i| question(json!({"stream": i % 2 == 1})))
+        .collect();
+    let answers = while_the_first_is_upstream(&gw, &mock, bodies).await;
+    for (status, _, text) in &answers {
+        assert_eq!(*status, 200, "{text}");
     }
     assert_eq!(
         upstream_calls(&mock),
         1,
         "one upstream call for eight requests"
     );
-    assert_eq!(
-        outcomes.iter().filter(|o| *o == "miss").count(),
-        1,
-        "{outcomes:?}"
-    );
-    let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_cache_coalesced_total",
-            &[("outcome", "served")]
-        ),
-        7.0
-    );
+    let misses = answers.iter().filter(|(_, o, _)| o == "miss").count();
+    assert_eq!(misses, 1, "{answers:?}");
+    assert_eq!(coalesced(&gw, "served").await, 7.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,42 +555,18 @@ async fn a_leader_that_fails_releases_its_waiters_to_go_upstream() {
     // upstream.
     patch_faults(
         &mock,
-        json!({"error_rate": 1.0, "error_status": 503, "added_latency_ms": 1500}),
+        json!({"error_rate": 1.0, "error_status": 503, "added_latency_ms": 2000}),
     )
     .await;
-    let q = question(json!({}));
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let url = gw.url("/v1/chat/completions");
-        let body = q.clone();
-        tasks.push(tokio::spawn(async move {
-            let resp = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }));
-        if i == 0 {
-            assert_eventually!(upstream_calls(&mock) == 1);
-        }
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 502);
-    }
+    let answers = while_the_first_is_upstream(&gw, &mock, vec![question(json!({})); 4]).await;
+    assert!(
+        answers.iter().all(|(status, ..)| *status == 502),
+        "{answers:?}"
+    );
     // Each waiter, released by the failure, asked the upstream itself: a failure is not
     // shared.
     assert_eq!(upstream_calls(&mock), 4);
-    let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_cache_coalesced_total",
-            &[("outcome", "went_upstream")]
-        ),
-        3.0
-    );
+    assert_eq!(coalesced(&gw, "went_upstream").await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
