@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::arrival::Arrival;
 use crate::run::{Bound, Warmup};
 use crate::slo::Slo;
-use crate::workload::WorkloadSpec;
+use crate::workload::{RepeatedPrompts, WorkloadSpec};
 
 /// How load is applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +57,9 @@ pub struct LoadConfig {
     pub warmup: Warmup,
     pub stream: bool,
     pub workload: WorkloadSpec,
+    /// `--repeat-share`: a share of requests repeats popular ones (synthetic and
+    /// shared-prefix workloads).
+    pub repeats: Option<RepeatedPrompts>,
     #[serde(serialize_with = "serialize_headers")]
     pub headers: Vec<(String, String)>,
     pub seed: u64,
@@ -113,6 +116,7 @@ impl LoadConfig {
                 input_tokens: crate::dist::LengthDist::Fixed(128),
                 output_tokens: crate::dist::LengthDist::Fixed(128),
             },
+            repeats: None,
             headers: Vec::new(),
             seed: 0,
             timeout: Duration::from_secs(60),

@@ -54,4 +54,4 @@ pub use gate::Outcome;
 pub use load_test::{run, run_interruptible, LoadTestResult};
 pub use run::{Bound, Interrupt, Warmup};
 pub use slo::Slo;
-pub use workload::WorkloadSpec;
+pub use workload::{RepeatedPrompts, WorkloadSpec};

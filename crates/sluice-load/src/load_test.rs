@@ -87,6 +87,12 @@ pub async fn run_interruptible(
         }
     }
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    if config.repeats.is_some() && !config.workload.repeatable() {
+        return Err(LoadError::Config(format!(
+            "--repeat-share goes with the synthetic and shared-prefix workloads, not {}",
+            config.workload.name()
+        )));
+    }
     let workload = Workload::build(
         &config.workload,
         RequestShape {
@@ -95,6 +101,7 @@ pub async fn run_interruptible(
             seed: config.seed,
             tokenizer: tokenizer.clone(),
         },
+        config.repeats,
     )?;
     let settings = Arc::new(RunSettings {
         cycle: weighted_cycle(&weights),

@@ -17,8 +17,8 @@ use sluice_load::report::{
 use sluice_load::target::parse_weights;
 use sluice_load::units::{parse_duration, parse_fraction, parse_threshold};
 use sluice_load::{
-    Arrival, Bound, ConnectionReuse, LengthDist, LoadConfig, LoadError, Mode, Outcome, Slo, Warmup,
-    WorkloadSpec,
+    Arrival, Bound, ConnectionReuse, LengthDist, LoadConfig, LoadError, Mode, Outcome,
+    RepeatedPrompts, Slo, Warmup, WorkloadSpec,
 };
 
 /// Exit status: the run passed its SLO gates (or had none and completed).
@@ -219,6 +219,14 @@ pub struct RunArgs {
     /// multi-turn: turns per conversation.
     #[arg(long, default_value_t = 4)]
     pub turns: u32,
+    /// Share of requests (0–1) that repeat one of --repeat-prompts popular requests, the
+    /// rest each their own: traffic for an inference cache. Synthetic and shared-prefix
+    /// workloads.
+    #[arg(long, value_name = "SHARE")]
+    pub repeat_share: Option<f64>,
+    /// How many popular requests --repeat-share draws from (uniformly).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub repeat_prompts: u32,
     /// JSONL file of chat request bodies (implies --workload file).
     #[arg(long, value_name = "FILE.jsonl")]
     pub dataset: Option<PathBuf>,
@@ -544,6 +552,10 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
             trace_timestamps: a.trace_timestamps,
         },
     };
+    c.repeats = a
+        .repeat_share
+        .map(|share| RepeatedPrompts::new(share, a.repeat_prompts))
+        .transpose()?;
     c.headers = a.headers.clone();
     let key = match (&a.api_key, &a.api_key_env) {
         (Some(k), _) => Some(k.clone()),
@@ -631,5 +643,14 @@ mod tests {
             Some(std::path::Path::new("models/llama/tokenizer.json"))
         );
         assert_eq!(config(&[]).unwrap().tokenizer, None);
+    }
+
+    #[test]
+    fn repeated_prompts_reach_the_config_and_bad_shares_are_refused() {
+        let c = config(&["--repeat-share", "0.4", "--repeat-prompts", "20"]).unwrap();
+        assert_eq!(c.repeats, Some(RepeatedPrompts::new(0.4, 20).unwrap()));
+        assert_eq!(config(&[]).unwrap().repeats, None);
+        let e = config(&["--repeat-share", "2"]).unwrap_err();
+        assert!(e.contains("between 0 and 1"), "{e}");
     }
 }

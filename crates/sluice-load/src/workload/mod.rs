@@ -6,9 +6,13 @@
 //! - [`shared_prefix`]: N long system prompts shared by M users each.
 //! - [`multi_turn`]: conversations that resend their growing history every turn.
 //! - [`dataset`]: chat request bodies from a JSONL file, optionally with trace timestamps.
+//!
+//! Generated single-turn workloads may also repeat a share of their requests
+//! ([`repeats`]), for inference caches.
 
 pub mod dataset;
 pub mod multi_turn;
+pub mod repeats;
 pub mod shared_prefix;
 pub mod sharegpt;
 pub mod synthetic;
@@ -27,6 +31,7 @@ use crate::tokenizer::TokenCounter;
 
 pub use dataset::{Dataset, DatasetError};
 pub use multi_turn::{ConversationPool, TurnTicket};
+pub use repeats::RepeatedPrompts;
 
 /// The workload as configured (what the report prints).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +62,16 @@ pub enum WorkloadSpec {
 }
 
 impl WorkloadSpec {
+    /// Whether `--repeat-share` may apply: a conversation's turn or a dataset's line
+    /// cannot be sent again as if it were new (the conversation's state moves on; the file
+    /// is what it is).
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            WorkloadSpec::Synthetic { .. } | WorkloadSpec::SharedPrefix { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadSpec::Synthetic { .. } => "synthetic",
@@ -120,7 +135,14 @@ impl RequestShape {
 
 /// A built workload: cheap to share between workers.
 #[derive(Debug)]
-pub enum Workload {
+pub struct Workload {
+    kind: WorkloadKind,
+    repeats: Option<RepeatedPrompts>,
+    seed: u64,
+}
+
+#[derive(Debug)]
+enum WorkloadKind {
     Synthetic(synthetic::Synthetic),
     SharedPrefix(shared_prefix::SharedPrefix),
     MultiTurn(ConversationPool),
@@ -129,12 +151,18 @@ pub enum Workload {
 
 impl Workload {
     /// Builds the workload (reads and checks a dataset file; makes system prompts).
-    pub fn build(spec: &WorkloadSpec, shape: RequestShape) -> Result<Workload, DatasetError> {
-        Ok(match spec {
+    /// `repeats` is for the workloads whose [`WorkloadSpec::repeatable`] says so.
+    pub fn build(
+        spec: &WorkloadSpec,
+        shape: RequestShape,
+        repeats: Option<RepeatedPrompts>,
+    ) -> Result<Workload, DatasetError> {
+        let seed = shape.seed;
+        let kind = match spec {
             WorkloadSpec::Synthetic {
                 input_tokens,
                 output_tokens,
-            } => Workload::Synthetic(synthetic::Synthetic::new(
+            } => WorkloadKind::Synthetic(synthetic::Synthetic::new(
                 shape,
                 *input_tokens,
                 *output_tokens,
@@ -145,7 +173,7 @@ impl Workload {
                 system_prompt_tokens,
                 input_tokens,
                 output_tokens,
-            } => Workload::SharedPrefix(shared_prefix::SharedPrefix::new(
+            } => WorkloadKind::SharedPrefix(shared_prefix::SharedPrefix::new(
                 shape,
                 *system_prompts,
                 *users_per_prompt,
@@ -158,7 +186,7 @@ impl Workload {
                 system_prompt_tokens,
                 input_tokens,
                 output_tokens,
-            } => Workload::MultiTurn(ConversationPool::new(
+            } => WorkloadKind::MultiTurn(ConversationPool::new(
                 shape,
                 *turns,
                 *system_prompt_tokens,
@@ -169,44 +197,50 @@ impl Workload {
                 path,
                 keep_model,
                 trace_timestamps,
-            } => Workload::File(Dataset::load(path, &shape, *keep_model, *trace_timestamps)?),
+            } => WorkloadKind::File(Dataset::load(path, &shape, *keep_model, *trace_timestamps)?),
+        };
+        Ok(Workload {
+            kind,
+            repeats,
+            seed,
         })
     }
 
-    /// The request with this index.
+    /// The request with this index (with `--repeat-share`, perhaps a popular one instead).
     pub fn prepare(&self, index: u64) -> PreparedRequest {
-        match self {
-            Workload::Synthetic(w) => w.prepare(index),
-            Workload::SharedPrefix(w) => w.prepare(index),
-            Workload::MultiTurn(w) => w.prepare(index),
-            Workload::File(w) => w.prepare(index),
+        let index = self.repeats.map_or(index, |r| r.index(self.seed, index));
+        match &self.kind {
+            WorkloadKind::Synthetic(w) => w.prepare(index),
+            WorkloadKind::SharedPrefix(w) => w.prepare(index),
+            WorkloadKind::MultiTurn(w) => w.prepare(index),
+            WorkloadKind::File(w) => w.prepare(index),
         }
     }
 
     /// Whether the client must keep the answer text (for the next turn's history).
     pub fn wants_reply_text(&self) -> bool {
-        matches!(self, Workload::MultiTurn(_))
+        matches!(self.kind, WorkloadKind::MultiTurn(_))
     }
 
     /// Hands a finished turn back with the answer text, if there was one.
     pub fn finish(&self, ticket: TurnTicket, reply: Option<String>) {
-        if let Workload::MultiTurn(pool) = self {
+        if let WorkloadKind::MultiTurn(pool) = &self.kind {
             pool.finish(ticket, reply);
         }
     }
 
     /// Trace replay offsets (seconds from the first line), when the dataset has them.
     pub fn trace_offsets(&self) -> Option<&[f64]> {
-        match self {
-            Workload::File(d) => d.trace_offsets(),
+        match &self.kind {
+            WorkloadKind::File(d) => d.trace_offsets(),
             _ => None,
         }
     }
 
     /// How many distinct requests the workload has before it repeats (files only).
     pub fn distinct_requests(&self) -> Option<usize> {
-        match self {
-            Workload::File(d) => Some(d.len()),
+        match &self.kind {
+            WorkloadKind::File(d) => Some(d.len()),
             _ => None,
         }
     }
