@@ -38,22 +38,37 @@ pub struct RedisEntries {
     ttl: Duration,
 }
 
+/// The commands that delete `hexes`' entries and their index lines.
+fn removal(hexes: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for hex in hexes {
+        pipe.cmd("DEL").arg(format!("{PREFIX}{hex}")).ignore();
+    }
+    pipe.cmd("ZREM").arg(INDEX).arg(hexes).ignore();
+    pipe.cmd("HDEL").arg(META).arg(hexes).ignore();
+    pipe
+}
+
 impl RedisEntries {
     pub fn new(store: Arc<RedisStore>, ttl: Duration) -> RedisEntries {
         RedisEntries { store, ttl }
     }
 
-    /// The entry under `key`. One that does not decode is deleted and reads as a miss.
-    pub fn get(&self, key: &CacheKey) -> Result<Option<Entry>, RedisError> {
-        let name = format!("{PREFIX}{}", key.hex());
-        let bytes: Option<Vec<u8>> = self.store.with(|c| redis::cmd("GET").arg(&name).query(c))?;
+    /// The entry under `key`: one `GET` on the shared async connection (the request path's
+    /// only round trip). One that does not decode is deleted and reads as a miss.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, RedisError> {
+        let hex = key.hex();
+        let bytes: Option<Vec<u8>> = self
+            .store
+            .command(redis::cmd("GET").arg(format!("{PREFIX}{hex}")))
+            .await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
         match Entry::decode(&bytes) {
             Ok(entry) => Ok(Some(entry)),
             Err(_) => {
-                self.remove(&[key.hex()])?;
+                self.store.pipeline::<()>(&removal(&[hex])).await?;
                 Ok(None)
             }
         }
@@ -91,15 +106,7 @@ impl RedisEntries {
         if hexes.is_empty() {
             return Ok(());
         }
-        self.store.with(|c| {
-            let mut pipe = redis::pipe();
-            for hex in hexes {
-                pipe.cmd("DEL").arg(format!("{PREFIX}{hex}")).ignore();
-            }
-            pipe.cmd("ZREM").arg(INDEX).arg(hexes).ignore();
-            pipe.cmd("HDEL").arg(META).arg(hexes).ignore();
-            pipe.query::<()>(c)
-        })
+        self.store.with(|c| removal(hexes).query::<()>(c))
     }
 
     /// Every indexed entry still alive: (key hex, created ms, tenant, model, size). Members

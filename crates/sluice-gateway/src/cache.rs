@@ -6,8 +6,9 @@
 //! - Redis (`state.redis_url`): entries every gateway on it shares. No memory front: a purge
 //!   on one gateway must hold on all of them, and a hit is one `GET`.
 //!
-//! Reads that leave the process run on the blocking pool, never on a worker's thread; writes
-//! go to a thread of their own through a bounded queue, so storing never waits. A backend
+//! Reads that leave the process never block a worker's thread: SQLite's run on the blocking
+//! pool, Redis's are commands on one multiplexed async connection. Writes go to a thread of
+//! their own through a bounded queue, so storing never waits. A backend
 //! that fails answers as a miss and is counted: the cache never fails a request.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -34,15 +35,23 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where entries are kept.
 enum Backend {
-    Sqlite(SqliteEntries),
+    Sqlite(Arc<SqliteEntries>),
     Redis(RedisEntries),
 }
 
 impl Backend {
-    fn get(&self, key: &CacheKey) -> Result<Option<Entry>, String> {
+    /// A read: SQLite's on the blocking pool (never on a worker's thread), Redis's on the
+    /// shared async connection.
+    async fn get(&self, key: CacheKey) -> Result<Option<Entry>, String> {
         match self {
-            Backend::Sqlite(s) => s.get(key).map_err(|e| e.to_string()),
-            Backend::Redis(r) => r.get(key).map_err(|e| e.to_string()),
+            Backend::Sqlite(s) => {
+                let s = s.clone();
+                let read = tokio::task::spawn_blocking(move || s.get(&key));
+                read.await
+                    .map_err(|e| format!("the read was cancelled: {e}"))?
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Redis(r) => r.get(&key).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -105,7 +114,7 @@ impl GatewayCache {
                 let front =
                     MemoryFront::new(usize::try_from(config.memory_bytes).unwrap_or(usize::MAX));
                 (
-                    Backend::Sqlite(SqliteEntries::open(store, config.store_bytes)?),
+                    Backend::Sqlite(Arc::new(SqliteEntries::open(store, config.store_bytes)?)),
                     Some(front),
                 )
             }
@@ -153,19 +162,13 @@ impl CacheStore for GatewayCache {
             if let Some(entry) = self.front.as_ref().and_then(|f| f.get(query.key)) {
                 return self.fresh(&entry, query.max_age, now).then_some(entry);
             }
-            let backend = self.backend.clone();
             let key = *query.key;
-            let found = tokio::task::spawn_blocking(move || backend.get(&key)).await;
-            let entry = match found {
-                Ok(Ok(Some(entry))) => Arc::new(entry),
-                Ok(Ok(None)) => return None,
-                Ok(Err(e)) => {
+            let entry = match self.backend.get(key).await {
+                Ok(Some(entry)) => Arc::new(entry),
+                Ok(None) => return None,
+                Err(e) => {
                     self.counters.errors.inc();
                     tracing::warn!(error = %e, "cache: reading the store failed; answered as a miss");
-                    return None;
-                }
-                Err(_) => {
-                    self.counters.errors.inc();
                     return None;
                 }
             };

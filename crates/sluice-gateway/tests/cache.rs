@@ -3,6 +3,7 @@
 //! is asked, and the mock's fault knobs producing what must never be stored.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -665,6 +666,19 @@ async fn with_redis_two_gateways_share_entries_and_a_dead_redis_only_costs_hits(
     let events = stream_events(ask(&b, &streaming, &[]).await).await;
     assert!(streamed_text(&events).1);
     assert_eq!(upstream_calls(&mock), 1);
+
+    // A hit is one round trip to Redis: one GET, nothing else.
+    let before = redis.commands_executed();
+    for gw in [&a, &b, &a, &b, &a] {
+        assert_eq!(outcome(gw, &q, &[]).await, "hit");
+    }
+    let after = redis.commands_executed();
+    let delta: BTreeMap<&str, u64> = after
+        .iter()
+        .map(|(name, n)| (name.as_str(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(delta, BTreeMap::from([("get", 5)]));
 
     // The store's view, and a purge through one gateway that holds for the other.
     let cache_b = b.shared.services.cache.clone().unwrap();

@@ -15,7 +15,7 @@
 
 mod redis_store;
 
-pub use redis_store::{redis, RedisError, RedisStore};
+pub use redis_store::{redis, RedisError, RedisStore, IO_TIMEOUT, RECONNECT_PAUSE};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};

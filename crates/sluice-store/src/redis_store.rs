@@ -1,22 +1,42 @@
 //! The shared store of several gateway instances: a Redis server (`[state] redis_url`).
 //!
+//! Two ways in, over separate connections:
+//!
+//! - [`RedisStore::with`], blocking, for background threads and admin work: one kept
+//!   connection, one caller at a time.
+//! - [`RedisStore::command`] and [`RedisStore::pipeline`], async, for the request path: one
+//!   multiplexed connection that every task shares, commands pipelined on it, so a thousand
+//!   concurrent cache reads cost a thousand commands on one socket, not a thousand sockets
+//!   or a queue behind one lock.
+//!
 //! Every exchange has a deadline ([`IO_TIMEOUT`] to connect, to write, to read), and a
-//! connection whose last exchange failed is dropped, never reused: the next call connects
-//! anew. Keys are hash-tagged (`{sluice}:…`) so that a subsystem's keys share one slot and
-//! its scripts stay atomic on a Redis Cluster too.
+//! connection whose last exchange failed (a network error, a deadline) is dropped, never
+//! reused: the next call connects anew. After a failed connect the async side waits
+//! [`RECONNECT_PAUSE`] before it tries again, answering at once with the error meanwhile,
+//! so that an unreachable Redis costs requests nothing but their cache. Keys are hash-tagged
+//! (`{sluice}:…`) so that a subsystem's keys share one slot and its scripts stay atomic on a
+//! Redis Cluster too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use redis;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue};
 
 /// Deadline of each connect, write and read.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed connect, how long the async side answers with the error before it tries
+/// to connect again.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("state.redis_url `{url}` is not a Redis URL ({message}); write e.g. redis://127.0.0.1:6379/0")]
     Url { url: String, message: String },
+    #[error("Redis at {url} is unreachable ({message}); trying again shortly")]
+    Unavailable { url: String, message: String },
     #[error("Redis at {url}: {source}")]
     Io {
         url: String,
@@ -30,6 +50,28 @@ pub struct RedisStore {
     /// The URL without its password, for messages.
     shown_url: String,
     conn: Mutex<Option<redis::Connection>>,
+    /// The async side's connection. Held across no `.await` but the connect itself, which
+    /// is bounded by [`IO_TIMEOUT`]; callers meanwhile wait for its outcome rather than
+    /// all connecting at once.
+    shared: tokio::sync::Mutex<SharedLink>,
+    /// Connections the async side has made.
+    connects: AtomicU64,
+}
+
+/// The state of the async side's connection.
+enum SharedLink {
+    /// Not connected; the next call connects.
+    Idle,
+    /// Connected; the number tells this connection from the ones before it.
+    Up(MultiplexedConnection, u64),
+    /// A connect failed; calls before `until` get `error` without trying.
+    Paused { until: Instant, error: String },
+}
+
+/// A connection handed to one call, with the number of its link.
+struct Borrowed {
+    conn: MultiplexedConnection,
+    link: u64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -60,6 +102,8 @@ impl RedisStore {
             client,
             shown_url,
             conn: Mutex::new(None),
+            shared: tokio::sync::Mutex::new(SharedLink::Idle),
+            connects: AtomicU64::new(0),
         };
         let pong: String = store.with(|c| redis::cmd("PING").query(c))?;
         debug_assert_eq!(pong, "PONG");
@@ -100,6 +144,94 @@ impl RedisStore {
                 Err(io(e))
             }
         }
+    }
+}
+
+impl RedisStore {
+    /// Runs one command on the shared multiplexed connection.
+    pub async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        let mut borrowed = self.shared_connection().await?;
+        let answer = cmd.query_async(&mut borrowed.conn).await;
+        self.checked(answer, borrowed.link).await
+    }
+
+    /// Runs a pipeline (one round trip) on the shared multiplexed connection.
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let mut borrowed = self.shared_connection().await?;
+        let answer = pipe.query_async(&mut borrowed.conn).await;
+        self.checked(answer, borrowed.link).await
+    }
+
+    /// The shared connection, connecting if there is none (unless a recent connect failed).
+    async fn shared_connection(&self) -> Result<Borrowed, RedisError> {
+        let mut link = self.shared.lock().await;
+        match &*link {
+            SharedLink::Up(conn, n) => {
+                return Ok(Borrowed {
+                    conn: conn.clone(),
+                    link: *n,
+                })
+            }
+            SharedLink::Paused { until, error } if Instant::now() < *until => {
+                return Err(RedisError::Unavailable {
+                    url: self.shown_url.clone(),
+                    message: error.clone(),
+                });
+            }
+            SharedLink::Paused { .. } | SharedLink::Idle => {}
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(IO_TIMEOUT)
+            .set_response_timeout(IO_TIMEOUT);
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => {
+                let n = self.connects.fetch_add(1, Ordering::Relaxed);
+                *link = SharedLink::Up(conn.clone(), n);
+                Ok(Borrowed { conn, link: n })
+            }
+            Err(source) => {
+                *link = SharedLink::Paused {
+                    until: Instant::now() + RECONNECT_PAUSE,
+                    error: source.to_string(),
+                };
+                Err(RedisError::Io {
+                    url: self.shown_url.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Passes `answer` on; after a failure of the exchange itself (network, deadline) the
+    /// connection `used` is dropped, so no later call reads what it was left holding. An
+    /// error Redis answered (a wrong type, a script's error) leaves it clean.
+    async fn checked<T>(&self, answer: redis::RedisResult<T>, used: u64) -> Result<T, RedisError> {
+        let source = match answer {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let broken = source.is_io_error()
+            || source.is_timeout()
+            || source.is_connection_dropped()
+            || source.is_unrecoverable_error();
+        if broken {
+            let mut link = self.shared.lock().await;
+            // Only the connection that failed: another task may already have replaced it.
+            if matches!(&*link, SharedLink::Up(_, n) if *n == used) {
+                *link = SharedLink::Idle;
+            }
+        }
+        Err(RedisError::Io {
+            url: self.shown_url.clone(),
+            source,
+        })
     }
 }
 
