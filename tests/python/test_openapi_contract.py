@@ -1,7 +1,7 @@
 """The gateway's answers against its own OpenAPI document, by schemathesis.
 
-A gateway with `auth.mode = "keys"` and the cache on, in a temp data directory, a global admin key made with
-`sluice keys`, and schemathesis generating requests for every documented operation from
+A gateway with `auth.mode = "keys"`, the cache on and limits set, in a temp data directory,
+a global admin key made with `sluice keys`, and schemathesis generating requests for every documented operation from
 `/openapi.json` (deterministically, bounded in examples and time). The checks: no 5xx, every
 status documented, every body and content type as documented.
 """
@@ -25,6 +25,8 @@ def test_every_answer_matches_the_contract():
                 '[auth]\nmode = "keys"\n'
                 '[models."gpt-4o-mini"]\n[[models."gpt-4o-mini".endpoints]]\nurl = "embedded-mock://engine"\n'
                 '[models."gpt-4o-mini".cache]\nmode = "on"\n'
+                '[models."gpt-4o-mini".limits]\nrequests_per_minute = 1000000\n'
+                'tokens_per_minute = 100000000\nestimated_tokens = 1000\n'
             )
         made = subprocess.run(
             [BIN, "keys", "--config", config, "create", "--tenant", "*", "--name", "contract",

@@ -18,6 +18,8 @@ mod downstream;
 mod egress;
 pub mod error;
 mod http1;
+pub mod limiter;
+pub mod limits_admin;
 pub mod metrics;
 pub mod openapi;
 mod ops;

@@ -214,6 +214,21 @@ pub const ROUTES: &[RouteDoc] = &[
         ],
     },
     RouteDoc {
+        method: "get",
+        path: "/v1/admin/limits",
+        scope: Some(Scope::Admin),
+        operation_id: "getLimits",
+        summary: "The admission pools now (the global admin): per limited model, this instance's share of each limit, the pool, usage in the current windows, and each job type's ratio, slots, in flight and waiting",
+        request: None,
+        query: &[],
+        responses: &[
+            ("200", "The pools", Body::Json("LimitsView")),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "Asked by a tenant's admin: the pools are shared by every tenant", ERR),
+        ],
+    },
+    RouteDoc {
         method: "delete",
         path: "/v1/admin/cache",
         scope: Some(Scope::Admin),
@@ -385,6 +400,53 @@ pub fn document() -> Value {
 /// Key names and tenants (`auth::check_label`).
 const LABEL: &str = "^[A-Za-z0-9._@*-]{1,64}$";
 
+/// `GET /v1/admin/limits`'s answer (apart: one `json!` for every schema is beyond the
+/// macro's recursion limit).
+fn limits_view_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["object", "instances", "coordinator", "models", "unlimited_models"],
+        "properties": {
+            "object": {"const": "limits"},
+            "instances": {"type": "integer", "minimum": 1, "description": "Live gateway instances sharing the pools"},
+            "coordinator": {"enum": ["local", "redis"]},
+            "unlimited_models": {"type": "array", "items": {"type": "string"}, "description": "Models without [models.NAME.limits]"},
+            "models": {"type": "array", "items": {
+                "type": "object",
+                "required": ["model", "shares", "pool", "in_flight", "windows", "job_types"],
+                "properties": {
+                    "model": {"type": "string"},
+                    "shares": {"type": "object", "description": "This instance's share of each set limit, by its config key", "additionalProperties": {"type": "integer"}},
+                    "pool": {"type": "integer", "minimum": 0, "description": "Jobs of average size the tightest limit allows"},
+                    "in_flight": {"type": "integer", "minimum": 0},
+                    "windows": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["limit", "share", "used", "remaining", "resets_in_ms"],
+                        "properties": {
+                            "limit": {"type": "string"},
+                            "share": {"type": "integer"},
+                            "used": {"type": "integer"},
+                            "remaining": {"type": "integer"},
+                            "resets_in_ms": {"type": "integer", "description": "Until everything now in the window has left it"}
+                        }
+                    }},
+                    "job_types": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["name", "ratio", "slots", "in_flight", "waiting"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "ratio": {"type": "number"},
+                            "slots": {"type": "integer"},
+                            "in_flight": {"type": "integer"},
+                            "waiting": {"type": "integer"}
+                        }
+                    }}
+                }
+            }}
+        }
+    })
+}
+
 fn schemas() -> Value {
     let u32_or_null =
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": 4_294_967_295u64});
@@ -536,6 +598,7 @@ fn schemas() -> Value {
             "required": ["object", "deleted"],
             "properties": {"object": {"const": "cache.purge"}, "deleted": {"type": "integer", "minimum": 0}}
         },
+        "LimitsView": limits_view_schema(),
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "NotReady": {
             "type": "object",

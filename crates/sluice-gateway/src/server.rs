@@ -46,6 +46,7 @@ fn routes(state: Arc<WorkerState>) -> Router {
             "/v1/admin/cache",
             get(crate::cache_admin::stats).delete(crate::cache_admin::purge),
         )
+        .route("/v1/admin/limits", get(crate::limits_admin::view))
         .route(
             "/v1/admin/keys/{name}",
             get(admin::get_key).delete(admin::revoke_key),

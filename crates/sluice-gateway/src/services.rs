@@ -172,29 +172,89 @@ pub struct CacheStoreCounters {
 pub struct Admission<'a> {
     pub tenant: &'a str,
     pub model: &'a str,
-    /// Prompt tokens as estimated from the messages, plus the output cap.
-    pub estimated_tokens: u64,
+    /// `x-sluice-job-type`, when the request names one.
+    pub job_type: Option<&'a str>,
+    /// Prompt tokens, as estimated from the messages.
+    pub prompt_tokens: u64,
+    /// The most the answer may use (`max_tokens` or `max_completion_tokens`, times `n`);
+    /// `None` when the request sets no cap.
+    pub output_tokens: Option<u64>,
 }
 
-/// Capacity reserved for one request, released when dropped; [`Permit::reconcile`] tells the
-/// limiter what the request really used.
+/// What a finished request is charged against the limits, decided once when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// What the upstream reported (a stream's usage chunk included).
+    Usage {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
+    /// A stream that ended without usage (cut short, or a provider that sends none): its
+    /// prompt as estimated and one token per output chunk relayed. Never the whole
+    /// estimate refunded: leaving early is no way around a limit.
+    Relayed { output_chunks: u64 },
+    /// An upstream answered with an error status: one request, no tokens.
+    Rejected,
+    /// The request never reached an upstream: nothing.
+    NotSent,
+    /// The upstream may have generated, but nobody knows how much: the whole estimate.
+    Unknown,
+}
+
+/// Capacity reserved for one request. Settled exactly once: by [`Permit::settle`], or, if
+/// dropped unsettled, by keeping the whole estimate.
 pub trait Permit: Send {
-    fn reconcile(self: Box<Self>, used_tokens: Option<u64>);
+    fn settle(self: Box<Self>, charge: Charge);
+}
+
+/// A window of a limit as the `x-ratelimit-*` headers describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the window is empty again.
+    pub reset: Duration,
+}
+
+/// The caller's tightest pools, for `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitState {
+    pub requests: Option<RateWindow>,
+    pub tokens: Option<RateWindow>,
+}
+
+/// An admitted request: its permit (none for a model without limits) and the state of
+/// its pools after it was counted.
+pub struct Admitted {
+    pub permit: Option<Box<dyn Permit>>,
+    pub state: RateLimitState,
 }
 
 /// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// No capacity in time: 429.
+    Limited(Refusal),
+    /// The request names a job type the model does not have: 400.
+    UnknownJobType { job_type: String, known: String },
+}
+
+/// A 429: which limit refused, and when to try again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// When the client may try again (sent as `Retry-After`).
     pub retry_after: Duration,
     pub reason: String,
+    pub state: RateLimitState,
 }
 
 pub trait Limiter: Send + Sync {
-    fn admit<'a>(
-        &'a self,
-        request: Admission<'a>,
-    ) -> BoxFuture<'a, Result<Box<dyn Permit>, Refusal>>;
+    fn admit<'a>(&'a self, request: Admission<'a>) -> BoxFuture<'a, Result<Admitted, NotAdmitted>>;
+
+    /// The pools as they are now, for the admin view (none for a limiter without pools).
+    fn views(&self) -> Vec<sluice_limits::PoolView> {
+        Vec::new()
+    }
 }
 
 /// One finished request as the audit log keeps it. Built on the request path from what the

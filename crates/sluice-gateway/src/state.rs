@@ -64,6 +64,11 @@ impl Services {
                 config.redis_url.as_deref(),
             )?));
         }
+        if let Some(limiter) = crate::limiter::GatewayLimiter::new(
+            config.models.values().filter_map(|m| m.limits.as_ref()),
+        ) {
+            services.limiter = Some(Arc::new(limiter));
+        }
         services.tls = match &config.tls {
             Some(files) => Some(Arc::new(crate::tls::TlsTermination::start(files)?)),
             None => None,
@@ -133,6 +138,8 @@ pub struct ModelEntry {
     /// How long a miss waits for an identical request already upstream: the model's
     /// longest total timeout.
     pub cache_wait: std::time::Duration,
+    /// Whether the model has `[models.NAME.limits]` (else the admit phase is skipped).
+    pub limited: bool,
 }
 
 impl GatewayShared {
@@ -169,6 +176,7 @@ impl GatewayShared {
                         .map(|e| e.timeouts.total)
                         .max()
                         .unwrap_or_default(),
+                    limited: model.limits.is_some(),
                 };
                 ((*name).clone(), Arc::new(entry))
             })

@@ -67,25 +67,8 @@ async fn skipped(gw: &TestGateway, reason: &str) -> f64 {
     )
 }
 
-/// A key in the data directory's store, for a gateway with `auth.mode = "keys"`; returns
-/// the `Authorization` value.
 fn bearer(dir: &Path, name: &str, tenant: &str, scopes: &str) -> String {
-    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
-    let store = std::sync::Arc::new(sluice_store::EmbeddedStore::open(dir).unwrap());
-    let (_, secret) = KeyTable::open(store)
-        .unwrap()
-        .create(NewKey {
-            name: name.into(),
-            tenant: tenant.into(),
-            subject: None,
-            scopes: ScopeSet::parse_list(scopes).unwrap(),
-            models: Vec::new(),
-            expires_unix: None,
-            requests_per_minute: None,
-            tokens_per_minute: None,
-        })
-        .unwrap();
-    format!("Bearer {secret}")
+    sluice_testkit::api_key(dir, name, tenant, scopes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

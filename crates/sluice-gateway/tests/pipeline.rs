@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_gateway::auth::Scope;
 use sluice_gateway::services::{
-    Admission, AuditRecord, AuditSink, AuthError, BoxFuture, CacheQuery, CacheStore, KeyPrincipal,
-    KeyStore, Limiter, Permit, Phase, Principal, Refusal,
+    Admission, Admitted, AuditRecord, AuditSink, AuthError, BoxFuture, CacheQuery, CacheStore,
+    Charge, KeyPrincipal, KeyStore, Limiter, NotAdmitted, Permit, Phase, Principal, RateLimitState,
+    Refusal,
 };
 use sluice_gateway::state::Services;
 use sluice_testkit::{assert_eventually, gateway_toml, start_mock, MockOptions, TestGateway};
@@ -77,35 +78,34 @@ impl CacheStore for MemoryCache {
     }
 }
 
-/// Admits requests estimated at `max` tokens or fewer; records what permits reconciled.
+/// Admits requests estimated at `max` tokens or fewer; records what permits were charged.
 struct TokenCap {
     max: u64,
-    reconciled: Arc<Mutex<Vec<Option<u64>>>>,
+    charged: Arc<Mutex<Vec<Charge>>>,
 }
 
-struct CapPermit(Arc<Mutex<Vec<Option<u64>>>>);
+struct CapPermit(Arc<Mutex<Vec<Charge>>>);
 
 impl Permit for CapPermit {
-    fn reconcile(self: Box<Self>, used_tokens: Option<u64>) {
-        self.0.lock().unwrap().push(used_tokens);
+    fn settle(self: Box<Self>, charge: Charge) {
+        self.0.lock().unwrap().push(charge);
     }
 }
 
 impl Limiter for TokenCap {
-    fn admit<'a>(
-        &'a self,
-        request: Admission<'a>,
-    ) -> BoxFuture<'a, Result<Box<dyn Permit>, Refusal>> {
-        let verdict: Result<Box<dyn Permit>, Refusal> = if request.estimated_tokens <= self.max {
-            Ok(Box::new(CapPermit(self.reconciled.clone())))
-        } else {
-            Err(Refusal {
-                retry_after: Duration::from_millis(1500),
-                reason: format!(
-                    "{} tokens is over the cap of {}",
-                    request.estimated_tokens, self.max
-                ),
+    fn admit<'a>(&'a self, request: Admission<'a>) -> BoxFuture<'a, Result<Admitted, NotAdmitted>> {
+        let estimate = request.prompt_tokens + request.output_tokens.unwrap_or(0);
+        let verdict = if estimate <= self.max {
+            Ok(Admitted {
+                permit: Some(Box::new(CapPermit(self.charged.clone())) as Box<dyn Permit>),
+                state: RateLimitState::default(),
             })
+        } else {
+            Err(NotAdmitted::Limited(Refusal {
+                retry_after: Duration::from_millis(1500),
+                reason: format!("{estimate} tokens is over the cap of {}", self.max),
+                state: RateLimitState::default(),
+            }))
         };
         Box::pin(async move { verdict })
     }
@@ -253,21 +253,29 @@ async fn a_cache_hit_answers_without_the_upstream_and_says_so() {
 #[tokio::test]
 async fn the_limiter_refuses_with_retry_after_and_reconciles_what_it_admitted() {
     let mock = start_mock(MockOptions::zero_timing()).await;
-    let reconciled = Arc::new(Mutex::new(Vec::new()));
+    let charged = Arc::new(Mutex::new(Vec::new()));
     let services = Services {
         limiter: Some(Arc::new(TokenCap {
             max: 100,
-            reconciled: reconciled.clone(),
+            charged: charged.clone(),
         })),
         ..Services::default()
     };
-    let gw = TestGateway::start_with(&gateway_toml("m", &[mock.base_url()], ""), services).await;
+    // The table makes the model a limited one; the test's limiter stands in for the pools.
+    let limits = "[models.m.limits]\nrequests_per_minute = 1000\n";
+    let gw =
+        TestGateway::start_with(&gateway_toml("m", &[mock.base_url()], limits), services).await;
 
     let resp = post(&gw, None, body(json!({"max_tokens": 4}))).await;
     assert_eq!(resp.status(), 200);
     let usage: Value = resp.json().await.unwrap();
-    let total = usage["usage"]["total_tokens"].as_u64().unwrap();
-    assert_eq!(*reconciled.lock().unwrap(), vec![Some(total)]);
+    assert_eq!(
+        *charged.lock().unwrap(),
+        vec![Charge::Usage {
+            prompt_tokens: usage["usage"]["prompt_tokens"].as_u64().unwrap(),
+            completion_tokens: usage["usage"]["completion_tokens"].as_u64().unwrap(),
+        }]
+    );
 
     let resp = post(&gw, None, body(json!({"max_tokens": 1000}))).await;
     assert_eq!(resp.status(), 429);

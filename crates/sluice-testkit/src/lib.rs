@@ -73,6 +73,29 @@ pub fn gateway_toml(model: &str, urls: &[String], extra: &str) -> String {
     s
 }
 
+/// A key in the data directory's store (`auth.mode = "keys"`), e.g. scopes
+/// `"chat:write,admin"`; returns the `Authorization` value.
+pub fn api_key(data_dir: &Path, name: &str, tenant: &str, scopes: &str) -> String {
+    use sluice_gateway::auth::{KeyTable, NewKey, ScopeSet};
+    let store = std::sync::Arc::new(
+        sluice_store::EmbeddedStore::open(data_dir).expect("the data directory's store opens"),
+    );
+    let (_, secret) = KeyTable::open(store)
+        .expect("the key table opens")
+        .create(NewKey {
+            name: name.into(),
+            tenant: tenant.into(),
+            subject: None,
+            scopes: ScopeSet::parse_list(scopes).expect("known scopes"),
+            models: Vec::new(),
+            expires_unix: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        })
+        .expect("the key is created");
+    format!("Bearer {secret}")
+}
+
 fn resolve_test_config(toml: &str) -> sluice_gateway::config::ResolvedConfig {
     let path = Path::new("test.toml");
     Config::from_toml(toml, path)

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::InFlight;
 use crate::otel::RequestTrace;
 use crate::request_id::RequestId;
-use crate::services::{Decision, Permit, Phase, Principal};
+use crate::services::{Charge, Decision, Permit, Phase, Principal};
 use crate::state::{GatewayShared, ModelEntry};
 
 /// One chat request. Built on its head by the client connection; the phases fill it in.
@@ -31,8 +31,12 @@ pub struct RequestCtx {
     pub decisions: Decisions,
     /// Metrics accounting, from the moment the model is known.
     pub flight: Option<InFlight>,
-    /// Capacity the admit phase reserved; reconciled when the request finishes.
+    /// Capacity the admit phase reserved; settled when the request finishes.
     pub permit: Option<Box<dyn Permit>>,
+    /// What the request costs against its limits so far, moved on by the upstream phases
+    /// (sent, answered, each chunk relayed); `finish` settles the permit with it, or with
+    /// the usage the upstream reported.
+    pub charge: Charge,
     /// The key the answer is to be stored under, if it succeeds (the cache missed, or the
     /// mode only writes).
     pub cache_write: Option<sluice_cache::CacheKey>,
@@ -72,6 +76,7 @@ impl RequestCtx {
             },
             flight: None,
             permit: None,
+            charge: Charge::NotSent,
             cache_write: None,
             cache_leader: None,
             endpoint: None,

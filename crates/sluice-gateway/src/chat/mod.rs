@@ -45,7 +45,7 @@ use crate::auth::Scope;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::metrics::UNKNOWN_MODEL;
 use crate::routing::{AttemptOrder, RouteQuery};
-use crate::services::{Admission, AuditRecord, CacheQuery, Phase};
+use crate::services::{Admission, AuditRecord, CacheQuery, Charge, NotAdmitted, Phase};
 use crate::state::WorkerState;
 use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
 use sluice_cache::{CacheKey, CacheMode, CachePolicy, RequestOverride};
@@ -425,34 +425,99 @@ fn cached_stream_response(events: Vec<Bytes>) -> Response {
     response
 }
 
-/// Phase: admit, when a limiter is configured: reserve the request's estimated tokens
-/// (prompt as estimated from the messages, plus the output cap) or refuse with 429.
+/// Phase: admit, for a model with limits: reserve the request's estimate (prompt tokens
+/// from the messages, plus the output cap) in its job type's pool, waiting up to the type's
+/// `max_wait`; or 429 naming the limit. Every answer after this carries the pool's
+/// `x-ratelimit-*` headers.
 async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let (Some(limiter), Some(model)) = (ctx.shared.services.limiter.clone(), ctx.model.clone())
     else {
         return Ok(());
     };
+    if !model.limited {
+        return Ok(());
+    }
     ctx.enter(Phase::Admit);
-    let estimated_tokens = estimate_tokens(ctx.body.parsed().map_err(invalid)?);
+    let request = ctx.body.parsed().map_err(invalid)?;
+    let prompt_tokens = estimate_prompt_tokens(request);
+    let choices = request
+        .extra
+        .get("n")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let output_tokens = request
+        .output_cap()
+        .map(|cap| u64::from(cap).saturating_mul(choices));
+    let job_type = match ctx.head.header(JOB_TYPE_HEADER.as_str()) {
+        Some(raw) => Some(std::str::from_utf8(raw).map_err(|_| {
+            GatewayError::invalid_request(
+                "x-sluice-job-type is not UTF-8 text",
+                Some(JOB_TYPE_HEADER.as_str().to_owned()),
+            )
+        })?),
+        None => None,
+    };
     let admission = Admission {
         tenant: ctx.principal.tenant(),
         model: &model.name,
-        estimated_tokens,
+        job_type,
+        prompt_tokens,
+        output_tokens,
     };
     match limiter.admit(admission).await {
-        Ok(permit) => {
-            ctx.permit = Some(permit);
+        Ok(admitted) => {
+            rate_limit_headers(&mut ctx.answer_headers, &admitted.state);
+            ctx.permit = admitted.permit;
             ctx.decide(Phase::Admit, "admitted", || {
-                Some(format!("{estimated_tokens} tokens"))
+                Some(format!("{prompt_tokens} prompt tokens estimated"))
             });
             Ok(())
         }
-        Err(refusal) => {
+        Err(NotAdmitted::Limited(refusal)) => {
+            rate_limit_headers(&mut ctx.answer_headers, &refusal.state);
             ctx.decide(Phase::Admit, "refused", || Some(refusal.reason.clone()));
             Err(GatewayError::RateLimited {
                 reason: refusal.reason,
                 retry_after: refusal.retry_after,
             })
+        }
+        Err(NotAdmitted::UnknownJobType { job_type, known }) => Err(GatewayError::invalid_request(
+            format!(
+                "model `{}` has no job type `{job_type}`; use one of: {known}",
+                model.name
+            ),
+            Some(JOB_TYPE_HEADER.as_str().to_owned()),
+        )),
+    }
+}
+
+/// `x-sluice-job-type`: which of the model's job types a request belongs to.
+pub const JOB_TYPE_HEADER: HeaderName = HeaderName::from_static("x-sluice-job-type");
+
+/// OpenAI's rate-limit headers for the caller's tightest pools, so SDK retry logic works
+/// unchanged: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, reset as a Go-style
+/// duration (`1m0s`, `6s`, `250ms`).
+fn rate_limit_headers(headers: &mut AnswerHeaders, state: &crate::services::RateLimitState) {
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    for (names, window) in NAMES.iter().zip([state.requests, state.tokens]) {
+        let Some(w) = window else { continue };
+        let [limit, remaining, reset] = names.clone();
+        headers.insert(limit, HeaderValue::from(w.limit));
+        headers.insert(remaining, HeaderValue::from(w.remaining));
+        if let Ok(v) = HeaderValue::from_str(&sluice_limits::duration::go_duration(w.reset)) {
+            headers.insert(reset, v);
         }
     }
 }
@@ -502,6 +567,8 @@ async fn call_upstream(
             Some(trace) => trace.start_attempt(endpoint),
             None => Vec::new(),
         };
+        // From here the endpoint may be generating, until an answer says otherwise.
+        ctx.charge = Charge::Unknown;
         let result = flight
             .wait_upstream(endpoint.send(body, ctx.id.as_str(), &trace_lines))
             .await;
@@ -525,6 +592,7 @@ async fn call_upstream(
                 if !e.retry_safe() {
                     return Err(e);
                 }
+                ctx.charge = Charge::NotSent;
                 last_error = Some(e);
             }
         }
@@ -541,6 +609,7 @@ async fn call_upstream(
         );
     };
     if !sent.response.status().is_success() {
+        ctx.charge = Charge::Rejected;
         let e = flight
             .wait_upstream(Box::pin(endpoint.rejection(sent.response)))
             .await;
@@ -674,7 +743,10 @@ fn finish(ctx: &mut RequestCtx, status: u16, usage: Option<&Usage>, answer: Opti
         None => ctx.shared.metrics.count_request(UNKNOWN_MODEL, status),
     }
     if let Some(permit) = ctx.permit.take() {
-        permit.reconcile(usage.map(|u| u.prompt_tokens + u.completion_tokens));
+        permit.settle(usage.map_or(ctx.charge, |u| Charge::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }));
     }
     if ctx.shared.access_log {
         access_log(ctx, status, usage);
@@ -840,16 +912,16 @@ fn fit_to_replay(
     sluice_cache::tools::check_tool_calls(&request, &answer).map_err(|e| e.reason())
 }
 
-/// A rough prompt-token estimate for admission (about four characters a token), plus the
-/// output cap. The limiter reconciles with the upstream's usage when the request ends.
-fn estimate_tokens(request: &sluice_api::ChatCompletionRequest) -> u64 {
+/// A rough prompt-token estimate for admission (about four characters a token). The
+/// limiter reconciles with the upstream's usage when the request ends.
+fn estimate_prompt_tokens(request: &sluice_api::ChatCompletionRequest) -> u64 {
     let chars: usize = request
         .messages
         .iter()
         .filter_map(|m| m.content.as_ref())
         .map(|c| c.text().len())
         .sum();
-    (chars as u64).div_ceil(4) + u64::from(request.output_cap().unwrap_or(0))
+    (chars as u64).div_ceil(4)
 }
 
 fn invalid(e: RequestError) -> GatewayError {

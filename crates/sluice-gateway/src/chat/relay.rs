@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::RequestCtx;
 use crate::error::{GatewayError, TimeoutPhase};
+use crate::services::Charge;
 use crate::upstream::{error_chain, PooledBody, UpstreamEndpoint, UpstreamResponse};
 
 /// How long to wait for the upstream to end its response after `[DONE]`.
@@ -63,6 +64,8 @@ pub fn stream_response(
     let timeouts = endpoint.timeouts();
     let received = ctx.received;
     let mut ctx = ctx;
+    // The upstream answered: from now on the stream is charged what it relays.
+    ctx.charge = Charge::Relayed { output_chunks: 0 };
     let recording = ctx.cache_write.take().map(|key| {
         Box::new(Recording {
             key,
@@ -268,7 +271,18 @@ impl StreamRelay {
             flight.model.first_token(flight.received.elapsed());
         }
         if let Some(u) = chunk.usage {
+            // Counted as reported, even if the client leaves before the stream's end.
+            self.ctx.charge = Charge::Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            };
             self.usage = Some(u);
+        }
+        if !chunk.usage_only && !chunk.has_error {
+            // One token a chunk: what a stream cut short is charged for its output.
+            if let Charge::Relayed { output_chunks } = &mut self.ctx.charge {
+                *output_chunks += 1;
+            }
         }
         self.client_wants_usage || !chunk.usage_only
     }

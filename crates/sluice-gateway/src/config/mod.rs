@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod limits;
 mod source;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -485,6 +486,8 @@ pub struct ModelConfig {
     pub endpoints: Vec<EndpointConfig>,
     /// `[models.NAME.cache]`: the model's default cache policy. Absent: off.
     pub cache: Option<ModelCacheConfig>,
+    /// `[models.NAME.limits]`: rate limits and job types. Absent: unlimited.
+    pub limits: Option<limits::ModelLimitsConfig>,
 }
 
 /// `[models.NAME.cache]`.
@@ -651,6 +654,8 @@ pub struct ResolvedModel {
     pub endpoints: Vec<ResolvedEndpoint>,
     /// The default cache policy of the model's requests.
     pub cache: sluice_cache::CachePolicy,
+    /// Rate limits, checked; `None`: the model is unlimited.
+    pub limits: Option<sluice_limits::ModelLimits>,
 }
 
 /// `[cache]`, checked: present when any model has a `[models.NAME.cache]` table or `[cache]`
@@ -811,12 +816,17 @@ impl Config {
                         max_age: c.max_age.map(|d| d.0),
                     }
                 });
+            let limits = model
+                .limits
+                .as_ref()
+                .and_then(|l| limits::resolve(name, &key, l, &mut problems));
             models.insert(
                 name.clone(),
                 ResolvedModel {
                     name: name.clone(),
                     endpoints,
                     cache,
+                    limits,
                 },
             );
         }
