@@ -7,12 +7,14 @@
 //! - [`error`]: the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
 //! - [`models`]: the `GET /v1/models` list.
 //! - [`ProxyFields`]: the few request fields a proxy acts on, read without building the request.
+//! - [`ratelimit`]: OpenAI's `x-ratelimit-*` headers and the Go durations their resets use.
 //! - [`sse`]: server-sent-event framing, an incremental parser and an encoder.
 
 pub mod chat;
 pub mod error;
 pub mod models;
 mod proxy_fields;
+pub mod ratelimit;
 pub mod sse;
 mod usage_scan;
 

@@ -72,7 +72,7 @@ async fn at_capacity_a_request_gets_429_naming_the_limit_with_openais_headers() 
         );
         assert_eq!(h["x-ratelimit-limit-tokens"], "100000");
         let reset = h["x-ratelimit-reset-requests"].to_str().unwrap();
-        let reset = sluice_limits::duration::parse_go_duration(reset).unwrap();
+        let reset = sluice_api::ratelimit::parse_go_duration(reset).unwrap();
         assert!(
             reset > Duration::from_secs(59) && reset <= Duration::from_secs(61),
             "{reset:?}"

@@ -6,10 +6,8 @@
 //!   decision, waiting in a fair queue, and reservations settled exactly once.
 //! - [`ratios`]: flexible job-type ratios.
 //! - [`clock`]: the injectable clock the windows and waits run on.
-//! - [`duration`]: Go-style durations, as providers' `x-ratelimit-reset-*` headers write them.
 
 pub mod clock;
-pub mod duration;
 pub mod limits;
 pub mod pool;
 pub mod ratios;

@@ -21,6 +21,8 @@ pub struct MockEngine {
     completions: AtomicU64,
     counters: Arc<Counters>,
     requests: RequestLog,
+    /// Provider-side limits; `None` when none is set (no lock on the hot path).
+    gate: Option<Arc<crate::provider_limits::ProviderGate>>,
 }
 
 /// Whether a prompt hit the cache: how many of its tokens need no prefill.
@@ -35,6 +37,8 @@ impl MockEngine {
             options.kv_cache.block_size,
             options.kv_cache.capacity_blocks,
         );
+        let gate = (!options.limits.is_unlimited())
+            .then(|| Arc::new(crate::provider_limits::ProviderGate::new(options.limits)));
         Arc::new(MockEngine {
             faults: Mutex::new(options.faults.clone()),
             cache: Mutex::new(cache),
@@ -43,6 +47,7 @@ impl MockEngine {
             completions: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
             requests: RequestLog::default(),
+            gate,
         })
     }
 
@@ -102,6 +107,10 @@ impl MockEngine {
 
     pub(crate) fn request_log(&self) -> &RequestLog {
         &self.requests
+    }
+
+    pub(crate) fn provider_gate(&self) -> Option<&Arc<crate::provider_limits::ProviderGate>> {
+        self.gate.as_ref()
     }
 
     pub(crate) fn begin_request(&self) -> RequestGuard {

@@ -19,6 +19,8 @@ pub struct MockOptions {
     pub served_models: Vec<String>,
     /// When set, `/v1/*` requests must carry `Authorization: Bearer <key>`.
     pub require_api_key: Option<String>,
+    /// Provider-side limits: beyond them, 429 (see `provider_limits`).
+    pub limits: crate::ProviderLimits,
 }
 
 impl Default for MockOptions {
@@ -31,6 +33,7 @@ impl Default for MockOptions {
             seed: 0,
             served_models: vec!["mock".to_owned()],
             require_api_key: None,
+            limits: crate::ProviderLimits::default(),
         }
     }
 }

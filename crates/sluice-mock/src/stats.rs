@@ -27,6 +27,12 @@ pub struct MockStats {
     pub cached_tokens_total: u64,
     /// Sum of `usage.completion_tokens` over completed requests.
     pub completion_tokens_total: u64,
+    /// Requests the provider-side limits let through, and the tokens (prompt and answer)
+    /// they were charged.
+    pub admitted_total: u64,
+    pub admitted_tokens_total: u64,
+    /// Requests answered 429 by the provider-side limits.
+    pub rate_limited_total: u64,
     /// The last [`RECENT_IDS`] `x-request-id` values received on `/v1/*`, oldest first.
     pub recent_request_ids: Vec<String>,
 }
@@ -41,6 +47,9 @@ pub(crate) struct Counters {
     prompt_tokens: AtomicU64,
     cached_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    admitted: AtomicU64,
+    admitted_tokens: AtomicU64,
+    rate_limited: AtomicU64,
     recent_ids: Mutex<VecDeque<String>>,
 }
 
@@ -56,6 +65,9 @@ impl Counters {
             prompt_tokens_total: get(&self.prompt_tokens),
             cached_tokens_total: get(&self.cached_tokens),
             completion_tokens_total: get(&self.completion_tokens),
+            admitted_total: get(&self.admitted),
+            admitted_tokens_total: get(&self.admitted_tokens),
+            rate_limited_total: get(&self.rate_limited),
             recent_request_ids: self
                 .recent_ids
                 .lock()
@@ -72,6 +84,15 @@ impl Counters {
 
     pub(crate) fn count_request(&self) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_admitted(&self, tokens: u64) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admitted_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_fault(&self) {
@@ -104,6 +125,8 @@ impl Counters {
 pub(crate) struct RequestGuard {
     counters: Arc<Counters>,
     ended: bool,
+    /// The request's place under the provider's concurrency limit, freed with the guard.
+    place: Option<crate::provider_limits::InFlightPlace>,
 }
 
 impl RequestGuard {
@@ -112,7 +135,13 @@ impl RequestGuard {
         RequestGuard {
             counters,
             ended: false,
+            place: None,
         }
+    }
+
+    /// Keeps `place` until the request ends.
+    pub(crate) fn hold(&mut self, place: crate::provider_limits::InFlightPlace) {
+        self.place = Some(place);
     }
 
     pub(crate) fn counters(&self) -> &Counters {

@@ -756,3 +756,45 @@ async fn api_key_models_health_and_request_ids() {
     assert_eq!(seen[0]["request_id"], Value::Null);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn provider_limits_answer_429_with_openais_headers_and_count_what_they_admitted() {
+    let server = start(MockOptions {
+        limits: sluice_mock::ProviderLimits {
+            requests_per_minute: Some(3),
+            tokens_per_minute: Some(1_000_000),
+            max_concurrent: None,
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let mut charged = 0;
+    for remaining in ["2", "1", "0"] {
+        let resp = post_chat(&server, &hello(json!({"max_tokens": 8}))).await;
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(h["x-ratelimit-limit-requests"], "3");
+        assert_eq!(h["x-ratelimit-remaining-requests"], remaining);
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000000");
+        assert!(sluice_api::ratelimit::parse_go_duration(
+            h["x-ratelimit-reset-requests"].to_str().unwrap()
+        )
+        .is_some());
+        let c: ChatCompletion = resp.json().await.unwrap();
+        let usage = c.usage.unwrap();
+        charged += usage.prompt_tokens + usage.completion_tokens;
+    }
+    let refused = post_chat(&server, &hello(json!({"max_tokens": 8}))).await;
+    assert_eq!(refused.status(), 429);
+    // A request a minute: the next comes back in 20 s.
+    assert_eq!(refused.headers()["retry-after"], "20");
+    assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+    let e: Value = refused.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "requests");
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+    let stats: MockStats = server.engine().stats();
+    assert_eq!(stats.admitted_total, 3);
+    assert_eq!(stats.admitted_tokens_total, charged);
+    assert_eq!(stats.rate_limited_total, 1);
+    assert_eq!(stats.requests_total, 4);
+}

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use sluice_mock::{Faults, KvCacheOptions, MockEngine, MockOptions, OutputOptions, TimingModel};
+use sluice_mock::{
+    Faults, KvCacheOptions, MockEngine, MockOptions, OutputOptions, ProviderLimits, TimingModel,
+};
 
 /// Flags of `sluice mock`. Defaults equal `MockOptions::default()`.
 #[derive(clap::Args, Debug)]
@@ -109,6 +111,19 @@ pub struct MockArgs {
     /// Seed of the fault draws: the same seed fails the same requests.
     #[arg(long, default_value_t = 0)]
     pub fault_seed: u64,
+
+    /// Provider-side limit: requests per minute (a token bucket); beyond it, 429 with
+    /// retry-after and x-ratelimit-* headers, as a hosted provider answers.
+    #[arg(long, value_name = "N")]
+    pub requests_per_minute: Option<u64>,
+
+    /// Provider-side limit: tokens (prompt and answer) per minute, a token bucket.
+    #[arg(long, value_name = "N")]
+    pub tokens_per_minute: Option<u64>,
+
+    /// Provider-side limit: requests in flight at once.
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<u64>,
 }
 
 impl MockArgs {
@@ -129,6 +144,15 @@ impl MockArgs {
                 batch_slowdown: self.batch_slowdown,
             }
         };
+        for (flag, value) in [
+            ("--requests-per-minute", self.requests_per_minute),
+            ("--tokens-per-minute", self.tokens_per_minute),
+            ("--max-concurrent", self.max_concurrent),
+        ] {
+            if value == Some(0) {
+                bail!("{flag} 0 would refuse every request; give a positive limit or leave it out");
+            }
+        }
         if self.block_size == 0 {
             bail!("--block-size must be at least 1");
         }
@@ -183,6 +207,11 @@ impl MockArgs {
             seed: self.seed,
             served_models,
             require_api_key,
+            limits: ProviderLimits {
+                requests_per_minute: self.requests_per_minute,
+                tokens_per_minute: self.tokens_per_minute,
+                max_concurrent: self.max_concurrent,
+            },
         })
     }
 }

@@ -516,7 +516,7 @@ fn rate_limit_headers(headers: &mut AnswerHeaders, state: &crate::services::Rate
         let [limit, remaining, reset] = names.clone();
         headers.insert(limit, HeaderValue::from(w.limit));
         headers.insert(remaining, HeaderValue::from(w.remaining));
-        if let Ok(v) = HeaderValue::from_str(&sluice_limits::duration::go_duration(w.reset)) {
+        if let Ok(v) = HeaderValue::from_str(&sluice_api::ratelimit::go_duration(w.reset)) {
             headers.insert(reset, v);
         }
     }

@@ -73,8 +73,29 @@ pub(super) async fn chat_completions(
     };
     let prompt = encode_chat(&request);
     let prompt_blocks = engine.block_hashes(&prompt);
+    // The provider's own limits, as a hosted API enforces them: charged the prompt and the
+    // answer about to be generated, refused with 429 beyond them.
+    let mut rate = None;
+    let mut place = None;
+    if let Some(gate) = engine.provider_gate() {
+        let tokens = prompt.len() as u64 + completion.completion_tokens;
+        match gate.admit(tokens) {
+            Ok((held, headers)) => {
+                engine.counters().count_admitted(tokens);
+                place = Some(held);
+                rate = Some(headers);
+            }
+            Err(limited) => {
+                engine.counters().count_rate_limited();
+                return ApiError::rate_limited(&limited).into_response();
+            }
+        }
+    }
     // From here on the request counts as in flight, and as cancelled if the client leaves.
-    let guard = engine.begin_request();
+    let mut guard = engine.begin_request();
+    if let Some(place) = place {
+        guard.hold(place);
+    }
     let (faults, draw) = engine.draw_faults();
     pause(Duration::from_millis(faults.added_latency_ms)).await;
     let admitted = Admitted {
@@ -87,7 +108,11 @@ pub(super) async fn chat_completions(
         faults,
         draw,
     };
-    admitted.answer().await
+    let mut response = admitted.answer().await;
+    if let Some(rate) = rate {
+        rate.apply(response.headers_mut());
+    }
+    response
 }
 
 /// A valid request that made it past authentication and validation.

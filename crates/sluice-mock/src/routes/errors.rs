@@ -12,7 +12,15 @@ use crate::faults::Faults;
 pub(crate) struct ApiError {
     status: StatusCode,
     body: ErrorResponse,
+    /// Boxed: rare, and errors travel in `Result`s.
+    headers: Option<Box<ErrorHeaders>>,
+}
+
+/// Header fields some errors carry.
+#[derive(Debug, Clone, Default)]
+struct ErrorHeaders {
     retry_after_secs: Option<u64>,
+    rate: Option<crate::provider_limits::RateHeaders>,
 }
 
 impl ApiError {
@@ -20,7 +28,7 @@ impl ApiError {
         ApiError {
             status,
             body,
-            retry_after_secs: None,
+            headers: None,
         }
     }
 
@@ -79,9 +87,39 @@ impl ApiError {
         };
         let mut error = ApiError::new(status, ErrorResponse::new(kind, Some(code), message));
         if status == StatusCode::TOO_MANY_REQUESTS && faults.retry_after_secs > 0 {
-            error.retry_after_secs = Some(faults.retry_after_secs);
+            error.headers = Some(Box::new(ErrorHeaders {
+                retry_after_secs: Some(faults.retry_after_secs),
+                rate: None,
+            }));
         }
         error
+    }
+}
+
+impl ApiError {
+    /// A provider-side limit refused the request: 429 as OpenAI answers it, with
+    /// `retry-after` (whole seconds, rounded up) and the `x-ratelimit-*` fields.
+    pub(crate) fn rate_limited(l: &crate::provider_limits::Limited) -> Self {
+        let wait = l.retry_after.as_secs_f64();
+        let message = format!(
+            "Rate limit reached on {} (sluice mock): limit {}. Please try again in {:.3}s.",
+            match l.what {
+                "tokens" => "tokens per min (TPM)",
+                "requests" => "requests per min (RPM)",
+                _ => "requests in flight",
+            },
+            l.limit,
+            wait
+        );
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorResponse::new(l.what, Some("rate_limit_exceeded"), message),
+        );
+        e.headers = Some(Box::new(ErrorHeaders {
+            retry_after_secs: Some(wait.ceil().max(1.0) as u64),
+            rate: Some(l.headers),
+        }));
+        e
     }
 }
 
@@ -112,10 +150,14 @@ impl IntoResponse for ApiError {
             self.body.to_json(),
         )
             .into_response();
-        if let Some(secs) = self.retry_after_secs {
+        let extra = self.headers.as_deref().cloned().unwrap_or_default();
+        if let Some(secs) = extra.retry_after_secs {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(rate) = &extra.rate {
+            rate.apply(response.headers_mut());
         }
         response
     }
