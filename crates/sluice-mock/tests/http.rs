@@ -509,8 +509,11 @@ async fn stall_pauses_the_stream() {
     options.faults.stall_ms = 150;
     options.faults.stall_after_chunks = 2;
     let server = start(options).await;
-    let response = post_chat(&server, &hello(json!({"stream": true, "max_tokens": 4}))).await;
+    // Timed from before the request: the stall cannot end before 150 ms have passed since
+    // then, however late this test reads (a start taken after the head arrived could fall
+    // inside the stall on a busy machine).
     let start = Instant::now();
+    let response = post_chat(&server, &hello(json!({"stream": true, "max_tokens": 4}))).await;
     let mut body = response.bytes_stream();
     let mut parser = SseParser::new();
     let mut events = Vec::new();
