@@ -1,13 +1,17 @@
 //! [`GatewayLimiter`]: the `Limiter` of a gateway whose config gives models
-//! `[models.NAME.limits]`, over one `sluice_limits::ModelPool` per limited model.
-//!
-//! A single instance holds the whole of every limit. (Sharing pools among instances through
-//! Redis is the coordinator's job, which hands each pool its lease.)
+//! `[models.NAME.limits]`, over one `sluice_limits::ModelPool` per limited model and the
+//! coordinator that hands each pool its lease: the local one (a single instance holds every
+//! limit whole) or, with `[state] redis_url`, the Redis one shared by every instance.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_limits::{Demand, ModelLimits, ModelPool, PoolView, Reservation, Used};
+use sluice_limits::{
+    Coordinator, CoordinatorState, Demand, FleetSettings, LocalCoordinator, ModelLimits, ModelPool,
+    PoolView, RedisCoordinator, RefusedBy, Reservation, Used,
+};
+
+use crate::config::limits::ResolvedFleet;
 
 use crate::services::{
     Admission, Admitted, BoxFuture, Charge, Limiter, NotAdmitted, Permit, RateLimitState,
@@ -16,16 +20,41 @@ use crate::services::{
 
 pub struct GatewayLimiter {
     pools: HashMap<String, Arc<ModelPool>>,
+    coordinator: Arc<dyn Coordinator>,
 }
 
 impl GatewayLimiter {
-    /// A pool per limited model; `None` when no model has limits.
-    pub fn new<'a>(models: impl Iterator<Item = &'a ModelLimits>) -> Option<GatewayLimiter> {
+    /// A pool per limited model, coordinated through Redis when `redis_url` is given (Redis
+    /// need not answer yet: until it does, each pool takes the conservative share); `None`
+    /// when no model has limits. Call from within the runtime the coordinator's tasks are
+    /// to run on.
+    pub fn start<'a>(
+        models: impl Iterator<Item = &'a ModelLimits>,
+        fleet: &ResolvedFleet,
+        redis_url: Option<&str>,
+    ) -> Result<Option<GatewayLimiter>, sluice_store::RedisError> {
         let clock: Arc<dyn sluice_limits::Clock> = Arc::new(sluice_limits::TokioClock::new());
         let pools: HashMap<String, Arc<ModelPool>> = models
             .map(|m| (m.model.clone(), ModelPool::new(m.clone(), clock.clone())))
             .collect();
-        (!pools.is_empty()).then_some(GatewayLimiter { pools })
+        if pools.is_empty() {
+            return Ok(None);
+        }
+        let coordinator: Arc<dyn Coordinator> = match redis_url {
+            Some(url) => {
+                let store = Arc::new(sluice_store::RedisStore::lazy(url)?);
+                let settings = FleetSettings {
+                    instance_id: uuid::Uuid::new_v4().simple().to_string(),
+                    heartbeat: fleet.heartbeat,
+                    instance_timeout: fleet.instance_timeout,
+                    failure: fleet.on_redis_failure,
+                    expected_max_instances: fleet.expected_max_instances,
+                };
+                RedisCoordinator::start(store, &pools, settings)
+            }
+            None => Arc::new(LocalCoordinator::new(&pools)),
+        };
+        Ok(Some(GatewayLimiter { pools, coordinator }))
     }
 }
 
@@ -45,6 +74,39 @@ fn rate_state(view: &PoolView) -> RateLimitState {
 }
 
 impl Limiter for GatewayLimiter {
+    fn coordination(&self) -> Option<CoordinatorState> {
+        Some(self.coordinator.state())
+    }
+
+    fn observe_provider(
+        &self,
+        model: &str,
+        status: u16,
+        report: &sluice_api::ratelimit::ProviderReport,
+    ) {
+        if status == 429 {
+            // Without retry-after, a second: the provider refused, and said no more.
+            let pause = report
+                .retry_after
+                .unwrap_or(std::time::Duration::from_secs(1));
+            self.coordinator.pause(model, pause);
+        }
+        let Some(pool) = self.pools.get(model) else {
+            return;
+        };
+        let instances = self.coordinator.state().instances;
+        for (tokens, reported) in [(true, report.tokens), (false, report.requests)] {
+            if let Some(sluice_api::ratelimit::ReportedLimit {
+                remaining: Some(remaining),
+                reset: Some(reset),
+                ..
+            }) = reported
+            {
+                pool.provider_remaining(tokens, remaining, reset, instances);
+            }
+        }
+    }
+
     fn views(&self) -> Vec<PoolView> {
         let mut views: Vec<PoolView> = self.pools.values().map(|p| p.view()).collect();
         views.sort_by(|a, b| a.model.cmp(&b.model));
@@ -57,6 +119,7 @@ impl Limiter for GatewayLimiter {
                 return Ok(Admitted {
                     permit: None,
                     state: RateLimitState::default(),
+                    job_type: String::new(),
                 });
             };
             let limits = pool.limits();
@@ -81,10 +144,18 @@ impl Limiter for GatewayLimiter {
                         prompt_tokens: a.prompt_tokens,
                     })),
                     state: rate_state(&pool.view()),
+                    job_type: name.to_owned(),
                 }),
                 Err(refusal) => Err(NotAdmitted::Limited(Refusal {
                     retry_after: refusal.retry_after,
                     reason: refusal.to_string(),
+                    refused_by: match refusal.by {
+                        RefusedBy::Limit(d) => d.key(),
+                        RefusedBy::JobType { .. } => "job_type",
+                        RefusedBy::Memory => "memory",
+                        RefusedBy::TooLarge { .. } => "too_large",
+                        RefusedBy::Paused => "paused",
+                    },
                     state: rate_state(&pool.view()),
                 })),
             }

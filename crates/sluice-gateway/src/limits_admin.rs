@@ -39,10 +39,19 @@ pub async fn view(
         .filter(|m| !m.limited)
         .map(|m| m.name.as_str())
         .collect();
+    let state = limiter.and_then(|l| l.coordination());
+    let degraded = state.as_ref().and_then(|s| s.degraded.as_ref()).map(|d| {
+        json!({
+            "since_unix": d.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs()),
+            "mode": d.mode.as_str(),
+            "error": d.error,
+        })
+    });
     Json(json!({
         "object": "limits",
-        "instances": 1,
-        "coordinator": "local",
+        "instances": state.as_ref().map_or(1, |s| s.instances),
+        "coordinator": state.as_ref().map_or("local", |s| s.kind),
+        "degraded": degraded,
         "models": models,
         "unlimited_models": unlimited,
     }))
@@ -84,6 +93,7 @@ fn model_view(v: &PoolView) -> Value {
         .collect();
     json!({
         "model": v.model,
+        "paused_for_ms": v.paused_for.as_millis() as u64,
         "shares": shares,
         "pool": v.pool,
         "in_flight": v.in_flight,

@@ -56,6 +56,78 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JobTypeLabels {
+    pub model: String,
+    pub job_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub model: String,
+    /// The limit's config key, `job_type`, `memory`, `too_large`, `paused` or
+    /// `unknown_job_type`.
+    pub reason: &'static str,
+}
+
+/// The admission phase's counts, and the pools read when metrics are scraped.
+pub struct LimitsMetrics {
+    admitted: Family<JobTypeLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
+    wait: HistogramFamily<ModelLabels>,
+    pool: Family<ModelLabels, Gauge>,
+    instances: Gauge,
+    redis_errors: Counter,
+    limiter: Arc<dyn crate::services::Limiter>,
+}
+
+impl LimitsMetrics {
+    pub fn admitted(&self, model: &str, job_type: &str, waited: Duration) {
+        self.admitted
+            .get_or_create(&JobTypeLabels {
+                model: model.to_owned(),
+                job_type: job_type.to_owned(),
+            })
+            .inc();
+        self.waited(model, waited);
+    }
+
+    pub fn refused(&self, model: &str, reason: &'static str, waited: Duration) {
+        self.refused
+            .get_or_create(&RefusalLabels {
+                model: model.to_owned(),
+                reason,
+            })
+            .inc();
+        self.waited(model, waited);
+    }
+
+    fn waited(&self, model: &str, waited: Duration) {
+        self.wait
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Sets the pool gauges from the limiter as it is now.
+    fn read(&self) {
+        for view in self.limiter.views() {
+            self.pool
+                .get_or_create(&ModelLabels { model: view.model })
+                .set(i64::try_from(view.pool).unwrap_or(i64::MAX));
+        }
+        if let Some(state) = self.limiter.coordination() {
+            self.instances
+                .set(i64::try_from(state.instances).unwrap_or(i64::MAX));
+            let seen = self.redis_errors.get();
+            if state.errors > seen {
+                self.redis_errors.inc_by(state.errors - seen);
+            }
+        }
+    }
+}
+
 /// The cache phases' counts.
 #[derive(Debug, Clone, Default)]
 pub struct CacheMetrics {
@@ -177,6 +249,7 @@ pub struct GatewayMetrics {
     pub client_connections: Gauge,
     pub client_connections_refused: Counter,
     pools: Mutex<Vec<WatchedPool>>,
+    limits: Option<Arc<LimitsMetrics>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -295,6 +368,7 @@ impl GatewayMetrics {
             client_connections,
             client_connections_refused,
             pools: Mutex::new(Vec::new()),
+            limits: None,
         }
     }
 
@@ -429,9 +503,60 @@ impl GatewayMetrics {
         }
     }
 
+    /// Shows the admission phase's counts and `limiter`'s pools on `/metrics`.
+    pub fn register_limits(
+        &mut self,
+        limiter: Arc<dyn crate::services::Limiter>,
+    ) -> Arc<LimitsMetrics> {
+        let m = Arc::new(LimitsMetrics {
+            admitted: Family::default(),
+            refused: Family::default(),
+            wait: Family::new_with_constructor(overhead_histogram as fn() -> Histogram),
+            pool: Family::default(),
+            instances: Gauge::default(),
+            redis_errors: Counter::default(),
+            limiter,
+        });
+        self.registry.register(
+            "limits_admitted",
+            "Requests the admission phase let through, by model and job type",
+            m.admitted.clone(),
+        );
+        self.registry.register(
+            "limits_refused",
+            "Requests answered 429 (or 400, unknown_job_type) by the admission phase, by model and the limit that refused",
+            m.refused.clone(),
+        );
+        self.registry.register(
+            "limits_wait_seconds",
+            "Time requests waited for capacity in the admission phase (admitted or refused)",
+            m.wait.clone(),
+        );
+        self.registry.register(
+            "limits_pool_slots",
+            "Jobs of average size this instance's share of the model's tightest limit allows",
+            m.pool.clone(),
+        );
+        self.registry.register(
+            "limits_instances",
+            "Gateway instances sharing the pools (1 without Redis)",
+            m.instances.clone(),
+        );
+        self.registry.register(
+            "limits_redis_errors",
+            "Heartbeats to Redis that failed (the instance then keeps its last share; see on_redis_failure)",
+            m.redis_errors.clone(),
+        );
+        self.limits = Some(m.clone());
+        m
+    }
+
     /// Prometheus/OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         self.read_pools();
+        if let Some(limits) = &self.limits {
+            limits.read();
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -405,7 +405,7 @@ const LABEL: &str = "^[A-Za-z0-9._@*-]{1,64}$";
 fn limits_view_schema() -> Value {
     json!({
         "type": "object",
-        "required": ["object", "instances", "coordinator", "models", "unlimited_models"],
+        "required": ["object", "instances", "coordinator", "degraded", "models", "unlimited_models"],
         "properties": {
             "object": {"const": "limits"},
             "instances": {"type": "integer", "minimum": 1, "description": "Live gateway instances sharing the pools"},

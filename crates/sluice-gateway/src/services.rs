@@ -228,6 +228,8 @@ pub struct RateLimitState {
 pub struct Admitted {
     pub permit: Option<Box<dyn Permit>>,
     pub state: RateLimitState,
+    /// The job type the request was counted under.
+    pub job_type: String,
 }
 
 /// Why a request was not admitted.
@@ -245,6 +247,9 @@ pub struct Refusal {
     /// When the client may try again (sent as `Retry-After`).
     pub retry_after: Duration,
     pub reason: String,
+    /// What refused, for the metrics: a limit's config key, `job_type`, `memory`,
+    /// `too_large` or `paused`.
+    pub refused_by: &'static str,
     pub state: RateLimitState,
 }
 
@@ -254,6 +259,22 @@ pub trait Limiter: Send + Sync {
     /// The pools as they are now, for the admin view (none for a limiter without pools).
     fn views(&self) -> Vec<sluice_limits::PoolView> {
         Vec::new()
+    }
+
+    /// How the pools are shared among instances, for the admin view.
+    fn coordination(&self) -> Option<sluice_limits::CoordinatorState> {
+        None
+    }
+
+    /// What an upstream of `model` said about its limits (answer `status`): a 429's
+    /// `retry-after` pauses the model on every instance; less remaining than expected
+    /// shrinks the pools until the provider's reset.
+    fn observe_provider(
+        &self,
+        _model: &str,
+        _status: u16,
+        _report: &sluice_api::ratelimit::ProviderReport,
+    ) {
     }
 }
 

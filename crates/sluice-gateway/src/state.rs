@@ -24,6 +24,8 @@ pub struct GatewayShared {
     pub metrics: Arc<GatewayMetrics>,
     /// The cache phases' counts, when a cache is configured.
     pub cache_metrics: Option<crate::metrics::CacheMetrics>,
+    /// The admission phase's counts, when a limiter is configured.
+    pub limits_metrics: Option<Arc<crate::metrics::LimitsMetrics>>,
     pub services: Services,
     /// How client connections are bounded (deadlines, sizes, count).
     pub client_limits: ClientLimits,
@@ -64,9 +66,13 @@ impl Services {
                 config.redis_url.as_deref(),
             )?));
         }
-        if let Some(limiter) = crate::limiter::GatewayLimiter::new(
+        if let Some(limiter) = crate::limiter::GatewayLimiter::start(
             config.models.values().filter_map(|m| m.limits.as_ref()),
-        ) {
+            &config.fleet,
+            config.redis_url.as_deref(),
+        )
+        .map_err(ServicesError::Redis)?
+        {
             services.limiter = Some(Arc::new(limiter));
         }
         services.tls = match &config.tls {
@@ -155,6 +161,7 @@ impl GatewayShared {
             .cache
             .as_ref()
             .map(|c| metrics.register_cache(c.counters()));
+        let limits_metrics = services.limiter.clone().map(|l| metrics.register_limits(l));
         let metrics = Arc::new(metrics);
         let mut names: Vec<&String> = config.models.keys().collect();
         names.sort();
@@ -186,6 +193,7 @@ impl GatewayShared {
             .map_or(0, |d| d.as_secs());
         GatewayShared {
             cache_metrics,
+            limits_metrics,
             models,
             model_names: names.into_iter().cloned().collect(),
             metrics,

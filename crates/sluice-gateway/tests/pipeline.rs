@@ -99,11 +99,13 @@ impl Limiter for TokenCap {
             Ok(Admitted {
                 permit: Some(Box::new(CapPermit(self.charged.clone())) as Box<dyn Permit>),
                 state: RateLimitState::default(),
+                job_type: "default".into(),
             })
         } else {
             Err(NotAdmitted::Limited(Refusal {
                 retry_after: Duration::from_millis(1500),
                 reason: format!("{estimate} tokens is over the cap of {}", self.max),
+                refused_by: "tokens_per_minute",
                 state: RateLimitState::default(),
             }))
         };

@@ -52,6 +52,19 @@ impl Lease {
         self.values[index(d)] = v;
     }
 
+    /// Each limit the lower of the two (a limit one of them leaves unset is the other's).
+    pub fn min(&self, other: &Lease) -> Lease {
+        let mut out = Lease::default();
+        for d in Dimension::ALL {
+            let v = match (self.get(d), other.get(d)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.set(d, v);
+        }
+        out
+    }
+
     /// The whole of every limit: a single instance's lease.
     pub fn whole(limits: &crate::limits::Limits) -> Lease {
         let mut lease = Lease::default();
@@ -166,6 +179,20 @@ struct PoolState {
     next_ticket: u64,
     releases_since_adjust: u32,
     paused_until: Option<Millis>,
+    /// Tokens and requests of requests that waited or were refused since the coordinator
+    /// last asked: demand the lease did not meet.
+    unmet_tokens: u64,
+    unmet_requests: u64,
+    /// What the provider last said remains of its minute's tokens and requests (this
+    /// instance's part), less what was admitted since: until the provider's reset, no
+    /// request needs more than that.
+    provider_room: [Option<ProviderRoom>; 2],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProviderRoom {
+    remaining: u64,
+    until: Millis,
 }
 
 /// One model's capacity on this instance. Shared by every request for the model.
@@ -216,6 +243,9 @@ impl ModelPool {
             next_ticket: 0,
             releases_since_adjust: 0,
             paused_until: None,
+            unmet_tokens: 0,
+            unmet_requests: 0,
+            provider_room: [None; 2],
         };
         Arc::new(ModelPool {
             limits,
@@ -243,6 +273,71 @@ impl ModelPool {
         self.lock().lease
     }
 
+    /// The demand on this pool since the last call, for sharing limits by demand: the
+    /// minute window's usage (tokens where tokens are limited, else requests) plus what
+    /// waited or was refused since, as a rate per minute (`since` is the time between calls).
+    pub fn take_demand(&self, since: Duration) -> u64 {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let tokens = self.limits.limits.tokens_per_minute.is_some()
+            || self.limits.limits.tokens_per_day.is_some();
+        let (d, unmet) = if tokens {
+            (
+                Dimension::TokensPerMinute,
+                std::mem::take(&mut state.unmet_tokens),
+            )
+        } else {
+            (
+                Dimension::RequestsPerMinute,
+                std::mem::take(&mut state.unmet_requests),
+            )
+        };
+        state.unmet_tokens = 0;
+        state.unmet_requests = 0;
+        let used = state.model.window(d).map_or(0, |w| w.total(now));
+        let per_minute = 60.0 / since.as_secs_f64().max(0.001);
+        used.saturating_add((unmet as f64 * per_minute) as u64)
+    }
+
+    /// The provider said only `remaining` of its minute's tokens (or requests) are left
+    /// until `reset`: until then, this instance admits at most its part (`1 / instances`) of
+    /// that, less what it admits meanwhile (each answer says anew). A provider shared with
+    /// other clients, or limits set higher than the provider's, are how it comes to say
+    /// less than the pool expects.
+    pub fn provider_remaining(
+        &self,
+        tokens: bool,
+        remaining: u64,
+        reset: Duration,
+        instances: u64,
+    ) {
+        let now = self.clock.now_ms();
+        self.lock().provider_room[usize::from(!tokens)] = Some(ProviderRoom {
+            remaining: remaining / instances.max(1),
+            until: now + reset.as_millis() as u64,
+        });
+    }
+
+    /// Whether the provider's word leaves room for `demand`; if not, when it may.
+    fn provider_allows(
+        state: &mut PoolState,
+        demand: Demand,
+        requests: u64,
+        now: Millis,
+    ) -> Result<(), (Dimension, u64)> {
+        for (i, d, amount) in [
+            (0, Dimension::TokensPerMinute, demand.tokens),
+            (1, Dimension::RequestsPerMinute, requests),
+        ] {
+            match state.provider_room[i] {
+                Some(room) if now >= room.until => state.provider_room[i] = None,
+                Some(room) if amount > room.remaining => return Err((d, room.until - now)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// No request is admitted before `now + pause` (an upstream 429's `retry-after`).
     pub fn pause(&self, pause: Duration) {
         let until = self.clock.now_ms() + pause.as_millis() as u64;
@@ -260,6 +355,7 @@ impl ModelPool {
         let max_wait = self.limits.job_types[job].max_wait;
         let deadline = self.clock.now_ms() + max_wait.as_millis() as u64;
         let mut place = Queued::new(self.clone(), job);
+        let mut unmet_counted = false;
         loop {
             // Registered before looking, so a release between the look and the wait is
             // not missed.
@@ -281,7 +377,13 @@ impl ModelPool {
                             settled: false,
                         });
                     }
-                    Err(refusal) => refusal,
+                    Err(refusal) => {
+                        if !std::mem::replace(&mut unmet_counted, true) {
+                            state.unmet_tokens += demand.tokens;
+                            state.unmet_requests += 1;
+                        }
+                        refusal
+                    }
                 }
             };
             let hopeless = matches!(refusal.by, RefusedBy::TooLarge { .. });
@@ -318,12 +420,18 @@ impl ModelPool {
             state.paused_until = None;
         }
         let spec = &self.limits.job_types[job];
+        let lease = state.lease;
         let pool = pool_size(&self.limits, &state.lease);
         let ratio = state.jobs[job].ratio;
         let slots = job_slots(pool, ratio);
-        // Budgets first: a request too large for a whole share is refused for good.
+        // Budgets first: a request too large for a whole share is refused for good (a share
+        // of nothing, while coordination is closed, is a limit reached, not a size; nor is
+        // a request larger than what the provider says remains).
         for (d, share) in lease_windows(&state.lease) {
             let amount = amount(d, demand, spec.estimated_requests);
+            if share == 0 {
+                return Err(refuse(RefusedBy::Limit(d), 1_000));
+            }
             if amount > share {
                 let window = d.window().map_or(0, |w| w.as_millis() as u64);
                 return Err(refuse(
@@ -357,12 +465,15 @@ impl ModelPool {
                 return Err(refuse(RefusedBy::Limit(Dimension::Concurrent), 1_000));
             }
         }
+        if let Err((d, wait)) = Self::provider_allows(state, demand, spec.estimated_requests, now) {
+            return Err(refuse(RefusedBy::Limit(d), wait));
+        }
         if let (Some(budget), Some(memory)) = (self.limits.memory_budget_bytes, spec.memory_bytes) {
             if state.memory_in_use + memory > budget {
                 return Err(refuse(RefusedBy::Memory, 1_000));
             }
         }
-        for (d, share) in lease_windows(&state.lease) {
+        for (d, share) in lease_windows(&lease) {
             let amount = amount(d, demand, spec.estimated_requests);
             if let Some(w) = state.model.window(d) {
                 let used = w.total(now);
@@ -402,6 +513,11 @@ impl ModelPool {
             }
             if let Some(w) = state.jobs[job].usage.window(d) {
                 w.add(now, amount);
+            }
+        }
+        for (i, amount) in [(0, demand.tokens), (1, spec.estimated_requests)] {
+            if let Some(room) = &mut state.provider_room[i] {
+                room.remaining = room.remaining.saturating_sub(amount);
             }
         }
         state.model.in_flight += 1;
@@ -516,8 +632,12 @@ impl ModelPool {
                 waiting: j.queue.len() as u64,
             })
             .collect();
+        let paused_for = state.paused_until.map_or(Duration::ZERO, |u| {
+            Duration::from_millis(u.saturating_sub(now))
+        });
         PoolView {
             model: self.limits.model.clone(),
+            paused_for,
             lease,
             pool,
             in_flight: state.model.in_flight,
@@ -722,6 +842,8 @@ pub struct JobView {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolView {
     pub model: String,
+    /// How much longer the provider's pause lasts (zero: not paused).
+    pub paused_for: Duration,
     pub lease: Lease,
     pub pool: u64,
     pub in_flight: u64,

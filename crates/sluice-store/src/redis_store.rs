@@ -85,6 +85,15 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Checks the URL and that the server answers `PING`.
     pub fn connect(url: &str) -> Result<RedisStore, RedisError> {
+        let store = RedisStore::lazy(url)?;
+        let pong: String = store.with(|c| redis::cmd("PING").query(c))?;
+        debug_assert_eq!(pong, "PONG");
+        Ok(store)
+    }
+
+    /// The server at `url`, checked to be a Redis URL but not contacted: for a subsystem that
+    /// must start while Redis is away (its first call connects, or fails and says so).
+    pub fn lazy(url: &str) -> Result<RedisStore, RedisError> {
         let shown_url = without_password(url);
         if url.starts_with("rediss://") {
             return Err(RedisError::Url {
@@ -98,16 +107,13 @@ impl RedisStore {
             url: shown_url.clone(),
             message: e.to_string(),
         })?;
-        let store = RedisStore {
+        Ok(RedisStore {
             client,
             shown_url,
             conn: Mutex::new(None),
             shared: tokio::sync::Mutex::new(SharedLink::Idle),
             connects: AtomicU64::new(0),
-        };
-        let pong: String = store.with(|c| redis::cmd("PING").query(c))?;
-        debug_assert_eq!(pong, "PONG");
-        Ok(store)
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -163,6 +169,39 @@ impl RedisStore {
         let mut borrowed = self.shared_connection().await?;
         let answer = pipe.query_async(&mut borrowed.conn).await;
         self.checked(answer, borrowed.link).await
+    }
+
+    /// Runs a Lua script (by its SHA, loading it on the first `NOSCRIPT`) on the shared
+    /// multiplexed connection.
+    pub async fn script<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        let mut borrowed = self.shared_connection().await?;
+        let answer = invocation.invoke_async(&mut borrowed.conn).await;
+        self.checked(answer, borrowed.link).await
+    }
+
+    /// A connection of its own subscribed to `channel` (pub/sub holds a connection), made
+    /// within [`IO_TIMEOUT`]. Its messages come as long as the connection lives: the caller
+    /// subscribes again when the stream ends.
+    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, RedisError> {
+        let io = |source| RedisError::Io {
+            url: self.shown_url.clone(),
+            source,
+        };
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(IO_TIMEOUT, connect).await {
+            Ok(result) => result.map_err(io),
+            Err(_) => Err(io(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "subscribing timed out",
+            )))),
+        }
     }
 
     /// The shared connection, connecting if there is none (unless a recent connect failed).

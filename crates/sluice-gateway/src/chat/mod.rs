@@ -465,8 +465,14 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         prompt_tokens,
         output_tokens,
     };
-    match limiter.admit(admission).await {
+    let started = std::time::Instant::now();
+    let verdict = limiter.admit(admission).await;
+    let metrics = ctx.shared.limits_metrics.clone();
+    match verdict {
         Ok(admitted) => {
+            if let Some(m) = &metrics {
+                m.admitted(&model.name, &admitted.job_type, started.elapsed());
+            }
             rate_limit_headers(&mut ctx.answer_headers, &admitted.state);
             ctx.permit = admitted.permit;
             ctx.decide(Phase::Admit, "admitted", || {
@@ -475,6 +481,9 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
             Ok(())
         }
         Err(NotAdmitted::Limited(refusal)) => {
+            if let Some(m) = &metrics {
+                m.refused(&model.name, refusal.refused_by, started.elapsed());
+            }
             rate_limit_headers(&mut ctx.answer_headers, &refusal.state);
             ctx.decide(Phase::Admit, "refused", || Some(refusal.reason.clone()));
             Err(GatewayError::RateLimited {
@@ -597,8 +606,9 @@ async fn call_upstream(
             }
         }
     }
-    if let Some((endpoint, _)) = &answered {
+    if let Some((endpoint, sent)) = &answered {
         ctx.endpoint = Some(endpoint.clone());
+        learn_provider_limits(&ctx.shared, ctx.model.as_deref(), &sent.response);
     }
     let Some((endpoint, sent)) = answered else {
         return Err(
@@ -617,6 +627,29 @@ async fn call_upstream(
     }
     ctx.decide(Phase::Upstream, "answered", || Some(endpoint.label.clone()));
     Ok((endpoint, sent))
+}
+
+/// What the upstream's headers say about its limits, told to the limiter (limited models
+/// only): a 429's `retry-after`, and what remains of its minute.
+fn learn_provider_limits(
+    shared: &crate::state::GatewayShared,
+    model: Option<&crate::state::ModelEntry>,
+    response: &UpstreamResponse,
+) {
+    let (Some(limiter), Some(model)) = (&shared.services.limiter, model) else {
+        return;
+    };
+    if !model.limited {
+        return;
+    }
+    let headers = response.headers();
+    let report = sluice_api::ratelimit::ProviderReport::read(
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        std::time::SystemTime::now(),
+    );
+    if report != sluice_api::ratelimit::ProviderReport::default() || response.status() == 429 {
+        limiter.observe_provider(&model.name, response.status().as_u16(), &report);
+    }
 }
 
 /// Phase: respond. A stream is handed to the relay; a whole completion is read (bounded by

@@ -79,6 +79,90 @@ pub enum JobKind {
     Flexible,
 }
 
+/// `[limits]`: how the instances sharing a Redis (`[state] redis_url`) coordinate their
+/// pools. Ignored without Redis (one instance holds every limit whole).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How often an instance reports and gets its leases. Default 1s.
+    pub heartbeat: Option<ConfigDuration>,
+    /// An instance silent this long is gone and its part shared. Default 5s; at least two
+    /// heartbeats.
+    pub instance_timeout: Option<ConfigDuration>,
+    /// While Redis cannot be reached: `"fail_static"` (default: keep the last lease, never
+    /// more), `"fail_open"` (each instance takes every limit whole), `"fail_closed"` (admit
+    /// nothing).
+    pub on_redis_failure: Option<FailureMode>,
+    /// The most instances expected to share the limits: an instance that cannot reach Redis
+    /// when it starts takes the limits divided by this. Default 8.
+    pub expected_max_instances: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    FailStatic,
+    FailOpen,
+    FailClosed,
+}
+
+/// `[limits]` with every default applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedFleet {
+    pub heartbeat: Duration,
+    pub instance_timeout: Duration,
+    pub on_redis_failure: sluice_limits::RedisFailure,
+    pub expected_max_instances: u64,
+}
+
+impl FleetConfig {
+    pub fn resolve(&self, problems: &mut Vec<ConfigProblem>) -> ResolvedFleet {
+        let mut push = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: format!("limits.{key}"),
+                line: None,
+                message,
+            });
+        };
+        let heartbeat = self.heartbeat.map_or(Duration::from_secs(1), |d| d.0);
+        let instance_timeout = self
+            .instance_timeout
+            .map_or(Duration::from_secs(5), |d| d.0);
+        if heartbeat.is_zero() {
+            push(
+                "heartbeat",
+                "must be more than zero; leave it out for 1s".into(),
+            );
+        }
+        if instance_timeout < heartbeat * 2 {
+            push(
+                "instance_timeout",
+                format!(
+                    "must be at least two heartbeats ({:?}), or a single late heartbeat drops a live instance",
+                    heartbeat * 2
+                ),
+            );
+        }
+        let expected_max_instances = self.expected_max_instances.unwrap_or(8);
+        if expected_max_instances == 0 {
+            push(
+                "expected_max_instances",
+                "must be at least 1; leave it out for 8".into(),
+            );
+        }
+        ResolvedFleet {
+            heartbeat,
+            instance_timeout,
+            on_redis_failure: match self.on_redis_failure {
+                None | Some(FailureMode::FailStatic) => sluice_limits::RedisFailure::FailStatic,
+                Some(FailureMode::FailOpen) => sluice_limits::RedisFailure::FailOpen,
+                Some(FailureMode::FailClosed) => sluice_limits::RedisFailure::FailClosed,
+            },
+            expected_max_instances,
+        }
+    }
+}
+
 /// The model's limits, checked; problems are pushed with their keys.
 pub fn resolve(
     model: &str,

@@ -37,6 +37,9 @@ pub struct Config {
     /// The inference cache's stores (`[cache]`); the cache is used by models that have a
     /// `[models.NAME.cache]` table.
     pub cache: Option<CacheConfig>,
+    /// How instances sharing a Redis coordinate their rate-limit pools (`[limits]`).
+    #[serde(default)]
+    pub limits: limits::FleetConfig,
     /// Model name as clients send it → where it is served.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -645,6 +648,8 @@ pub struct ResolvedConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The inference cache, when any model uses it or `[cache]` is set.
     pub cache: Option<ResolvedCache>,
+    /// `[limits]`: coordination of the pools among instances.
+    pub fleet: limits::ResolvedFleet,
     pub models: BTreeMap<String, ResolvedModel>,
 }
 
@@ -846,6 +851,7 @@ impl Config {
         let otel = self.resolve_otel(&mut problems);
         let tls = self.resolve_tls(&mut problems);
         let cache = self.resolve_cache(&auth.data_dir, &mut problems);
+        let fleet = self.limits.resolve(&mut problems);
         let problems = self.in_file_order(problems);
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
@@ -860,6 +866,7 @@ impl Config {
                 otel,
                 tls,
                 cache,
+                fleet,
                 models,
             }),
             _ => Err(ConfigError::Invalid {

@@ -72,8 +72,25 @@ pub struct ResponseHead {
     pub content_coding: Option<String>,
 }
 
-/// The upstream header fields [`ResponseHead::headers`] keeps.
-pub const KEPT_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
+/// The upstream header fields [`ResponseHead::headers`] keeps: the content type, and what
+/// providers say about their rate limits (`retry-after`, OpenAI's and Anthropic's
+/// `*ratelimit*` fields), which the admission phase learns from.
+pub static KEPT_HEADERS: [HeaderName; 14] = [
+    header::CONTENT_TYPE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+];
 
 pub struct Connection<T> {
     io: T,
