@@ -4,6 +4,7 @@
 //! 50 µs) is printed from 200 000 timed calls, with a refusal path measured the same way.
 //!
 //! `cargo bench -p sluice-limits --bench admit`
+#![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
