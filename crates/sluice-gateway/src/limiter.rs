@@ -18,6 +18,10 @@ use crate::services::{
     RateWindow, Refusal,
 };
 
+/// How often flexible job-type ratios are adjusted (besides after every
+/// `sluice_limits::pool::ADJUST_AFTER_RELEASES` requests that finish).
+const ADJUST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct GatewayLimiter {
     pools: HashMap<String, Arc<ModelPool>>,
     coordinator: Arc<dyn Coordinator>,
@@ -54,6 +58,24 @@ impl GatewayLimiter {
             }
             None => Arc::new(LocalCoordinator::new(&pools)),
         };
+        // Flexible ratios move on an interval too, not only after releases: an idle type
+        // lends even when nothing finishes.
+        let weak: Vec<std::sync::Weak<ModelPool>> = pools.values().map(Arc::downgrade).collect();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ADJUST_INTERVAL);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let mut alive = false;
+                for pool in weak.iter().filter_map(std::sync::Weak::upgrade) {
+                    pool.adjust_ratios();
+                    alive = true;
+                }
+                if !alive {
+                    return;
+                }
+            }
+        });
         Ok(Some(GatewayLimiter { pools, coordinator }))
     }
 }

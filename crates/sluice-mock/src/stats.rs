@@ -12,6 +12,7 @@ pub(crate) const RECENT_IDS: usize = 64;
 
 /// A snapshot of the engine's counters, as served by `GET /admin/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MockStats {
     /// Chat completion requests received, including rejected ones.
     pub requests_total: u64,
