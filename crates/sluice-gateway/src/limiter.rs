@@ -145,7 +145,12 @@ impl Limiter for GatewayLimiter {
                 });
             };
             let limits = pool.limits();
-            let name = a.job_type.unwrap_or(&limits.default_job_type);
+            // A fallback model without the job type asked for counts the request under its
+            // own default.
+            let name = match a.job_type {
+                Some(t) if limits.job_type(t).is_some() || !a.fallback => t,
+                _ => &limits.default_job_type,
+            };
             let Some(job) = limits.job_type(name) else {
                 return Err(NotAdmitted::UnknownJobType {
                     job_type: name.to_owned(),
@@ -159,7 +164,8 @@ impl Limiter for GatewayLimiter {
             let demand = Demand {
                 tokens: a.prompt_tokens.saturating_add(output),
             };
-            match pool.admit(job, demand).await {
+            let max_wait = a.max_wait.unwrap_or(limits.job_types[job].max_wait);
+            match pool.admit_within(job, demand, max_wait).await {
                 Ok(reservation) => Ok(Admitted {
                     permit: Some(Box::new(LimitPermit {
                         reservation,

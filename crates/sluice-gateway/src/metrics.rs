@@ -403,7 +403,7 @@ impl GatewayMetrics {
         );
         self.registry.register(
             "cache_skipped_writes",
-            "Answers not stored, by reason (request_failed, stream_broken, stream_error, too_large, unknown_tool, tool_arguments_not_json, tool_arguments_invalid, tool_schema_unusable)",
+            "Answers not stored, by reason (request_failed, stream_broken, stream_error, too_large, unknown_tool, tool_arguments_not_json, tool_arguments_invalid, tool_schema_unusable, fallback_model)",
             m.skipped.clone(),
         );
         self.registry.register(
@@ -634,6 +634,12 @@ pub struct ModelMetrics {
 impl ModelMetrics {
     pub fn request_started(&self) {
         self.in_flight.inc();
+    }
+
+    /// The request moved to another model (a fallback) before it was sent: it leaves this
+    /// model's in-flight count without being counted as finished here.
+    pub fn request_moved(&self) {
+        self.in_flight.dec();
     }
 
     /// Records a finished request. `upstream_wait` is the part of `total` spent waiting on

@@ -179,6 +179,11 @@ pub struct Admission<'a> {
     /// The most the answer may use (`max_tokens` or `max_completion_tokens`, times `n`);
     /// `None` when the request sets no cap.
     pub output_tokens: Option<u64>,
+    /// Wait at most this long for capacity, instead of the job type's `max_wait` (a model
+    /// with fallbacks after it waits for nothing).
+    pub max_wait: Option<Duration>,
+    /// Whether `model` is a fallback for the one the client named.
+    pub fallback: bool,
 }
 
 /// What a finished request is charged against the limits, decided once when it ends.

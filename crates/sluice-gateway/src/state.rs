@@ -146,6 +146,8 @@ pub struct ModelEntry {
     pub cache_wait: std::time::Duration,
     /// Whether the model has `[models.NAME.limits]` (else the admit phase is skipped).
     pub limited: bool,
+    /// `fallback_models`: tried in order when this model's limits refuse a request.
+    pub fallback_models: Vec<String>,
 }
 
 impl GatewayShared {
@@ -184,6 +186,7 @@ impl GatewayShared {
                         .max()
                         .unwrap_or_default(),
                     limited: model.limits.is_some(),
+                    fallback_models: model.fallback_models.clone(),
                 };
                 ((*name).clone(), Arc::new(entry))
             })

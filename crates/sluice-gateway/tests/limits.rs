@@ -380,6 +380,12 @@ fn limits_that_cannot_be_enforced_are_named_in_the_config() {
     assert!(e.contains("requests_per_minute: is 0"), "{e}");
     let e = check("[models.m.limits]\nrequests_per_minute = 1\nmax_wait = \"soon\"\n");
     assert!(e.contains("max_wait"), "{e}");
+    let e = check("[models.m]\nfallback_models = [\"m\", \"gone\"]\n");
+    assert!(
+        e.contains("models.m.fallback_models: `m` is this model itself"),
+        "{e}"
+    );
+    assert!(e.contains("`gone` is not a configured model"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,4 +455,77 @@ async fn the_global_admin_sees_the_pools_and_a_tenants_admin_does_not() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_model_takes_what_the_first_refuses_and_all_refusing_names_each_reason() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let url = mock.base_url();
+    let gw = TestGateway::start_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [models.big]\nfallback_models = [\"small\"]\n[[models.big.endpoints]]\nurl = \"{url}\"\n\
+         [models.big.limits]\nrequests_per_minute = 1\n\
+         [models.small]\n[[models.small.endpoints]]\nurl = \"{url}\"\n\
+         [models.small.limits]\nrequests_per_minute = 1\n\
+         [models.spare]\n[[models.spare.endpoints]]\nurl = \"{url}\"\n"
+    ))
+    .await;
+    let body = |extra: Value| {
+        let mut q = question(extra);
+        q["model"] = json!("big");
+        q
+    };
+    let first = ask(&gw, &body(json!({})), &[]).await;
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("x-sluice-model").is_none());
+    // `big` is spent: its configured fallback serves, and says so.
+    let second = ask(&gw, &body(json!({})), &[]).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-sluice-model"], "small");
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(
+        answer["model"], "small",
+        "the upstream was asked for the fallback"
+    );
+    // Both spent: the error names each model's reason.
+    let third = ask(&gw, &body(json!({})), &[]).await;
+    assert_eq!(third.status(), 429);
+    let e: Value = third.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no model had capacity"), "{message}");
+    assert!(
+        message.contains("model `big`") && message.contains("model `small`"),
+        "{message}"
+    );
+    // A request names its own fallbacks: an unlimited one always has room.
+    let fourth = ask(
+        &gw,
+        &body(json!({})),
+        &[("x-sluice-fallback-models", "small, spare")],
+    )
+    .await;
+    assert_eq!(fourth.status(), 200);
+    assert_eq!(fourth.headers()["x-sluice-model"], "spare");
+    let unknown = ask(
+        &gw,
+        &body(json!({})),
+        &[("x-sluice-fallback-models", "nope")],
+    )
+    .await;
+    assert_eq!(unknown.status(), 400);
+    let e: Value = unknown.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "x-sluice-fallback-models");
+    // Requests were counted under the model that served them.
+    let text = gw.metrics_text().await;
+    let served = |model| {
+        sluice_testkit::metric_value(
+            &text,
+            "sluice_requests_total",
+            &[("model", model), ("status", "200")],
+        )
+    };
+    assert_eq!(
+        (served("big"), served("small"), served("spare")),
+        (1.0, 1.0, 1.0)
+    );
 }

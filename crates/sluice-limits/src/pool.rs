@@ -352,7 +352,18 @@ impl ModelPool {
         job: usize,
         demand: Demand,
     ) -> Result<Reservation, Refusal> {
-        let max_wait = self.limits.job_types[job].max_wait;
+        self.admit_within(job, demand, self.limits.job_types[job].max_wait)
+            .await
+    }
+
+    /// As [`ModelPool::admit`], waiting up to `max_wait` instead of the type's own (a model
+    /// tried before its fallbacks waits for nothing).
+    pub async fn admit_within(
+        self: &Arc<Self>,
+        job: usize,
+        demand: Demand,
+        max_wait: Duration,
+    ) -> Result<Reservation, Refusal> {
         let deadline = self.clock.now_ms() + max_wait.as_millis() as u64;
         let mut place = Queued::new(self.clone(), job);
         let mut unmet_counted = false;

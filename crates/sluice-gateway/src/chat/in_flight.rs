@@ -36,6 +36,14 @@ impl InFlight {
         }
     }
 
+    /// The request is now `model`'s (a fallback took it before anything was sent): counted
+    /// from here under that model, from the same arrival.
+    pub fn move_to(mut self, model: Arc<ModelMetrics>) -> InFlight {
+        self.finished = true;
+        self.model.request_moved();
+        InFlight::start(model, self.received)
+    }
+
     /// Waits for `fut`, counting the time as upstream wait.
     pub fn wait_upstream<F: Future>(&mut self, fut: F) -> UpstreamWait<'_, F> {
         UpstreamWait {

@@ -427,8 +427,10 @@ fn cached_stream_response(events: Vec<Bytes>) -> Response {
 
 /// Phase: admit, for a model with limits: reserve the request's estimate (prompt tokens
 /// from the messages, plus the output cap) in its job type's pool, waiting up to the type's
-/// `max_wait`; or 429 naming the limit. Every answer after this carries the pool's
-/// `x-ratelimit-*` headers.
+/// `max_wait`; or 429 naming the limit. With fallback models (`x-sluice-fallback-models`, or
+/// the model's `fallback_models`), each model is tried in turn without waiting, the last
+/// one up to its `max_wait`, and the first with capacity serves the request. Every answer
+/// after this carries the pool's `x-ratelimit-*` headers.
 async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let (Some(limiter), Some(model)) = (ctx.shared.services.limiter.clone(), ctx.model.clone())
     else {
@@ -438,6 +440,7 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         return Ok(());
     }
     ctx.enter(Phase::Admit);
+    let candidates = fallback_candidates(ctx, &model)?;
     let request = ctx.body.parsed().map_err(invalid)?;
     let prompt_tokens = estimate_prompt_tokens(request);
     let choices = request
@@ -450,56 +453,173 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         .output_cap()
         .map(|cap| u64::from(cap).saturating_mul(choices));
     let job_type = match ctx.head.header(JOB_TYPE_HEADER.as_str()) {
-        Some(raw) => Some(std::str::from_utf8(raw).map_err(|_| {
-            GatewayError::invalid_request(
-                "x-sluice-job-type is not UTF-8 text",
-                Some(JOB_TYPE_HEADER.as_str().to_owned()),
-            )
-        })?),
+        Some(raw) => Some(
+            std::str::from_utf8(raw)
+                .map_err(|_| {
+                    GatewayError::invalid_request(
+                        "x-sluice-job-type is not UTF-8 text",
+                        Some(JOB_TYPE_HEADER.as_str().to_owned()),
+                    )
+                })?
+                .to_owned(),
+        ),
         None => None,
     };
-    let admission = Admission {
-        tenant: ctx.principal.tenant(),
-        model: &model.name,
-        job_type,
-        prompt_tokens,
-        output_tokens,
-    };
-    let started = std::time::Instant::now();
-    let verdict = limiter.admit(admission).await;
     let metrics = ctx.shared.limits_metrics.clone();
-    match verdict {
-        Ok(admitted) => {
-            if let Some(m) = &metrics {
-                m.admitted(&model.name, &admitted.job_type, started.elapsed());
-            }
-            rate_limit_headers(&mut ctx.answer_headers, &admitted.state);
-            ctx.permit = admitted.permit;
-            ctx.decide(Phase::Admit, "admitted", || {
-                Some(format!("{prompt_tokens} prompt tokens estimated"))
-            });
-            Ok(())
+    let mut refusals: Vec<(String, crate::services::Refusal)> = Vec::new();
+    for (i, candidate) in candidates.iter().enumerate() {
+        let last = i + 1 == candidates.len();
+        if !candidate.limited {
+            // An unlimited fallback takes the request as it is.
+            move_to_fallback(ctx, candidate)?;
+            return Ok(());
         }
-        Err(NotAdmitted::Limited(refusal)) => {
-            if let Some(m) = &metrics {
-                m.refused(&model.name, refusal.refused_by, started.elapsed());
+        let admission = Admission {
+            tenant: ctx.principal.tenant(),
+            model: &candidate.name,
+            job_type: job_type.as_deref(),
+            prompt_tokens,
+            output_tokens,
+            max_wait: (!last).then_some(std::time::Duration::ZERO),
+            fallback: i > 0,
+        };
+        let started = std::time::Instant::now();
+        let verdict = limiter.admit(admission).await;
+        match verdict {
+            Ok(admitted) => {
+                if let Some(m) = &metrics {
+                    m.admitted(&candidate.name, &admitted.job_type, started.elapsed());
+                }
+                rate_limit_headers(&mut ctx.answer_headers, &admitted.state);
+                ctx.permit = admitted.permit;
+                if i > 0 {
+                    move_to_fallback(ctx, candidate)?;
+                }
+                ctx.decide(Phase::Admit, "admitted", || {
+                    Some(format!(
+                        "{} ({prompt_tokens} prompt tokens estimated)",
+                        candidate.name
+                    ))
+                });
+                return Ok(());
             }
-            rate_limit_headers(&mut ctx.answer_headers, &refusal.state);
-            ctx.decide(Phase::Admit, "refused", || Some(refusal.reason.clone()));
-            Err(GatewayError::RateLimited {
-                reason: refusal.reason,
-                retry_after: refusal.retry_after,
-            })
+            Err(NotAdmitted::Limited(refusal)) => {
+                if let Some(m) = &metrics {
+                    m.refused(&candidate.name, refusal.refused_by, started.elapsed());
+                }
+                if i == 0 {
+                    rate_limit_headers(&mut ctx.answer_headers, &refusal.state);
+                }
+                refusals.push((candidate.name.clone(), refusal));
+            }
+            Err(NotAdmitted::UnknownJobType { job_type, known }) => {
+                if let Some(m) = &metrics {
+                    m.refused(&candidate.name, "unknown_job_type", started.elapsed());
+                }
+                return Err(GatewayError::invalid_request(
+                    format!(
+                        "model `{}` has no job type `{job_type}`; use one of: {known}",
+                        candidate.name
+                    ),
+                    Some(JOB_TYPE_HEADER.as_str().to_owned()),
+                ));
+            }
         }
-        Err(NotAdmitted::UnknownJobType { job_type, known }) => Err(GatewayError::invalid_request(
-            format!(
-                "model `{}` has no job type `{job_type}`; use one of: {known}",
-                model.name
-            ),
-            Some(JOB_TYPE_HEADER.as_str().to_owned()),
-        )),
     }
+    let retry_after = refusals
+        .iter()
+        .map(|(_, r)| r.retry_after)
+        .min()
+        .unwrap_or_default();
+    let reason = match refusals.as_slice() {
+        [(_, only)] => only.reason.clone(),
+        all => format!(
+            "no model had capacity: {}",
+            all.iter()
+                .map(|(_, r)| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    ctx.decide(Phase::Admit, "refused", || Some(reason.clone()));
+    Err(GatewayError::RateLimited {
+        reason,
+        retry_after,
+    })
 }
+
+/// `x-sluice-fallback-models`: models tried, in order, when the requested one has no
+/// capacity (replacing the model's own `fallback_models`).
+pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-sluice-fallback-models");
+
+/// The requested model, then its fallbacks: the request's header (each checked to be a
+/// configured model the caller may use) or the model's config.
+fn fallback_candidates(
+    ctx: &RequestCtx,
+    model: &Arc<crate::state::ModelEntry>,
+) -> Result<Vec<Arc<crate::state::ModelEntry>>, GatewayError> {
+    let bad = |message: String| {
+        GatewayError::invalid_request(message, Some(FALLBACK_HEADER.as_str().to_owned()))
+    };
+    let names: Vec<String> = match ctx.head.header(FALLBACK_HEADER.as_str()) {
+        Some(raw) => std::str::from_utf8(raw)
+            .map_err(|_| bad("x-sluice-fallback-models is not UTF-8 text".into()))?
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => model.fallback_models.clone(),
+    };
+    let mut candidates = vec![model.clone()];
+    for name in names {
+        let Some(entry) = ctx.shared.models.get(&name) else {
+            return Err(bad(format!(
+                "fallback model `{name}` is not configured on this gateway; available models: {}",
+                ctx.shared.model_names.join(", ")
+            )));
+        };
+        if !ctx.principal.may_use(&entry.name) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: entry.name.clone(),
+            });
+        }
+        if !candidates.iter().any(|c| c.name == entry.name) {
+            candidates.push(entry.clone());
+        }
+    }
+    Ok(candidates)
+}
+
+/// The request goes to `fallback` instead of the model it named: its body names the
+/// fallback, it is accounted under it, and its answer is not cached under the model it
+/// named (`x-sluice-model` tells the client which model served it).
+fn move_to_fallback(
+    ctx: &mut RequestCtx,
+    fallback: &Arc<crate::state::ModelEntry>,
+) -> Result<(), GatewayError> {
+    let mut request = ctx.body.parsed().map_err(invalid)?.clone();
+    request.model = fallback.name.clone();
+    ctx.body = RequestBody::read(Bytes::from(request.to_json_vec())).map_err(invalid)?;
+    if let Some(flight) = ctx.flight.take() {
+        ctx.flight = Some(flight.move_to(fallback.metrics.clone()));
+    }
+    ctx.model = Some(fallback.clone());
+    if ctx.cache_write.take().is_some() {
+        if let Some(m) = &ctx.shared.cache_metrics {
+            m.skipped("fallback_model");
+        }
+    }
+    ctx.cache_leader = None;
+    if let Ok(v) = HeaderValue::from_str(&fallback.name) {
+        ctx.answer_headers.insert(SERVED_MODEL_HEADER, v);
+    }
+    ctx.decide(Phase::Admit, "fallback", || Some(fallback.name.clone()));
+    Ok(())
+}
+
+/// `x-sluice-model`: the model that served a request a fallback took.
+pub const SERVED_MODEL_HEADER: HeaderName = HeaderName::from_static("x-sluice-model");
 
 /// `x-sluice-job-type`: which of the model's job types a request belongs to.
 pub const JOB_TYPE_HEADER: HeaderName = HeaderName::from_static("x-sluice-job-type");

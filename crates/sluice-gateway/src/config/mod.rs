@@ -491,6 +491,10 @@ pub struct ModelConfig {
     pub cache: Option<ModelCacheConfig>,
     /// `[models.NAME.limits]`: rate limits and job types. Absent: unlimited.
     pub limits: Option<limits::ModelLimitsConfig>,
+    /// Models that take a request this model's limits refuse, tried in order (a request's
+    /// `x-sluice-fallback-models` replaces the list).
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
 }
 
 /// `[models.NAME.cache]`.
@@ -661,6 +665,8 @@ pub struct ResolvedModel {
     pub cache: sluice_cache::CachePolicy,
     /// Rate limits, checked; `None`: the model is unlimited.
     pub limits: Option<sluice_limits::ModelLimits>,
+    /// `fallback_models`, each checked to be a configured model.
+    pub fallback_models: Vec<String>,
 }
 
 /// `[cache]`, checked: present when any model has a `[models.NAME.cache]` table or `[cache]`
@@ -825,6 +831,22 @@ impl Config {
                 .limits
                 .as_ref()
                 .and_then(|l| limits::resolve(name, &key, l, &mut problems));
+            for fallback in &model.fallback_models {
+                if fallback == name || !self.models.contains_key(fallback) {
+                    problem(
+                        &mut problems,
+                        format!("{key}.fallback_models"),
+                        format!(
+                            "`{fallback}` is {}; name other configured models",
+                            if fallback == name {
+                                "this model itself"
+                            } else {
+                                "not a configured model"
+                            }
+                        ),
+                    );
+                }
+            }
             models.insert(
                 name.clone(),
                 ResolvedModel {
@@ -832,6 +854,7 @@ impl Config {
                     endpoints,
                     cache,
                     limits,
+                    fallback_models: model.fallback_models.clone(),
                 },
             );
         }
