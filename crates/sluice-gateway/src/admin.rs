@@ -78,6 +78,8 @@ fn key_view(k: &KeyRecord, now: i64) -> Value {
         "created_at": k.created_unix,
         "expires_at": k.expires_unix,
         "revoked_at": k.revoked_unix,
+        "requests_per_minute": k.requests_per_minute,
+        "tokens_per_minute": k.tokens_per_minute,
         "status": status,
     })
 }
@@ -199,6 +201,9 @@ struct CreateKey {
     models: Vec<String>,
     /// `30d`, `12h`, `90m`, `3600s`.
     expires_in: Option<String>,
+    /// The key's own limits, over every model it uses.
+    requests_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
 }
 
 pub async fn create_key(
@@ -256,9 +261,20 @@ pub async fn create_key(
             scopes,
             models: req.models,
             expires_unix,
-            requests_per_minute: None,
-            tokens_per_minute: None,
+            requests_per_minute: req.requests_per_minute,
+            tokens_per_minute: req.tokens_per_minute,
         };
+        for (param, v) in [
+            ("requests_per_minute", new.requests_per_minute),
+            ("tokens_per_minute", new.tokens_per_minute),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(
+                    "0 would refuse every request; give a positive limit or leave it out".into(),
+                    param,
+                ));
+            }
+        }
         let (record, secret) = blocking(move || table.create(new)).await?;
         let mut view = key_view(&record, now_unix());
         view["key"] = Value::String(secret);

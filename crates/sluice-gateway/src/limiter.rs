@@ -6,16 +6,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sluice_limits::pool::KEY_POOL_PREFIX;
 use sluice_limits::{
-    Coordinator, CoordinatorState, Demand, FleetSettings, LocalCoordinator, ModelLimits, ModelPool,
-    PoolView, RedisCoordinator, RefusedBy, Reservation, Used,
+    Coordinator, CoordinatorState, Demand, FleetSettings, Flexibility, JobType, Limits,
+    LocalCoordinator, ModelLimits, ModelPool, PoolView, RedisCoordinator, RefusedBy, Reservation,
+    Used,
 };
 
 use crate::config::limits::ResolvedFleet;
 
 use crate::services::{
-    Admission, Admitted, BoxFuture, Charge, Limiter, NotAdmitted, Permit, RateLimitState,
-    RateWindow, Refusal,
+    Admission, Admitted, BoxFuture, Charge, KeyLimits, Limiter, NotAdmitted, Permit,
+    RateLimitState, RateWindow, Refusal,
 };
 
 /// How often flexible job-type ratios are adjusted (besides after every
@@ -24,24 +26,29 @@ const ADJUST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct GatewayLimiter {
     pools: HashMap<String, Arc<ModelPool>>,
+    /// Pools of API keys' own limits, made on a key's first request (and again when its
+    /// limits change), named `key:NAME`.
+    keys: std::sync::Mutex<HashMap<String, Arc<ModelPool>>>,
+    clock: Arc<dyn sluice_limits::Clock>,
     coordinator: Arc<dyn Coordinator>,
 }
 
 impl GatewayLimiter {
     /// A pool per limited model, coordinated through Redis when `redis_url` is given (Redis
     /// need not answer yet: until it does, each pool takes the conservative share); `None`
-    /// when no model has limits. Call from within the runtime the coordinator's tasks are
-    /// to run on.
+    /// when no model has limits and API keys cannot have any (`keys_have_limits`: auth is
+    /// on). Call from within the runtime the coordinator's tasks are to run on.
     pub fn start<'a>(
         models: impl Iterator<Item = &'a ModelLimits>,
         fleet: &ResolvedFleet,
         redis_url: Option<&str>,
+        keys_have_limits: bool,
     ) -> Result<Option<GatewayLimiter>, sluice_store::RedisError> {
         let clock: Arc<dyn sluice_limits::Clock> = Arc::new(sluice_limits::TokioClock::new());
         let pools: HashMap<String, Arc<ModelPool>> = models
             .map(|m| (m.model.clone(), ModelPool::new(m.clone(), clock.clone())))
             .collect();
-        if pools.is_empty() {
+        if pools.is_empty() && !keys_have_limits {
             return Ok(None);
         }
         let coordinator: Arc<dyn Coordinator> = match redis_url {
@@ -76,7 +83,58 @@ impl GatewayLimiter {
                 }
             }
         });
-        Ok(Some(GatewayLimiter { pools, coordinator }))
+        Ok(Some(GatewayLimiter {
+            pools,
+            keys: std::sync::Mutex::default(),
+            clock,
+            coordinator,
+        }))
+    }
+}
+
+impl GatewayLimiter {
+    /// The pool of `key`'s own limits, made (and handed to the coordinator) on first use,
+    /// and made anew when the key's limits changed.
+    fn key_pool(&self, key: &KeyLimits<'_>) -> Option<Arc<ModelPool>> {
+        let limits = Limits {
+            requests_per_minute: key.requests_per_minute,
+            tokens_per_minute: key.tokens_per_minute,
+            ..Limits::default()
+        };
+        if limits.is_empty() {
+            return None;
+        }
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pool) = keys.get(key.name) {
+            if pool.limits().limits == limits {
+                return Some(pool.clone());
+            }
+        }
+        let spec = ModelLimits {
+            model: format!("{KEY_POOL_PREFIX}{}", key.name),
+            // One kind of work: a key's limit is all of the key's.
+            job_types: vec![JobType {
+                name: "key".into(),
+                estimated_tokens: 1,
+                estimated_requests: 1,
+                ratio: 1.0,
+                flexibility: Flexibility::Fixed,
+                max_wait: std::time::Duration::ZERO,
+                memory_bytes: None,
+            }],
+            default_job_type: "key".into(),
+            limits,
+            memory_budget_bytes: None,
+        }
+        .validate()
+        .ok()?;
+        let pool = ModelPool::new(spec, self.clock.clone());
+        self.coordinator.add_pool(pool.clone());
+        keys.insert(key.name.to_owned(), pool.clone());
+        Some(pool)
     }
 }
 
@@ -137,10 +195,43 @@ impl Limiter for GatewayLimiter {
 
     fn admit<'a>(&'a self, a: Admission<'a>) -> BoxFuture<'a, Result<Admitted, NotAdmitted>> {
         Box::pin(async move {
-            let Some(pool) = self.pools.get(a.model) else {
+            // The key's own limits first, without waiting: they are the caller's, not the
+            // model's to queue for.
+            let key_pool = a.key.as_ref().and_then(|k| self.key_pool(k));
+            let model_pool = self.pools.get(a.model);
+            let output = a.output_tokens.unwrap_or_else(|| {
+                model_pool.map_or(0, |p| {
+                    let l = p.limits();
+                    let job = a.job_type.and_then(|t| l.job_type(t));
+                    l.job_types[job.unwrap_or(0)].estimated_tokens
+                })
+            });
+            let demand = Demand {
+                tokens: a.prompt_tokens.saturating_add(output),
+            };
+            let mut held = Vec::new();
+            if let Some(pool) = &key_pool {
+                match pool
+                    .admit_within(0, demand, std::time::Duration::ZERO)
+                    .await
+                {
+                    Ok(r) => held.push(r),
+                    Err(refusal) => return Err(NotAdmitted::Limited(refused(refusal, pool))),
+                }
+            }
+            let Some(pool) = model_pool else {
+                let state = key_pool
+                    .as_ref()
+                    .map(|p| rate_state(&p.view()))
+                    .unwrap_or_default();
                 return Ok(Admitted {
-                    permit: None,
-                    state: RateLimitState::default(),
+                    permit: (!held.is_empty()).then(|| {
+                        Box::new(LimitPermit {
+                            reservations: held,
+                            prompt_tokens: a.prompt_tokens,
+                        }) as Box<dyn Permit>
+                    }),
+                    state,
                     job_type: String::new(),
                 });
             };
@@ -152,55 +243,62 @@ impl Limiter for GatewayLimiter {
                 _ => &limits.default_job_type,
             };
             let Some(job) = limits.job_type(name) else {
+                held.into_iter().for_each(Reservation::cancel);
                 return Err(NotAdmitted::UnknownJobType {
                     job_type: name.to_owned(),
                     known: crate::config::limits::names(&limits.job_types),
                 });
             };
-            // Without an output cap, the job type's estimate stands for the answer.
-            let output = a
-                .output_tokens
-                .unwrap_or(limits.job_types[job].estimated_tokens);
-            let demand = Demand {
-                tokens: a.prompt_tokens.saturating_add(output),
-            };
             let max_wait = a.max_wait.unwrap_or(limits.job_types[job].max_wait);
             match pool.admit_within(job, demand, max_wait).await {
-                Ok(reservation) => Ok(Admitted {
-                    permit: Some(Box::new(LimitPermit {
-                        reservation,
-                        prompt_tokens: a.prompt_tokens,
-                    })),
-                    state: rate_state(&pool.view()),
-                    job_type: name.to_owned(),
-                }),
-                Err(refusal) => Err(NotAdmitted::Limited(Refusal {
-                    retry_after: refusal.retry_after,
-                    reason: refusal.to_string(),
-                    refused_by: match refusal.by {
-                        RefusedBy::Limit(d) => d.key(),
-                        RefusedBy::JobType { .. } => "job_type",
-                        RefusedBy::Memory => "memory",
-                        RefusedBy::TooLarge { .. } => "too_large",
-                        RefusedBy::Paused => "paused",
-                    },
-                    state: rate_state(&pool.view()),
-                })),
+                Ok(reservation) => {
+                    held.push(reservation);
+                    Ok(Admitted {
+                        permit: Some(Box::new(LimitPermit {
+                            reservations: held,
+                            prompt_tokens: a.prompt_tokens,
+                        })),
+                        state: rate_state(&pool.view()),
+                        job_type: name.to_owned(),
+                    })
+                }
+                Err(refusal) => {
+                    // The key's reservation goes back: the request was not sent.
+                    held.into_iter().for_each(Reservation::cancel);
+                    Err(NotAdmitted::Limited(refused(refusal, pool)))
+                }
             }
         })
     }
 }
 
-/// A reservation, with the prompt estimate a cut stream is charged.
+/// A pool's refusal as the limiter answers it.
+fn refused(refusal: sluice_limits::Refusal, pool: &ModelPool) -> Refusal {
+    Refusal {
+        retry_after: refusal.retry_after,
+        reason: refusal.to_string(),
+        refused_by: match refusal.by {
+            RefusedBy::Limit(d) => d.key(),
+            RefusedBy::JobType { .. } => "job_type",
+            RefusedBy::Memory => "memory",
+            RefusedBy::TooLarge { .. } => "too_large",
+            RefusedBy::Paused => "paused",
+        },
+        state: rate_state(&pool.view()),
+    }
+}
+
+/// The reservations of one request (its model's, its key's), with the prompt estimate a
+/// cut stream is charged.
 struct LimitPermit {
-    reservation: Reservation,
+    reservations: Vec<Reservation>,
     prompt_tokens: u64,
 }
 
 impl Permit for LimitPermit {
     fn settle(self: Box<Self>, charge: Charge) {
         let LimitPermit {
-            reservation,
+            reservations,
             prompt_tokens,
         } = *self;
         let tokens = match charge {
@@ -210,13 +308,15 @@ impl Permit for LimitPermit {
             } => prompt_tokens.saturating_add(completion_tokens),
             Charge::Relayed { output_chunks } => prompt_tokens.saturating_add(output_chunks),
             Charge::Rejected => 0,
-            Charge::NotSent => return reservation.cancel(),
-            // Dropped unsettled: the reservation keeps its whole estimate.
-            Charge::Unknown => return drop(reservation),
+            Charge::NotSent => return reservations.into_iter().for_each(Reservation::cancel),
+            // Dropped unsettled: each reservation keeps its whole estimate.
+            Charge::Unknown => return drop(reservations),
         };
-        reservation.settle(Used {
-            tokens,
-            requests: 1,
-        });
+        for r in reservations {
+            r.settle(Used {
+                tokens,
+                requests: 1,
+            });
+        }
     }
 }

@@ -551,6 +551,8 @@ fn schemas() -> Value {
                 "created_at": {"type": "integer"},
                 "expires_at": {"type": ["integer", "null"]},
                 "revoked_at": {"type": ["integer", "null"]},
+                "requests_per_minute": {"type": ["integer", "null"], "description": "The key's own limit (null: none)"},
+                "tokens_per_minute": {"type": ["integer", "null"], "description": "The key's own limit (null: none)"},
                 "status": {"enum": ["active", "revoked", "expired"]}
             }
         },
@@ -576,7 +578,9 @@ fn schemas() -> Value {
                 "subject": {"type": "string"},
                 "scopes": {"type": "array", "minItems": 1, "items": {"enum": Scope::ALL.map(Scope::name)}},
                 "models": {"type": "array", "items": {"type": "string"}, "description": "Models configured on this gateway"},
-                "expires_in": {"type": "string", "pattern": "^[0-9]{1,7}[dhms]$", "description": "30d, 12h, 90m or 3600s (at most 10 years)"}
+                "expires_in": {"type": "string", "pattern": "^[0-9]{1,7}[dhms]$", "description": "30d, 12h, 90m or 3600s (at most 10 years)"},
+                "requests_per_minute": {"type": "integer", "minimum": 1, "maximum": 9_007_199_254_740_991u64, "description": "The key's own limit over every model it uses"},
+                "tokens_per_minute": {"type": "integer", "minimum": 1, "maximum": 9_007_199_254_740_991u64, "description": "The key's own limit over every model it uses"}
             },
             "additionalProperties": false
         },

@@ -45,6 +45,9 @@ pub struct KeyPrincipal {
     pub scopes: ScopeSet,
     /// Models the key may use; empty means every configured model.
     pub allowed_models: Vec<String>,
+    /// The key's own rate limits (over every model), enforced by the admission phase.
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl Principal {
@@ -184,6 +187,16 @@ pub struct Admission<'a> {
     pub max_wait: Option<Duration>,
     /// Whether `model` is a fallback for the one the client named.
     pub fallback: bool,
+    /// The caller's API key, when it has limits of its own.
+    pub key: Option<KeyLimits<'a>>,
+}
+
+/// An API key's own limits, counted over every model it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimits<'a> {
+    pub name: &'a str,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// What a finished request is charged against the limits, decided once when it ends.

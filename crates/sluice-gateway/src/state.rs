@@ -70,6 +70,7 @@ impl Services {
             config.models.values().filter_map(|m| m.limits.as_ref()),
             &config.fleet,
             config.redis_url.as_deref(),
+            config.auth.mode == AuthMode::Keys,
         )
         .map_err(ServicesError::Redis)?
         {

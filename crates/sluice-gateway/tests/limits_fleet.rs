@@ -323,3 +323,100 @@ async fn shares_follow_demand_and_never_add_up_to_more_than_the_limit() {
     // However it is split, the minute's requests stay within the limit.
     assert!(admitted + more <= 20, "{}", admitted + more);
 }
+
+/// A key with its own requests-per-minute limit, in `table`.
+fn limited_key(table: &sluice_gateway::auth::KeyTable, name: &str, rpm: u64) -> String {
+    use sluice_gateway::auth::{NewKey, ScopeSet};
+    let (_, secret) = table
+        .create(NewKey {
+            name: name.into(),
+            tenant: "acme".into(),
+            subject: None,
+            scopes: ScopeSet::parse_list("chat:write").unwrap(),
+            models: Vec::new(),
+            expires_unix: None,
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: None,
+        })
+        .unwrap();
+    format!("Bearer {secret}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_keys_own_limit_holds_on_any_model_and_across_instances() {
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(sluice_store::EmbeddedStore::open(dir.path()).unwrap());
+    let key = limited_key(
+        &sluice_gateway::auth::KeyTable::open(store).unwrap(),
+        "ci",
+        3,
+    );
+    // A model without limits of its own: only the key's apply.
+    let alone = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"keys\"\n\
+         [models.m]\n[[models.m.endpoints]]\nurl = \"{}\"\n",
+        dir.path().display(),
+        mock.base_url()
+    );
+    let gw = TestGateway::start_toml(&alone).await;
+    let send = |gw: &TestGateway| {
+        reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", &key)
+            .json(&question(5))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(&gw).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let refused: Value = send(&gw).await.unwrap().json().await.unwrap();
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("API key `ci`: its requests_per_minute limit"),
+        "{message}"
+    );
+    drop(gw);
+
+    // Two instances on one Redis share the key's limit: 4 a minute in all.
+    // With Redis, keys live there.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let in_redis = sluice_store::RedisStore::connect(&redis.url()).unwrap();
+    let key = limited_key(
+        &sluice_gateway::auth::KeyTable::redis(std::sync::Arc::new(in_redis)),
+        "shared",
+        4,
+    );
+    let shared = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"keys\"\n\
+         [state]\nredis_url = \"{}\"\n{FLEET}[models.m]\n[[models.m.endpoints]]\nurl = \"{}\"\n",
+        dir.path().display(),
+        redis.url(),
+        mock.base_url()
+    );
+    let a = TestGateway::start_toml(&shared).await;
+    let b = TestGateway::start_toml(&shared).await;
+    assert_eventually!(instances(&a) == 2 && instances(&b) == 2);
+    let send = |gw: &TestGateway| {
+        reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", &key)
+            .json(&question(5))
+            .send()
+    };
+    let mut admitted = 0;
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        if send(gw).await.unwrap().status() == 200 {
+            admitted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        (2..=4).contains(&admitted),
+        "{admitted} admitted of the key's 4"
+    );
+}

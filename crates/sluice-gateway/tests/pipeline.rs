@@ -32,6 +32,8 @@ impl KeyStore for Keys {
                 key_name: "ci-key".into(),
                 scopes: [Scope::ChatWrite, Scope::ModelsRead].into_iter().collect(),
                 allowed_models: vec!["m".into()],
+                requests_per_minute: None,
+                tokens_per_minute: None,
             }))),
             Some(b"sk-other-model") => Ok(Principal::Key(Arc::new(KeyPrincipal {
                 tenant: "acme".into(),
@@ -39,6 +41,8 @@ impl KeyStore for Keys {
                 key_name: "narrow".into(),
                 scopes: [Scope::ChatWrite, Scope::ModelsRead].into_iter().collect(),
                 allowed_models: vec!["not-m".into()],
+                requests_per_minute: None,
+                tokens_per_minute: None,
             }))),
             Some(_) => Err(AuthError::Invalid),
         }

@@ -31,6 +31,9 @@ use crate::limits::{Dimension, ModelLimits};
 use crate::ratios::{self, TypeLoad};
 use crate::window::{Millis, RollingWindow, Stamp};
 
+/// The name prefix of a pool that holds an API key's own limits (`key:NAME`).
+pub const KEY_POOL_PREFIX: &str = "key:";
+
 /// Buckets per window: a minute window counts in seconds, a day window in 24-minute steps.
 const BUCKETS: usize = 60;
 /// Flexible ratios are adjusted after this many releases (and on the coordinator's
@@ -118,6 +121,20 @@ pub struct Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Pools of an API key's own limits are named `key:NAME`.
+        if let Some(key) = self.model.strip_prefix(KEY_POOL_PREFIX) {
+            return match &self.by {
+                RefusedBy::TooLarge { dimension, share } => write!(
+                    f,
+                    "API key `{key}`: the request alone needs more than the key's {} ({share})",
+                    dimension.key()
+                ),
+                RefusedBy::Limit(d) => {
+                    write!(f, "API key `{key}`: its {} limit is reached", d.key())
+                }
+                _ => write!(f, "API key `{key}`: its limits are reached"),
+            };
+        }
         let m = &self.model;
         match &self.by {
             RefusedBy::Limit(d) => write!(f, "model `{m}`: its {} limit is reached", d.key()),

@@ -62,6 +62,12 @@ struct CreateArgs {
     /// Who or what uses the key. Default: its name.
     #[arg(long)]
     subject: Option<String>,
+    /// The key's own limit over every model it uses: requests per rolling minute.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    requests_per_minute: Option<u64>,
+    /// The key's own limit over every model it uses: tokens per rolling minute.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    tokens_per_minute: Option<u64>,
 }
 
 fn scopes(s: &str) -> Result<ScopeSet, String> {
@@ -134,8 +140,8 @@ fn create(table: &KeyTable, config: &ResolvedConfig, c: CreateArgs) -> anyhow::R
         scopes: c.scopes,
         models: c.models,
         expires_unix,
-        requests_per_minute: None,
-        tokens_per_minute: None,
+        requests_per_minute: c.requests_per_minute,
+        tokens_per_minute: c.tokens_per_minute,
     })?;
     println!(
         "created key `{}` for tenant `{}` (scopes {}; models {}; {}) in {}",

@@ -74,6 +74,8 @@ impl KeyRing {
                         key_name: k.name.clone(),
                         scopes: k.scopes,
                         allowed_models: k.models.clone(),
+                        requests_per_minute: k.requests_per_minute,
+                        tokens_per_minute: k.tokens_per_minute,
                     }),
                     expires_unix: k.expires_unix,
                 };

@@ -436,11 +436,24 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     else {
         return Ok(());
     };
-    if !model.limited {
+    let key = match &ctx.principal {
+        crate::services::Principal::Key(k)
+            if k.requests_per_minute.is_some() || k.tokens_per_minute.is_some() =>
+        {
+            Some(k.clone())
+        }
+        _ => None,
+    };
+    if !model.limited && key.is_none() {
         return Ok(());
     }
     ctx.enter(Phase::Admit);
     let candidates = fallback_candidates(ctx, &model)?;
+    let key_limits = key.as_ref().map(|k| crate::services::KeyLimits {
+        name: &k.key_name,
+        requests_per_minute: k.requests_per_minute,
+        tokens_per_minute: k.tokens_per_minute,
+    });
     let request = ctx.body.parsed().map_err(invalid)?;
     let prompt_tokens = estimate_prompt_tokens(request);
     let choices = request
@@ -469,7 +482,7 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let mut refusals: Vec<(String, crate::services::Refusal)> = Vec::new();
     for (i, candidate) in candidates.iter().enumerate() {
         let last = i + 1 == candidates.len();
-        if !candidate.limited {
+        if !candidate.limited && key_limits.is_none() {
             // An unlimited fallback takes the request as it is.
             move_to_fallback(ctx, candidate)?;
             return Ok(());
@@ -482,6 +495,7 @@ async fn admit(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
             output_tokens,
             max_wait: (!last).then_some(std::time::Duration::ZERO),
             fallback: i > 0,
+            key: key_limits,
         };
         let started = std::time::Instant::now();
         let verdict = limiter.admit(admission).await;

@@ -43,17 +43,20 @@ pub trait Coordinator: Send + Sync {
     /// An upstream asked for a pause of `model` (a 429 with `retry-after`): no instance
     /// sends it anything until the pause ends.
     fn pause(&self, model: &str, pause: Duration);
+
+    /// Coordinates one more pool from now on (an API key's, made on its first request).
+    fn add_pool(&self, pool: Arc<ModelPool>);
 }
 
 /// One instance alone: every pool keeps the whole of its limits.
 pub struct LocalCoordinator {
-    pools: HashMap<String, Arc<ModelPool>>,
+    pools: std::sync::RwLock<HashMap<String, Arc<ModelPool>>>,
 }
 
 impl LocalCoordinator {
     pub fn new(pools: &HashMap<String, Arc<ModelPool>>) -> LocalCoordinator {
         LocalCoordinator {
-            pools: pools.clone(),
+            pools: std::sync::RwLock::new(pools.clone()),
         }
     }
 }
@@ -69,8 +72,20 @@ impl Coordinator for LocalCoordinator {
     }
 
     fn pause(&self, model: &str, pause: Duration) {
-        if let Some(pool) = self.pools.get(model) {
+        let pools = self
+            .pools
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pool) = pools.get(model) {
             pool.pause(pause);
         }
+    }
+
+    fn add_pool(&self, pool: Arc<ModelPool>) {
+        // Alone, a pool keeps the whole of its limits: nothing to hand it.
+        self.pools
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pool.limits().model.clone(), pool);
     }
 }

@@ -73,6 +73,11 @@ pub struct FleetSettings {
     pub expected_max_instances: u64,
 }
 
+struct Pools {
+    ordered: Vec<Arc<ModelPool>>,
+    by_name: HashMap<String, usize>,
+}
+
 struct CoordinatorInner {
     instances: u64,
     /// Per pool, the allocation of the last successful heartbeat.
@@ -84,8 +89,9 @@ struct CoordinatorInner {
 
 pub struct RedisCoordinator {
     store: Arc<RedisStore>,
-    pools: Vec<Arc<ModelPool>>,
-    by_name: HashMap<String, usize>,
+    /// The pools coordinated, in a fixed order (the allocation's reply follows it); API
+    /// keys' pools are added as keys are first used.
+    pools: std::sync::RwLock<Pools>,
     settings: FleetSettings,
     script: redis::Script,
     inner: Mutex<CoordinatorInner>,
@@ -115,8 +121,7 @@ impl RedisCoordinator {
             .collect();
         let coordinator = Arc::new(RedisCoordinator {
             store,
-            pools: ordered,
-            by_name,
+            pools: std::sync::RwLock::new(Pools { ordered, by_name }),
             script: redis::Script::new(include_str!("allocate.lua")),
             inner: Mutex::new(CoordinatorInner {
                 instances: 1,
@@ -129,8 +134,8 @@ impl RedisCoordinator {
             errors: AtomicU64::new(0),
             settings,
         });
-        for pool in &coordinator.pools {
-            pool.set_lease(coordinator.conservative(pool));
+        for pool in coordinator.snapshot() {
+            pool.set_lease(coordinator.conservative(&pool));
         }
         let weak = Arc::downgrade(&coordinator);
         let every = coordinator.settings.heartbeat;
@@ -142,6 +147,15 @@ impl RedisCoordinator {
     /// Heartbeats that failed since the start.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The pools now, in their order.
+    fn snapshot(&self) -> Vec<Arc<ModelPool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ordered
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CoordinatorInner> {
@@ -171,9 +185,10 @@ impl RedisCoordinator {
             .arg(now_ms)
             .arg(&self.settings.instance_id)
             .arg(self.settings.instance_timeout.as_millis() as u64)
-            .arg(EVENTS)
-            .arg(self.pools.len());
-        for pool in &self.pools {
+            .arg(EVENTS);
+        let pools = self.snapshot();
+        invocation.arg(pools.len());
+        for pool in &pools {
             let view = pool.view();
             let limits = &pool.limits().limits;
             invocation.arg(&view.model);
@@ -187,28 +202,31 @@ impl RedisCoordinator {
             invocation.arg(pool.take_demand(self.settings.heartbeat));
         }
         match self.store.script::<Vec<i64>>(&invocation).await {
-            Ok(reply) => self.apply(&reply),
+            Ok(reply) => self.apply(&pools, &reply),
             Err(e) => self.failed(e.to_string()),
         }
     }
 
-    fn apply(&self, reply: &[i64]) {
+    fn apply(&self, pools: &[Arc<ModelPool>], reply: &[i64]) {
         let per_pool = 6;
-        if reply.len() != 2 + per_pool * self.pools.len() {
+        if reply.len() != 2 + per_pool * pools.len() {
             self.failed(format!(
                 "the allocation script answered {} values for {} models; is another sluice version sharing this Redis?",
                 reply.len(),
-                self.pools.len()
+                pools.len()
             ));
             return;
         }
         let mut inner = self.lock();
+        if inner.last.len() < pools.len() {
+            inner.last.resize(pools.len(), None);
+        }
         inner.instances = reply[0].max(1) as u64;
         if inner.degraded.take().is_some() {
             tracing::info!("limits: Redis answers again; leases follow the fleet's allocation");
         }
         inner.failing_since = None;
-        for (i, pool) in self.pools.iter().enumerate() {
+        for (i, pool) in pools.iter().enumerate() {
             let values = &reply[2 + i * per_pool..2 + (i + 1) * per_pool];
             let mut lease = Lease::default();
             for (d, v) in Dimension::ALL.into_iter().zip(values) {
@@ -254,7 +272,7 @@ impl RedisCoordinator {
             *last = None;
         }
         drop(inner);
-        for pool in &self.pools {
+        for pool in &self.snapshot() {
             let lease = match self.settings.failure {
                 RedisFailure::FailStatic => {
                     let current = pool.lease();
@@ -278,6 +296,11 @@ impl RedisCoordinator {
         }
     }
 
+    fn pool(&self, name: &str) -> Option<Arc<ModelPool>> {
+        let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+        pools.by_name.get(name).map(|&i| pools.ordered[i].clone())
+    }
+
     fn on_event(&self, message: &str) {
         let mut parts = message.split('\t');
         match parts.next() {
@@ -286,14 +309,17 @@ impl RedisCoordinator {
                 let (Some(model), Some(until)) = (parts.next(), parts.next()) else {
                     return;
                 };
-                let (Some(&i), Ok(until)) = (self.by_name.get(model), until.parse::<u64>()) else {
+                let Ok(until) = until.parse::<u64>() else {
+                    return;
+                };
+                let Some(pool) = self.pool(model) else {
                     return;
                 };
                 let now_ms = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 if until > now_ms {
-                    self.pools[i].pause(Duration::from_millis(until - now_ms));
+                    pool.pause(Duration::from_millis(until - now_ms));
                 }
             }
             _ => {}
@@ -312,11 +338,40 @@ impl Coordinator for RedisCoordinator {
         }
     }
 
+    fn add_pool(&self, pool: Arc<ModelPool>) {
+        // Until its first heartbeat, an even split among the instances alive at the last
+        // one: every instance that meets the pool takes no more than that, so together they
+        // stay within its limits (while Redis is away, the conservative share).
+        let instances = {
+            let inner = self.lock();
+            if inner.degraded.is_some() {
+                self.settings.expected_max_instances
+            } else {
+                inner.instances
+            }
+        };
+        let mut lease = Lease::default();
+        for (d, v) in pool.limits().limits.set() {
+            lease.set(d, Some(v / instances.max(1)));
+        }
+        pool.set_lease(lease);
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        let name = pool.limits().model.clone();
+        if pools.by_name.contains_key(&name) {
+            return;
+        }
+        let at = pools.ordered.len();
+        pools.by_name.insert(name, at);
+        pools.ordered.push(pool);
+        drop(pools);
+        self.wake.notify_one();
+    }
+
     fn pause(&self, model: &str, pause: Duration) {
-        let Some(&i) = self.by_name.get(model) else {
+        let Some(pool) = self.pool(model) else {
             return;
         };
-        self.pools[i].pause(pause);
+        pool.pause(pause);
         let until_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
