@@ -52,14 +52,18 @@ fn limits_toml(table: &str) -> String {
     format!("[models.m.limits]\n{table}\n")
 }
 
+/// A gateway in front of `mock` whose model `m` has the limits `table` sets.
+async fn limited(mock: &sluice_testkit::MockServer, table: &str) -> TestGateway {
+    TestGateway::start_toml(&gateway_toml("m", &[mock.base_url()], &limits_toml(table))).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_capacity_a_request_gets_429_naming_the_limit_with_openais_headers() {
     let mock = start_mock(MockOptions::zero_timing()).await;
-    let gw = TestGateway::start_toml(&gateway_toml(
-        "m",
-        &[mock.base_url()],
-        &limits_toml("requests_per_minute = 3\ntokens_per_minute = 100000\nestimated_tokens = 100"),
-    ))
+    let gw = limited(
+        &mock,
+        "requests_per_minute = 3\ntokens_per_minute = 100000\nestimated_tokens = 100",
+    )
     .await;
     for remaining in [2, 1, 0] {
         let resp = ask(&gw, &question(json!({})), &[]).await;
@@ -150,12 +154,7 @@ async fn a_stream_the_client_leaves_is_charged_what_it_relayed_not_refunded() {
         ..MockOptions::zero_timing()
     })
     .await;
-    let gw = TestGateway::start_toml(&gateway_toml(
-        "m",
-        &[mock.base_url()],
-        &limits_toml("tokens_per_minute = 100000\nestimated_tokens = 100"),
-    ))
-    .await;
+    let gw = limited(&mock, "tokens_per_minute = 100000\nestimated_tokens = 100").await;
     let resp = ask(
         &gw,
         &question(json!({"stream": true, "max_tokens": 64})),
@@ -194,12 +193,7 @@ async fn a_stream_the_upstream_breaks_is_charged_what_it_relayed() {
         ..MockOptions::zero_timing()
     })
     .await;
-    let gw = TestGateway::start_toml(&gateway_toml(
-        "m",
-        &[mock.base_url()],
-        &limits_toml("tokens_per_minute = 100000\nestimated_tokens = 100"),
-    ))
-    .await;
+    let gw = limited(&mock, "tokens_per_minute = 100000\nestimated_tokens = 100").await;
     let resp = ask(
         &gw,
         &question(json!({"stream": true, "max_tokens": 40})),

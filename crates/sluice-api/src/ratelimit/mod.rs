@@ -7,7 +7,9 @@ pub mod go_duration;
 pub mod provider;
 
 pub use go_duration::{go_duration, parse_go_duration};
-pub use provider::{ProviderReport, ReportedLimit};
+pub use provider::{
+    ProviderReport, ReportedLimit, ANTHROPIC_REQUESTS_HEADERS, ANTHROPIC_TOKENS_HEADERS,
+};
 
 /// `x-ratelimit-limit-requests` and its siblings, in the order limit, remaining, reset.
 pub const REQUESTS_HEADERS: [&str; 3] = [

@@ -11,12 +11,14 @@
 
 use std::time::{Duration, SystemTime};
 
-const ANTHROPIC_REQUESTS: [&str; 3] = [
+/// Anthropic's `anthropic-ratelimit-requests-{limit,remaining,reset}`.
+pub const ANTHROPIC_REQUESTS_HEADERS: [&str; 3] = [
     "anthropic-ratelimit-requests-limit",
     "anthropic-ratelimit-requests-remaining",
     "anthropic-ratelimit-requests-reset",
 ];
-const ANTHROPIC_TOKENS: [&str; 3] = [
+/// Anthropic's `anthropic-ratelimit-tokens-{limit,remaining,reset}`.
+pub const ANTHROPIC_TOKENS_HEADERS: [&str; 3] = [
     "anthropic-ratelimit-tokens-limit",
     "anthropic-ratelimit-tokens-remaining",
     "anthropic-ratelimit-tokens-reset",
@@ -70,9 +72,12 @@ impl ProviderReport {
         ProviderReport {
             requests: pick(
                 openai(super::REQUESTS_HEADERS),
-                anthropic(ANTHROPIC_REQUESTS),
+                anthropic(ANTHROPIC_REQUESTS_HEADERS),
             ),
-            tokens: pick(openai(super::TOKENS_HEADERS), anthropic(ANTHROPIC_TOKENS)),
+            tokens: pick(
+                openai(super::TOKENS_HEADERS),
+                anthropic(ANTHROPIC_TOKENS_HEADERS),
+            ),
             retry_after: header("retry-after").and_then(|v| retry_after(v.trim(), now)),
         }
     }

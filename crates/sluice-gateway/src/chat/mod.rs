@@ -642,16 +642,17 @@ pub const JOB_TYPE_HEADER: HeaderName = HeaderName::from_static("x-sluice-job-ty
 /// unchanged: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, reset as a Go-style
 /// duration (`1m0s`, `6s`, `250ms`).
 fn rate_limit_headers(headers: &mut AnswerHeaders, state: &crate::services::RateLimitState) {
+    use sluice_api::ratelimit::{REQUESTS_HEADERS as R, TOKENS_HEADERS as T};
     const NAMES: [[HeaderName; 3]; 2] = [
         [
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
+            HeaderName::from_static(R[0]),
+            HeaderName::from_static(R[1]),
+            HeaderName::from_static(R[2]),
         ],
         [
-            HeaderName::from_static("x-ratelimit-limit-tokens"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
+            HeaderName::from_static(T[0]),
+            HeaderName::from_static(T[1]),
+            HeaderName::from_static(T[2]),
         ],
     ];
     for (names, window) in NAMES.iter().zip([state.requests, state.tokens]) {

@@ -75,22 +75,28 @@ pub struct ResponseHead {
 /// The upstream header fields [`ResponseHead::headers`] keeps: the content type, and what
 /// providers say about their rate limits (`retry-after`, OpenAI's and Anthropic's
 /// `*ratelimit*` fields), which the admission phase learns from.
-pub static KEPT_HEADERS: [HeaderName; 14] = [
-    header::CONTENT_TYPE,
-    header::RETRY_AFTER,
-    HeaderName::from_static("x-ratelimit-limit-requests"),
-    HeaderName::from_static("x-ratelimit-remaining-requests"),
-    HeaderName::from_static("x-ratelimit-reset-requests"),
-    HeaderName::from_static("x-ratelimit-limit-tokens"),
-    HeaderName::from_static("x-ratelimit-remaining-tokens"),
-    HeaderName::from_static("x-ratelimit-reset-tokens"),
-    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
-    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
-    HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
-    HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
-];
+pub static KEPT_HEADERS: [HeaderName; 14] = {
+    use sluice_api::ratelimit::{
+        ANTHROPIC_REQUESTS_HEADERS as AR, ANTHROPIC_TOKENS_HEADERS as AT, REQUESTS_HEADERS as R,
+        TOKENS_HEADERS as T,
+    };
+    [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        HeaderName::from_static(R[0]),
+        HeaderName::from_static(R[1]),
+        HeaderName::from_static(R[2]),
+        HeaderName::from_static(T[0]),
+        HeaderName::from_static(T[1]),
+        HeaderName::from_static(T[2]),
+        HeaderName::from_static(AR[0]),
+        HeaderName::from_static(AR[1]),
+        HeaderName::from_static(AR[2]),
+        HeaderName::from_static(AT[0]),
+        HeaderName::from_static(AT[1]),
+        HeaderName::from_static(AT[2]),
+    ]
+};
 
 pub struct Connection<T> {
     io: T,
