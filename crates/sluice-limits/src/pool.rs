@@ -196,10 +196,10 @@ struct PoolState {
     next_ticket: u64,
     releases_since_adjust: u32,
     paused_until: Option<Millis>,
-    /// Tokens and requests of requests that waited or were refused since the coordinator
-    /// last asked: demand the lease did not meet.
-    unmet_tokens: u64,
-    unmet_requests: u64,
+    /// Tokens and requests of requests that waited or were refused in the last minute:
+    /// demand the lease did not meet (over a minute, as usage is, so shares follow demand
+    /// without swinging from one heartbeat to the next).
+    unmet: [RollingWindow; 2],
     /// What the provider last said remains of its minute's tokens and requests (this
     /// instance's part), less what was admitted since: until the provider's reset, no
     /// request needs more than that.
@@ -260,8 +260,10 @@ impl ModelPool {
             next_ticket: 0,
             releases_since_adjust: 0,
             paused_until: None,
-            unmet_tokens: 0,
-            unmet_requests: 0,
+            unmet: [
+                RollingWindow::new(60_000, BUCKETS),
+                RollingWindow::new(60_000, BUCKETS),
+            ],
             provider_room: [None; 2],
         };
         Arc::new(ModelPool {
@@ -290,30 +292,21 @@ impl ModelPool {
         self.lock().lease
     }
 
-    /// The demand on this pool since the last call, for sharing limits by demand: the
-    /// minute window's usage (tokens where tokens are limited, else requests) plus what
-    /// waited or was refused since, as a rate per minute (`since` is the time between calls).
-    pub fn take_demand(&self, since: Duration) -> u64 {
+    /// The demand on this pool, for sharing limits by demand: the last minute's usage
+    /// (tokens where tokens are limited, else requests) plus what waited or was refused in
+    /// that minute.
+    pub fn demand(&self) -> u64 {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let tokens = self.limits.limits.tokens_per_minute.is_some()
             || self.limits.limits.tokens_per_day.is_some();
-        let (d, unmet) = if tokens {
-            (
-                Dimension::TokensPerMinute,
-                std::mem::take(&mut state.unmet_tokens),
-            )
+        let (d, i) = if tokens {
+            (Dimension::TokensPerMinute, 0)
         } else {
-            (
-                Dimension::RequestsPerMinute,
-                std::mem::take(&mut state.unmet_requests),
-            )
+            (Dimension::RequestsPerMinute, 1)
         };
-        state.unmet_tokens = 0;
-        state.unmet_requests = 0;
         let used = state.model.window(d).map_or(0, |w| w.total(now));
-        let per_minute = 60.0 / since.as_secs_f64().max(0.001);
-        used.saturating_add((unmet as f64 * per_minute) as u64)
+        used.saturating_add(state.unmet[i].total(now))
     }
 
     /// The provider said only `remaining` of its minute's tokens (or requests) are left
@@ -407,8 +400,8 @@ impl ModelPool {
                     }
                     Err(refusal) => {
                         if !std::mem::replace(&mut unmet_counted, true) {
-                            state.unmet_tokens += demand.tokens;
-                            state.unmet_requests += 1;
+                            state.unmet[0].add(now, demand.tokens);
+                            state.unmet[1].add(now, 1);
                         }
                         refusal
                     }

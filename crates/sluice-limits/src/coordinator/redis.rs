@@ -199,7 +199,7 @@ impl RedisCoordinator {
                 let used = view.windows.iter().find(|w| w.dimension == d);
                 invocation.arg(used.map_or(0, |w| w.used));
             }
-            invocation.arg(pool.take_demand(self.settings.heartbeat));
+            invocation.arg(pool.demand());
         }
         match self.store.script::<Vec<i64>>(&invocation).await {
             Ok(reply) => self.apply(&pools, &reply),
