@@ -420,3 +420,45 @@ async fn an_api_keys_own_limit_holds_on_any_model_and_across_instances() {
         "{admitted} admitted of the key's 4"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_type_ratios_stay_with_their_instance() {
+    let redis = RedisServer::start();
+    let mock = start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            added_latency_ms: 400,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let config = toml(
+        &mock,
+        Some(&redis),
+        "max_concurrent = 40\nmax_wait = \"5s\"\ndefault_job_type = \"a\"\n\
+         [models.m.limits.job_types.a]\nratio = 0.5\nkind = \"flexible\"\n\
+         [models.m.limits.job_types.b]\nratio = 0.5\nkind = \"flexible\"\n",
+    );
+    let busy = TestGateway::start_toml(&config).await;
+    let other = TestGateway::start_toml(&config).await;
+    assert_eventually!(instances(&busy) == 2 && instances(&other) == 2);
+    let ratios = |g: &TestGateway| -> Vec<f64> {
+        g.shared.services.limiter.as_ref().unwrap().views()[0]
+            .jobs
+            .iter()
+            .map(|j| j.ratio)
+            .collect()
+    };
+    // Job type `a` floods one instance (20 slots, 10 for each type) with four waves' worth:
+    // its requests wait, and `a` borrows from the idle `b` there.
+    let body = question(5);
+    let flood = futures_util::future::join_all((0..40).map(|_| ask(&busy, &body)));
+    let watch = async {
+        assert_eventually!(ratios(&busy)[0] > 0.5, Duration::from_secs(8));
+    };
+    let (answers, ()) = tokio::join!(flood, watch);
+    assert!(answers.iter().all(|r| r.status() == 200));
+    // The other instance's ratios did not move: they are never shared.
+    assert!(ratios(&busy)[0] > 0.5);
+    assert_eq!(ratios(&other), vec![0.5, 0.5]);
+}
