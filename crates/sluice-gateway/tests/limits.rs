@@ -249,7 +249,7 @@ async fn a_request_that_never_reached_an_upstream_costs_nothing_an_upstream_erro
 async fn a_request_waits_up_to_max_wait_for_a_slot() {
     let mock = start_mock(MockOptions {
         faults: sluice_mock::Faults {
-            added_latency_ms: 300,
+            added_latency_ms: 3_000,
             ..sluice_mock::Faults::default()
         },
         ..MockOptions::zero_timing()
@@ -258,7 +258,7 @@ async fn a_request_waits_up_to_max_wait_for_a_slot() {
     let waits = TestGateway::start_toml(&gateway_toml(
         "m",
         &[mock.base_url()],
-        &limits_toml("max_concurrent = 1\nmax_wait = \"10s\""),
+        &limits_toml("max_concurrent = 1\nmax_wait = \"60s\""),
     ))
     .await;
     let body = question(json!({}));
@@ -288,7 +288,7 @@ async fn a_request_waits_up_to_max_wait_for_a_slot() {
 async fn job_types_come_from_the_header_and_keep_their_own_share() {
     let mock = start_mock(MockOptions {
         faults: sluice_mock::Faults {
-            added_latency_ms: 500,
+            added_latency_ms: 3_000,
             ..sluice_mock::Faults::default()
         },
         ..MockOptions::zero_timing()
@@ -305,18 +305,14 @@ async fn job_types_come_from_the_header_and_keep_their_own_share() {
     let body = question(json!({}));
     let batch = [("x-sluice-job-type", "batch")];
     // Batch fills its two slots; a third batch request is refused; chat still gets in.
-    let (a, b, c, d) = tokio::join!(
-        ask(&gw, &body, &batch),
-        ask(&gw, &body, &batch),
-        async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            ask(&gw, &body, &batch).await
-        },
-        async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            ask(&gw, &body, &[]).await
-        },
-    );
+    // The last two go once the pool shows the first two in flight (not after a sleep).
+    let (a, b, (c, d)) = tokio::join!(ask(&gw, &body, &batch), ask(&gw, &body, &batch), async {
+        assert_eventually!(view(&gw)
+            .jobs
+            .iter()
+            .any(|j| j.name == "batch" && j.in_flight == 2));
+        tokio::join!(ask(&gw, &body, &batch), ask(&gw, &body, &[]))
+    },);
     assert_eq!(a.status(), 200);
     assert_eq!(b.status(), 200);
     assert_eq!(c.status(), 429);
