@@ -17,7 +17,17 @@ Reported per run, against the issue's targets:
   allows in that time (≥ 90 % even, ≥ 80 % skewed);
 - Redis commands per admitted request (≤ 0.2).
 
-Usage: bench/limits-fleet.sh [--minutes 3] [--provider-tpm 60000] [--rate 6]
+Two scenarios (`--scenario`), each overridable flag by flag:
+- `steady` (default): 60 000 TPM, 6 requests a second offered, at most 12 in flight — the
+  limits bind at a few requests a second, where the fleet's coordination (a heartbeat per
+  instance per second, whatever the traffic) costs the most per request;
+- `busy`: 3 000 000 TPM (a hosted provider's higher tiers), 300 requests a second offered, a
+  fast provider: what Redis costs per request at the rates where it matters.
+
+Redis's commands are counted from `INFO commandstats`, less the sampler's own `INFO`s, with
+the `EVALSHA`s (one per heartbeat) apart; commands a script runs count too.
+
+Usage: bench/limits-fleet.sh [--scenario steady|busy] [--minutes 3] [--provider-tpm N] [--rate R]
 """
 
 import argparse
@@ -35,6 +45,11 @@ import urllib.request
 from pathlib import Path
 
 from cache import redis_calls
+
+SCENARIOS = {
+    "steady": {"provider_tpm": 60_000, "rate": 6, "max_concurrent": 12, "decode_interval": "10ms"},
+    "busy": {"provider_tpm": 3_000_000, "rate": 300, "max_concurrent": 200, "decode_interval": "2ms"},
+}
 from overhead import free_port, start, stop_all, wait_port
 
 
@@ -58,6 +73,7 @@ class Fleet:
             "--tokens-per-minute", str(args.provider_tpm),
             "--max-concurrent", str(args.max_concurrent + 8),
             "--min-output-tokens", "100", "--max-output-tokens", "100",
+            "--decode-interval", args.decode_interval, "--batch-slowdown", "0",
         ]))
         wait_port(self.redis_port)
         wait_port(self.mock_port)
@@ -84,6 +100,12 @@ class Fleet:
         time.sleep(3)  # heartbeats: the three find each other
 
 
+def redis_counts(port):
+    calls = redis_calls(port)
+    return {"redis": sum(n for name, n in calls.items() if name != "info"),
+            "evalsha": calls.get("evalsha", 0)}
+
+
 def sample(fleet, stop, out):
     """Reads the provider's counters and Redis's every second until `stop` is set."""
     while not stop.is_set():
@@ -92,7 +114,7 @@ def sample(fleet, stop, out):
             out.append({"t": time.time(), "admitted_tokens": s["admitted_tokens_total"],
                         "admitted": s["admitted_total"], "limited": s["rate_limited_total"],
                         "active": s["active"],
-                        "redis": sum(redis_calls(fleet.redis_port).values())})
+                        **redis_counts(fleet.redis_port)})
         except OSError:
             pass
         stop.wait(1.0)
@@ -140,6 +162,7 @@ def summarise(name, samples, gateway_tpm, args):
     utilisation = used / (gateway_tpm * span / 60) if span else float("nan")
     admitted = samples[-1]["admitted"] - samples[0]["admitted"]
     redis = samples[-1]["redis"] - samples[0]["redis"]
+    heartbeats = samples[-1]["evalsha"] - samples[0]["evalsha"]
     result = {
         "run": name,
         "worst_60s_tokens": worst_minute,
@@ -148,7 +171,9 @@ def summarise(name, samples, gateway_tpm, args):
         "max_in_flight": max(s["active"] for s in samples),
         "utilisation": utilisation,
         "admitted_requests": admitted,
+        "admitted_per_second": admitted / (samples[-1]["t"] - samples[0]["t"]),
         "redis_commands_per_request": redis / admitted if admitted else float("nan"),
+        "redis_commands_per_heartbeat": redis / heartbeats if heartbeats else float("nan"),
         "samples": len(samples),
     }
     print(json.dumps(result), flush=True)
@@ -158,13 +183,18 @@ def summarise(name, samples, gateway_tpm, args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sluice", default="target/release/sluice")
+    ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
     ap.add_argument("--minutes", type=float, default=3)
-    ap.add_argument("--provider-tpm", type=int, default=60_000)
+    ap.add_argument("--provider-tpm", type=int)
     ap.add_argument("--gateway-share", type=float, default=0.95)
-    ap.add_argument("--max-concurrent", type=int, default=12)
-    ap.add_argument("--rate", type=float, default=6, help="requests per second, all instances")
+    ap.add_argument("--max-concurrent", type=int)
+    ap.add_argument("--rate", type=float, help="requests per second, all instances")
+    ap.add_argument("--decode-interval", help="the provider's time per output token")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
+    for name, value in SCENARIOS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if not shutil.which("redis-server"):
         sys.exit("redis-server is not installed (apt-get install redis-server)")
     work = Path(tempfile.mkdtemp(prefix="sluice-limits-fleet-"))
@@ -178,20 +208,22 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = ["| run | worst rolling 60 s ÷ limit (≤ 1.05) | provider 429s (0) | most in flight "
-             f"(≤ {args.max_concurrent}) | utilisation after the first minute | Redis commands per request (≤ 0.2) |",
-             "|---|---|---|---|---|---|"]
+             f"(≤ {args.max_concurrent}) | utilisation after the first minute | admitted per second "
+             "| Redis commands per request (≤ 0.2) | Redis commands per heartbeat |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['run']} | {r['worst_60s_over_limit']:.3f} | {r['provider_429']} | {r['max_in_flight']} "
-                     f"| {100 * r['utilisation']:.1f} % | {r['redis_commands_per_request']:.3f} |")
+                     f"| {100 * r['utilisation']:.1f} % | {r['admitted_per_second']:.1f} "
+                     f"| {r['redis_commands_per_request']:.3f} | {r['redis_commands_per_heartbeat']:.2f} |")
     table = "\n".join(lines)
     print()
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"limits-fleet-{stamp}.md").write_text(table + "\n")
-    (out / f"limits-fleet-{stamp}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print(f"\nwritten to {out}/limits-fleet-{stamp}.md")
+    (out / f"limits-fleet-{args.scenario}-{stamp}.md").write_text(table + "\n")
+    (out / f"limits-fleet-{args.scenario}-{stamp}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print(f"\nwritten to {out}/limits-fleet-{args.scenario}-{stamp}.md")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ fn model_view(v: &PoolView) -> Value {
         "shares": shares,
         "pool": v.pool,
         "in_flight": v.in_flight,
+        "memory": v.memory.map(|m| json!({"budget": m.budget, "in_use": m.in_use})),
         "windows": windows,
         "job_types": jobs,
     })

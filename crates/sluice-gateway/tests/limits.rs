@@ -336,6 +336,41 @@ async fn job_types_come_from_the_header_and_keep_their_own_share() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_refuses_a_job_that_does_not_fit_beside_those_in_flight() {
+    let mock = start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            added_latency_ms: 3_000,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let gw = TestGateway::start_toml(&gateway_toml(
+        "m",
+        &[mock.base_url()],
+        "[models.m.limits]\nmax_concurrent = 10\nmemory_budget = 3000\ndefault_job_type = \"chat\"\n\
+         [models.m.limits.job_types.chat]\nratio = 0.5\nmemory = 1000\n\
+         [models.m.limits.job_types.long]\nratio = 0.5\nmemory = 2000\n",
+    ))
+    .await;
+    let body = question(json!({}));
+    let long = [("x-sluice-job-type", "long")];
+    // A long job and a chat fill the budget; another chat is refused though chat has slots.
+    let (a, b, refused) = tokio::join!(ask(&gw, &body, &long), ask(&gw, &body, &[]), async {
+        assert_eventually!(view(&gw).memory.is_some_and(|m| m.in_use == 3_000));
+        ask(&gw, &body, &[]).await
+    });
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    assert_eq!(refused.status(), 429);
+    let e: Value = refused.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("memory budget"), "{message}");
+    assert_eq!(view(&gw).memory.unwrap().in_use, 0, "all given back");
+    assert_eq!(mock.engine().stats().requests_total, 2);
+}
+
 #[test]
 fn limits_that_cannot_be_enforced_are_named_in_the_config() {
     use sluice_gateway::config::Config;
@@ -386,9 +421,9 @@ async fn the_global_admin_sees_the_pools_and_a_tenants_admin_does_not() {
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"keys\"\n\
          [models.m]\n[[models.m.endpoints]]\nurl = \"{url}\"\n\
          [models.m.limits]\ntokens_per_minute = 100000\nrequests_per_minute = 600\nmax_concurrent = 8\n\
-         default_job_type = \"chat\"\n\
-         [models.m.limits.job_types.chat]\nestimated_tokens = 10000\nratio = 0.75\n\
-         [models.m.limits.job_types.batch]\nestimated_tokens = 10000\nratio = 0.25\nkind = \"flexible\"\n\
+         default_job_type = \"chat\"\nmemory_budget = 1000000\n\
+         [models.m.limits.job_types.chat]\nestimated_tokens = 10000\nratio = 0.75\nmemory = 1000\n\
+         [models.m.limits.job_types.batch]\nestimated_tokens = 10000\nratio = 0.25\nkind = \"flexible\"\nmemory = 1000\n\
          [models.free]\n[[models.free.endpoints]]\nurl = \"{url}\"\n",
         dir.path().display(),
         url = mock.base_url(),
@@ -428,6 +463,7 @@ async fn the_global_admin_sees_the_pools_and_a_tenants_admin_does_not() {
     );
     // 100 000 tokens a minute at 10 000 a job: 10; concurrency allows 8.
     assert_eq!(m["pool"], 8);
+    assert_eq!(m["memory"], json!({"budget": 1000000, "in_use": 0}));
     assert_eq!(m["windows"][0]["limit"], "tokens_per_minute");
     assert_eq!(m["windows"][0]["used"], total);
     assert_eq!(m["windows"][1]["used"], 1);

@@ -193,6 +193,46 @@ async fn the_request_path_makes_no_redis_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_costs_redis_six_commands_however_many_models() {
+    let redis = RedisServer::start();
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let mut config = toml(&mock, Some(&redis), "requests_per_minute = 100");
+    for name in ["n", "o"] {
+        config.push_str(&format!(
+            "[models.{name}]\n[[models.{name}.endpoints]]\nurl = \"{}\"\n\
+             [models.{name}.limits]\ntokens_per_minute = 100000\nestimated_tokens = 100\n",
+            mock.base_url()
+        ));
+    }
+    let a = TestGateway::start_toml(&config).await;
+    let b = TestGateway::start_toml(&config).await;
+    assert_eventually!(instances(&a) == 2 && instances(&b) == 2);
+    let before = redis.commands_executed();
+    assert_eventually!(
+        redis
+            .commands_executed()
+            .get("evalsha")
+            .copied()
+            .unwrap_or(0)
+            >= before.get("evalsha").copied().unwrap_or(0) + 10
+    );
+    let after = redis.commands_executed();
+    let delta: BTreeMap<&str, u64> = after
+        .iter()
+        .map(|(name, n)| (name.as_str(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let beats = delta["evalsha"];
+    // Register, read the members, read every report, read the pauses, write this
+    // instance's reports: the same five for three models as for one.
+    let expected: BTreeMap<&str, u64> = ["evalsha", "zadd", "zrange", "hgetall", "hmget", "hset"]
+        .into_iter()
+        .map(|c| (c, beats))
+        .collect();
+    assert_eq!(delta, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_an_instance_keeps_its_share_and_takes_its_part_again_when_redis_returns() {
     let mut redis = RedisServer::start();
     let mock = start_mock(MockOptions::zero_timing()).await;

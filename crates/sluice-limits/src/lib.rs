@@ -22,5 +22,6 @@ pub use coordinator::{
 };
 pub use limits::{Dimension, Flexibility, JobType, Limits, LimitsError, ModelLimits};
 pub use pool::{
-    Demand, Lease, ModelPool, PoolView, Refusal, RefusedBy, Reservation, Used, WindowView,
+    Demand, Lease, MemoryView, ModelPool, PoolView, Refusal, RefusedBy, Reservation, Used,
+    WindowView,
 };

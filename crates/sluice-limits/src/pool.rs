@@ -662,6 +662,10 @@ impl ModelPool {
             lease,
             pool,
             in_flight: state.model.in_flight,
+            memory: self.limits.memory_budget_bytes.map(|budget| MemoryView {
+                budget,
+                in_use: state.memory_in_use,
+            }),
             windows,
             jobs,
         }
@@ -868,8 +872,17 @@ pub struct PoolView {
     pub lease: Lease,
     pub pool: u64,
     pub in_flight: u64,
+    /// The instance's memory budget for the model, when it has one, and how much of it the
+    /// jobs in flight hold.
+    pub memory: Option<MemoryView>,
     pub windows: Vec<WindowView>,
     pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryView {
+    pub budget: u64,
+    pub in_use: u64,
 }
 
 impl PoolView {
@@ -979,6 +992,49 @@ mod tests {
             .contains("tokens_per_minute limit is reached"));
         tokio::time::advance(refused.retry_after).await;
         admit_now(&p, 0, T).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_budget_bounds_the_jobs_held_at_once_by_each_types_memory() {
+        let with_memory = |name, bytes| crate::JobType {
+            memory_bytes: Some(bytes),
+            ..job(name, 100, 0.5, Flexibility::Fixed)
+        };
+        let limits = ModelLimits {
+            memory_budget_bytes: Some(3_000),
+            ..model(
+                Limits {
+                    max_concurrent: Some(10),
+                    ..Limits::default()
+                },
+                vec![with_memory("small", 1_000), with_memory("large", 2_000)],
+            )
+        };
+        let p = ModelPool::new(limits.validate().unwrap(), Arc::new(TokioClock::new()));
+        let d = Demand { tokens: 100 };
+        let large = admit_now(&p, 1, d).await.unwrap();
+        let small = admit_now(&p, 0, d).await.unwrap();
+        assert_eq!(
+            p.view().memory,
+            Some(MemoryView {
+                budget: 3_000,
+                in_use: 3_000
+            })
+        );
+        // Slots are free in both types (five each); memory is not.
+        let refused = admit_now(&p, 0, d).await.unwrap_err();
+        assert_eq!(refused.by, RefusedBy::Memory);
+        assert!(refused.to_string().contains("memory budget"), "{refused}");
+        // A finished large job makes room for two small ones, not three.
+        large.cancel();
+        let _a = admit_now(&p, 0, d).await.unwrap();
+        let _b = admit_now(&p, 0, d).await.unwrap();
+        assert_eq!(admit_now(&p, 0, d).await.unwrap_err().by, RefusedBy::Memory);
+        small.settle(Used {
+            tokens: 100,
+            requests: 1,
+        });
+        assert_eq!(p.view().memory.unwrap().in_use, 2_000);
     }
 
     #[tokio::test(start_paused = true)]

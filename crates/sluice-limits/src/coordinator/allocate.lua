@@ -1,4 +1,4 @@
--- sluice limits allocation, version 1 (loaded as `sluice_limits_allocate_v1`).
+-- sluice limits allocation.
 --
 -- One call per instance heartbeat: registers the caller, drops instances whose heartbeat is
 -- older than the timeout, records the caller's usage report per model, and computes every
@@ -21,16 +21,35 @@ local channel = ARGV[4]
 local models = tonumber(ARGV[5])
 local WINDOWS = {60000, 60000, 86400000, 86400000}
 
-local known = redis.call('ZSCORE', KEYS[1], me)
-redis.call('ZADD', KEYS[1], now, me)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - timeout))
-if #dead > 0 then
-  redis.call('ZREM', KEYS[1], unpack(dead))
+-- Six commands a call, whatever the number of models and instances (the EVALSHA and five
+-- here; a ZREM and an HDEL only when an instance has gone): Redis's work grows with the
+-- fleet, not with the traffic.
+local fresh = redis.call('ZADD', KEYS[1], now, me)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local live, dead, is_live = {}, {}, {}
+for i = 1, #members, 2 do
+  local id, seen = members[i], tonumber(members[i + 1])
+  if seen < now - timeout then
+    dead[#dead + 1] = id
+  else
+    live[#live + 1] = id
+    is_live[id] = true
+  end
 end
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-local is_live = {}
-for _, id in ipairs(live) do is_live[id] = true end
-local changed = (not known) or #dead > 0
+local changed = fresh == 1 or #dead > 0
+
+-- `redis.call(command, key, ...list)`, in pieces small enough for Lua's stack (a fleet
+-- with thousands of API keys' pools has thousands of fields); the replies, joined.
+local function call_in_pieces(command, key, list)
+  local out = {}
+  for from = 1, #list, 1000 do
+    local reply = redis.call(command, key, unpack(list, from, math.min(from + 999, #list)))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
 
 local function split(s)
   local out = {}
@@ -40,7 +59,7 @@ end
 
 -- Every report, by model: live instances' and the recent ones of instances gone (ghosts,
 -- whose usage stays in the windows it was made in).
-local reports = {}
+local reports, stale = {}, {}
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
   local field, value = all[i], all[i + 1]
@@ -49,25 +68,34 @@ for i = 1, #all, 2 do
     local model, id = string.sub(field, 1, tab - 1), string.sub(field, tab + 1)
     local r = split(value)
     if not is_live[id] and now - r[1] > WINDOWS[3] then
-      redis.call('HDEL', KEYS[2], field)
+      stale[#stale + 1] = field
     else
       reports[model] = reports[model] or {}
       reports[model][id] = r
     end
   end
 end
+call_in_pieces('ZREM', KEYS[1], dead)
+call_in_pieces('HDEL', KEYS[2], stale)
+
+-- Every model's pause, in one read.
+local names = {}
+for m = 1, models do names[m] = ARGV[6 + (m - 1) * 11] end
+local pauses = call_in_pieces('HMGET', KEYS[3], names)
 
 local reply = {#live, changed and 1 or 0}
+local writes = {}
 local arg = 6
-for _ = 1, models do
+for m = 1, models do
   local name = ARGV[arg]
   local limits, used = {}, {}
   for d = 1, 5 do limits[d] = tonumber(ARGV[arg + d]) end
   for d = 1, 4 do used[d] = tonumber(ARGV[arg + 5 + d]) end
   local demand = tonumber(ARGV[arg + 10])
   arg = arg + 11
-  redis.call('HSET', KEYS[2], name .. '\t' .. me,
-    now .. ',' .. used[1] .. ',' .. used[2] .. ',' .. used[3] .. ',' .. used[4] .. ',' .. demand)
+  writes[#writes + 1] = name .. '\t' .. me
+  writes[#writes + 1] = now .. ',' .. used[1] .. ',' .. used[2] .. ',' .. used[3] .. ','
+    .. used[4] .. ',' .. demand
   reports[name] = reports[name] or {}
   reports[name][me] = {now, used[1], used[2], used[3], used[4], demand}
 
@@ -145,9 +173,10 @@ for _ = 1, models do
       reply[#reply + 1] = math.floor(lease)
     end
   end
-  local paused = redis.call('HGET', KEYS[3], name)
-  reply[#reply + 1] = (paused and tonumber(paused) > now) and tonumber(paused) or 0
+  local paused = pauses[m] and tonumber(pauses[m])
+  reply[#reply + 1] = (paused and paused > now) and paused or 0
 end
+call_in_pieces('HSET', KEYS[2], writes)
 
 if changed then
   redis.call('PUBLISH', channel, 'members')
