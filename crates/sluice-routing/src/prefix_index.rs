@@ -1,0 +1,429 @@
+//! [`PrefixIndex`]: which pods hold which blocks of one model's prompts.
+//!
+//! Two sources feed it. A pod's KV events ([`PrefixIndex::apply`]) say what its engine
+//! stored and evicted: each stored block is named by the gateway's own chained hash of its
+//! tokens ([`BlockHasher`]), and the pod keeps a map from the engine's hash to that name, to
+//! place the next event's parent and to remove what the engine names in `BlockRemoved`.
+//! Routing ([`PrefixIndex::insert_routed`]) says what a pod is about to hold: the prompt just
+//! sent to it, counted until an expiry — short for pods that publish events (their events
+//! take over), long for pods that do not (routing is then all the index knows).
+//!
+//! Everything a pod holds is its own: removing, clearing or purging one pod never touches what
+//! another holds.
+//!
+//! One lock over the whole index: a match takes it shared once for the whole prompt; an event
+//! batch takes it exclusively for as long as applying the batch takes (microseconds for the
+//! batches engines send, see `docs/benchmarks.md`), so a read waits at most that long.
+
+use hashbrown::HashMap;
+use parking_lot::RwLock;
+use sluice_api::kv_events::{BlockHash, BlockStored, KvEvent};
+use smallvec::SmallVec;
+use thiserror::Error;
+
+use crate::blocks::{BlockHasher, OwnHash};
+
+/// A pod (one engine's cache) as the index knows it. Never reused within an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodId(u32);
+
+/// At most this many routed blocks are remembered per pod; beyond it, routing adds nothing
+/// until expired ones are swept (a bound on memory, whatever the traffic).
+const MAX_ROUTED_PER_POD: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    pod: PodId,
+    /// How many of the pod's engine blocks carry this name (usually 1).
+    stored: u32,
+    /// Held on routing's word until this time (ms on the caller's clock; 0: not).
+    routed_until: u64,
+}
+
+impl Holder {
+    fn holds(&self, now_ms: u64) -> bool {
+        self.stored > 0 || self.routed_until > now_ms
+    }
+}
+
+type Holders = SmallVec<[Holder; 2]>;
+
+struct Pod {
+    name: String,
+    /// The engine's hash of each block it reported stored → the block's name here.
+    engine: HashMap<BlockHash, OwnHash>,
+    /// Blocks routed to the pod → until when they count.
+    routed: HashMap<OwnHash, u64>,
+}
+
+#[derive(Default)]
+struct State {
+    blocks: HashMap<OwnHash, Holders>,
+    pods: Vec<Pod>,
+    by_name: HashMap<String, PodId>,
+}
+
+impl State {
+    fn holders(&mut self, own: OwnHash, pod: PodId) -> &mut Holder {
+        let holders = self.blocks.entry(own).or_default();
+        let at = match holders.iter().position(|h| h.pod == pod) {
+            Some(at) => at,
+            None => {
+                holders.push(Holder {
+                    pod,
+                    stored: 0,
+                    routed_until: 0,
+                });
+                holders.len() - 1
+            }
+        };
+        &mut holders[at]
+    }
+
+    /// Drops what `keep` says `pod` no longer holds of `own`.
+    fn forget(&mut self, own: OwnHash, pod: PodId, keep: impl Fn(&mut Holder) -> bool) {
+        let Some(holders) = self.blocks.get_mut(&own) else {
+            return;
+        };
+        if let Some(at) = holders.iter().position(|h| h.pod == pod) {
+            if !keep(&mut holders[at]) {
+                holders.swap_remove(at);
+            }
+        }
+        if holders.is_empty() {
+            self.blocks.remove(&own);
+        }
+    }
+
+    /// Returns whether the block is new to the pod.
+    fn store(&mut self, pod: PodId, engine_hash: BlockHash, own: OwnHash) -> bool {
+        match self.pods[pod.0 as usize].engine.insert(engine_hash, own) {
+            Some(old) if old == own => return false,
+            Some(old) => self.release(pod, old),
+            None => {}
+        }
+        self.holders(own, pod).stored += 1;
+        true
+    }
+
+    fn release(&mut self, pod: PodId, own: OwnHash) {
+        self.forget(own, pod, |h| {
+            h.stored = h.stored.saturating_sub(1);
+            h.stored > 0 || h.routed_until > 0
+        });
+    }
+
+    fn remove(&mut self, pod: PodId, engine_hash: BlockHash) -> bool {
+        match self.pods[pod.0 as usize].engine.remove(&engine_hash) {
+            Some(own) => {
+                self.release(pod, own);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn purge(&mut self, pod: PodId) {
+        let p = &mut self.pods[pod.0 as usize];
+        let engine = std::mem::take(&mut p.engine);
+        let routed = std::mem::take(&mut p.routed);
+        for own in engine.into_values().chain(routed.into_keys()) {
+            self.forget(own, pod, |_| false);
+        }
+    }
+}
+
+/// What one call of [`PrefixIndex::apply`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Blocks newly held.
+    pub stored: u64,
+    /// Blocks no longer held.
+    pub removed: u64,
+    /// `AllBlocksCleared` events.
+    pub cleared: u64,
+    /// Events that do not concern routing: other media than GPU memory, other KV groups
+    /// than full attention, event types not known.
+    pub ignored: u64,
+    /// Events refused, with the first reason.
+    pub rejected: u64,
+    pub first_rejection: Option<Rejected>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Rejected {
+    #[error("a BlockStored of {blocks} blocks of {block_size} tokens carries {tokens} tokens")]
+    TokenCount {
+        blocks: usize,
+        block_size: u32,
+        tokens: usize,
+    },
+    #[error("the engine stores blocks of {engine} tokens but the index hashes blocks of {index}; set the model's block_size to {engine}")]
+    BlockSize { engine: u32, index: usize },
+}
+
+/// A pod's part of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSummary {
+    pub name: String,
+    /// Blocks its engine reported stored.
+    pub stored_blocks: u64,
+    /// Blocks routed to it, still counting or not yet swept.
+    pub routed_blocks: u64,
+}
+
+pub struct PrefixIndex {
+    hasher: BlockHasher,
+    state: RwLock<State>,
+}
+
+impl PrefixIndex {
+    pub fn new(hasher: BlockHasher) -> PrefixIndex {
+        PrefixIndex {
+            hasher,
+            state: RwLock::new(State::default()),
+        }
+    }
+
+    pub fn hasher(&self) -> BlockHasher {
+        self.hasher
+    }
+
+    /// The pod named `name` (an endpoint's label), known from now on.
+    pub fn pod(&self, name: &str) -> PodId {
+        if let Some(&id) = self.state.read().by_name.get(name) {
+            return id;
+        }
+        let mut state = self.state.write();
+        if let Some(&id) = state.by_name.get(name) {
+            return id;
+        }
+        let id = PodId(state.pods.len() as u32);
+        state.pods.push(Pod {
+            name: name.to_owned(),
+            engine: HashMap::new(),
+            routed: HashMap::new(),
+        });
+        state.by_name.insert(name.to_owned(), id);
+        id
+    }
+
+    /// Applies one batch's events from `pod`'s engine.
+    pub fn apply(&self, pod: PodId, events: &[KvEvent]) -> Applied {
+        let mut applied = Applied::default();
+        let mut state = self.state.write();
+        if pod.0 as usize >= state.pods.len() {
+            return applied;
+        }
+        for event in events {
+            match event {
+                KvEvent::BlockStored(s) => {
+                    if !for_routing(s.medium.as_deref(), s.kv_cache_spec_kind.as_deref()) {
+                        applied.ignored += 1;
+                        continue;
+                    }
+                    if let Err(e) = self.store(&mut state, pod, s, &mut applied) {
+                        applied.rejected += 1;
+                        applied.first_rejection.get_or_insert(e);
+                    }
+                }
+                KvEvent::BlockRemoved(r) => {
+                    if !for_routing(r.medium.as_deref(), None) {
+                        applied.ignored += 1;
+                        continue;
+                    }
+                    for h in &r.block_hashes {
+                        applied.removed += state.remove(pod, *h) as u64;
+                    }
+                }
+                KvEvent::AllBlocksCleared => {
+                    state.purge(pod);
+                    applied.cleared += 1;
+                }
+                KvEvent::Other(_) => applied.ignored += 1,
+            }
+        }
+        applied
+    }
+
+    fn store(
+        &self,
+        state: &mut State,
+        pod: PodId,
+        s: &BlockStored,
+        applied: &mut Applied,
+    ) -> Result<(), Rejected> {
+        let size = self.hasher.block_size();
+        if s.block_size as usize != size {
+            return Err(Rejected::BlockSize {
+                engine: s.block_size,
+                index: size,
+            });
+        }
+        if s.token_ids.len() != s.block_hashes.len() * size {
+            return Err(Rejected::TokenCount {
+                blocks: s.block_hashes.len(),
+                block_size: s.block_size,
+                tokens: s.token_ids.len(),
+            });
+        }
+        let adapter = adapter(s);
+        // A parent the pod never reported (its event lost, or from before the replay
+        // buffer): the chain is stored as a new root rather than dropped.
+        let mut parent = s
+            .parent_block_hash
+            .and_then(|p| state.pods[pod.0 as usize].engine.get(&p).copied())
+            .unwrap_or_else(|| self.hasher.root(adapter.as_deref()));
+        for (engine_hash, tokens) in s.block_hashes.iter().zip(s.token_ids.chunks_exact(size)) {
+            let own = self.hasher.next(parent, tokens);
+            applied.stored += state.store(pod, *engine_hash, own) as u64;
+            parent = own;
+        }
+        Ok(())
+    }
+
+    /// Drops everything `pod` holds (its engine restarted or cleared its cache, or the pod
+    /// left).
+    pub fn purge(&self, pod: PodId) {
+        let mut state = self.state.write();
+        if (pod.0 as usize) < state.pods.len() {
+            state.purge(pod);
+        }
+    }
+
+    /// Counts `blocks` (a prompt's names, first to last) as held by `pod` until `until_ms`.
+    pub fn insert_routed(&self, pod: PodId, blocks: &[OwnHash], until_ms: u64) {
+        let mut state = self.state.write();
+        let Some(p) = state.pods.get(pod.0 as usize) else {
+            return;
+        };
+        let room = MAX_ROUTED_PER_POD.saturating_sub(p.routed.len());
+        for &own in blocks.iter().take(room) {
+            let holder = state.holders(own, pod);
+            holder.routed_until = holder.routed_until.max(until_ms);
+            let until = holder.routed_until;
+            state.pods[pod.0 as usize].routed.insert(own, until);
+        }
+    }
+
+    /// Forgets routed blocks whose time has passed.
+    pub fn sweep(&self, now_ms: u64) {
+        let mut state = self.state.write();
+        for i in 0..state.pods.len() {
+            let pod = PodId(i as u32);
+            let routed = &mut state.pods[i].routed;
+            let expired: Vec<OwnHash> = routed
+                .iter()
+                .filter(|(_, &until)| until <= now_ms)
+                .map(|(&own, _)| own)
+                .collect();
+            for own in &expired {
+                routed.remove(own);
+            }
+            for own in expired {
+                state.forget(own, pod, |h| {
+                    if h.routed_until <= now_ms {
+                        h.routed_until = 0;
+                    }
+                    h.stored > 0 || h.routed_until > 0
+                });
+            }
+        }
+    }
+
+    /// For each of `candidates`, how many of `blocks` (a prompt's names, first to last) it
+    /// holds in a row from the first.
+    pub fn match_prefix(&self, blocks: &[OwnHash], candidates: &[PodId], now_ms: u64) -> Vec<u32> {
+        let mut matched = vec![0u32; candidates.len()];
+        let state = self.state.read();
+        for (chunk, out) in candidates.chunks(64).zip(matched.chunks_mut(64)) {
+            // Bit i: candidate i has held every block so far.
+            let mut alive: u64 = u64::MAX >> (64 - chunk.len());
+            let mut depth = 0u32;
+            for own in blocks {
+                let mut present = 0u64;
+                if let Some(holders) = state.blocks.get(own) {
+                    for h in holders.iter().filter(|h| h.holds(now_ms)) {
+                        if let Some(i) = chunk.iter().position(|&c| c == h.pod) {
+                            present |= 1 << i;
+                        }
+                    }
+                }
+                let dropped = alive & !present;
+                for_each_bit(dropped, |i| out[i] = depth);
+                alive &= present;
+                if alive == 0 {
+                    break;
+                }
+                depth += 1;
+            }
+            for_each_bit(alive, |i| out[i] = depth);
+        }
+        matched
+    }
+
+    /// Distinct blocks held by any pod.
+    pub fn blocks(&self) -> usize {
+        self.state.read().blocks.len()
+    }
+
+    pub fn summary(&self) -> Vec<PodSummary> {
+        let state = self.state.read();
+        state
+            .pods
+            .iter()
+            .map(|p| PodSummary {
+                name: p.name.clone(),
+                stored_blocks: p.engine.len() as u64,
+                routed_blocks: p.routed.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Bytes the index's tables take (allocated capacity; the pods' names aside).
+    pub fn memory_bytes(&self) -> usize {
+        let state = self.state.read();
+        let table = |capacity: usize, entry: usize| capacity * (entry + 1);
+        let mut bytes = table(
+            state.blocks.capacity(),
+            std::mem::size_of::<(OwnHash, Holders)>(),
+        );
+        bytes += state
+            .blocks
+            .values()
+            .filter(|h| h.spilled())
+            .map(|h| h.capacity() * std::mem::size_of::<Holder>())
+            .sum::<usize>();
+        for p in &state.pods {
+            bytes += table(p.engine.capacity(), 16) + table(p.routed.capacity(), 16);
+        }
+        bytes
+    }
+}
+
+fn for_each_bit(mut bits: u64, mut f: impl FnMut(usize)) {
+    while bits != 0 {
+        f(bits.trailing_zeros() as usize);
+        bits &= bits - 1;
+    }
+}
+
+/// Only blocks in GPU memory of the full-attention group decide where a prompt is cheapest
+/// (engines that do not say are taken to mean those).
+fn for_routing(medium: Option<&str>, kind: Option<&str>) -> bool {
+    medium.is_none_or(|m| m.eq_ignore_ascii_case("gpu"))
+        && kind.is_none_or(|k| k == "full_attention")
+}
+
+/// The adapter a block belongs to: by name; by number when the engine gives no name (such
+/// blocks then match no request, which names adapters).
+fn adapter(s: &BlockStored) -> Option<String> {
+    match (&s.lora_name, s.lora_id) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(id)) => Some(format!("#{id}")),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
