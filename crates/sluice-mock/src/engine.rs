@@ -1,10 +1,11 @@
 //! The engine's shared state: options, prefix cache, fault settings and counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::faults::{FaultDraw, Faults};
-use crate::kv_cache::{self, PrefixCache};
+use crate::kv_cache::{self, PrefixCache, PromptBlocks};
+use crate::kv_events::KvPublisher;
 use crate::options::MockOptions;
 use crate::request_log::RequestLog;
 use crate::stats::{Counters, MockStats, RequestGuard};
@@ -23,6 +24,15 @@ pub struct MockEngine {
     requests: RequestLog,
     /// Provider-side limits; `None` when none is set (no lock on the hot path).
     gate: Option<Arc<crate::provider_limits::ProviderGate>>,
+    /// Publishes the cache's changes, when the options ask for KV events.
+    kv_events: OnceLock<KvPublisher>,
+    /// Mixed into block hashes: per engine "process", as vLLM seeds its hash.
+    hash_salt: AtomicU64,
+}
+
+fn new_salt() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u64)
 }
 
 /// Whether a prompt hit the cache: how many of its tokens need no prefill.
@@ -48,6 +58,8 @@ impl MockEngine {
             counters: Arc::new(Counters::default()),
             requests: RequestLog::default(),
             gate,
+            kv_events: OnceLock::new(),
+            hash_salt: AtomicU64::new(new_salt()),
         })
     }
 
@@ -121,8 +133,38 @@ impl MockEngine {
         self.completions.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn block_hashes(&self, prompt: &[u32]) -> Vec<u64> {
-        kv_cache::block_hashes(self.options.kv_cache.block_size, prompt)
+    pub(crate) fn prompt_blocks(&self, prompt: &[u32]) -> PromptBlocks {
+        let size = self.options.kv_cache.block_size.max(1);
+        let salt = self.hash_salt.load(Ordering::Relaxed);
+        PromptBlocks {
+            hashes: kv_cache::block_hashes(size, salt, prompt),
+            // Events carry the blocks' tokens; without events they are not needed.
+            tokens: match self.kv_events.get() {
+                Some(_) => prompt[..prompt.len() / size * size].to_vec(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// Starts publishing the cache's changes through `publisher` (once; later calls are
+    /// ignored).
+    pub fn attach_kv_events(&self, publisher: KvPublisher) {
+        let _ = self.kv_events.set(publisher);
+    }
+
+    pub fn kv_events(&self) -> Option<&KvPublisher> {
+        self.kv_events.get()
+    }
+
+    /// As if the engine process restarted: an empty cache (no event says so), new block
+    /// hashes, and event sequence numbers from 0.
+    pub fn restart_kv(&self) {
+        let mut cache = self.cache();
+        cache.clear();
+        self.hash_salt.store(new_salt(), Ordering::Relaxed);
+        if let Some(kv) = self.kv_events.get() {
+            kv.restart();
+        }
     }
 
     pub(crate) fn lookup_prefix(&self, hashes: &[u64], prompt_len: usize) -> CacheLookup {
@@ -134,11 +176,17 @@ impl MockEngine {
 
     /// Records a finished prefill: the prompt's blocks become (most recently used) cache
     /// entries.
-    pub(crate) fn store_prefix(&self, hashes: &[u64]) {
-        if hashes.is_empty() {
+    pub(crate) fn store_prefix(&self, blocks: &PromptBlocks) {
+        if blocks.hashes.is_empty() {
             return;
         }
-        let update = self.cache().insert(hashes);
+        let mut cache = self.cache();
+        let update = cache.insert(&blocks.hashes);
+        // Published under the cache's lock, so batches follow the cache's order.
+        if let Some(kv) = self.kv_events.get() {
+            kv.cache_updated(blocks, &update);
+        }
+        drop(cache);
         tracing::trace!(
             stored = update.stored.len(),
             removed = update.removed.len(),
@@ -146,9 +194,19 @@ impl MockEngine {
         );
     }
 
+    /// Blocks in the prefix cache now.
+    pub fn cached_blocks(&self) -> usize {
+        self.cache().len()
+    }
+
     /// Empties the prefix cache; returns how many blocks it held.
     pub(crate) fn reset_prefix_cache(&self) -> usize {
-        self.cache().clear()
+        let mut cache = self.cache();
+        let n = cache.clear();
+        if let Some(kv) = self.kv_events.get() {
+            kv.publish(vec![sluice_api::kv_events::KvEvent::AllBlocksCleared]);
+        }
+        n
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, PrefixCache> {

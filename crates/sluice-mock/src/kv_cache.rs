@@ -21,11 +21,21 @@ pub(crate) struct CacheUpdate {
     pub removed: Vec<u64>,
 }
 
+/// A prompt's full blocks: their hashes, and (when the engine publishes KV events, which
+/// carry them) their tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PromptBlocks {
+    pub hashes: Vec<u64>,
+    pub tokens: Vec<u32>,
+}
+
 /// Chained hashes of the full blocks of `tokens`: block i hashes its parent's hash
 /// (little-endian) followed by its token ids (little-endian u32 each), so equal blocks after
-/// different prefixes get different hashes. A `block_size` of 0 is taken as 1.
-pub(crate) fn block_hashes(block_size: usize, tokens: &[u32]) -> Vec<u64> {
-    let mut parent = ROOT_PARENT_HASH;
+/// different prefixes get different hashes. The first block's parent is `salt` mixed into a
+/// constant: as vLLM seeds its hash per process, two engines name the same block
+/// differently. A `block_size` of 0 is taken as 1.
+pub(crate) fn block_hashes(block_size: usize, salt: u64, tokens: &[u32]) -> Vec<u64> {
+    let mut parent = ROOT_PARENT_HASH ^ salt;
     tokens
         .chunks_exact(block_size.max(1))
         .map(|block| {
@@ -67,14 +77,13 @@ impl PrefixCache {
         self.block_size
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.stamps.len()
     }
 
     #[cfg(test)]
     fn block_hashes(&self, tokens: &[u32]) -> Vec<u64> {
-        block_hashes(self.block_size, tokens)
+        block_hashes(self.block_size, 0, tokens)
     }
 
     /// How many leading blocks of a prompt of `prompt_len` tokens (with block hashes

@@ -12,6 +12,7 @@ mod completion;
 mod engine;
 mod faults;
 mod kv_cache;
+mod kv_events;
 mod options;
 mod precise_timer;
 mod prng;
@@ -27,7 +28,9 @@ mod vocab;
 
 pub use engine::MockEngine;
 pub use faults::{Faults, FaultsError};
+pub use kv_events::{KvEventOptions, KvPublisher};
 pub use options::{KvCacheOptions, MockOptions, OutputOptions, TimingModel};
 pub use provider_limits::ProviderLimits;
 pub use server::{serve, MockServer};
+pub use sluice_api::kv_events::KvEncoding;
 pub use stats::MockStats;

@@ -21,6 +21,8 @@ pub struct MockOptions {
     pub require_api_key: Option<String>,
     /// Provider-side limits: beyond them, 429 (see `provider_limits`).
     pub limits: crate::ProviderLimits,
+    /// When set, the prefix cache's changes are published as vLLM's KV events.
+    pub kv_events: Option<crate::KvEventOptions>,
 }
 
 impl Default for MockOptions {
@@ -34,6 +36,7 @@ impl Default for MockOptions {
             served_models: vec!["mock".to_owned()],
             require_api_key: None,
             limits: crate::ProviderLimits::default(),
+            kv_events: None,
         }
     }
 }

@@ -50,7 +50,15 @@ impl MockServer {
     pub async fn start(options: MockOptions, addr: SocketAddr) -> io::Result<MockServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let kv_events = options.kv_events.clone();
+        let block_size = options.kv_cache.block_size;
         let engine = MockEngine::new(options);
+        if let Some(kv) = kv_events {
+            let publisher = crate::KvPublisher::start(kv, block_size)
+                .await
+                .map_err(|e| io::Error::other(format!("kv events: {e}")))?;
+            engine.attach_kv_events(publisher);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, engine.clone(), async move {
             // A dropped sender stops the server too.

@@ -5,9 +5,15 @@
 //!   this hash of its tokens and keeps, per engine, the engine's names for them.
 //! - [`PrefixIndex`]: which engine (pod) holds which blocks, fed by the engines' KV events and
 //!   by what was routed; answers how many leading blocks of a prompt each candidate holds.
+//! - [`KvSubscriber`]: one engine's KV events kept applied to the index: replay on connect
+//!   and on gaps, purge on restart, reconnect with backoff.
+//! - [`zmtp`]: the client side of ZeroMQ's wire protocol, for the engines' event sockets.
 
 pub mod blocks;
+mod kv_subscriber;
 mod prefix_index;
+pub mod zmtp;
 
 pub use blocks::{BlockHasher, OwnHash};
+pub use kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
 pub use prefix_index::{Applied, PodId, PodSummary, PrefixIndex, Rejected};

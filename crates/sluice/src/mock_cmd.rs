@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_mock::{
-    Faults, KvCacheOptions, MockEngine, MockOptions, OutputOptions, ProviderLimits, TimingModel,
+    Faults, KvCacheOptions, KvEncoding, KvEventOptions, KvPublisher, MockEngine, MockOptions,
+    OutputOptions, ProviderLimits, TimingModel,
 };
 
 /// Flags of `sluice mock`. Defaults equal `MockOptions::default()`.
@@ -124,6 +125,24 @@ pub struct MockArgs {
     /// Provider-side limit: requests in flight at once.
     #[arg(long, value_name = "N")]
     pub max_concurrent: Option<u64>,
+
+    /// Publish the prefix cache's changes as vLLM KV events (BlockStored, BlockRemoved,
+    /// AllBlocksCleared) on a ZMQ PUB socket bound to this address.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub kv_events: Option<String>,
+
+    /// Replay buffered KV-event batches on request, on a ZMQ ROUTER socket bound here.
+    #[arg(long, value_name = "tcp://HOST:PORT", requires = "kv_events")]
+    pub kv_replay: Option<String>,
+
+    /// How KV events are encoded: `current` (each event a map, as vLLM sends today) or
+    /// `legacy` (each event an array).
+    #[arg(long, value_name = "FORM", default_value = "current", value_parser = ["current", "legacy"])]
+    pub kv_events_encoding: String,
+
+    /// The first frame (topic) of every KV-event message.
+    #[arg(long, value_name = "TOPIC", default_value = "")]
+    pub kv_topic: String,
 }
 
 impl MockArgs {
@@ -193,6 +212,32 @@ impl MockArgs {
         } else {
             self.models.clone()
         };
+        let kv_events = match &self.kv_events {
+            None => None,
+            Some(publish) => {
+                for (flag, address) in [
+                    ("--kv-events", Some(publish)),
+                    ("--kv-replay", self.kv_replay.as_ref()),
+                ] {
+                    if let Some(a) = address {
+                        if !a.starts_with("tcp://") {
+                            bail!("{flag} takes tcp://HOST:PORT, got `{a}`");
+                        }
+                    }
+                }
+                Some(KvEventOptions {
+                    publish: publish.clone(),
+                    replay: self.kv_replay.clone(),
+                    encoding: if self.kv_events_encoding == "legacy" {
+                        KvEncoding::Legacy
+                    } else {
+                        KvEncoding::Current
+                    },
+                    topic: self.kv_topic.clone(),
+                    ..KvEventOptions::default()
+                })
+            }
+        };
         Ok(MockOptions {
             timing,
             kv_cache: KvCacheOptions {
@@ -212,6 +257,7 @@ impl MockArgs {
                 tokens_per_minute: self.tokens_per_minute,
                 max_concurrent: self.max_concurrent,
             },
+            kv_events,
         })
     }
 }
@@ -245,10 +291,26 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("listening socket has no address")?;
+    let kv_events = options.kv_events.clone();
+    let block_size = options.kv_cache.block_size;
     let engine = MockEngine::new(options);
     println!(
         "sluice mock: OpenAI-compatible API at http://{addr}/v1, admin at http://{addr}/admin"
     );
+    if let Some(kv) = kv_events {
+        let publisher = KvPublisher::start(kv, block_size)
+            .await
+            .context("cannot bind the KV-event sockets")?;
+        println!(
+            "sluice mock: KV events on {}{}",
+            publisher.publish_endpoint,
+            publisher
+                .replay_endpoint
+                .as_ref()
+                .map_or(String::new(), |r| format!(", replay on {r}"))
+        );
+        engine.attach_kv_events(publisher);
+    }
     sluice_mock::serve(listener, engine, crate::shutdown_signal())
         .await
         .context("mock server failed")

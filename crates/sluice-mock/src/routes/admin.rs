@@ -70,6 +70,56 @@ pub(super) async fn reset_kv_cache(State(engine): State<Arc<MockEngine>>) -> Jso
     Json(json!({"removed_blocks": engine.reset_prefix_cache()}))
 }
 
+/// Where the KV events are published and the next batch's sequence number.
+pub(super) async fn kv_events(
+    State(engine): State<Arc<MockEngine>>,
+) -> Result<Json<Value>, ApiError> {
+    let kv = publisher(&engine)?;
+    Ok(Json(json!({
+        "publish": kv.publish_endpoint,
+        "replay": kv.replay_endpoint,
+        "next_seq": kv.next_seq(),
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DropBatches {
+    batches: u32,
+}
+
+/// `{"batches": N}`: the next N batches reach no subscriber (replay still has them), as
+/// when a full publisher queue drops them.
+pub(super) async fn drop_kv_batches(
+    State(engine): State<Arc<MockEngine>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let kv = publisher(&engine)?;
+    let d: DropBatches = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!("expected {{\"batches\": N}}: {e}"), None)
+    })?;
+    kv.drop_next(d.batches);
+    Ok(Json(json!({"dropping": d.batches})))
+}
+
+/// As if the engine restarted: empty cache, new block hashes, sequence numbers from 0.
+pub(super) async fn restart_kv(
+    State(engine): State<Arc<MockEngine>>,
+) -> Result<Json<Value>, ApiError> {
+    publisher(&engine)?;
+    engine.restart_kv();
+    Ok(Json(json!({"restarted": true})))
+}
+
+fn publisher(engine: &MockEngine) -> Result<&crate::KvPublisher, ApiError> {
+    engine.kv_events().ok_or_else(|| {
+        ApiError::invalid_request(
+            "this mock publishes no KV events (start it with --kv-events)",
+            None,
+        )
+    })
+}
+
 fn settings_error(e: serde_json::Error) -> ApiError {
     ApiError::invalid_request(format!("invalid fault settings: {e}"), None)
 }

@@ -20,6 +20,7 @@ use super::{authorize, unix_now};
 use crate::completion::{fragment_ranges, Completion, CompletionBody, ARGUMENT_FRAGMENT_BYTES};
 use crate::engine::MockEngine;
 use crate::faults::{FaultDraw, Faults};
+use crate::kv_cache::PromptBlocks;
 use crate::prng::mix64;
 use crate::stats::RequestGuard;
 use crate::timing::{pause, wait, Pacer};
@@ -72,7 +73,7 @@ pub(super) async fn chat_completions(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let prompt = encode_chat(&request);
-    let prompt_blocks = engine.block_hashes(&prompt);
+    let prompt_blocks = engine.prompt_blocks(&prompt);
     // The provider's own limits, as a hosted API enforces them: charged the prompt and the
     // answer about to be generated, refused with 429 beyond them.
     let mut rate = None;
@@ -122,7 +123,7 @@ struct Admitted {
     request: ChatCompletionRequest,
     completion: Completion,
     prompt_len: usize,
-    prompt_blocks: Vec<u64>,
+    prompt_blocks: PromptBlocks,
     faults: Faults,
     draw: FaultDraw,
 }
@@ -140,7 +141,7 @@ impl Admitted {
         }
         let cached = self
             .engine
-            .lookup_prefix(&self.prompt_blocks, self.prompt_len)
+            .lookup_prefix(&self.prompt_blocks.hashes, self.prompt_len)
             .cached_tokens;
         counters.count_prompt(self.prompt_len as u64, cached as u64);
         let pacer = Pacer::new(
@@ -218,7 +219,7 @@ async fn wait_for_generation(
     engine: &MockEngine,
     mut pacer: Pacer,
     completion: &Completion,
-    prompt_blocks: &[u64],
+    prompt_blocks: &PromptBlocks,
     stall: Option<Duration>,
 ) {
     let slots = match &completion.body {

@@ -40,6 +40,9 @@ pub(crate) fn router(engine: Arc<MockEngine>) -> Router {
         .route("/admin/stats", get(admin::stats))
         .route("/admin/requests", get(admin::requests))
         .route("/admin/kv-cache/reset", post(admin::reset_kv_cache))
+        .route("/admin/kv-events", get(admin::kv_events))
+        .route("/admin/kv-events/drop", post(admin::drop_kv_batches))
+        .route("/admin/kv-events/restart", post(admin::restart_kv))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

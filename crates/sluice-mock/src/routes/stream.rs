@@ -16,6 +16,7 @@ use super::chat::Answer;
 use super::chunks::ChunkEncoder;
 use crate::completion::{fragment_ranges, CompletionBody, ARGUMENT_FRAGMENT_BYTES};
 use crate::engine::MockEngine;
+use crate::kv_cache::PromptBlocks;
 use crate::stats::RequestGuard;
 use crate::timing::{wait, Pacer};
 
@@ -56,7 +57,7 @@ struct ChatStream {
     slot: Option<u32>,
     pacer: Pacer,
     /// Prompt blocks to cache once prefill (slot 0) is done.
-    prompt_blocks: Vec<u64>,
+    prompt_blocks: PromptBlocks,
     faults: StreamFaults,
     finished: bool,
 }
@@ -66,7 +67,7 @@ pub(super) fn sse_response(
     guard: RequestGuard,
     answer: Answer,
     pacer: Pacer,
-    prompt_blocks: Vec<u64>,
+    prompt_blocks: PromptBlocks,
     faults: StreamFaults,
     include_usage: bool,
 ) -> Response {
