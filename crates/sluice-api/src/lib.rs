@@ -6,6 +6,7 @@
 //!   the response, stream chunks and usage.
 //! - [`error`]: the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
 //! - [`kv_events`]: vLLM's KV-cache events (both MessagePack encodings) and their ZMQ frames.
+//! - [`mock_tokenizer`]: the mock engine's tokenizer and chat template.
 //! - [`models`]: the `GET /v1/models` list.
 //! - [`ProxyFields`]: the few request fields a proxy acts on, read without building the request.
 //! - [`ratelimit`]: OpenAI's `x-ratelimit-*` headers and the Go durations their resets use.
@@ -14,6 +15,7 @@
 pub mod chat;
 pub mod error;
 pub mod kv_events;
+pub mod mock_tokenizer;
 pub mod models;
 mod proxy_fields;
 pub mod ratelimit;

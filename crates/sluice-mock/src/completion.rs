@@ -11,9 +11,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::options::OutputOptions;
 use crate::prng::SplitMix64;
-use crate::tokenizer::count_tokens;
 use crate::tool_args::arguments_for;
 use crate::vocab::WORDS;
+use sluice_api::mock_tokenizer::count_tokens;
 
 /// Upper bound on a forced (`ignore_eos`) answer, standing in for a context window so that
 /// one request cannot make the mock generate without end.
@@ -371,8 +371,8 @@ pub(crate) fn fragment_ranges(arguments: &str, size: usize) -> Vec<Range<usize>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::pieces;
     use serde_json::json;
+    use sluice_api::mock_tokenizer::pieces;
 
     fn request(v: Value) -> ChatCompletionRequest {
         ChatCompletionRequest::from_slice(v.to_string().as_bytes()).unwrap()

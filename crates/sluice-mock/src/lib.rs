@@ -22,7 +22,6 @@ mod routes;
 mod server;
 mod stats;
 mod timing;
-mod tokenizer;
 mod tool_args;
 mod vocab;
 

@@ -420,7 +420,7 @@ pub(crate) const WORDS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::count_tokens;
+    use sluice_api::mock_tokenizer::count_tokens;
 
     #[test]
     fn every_word_is_one_token_in_every_position() {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_api::chat::ChatCompletionRequest;
+use sluice_api::mock_tokenizer;
 use sluice_mock::{KvCacheOptions, KvEncoding, KvEventOptions, MockOptions, MockServer};
 use sluice_routing::{BlockHasher, KvSource, KvSubscriber, PrefixIndex, SubscriberSettings};
 
@@ -28,18 +30,28 @@ async fn engine(encoding: KvEncoding, capacity_blocks: usize) -> MockServer {
         .unwrap()
 }
 
-/// A conversation whose prompt is `turns` long paragraphs: several blocks each.
-async fn chat(mock: &MockServer, topic: &str, turns: usize) {
+/// Sends a conversation whose prompt is `turns` long paragraphs (several blocks each);
+/// returns its prompt's tokens, as the mock engine tokenizes them.
+async fn chat(mock: &MockServer, topic: &str, turns: usize) -> Vec<u32> {
     let messages: Vec<_> = (0..turns)
         .map(|i| json!({"role": "user", "content": format!("{topic} paragraph {i}: {}", "lorem ipsum dolor sit amet ".repeat(12))}))
         .collect();
+    let body = json!({"model": "m", "messages": messages, "max_tokens": 4});
     let r = reqwest::Client::new()
         .post(format!("{}/chat/completions", mock.base_url()))
-        .json(&json!({"model": "m", "messages": messages, "max_tokens": 4}))
+        .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let request = ChatCompletionRequest::from_slice(body.to_string().as_bytes()).unwrap();
+    mock_tokenizer::encode_chat(&request)
+}
+
+/// How many leading blocks of `tokens` each pod holds, by the index.
+fn matched(index: &PrefixIndex, tokens: &[u32], pods: &[&str]) -> Vec<u32> {
+    let ids: Vec<_> = pods.iter().map(|p| index.pod(p)).collect();
+    index.match_prefix(&index.hasher().chain(None, tokens), &ids, 0)
 }
 
 fn follow(mock: &MockServer, index: &Arc<PrefixIndex>, name: &str) -> KvSubscriber {
@@ -94,11 +106,15 @@ async fn a_late_subscriber_replays_from_zero_and_follows_both_encodings() {
         let mock = engine(encoding, 8192).await;
         // Published before anyone listens: only the replay has these.
         chat(&mock, "early", 3).await;
-        chat(&mock, "early", 4).await;
+        let prompt = chat(&mock, "early", 4).await;
         let index = Arc::new(PrefixIndex::new(BlockHasher::new(16)));
         let sub = follow(&mock, &index, "a");
         in_step(&mock, &index, &sub, "a").await;
-        assert!(stored(&index, "a") > 0);
+        // Every full block of the prompt, named by the gateway's own hash of the tokens.
+        assert_eq!(
+            matched(&index, &prompt, &["a"]),
+            vec![(prompt.len() / 16) as u32]
+        );
         assert!(sub.stats.replayed_batches.load(Ordering::Relaxed) >= 2);
         // And live from there: a conversation's next turn adds its new blocks only.
         let before = stored(&index, "a");
@@ -141,10 +157,19 @@ async fn a_cache_reset_clears_and_an_engine_restart_purges_only_that_pod() {
     );
     let index = Arc::new(PrefixIndex::new(BlockHasher::new(16)));
     let (s1, s2) = (follow(&m1, &index, "a"), follow(&m2, &index, "b"));
-    chat(&m1, "shared", 3).await;
+    let shared = chat(&m1, "shared", 3).await;
     chat(&m2, "shared", 3).await;
+    let own = chat(&m2, "own", 2).await;
     in_step(&m1, &index, &s1, "a").await;
     in_step(&m2, &index, &s2, "b").await;
+    let blocks = |t: &[u32]| (t.len() / 16) as u32;
+    // Both engines hold the shared conversation, only b the other: though the engines name
+    // the same blocks differently.
+    assert_eq!(
+        matched(&index, &shared, &["a", "b"]),
+        vec![blocks(&shared); 2]
+    );
+    assert_eq!(matched(&index, &own, &["a", "b"]), vec![0, blocks(&own)]);
     let held = stored(&index, "b");
     assert!(held > 0);
 

@@ -24,7 +24,7 @@ use crate::kv_cache::PromptBlocks;
 use crate::prng::mix64;
 use crate::stats::RequestGuard;
 use crate::timing::{pause, wait, Pacer};
-use crate::tokenizer::encode_chat;
+use sluice_api::mock_tokenizer::encode_chat;
 
 pub(super) const SYSTEM_FINGERPRINT: &str = "fp_sluice_mock";
 

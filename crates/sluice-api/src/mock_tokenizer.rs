@@ -1,12 +1,13 @@
-//! The mock's tokenizer and chat template. They are what `usage` counts and what the prefix
-//! cache hashes, so they are specified exactly in `docs/mock.md`; change both together.
+//! The mock engine's tokenizer and chat template: what its `usage` counts and what its prefix
+//! cache hashes, specified exactly in `docs/mock.md` (change both together). Here, not in the
+//! mock, because a router in front of mock engines must tokenize prompts exactly as they do.
 //!
 //! Pieces: an optional single leading space (U+0020) followed by either a maximal run of
 //! ASCII alphanumerics or one other non-whitespace character; every whitespace character not
 //! absorbed that way (a newline, a tab, the extra spaces of a run) is a piece of its own.
 
+use crate::chat::ChatCompletionRequest;
 use serde_json::Value;
-use sluice_api::chat::ChatCompletionRequest;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Special tokens live in the upper half of the id space, text tokens in the lower, so the
@@ -15,11 +16,11 @@ const SPECIAL_BIT: u32 = 0x8000_0000;
 const LOW_31: u64 = 0x7FFF_FFFF;
 
 /// Splits text into tokenizer pieces. Concatenating the pieces gives back the text.
-pub(crate) fn pieces(text: &str) -> Pieces<'_> {
+pub fn pieces(text: &str) -> Pieces<'_> {
     Pieces { text, pos: 0 }
 }
 
-pub(crate) struct Pieces<'a> {
+pub struct Pieces<'a> {
     text: &'a str,
     pos: usize,
 }
@@ -53,26 +54,26 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-pub(crate) fn token_id(piece: &str) -> u32 {
+pub fn token_id(piece: &str) -> u32 {
     (xxh3_64(piece.as_bytes()) & LOW_31) as u32
 }
 
 /// Id of a special token such as `<|user|>`: never produced by tokenizing text.
-pub(crate) fn special_token_id(literal: &str) -> u32 {
+pub fn special_token_id(literal: &str) -> u32 {
     SPECIAL_BIT | token_id(literal)
 }
 
-pub(crate) fn encode_into(text: &str, out: &mut Vec<u32>) {
+pub fn encode_into(text: &str, out: &mut Vec<u32>) {
     out.extend(pieces(text).map(token_id));
 }
 
-pub(crate) fn count_tokens(text: &str) -> usize {
+pub fn count_tokens(text: &str) -> usize {
     pieces(text).count()
 }
 
 /// The prompt token ids of a chat request, following the chat template:
 /// `<|role|>` content `<|end|>` per message, the tools' JSON, then `<|assistant|>`.
-pub(crate) fn encode_chat(req: &ChatCompletionRequest) -> Vec<u32> {
+pub fn encode_chat(req: &ChatCompletionRequest) -> Vec<u32> {
     let end = special_token_id("<|end|>");
     let mut ids = Vec::new();
     for message in &req.messages {
