@@ -25,7 +25,6 @@ pub mod openapi;
 mod ops;
 pub mod otel;
 pub mod request_id;
-pub mod routing;
 pub mod server;
 pub mod services;
 pub mod state;

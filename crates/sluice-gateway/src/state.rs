@@ -12,7 +12,6 @@ use std::sync::Arc;
 use crate::auth::{KeyRing, KeyTable};
 use crate::config::{AuthMode, ClientLimits, ResolvedConfig};
 use crate::metrics::{GatewayMetrics, ModelMetrics};
-use crate::routing::{RoundRobin, Router};
 use crate::services::{AuditSink, CacheStore, KeyStore, Limiter};
 use crate::upstream::{ClientBuildError, UpstreamEndpoint};
 
@@ -137,7 +136,9 @@ pub struct ModelEntry {
     /// Position in [`WorkerState`]'s endpoint table.
     pub index: usize,
     pub metrics: Arc<ModelMetrics>,
-    pub router: Box<dyn Router>,
+    pub router: Arc<sluice_routing::ModelRouter>,
+    /// How prompts are tokenized for prefix-aware routing (`[models.NAME.routing] tokenizer`).
+    pub tokenizer: Option<crate::config::routing::PromptTokenizer>,
     /// The endpoints' labels, in config order: what errors, logs and metrics call them.
     pub endpoint_labels: Vec<String>,
     /// The model's default cache policy (`[models.NAME.cache]`; off without one).
@@ -177,7 +178,18 @@ impl GatewayShared {
                     name: model.name.clone(),
                     index,
                     metrics: Arc::new(metrics.for_model(&model.name)),
-                    router: Box::new(RoundRobin::default()),
+                    router: Arc::new(sluice_routing::ModelRouter::new(
+                        model.routing.settings,
+                        model
+                            .endpoints
+                            .iter()
+                            .map(|e| sluice_routing::EndpointSpec {
+                                label: e.label.clone(),
+                                kv: e.kv.clone(),
+                            })
+                            .collect(),
+                    )),
+                    tokenizer: model.routing.tokenizer,
                     endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
                     cache: model.cache,
                     cache_wait: model

@@ -7,13 +7,22 @@
 //!   by what was routed; answers how many leading blocks of a prompt each candidate holds.
 //! - [`KvSubscriber`]: one engine's KV events kept applied to the index: replay on connect
 //!   and on gaps, purge on restart, reconnect with backoff.
+//! - [`ModelRouter`]: a model's endpoints ranked per request by its policy (round robin,
+//!   least loaded, prefix aware) with session affinity on top; the load each endpoint carries.
 //! - [`zmtp`]: the client side of ZeroMQ's wire protocol, for the engines' event sockets.
 
 pub mod blocks;
 mod kv_subscriber;
+mod load;
 mod prefix_index;
+mod router;
 pub mod zmtp;
 
 pub use blocks::{BlockHasher, OwnHash};
 pub use kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
+pub use load::{EndpointLoad, LoadGuard, LoadSnapshot};
 pub use prefix_index::{Applied, PodId, PodSummary, PrefixIndex, Rejected};
+pub use router::{
+    AttemptOrder, EndpointSpec, EndpointView, ModelRouter, Policy, Reason, RouteDecision,
+    RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
+};

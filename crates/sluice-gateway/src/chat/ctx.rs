@@ -50,6 +50,9 @@ pub struct RequestCtx {
     pub answer_headers: AnswerHeaders,
     /// The request's trace, when traces are on (`[otel]`).
     pub trace: Option<Box<RequestTrace>>,
+    /// The answering attempt's share of its endpoint's load, as the router counts it;
+    /// given back when the request ends, however it ends.
+    pub endpoint_load: Option<sluice_routing::LoadGuard>,
     pub(super) finished: bool,
 }
 
@@ -82,6 +85,7 @@ impl RequestCtx {
             endpoint: None,
             answer_headers: AnswerHeaders::default(),
             trace,
+            endpoint_load: None,
             finished: false,
         }
     }

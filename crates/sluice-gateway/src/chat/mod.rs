@@ -44,11 +44,11 @@ use outgoing::OutgoingRequest;
 use crate::auth::Scope;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::metrics::UNKNOWN_MODEL;
-use crate::routing::{AttemptOrder, RouteQuery};
 use crate::services::{Admission, AuditRecord, CacheQuery, Charge, NotAdmitted, Phase};
 use crate::state::WorkerState;
 use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
 use sluice_cache::{CacheKey, CacheMode, CachePolicy, RequestOverride};
+use sluice_routing::{RouteDecision, RouteQuery};
 
 /// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
 /// this a request is more likely a mistake than a prompt.
@@ -203,8 +203,8 @@ async fn run_phases(
         return Ok(*reply);
     }
     admit(ctx).await?;
-    let order = route(ctx);
-    let (endpoint, sent) = call_upstream(worker, ctx, &order).await?;
+    let route = route(ctx);
+    let (endpoint, sent) = call_upstream(worker, ctx, &route).await?;
     respond(ctx, endpoint, sent).await
 }
 
@@ -666,25 +666,54 @@ fn rate_limit_headers(headers: &mut AnswerHeaders, state: &crate::services::Rate
     }
 }
 
-/// Phase: route. The model's router orders its endpoints.
-fn route(ctx: &mut RequestCtx) -> AttemptOrder {
+/// The header that says where a request went and why: `pod=LABEL; reason=REASON;
+/// matched_blocks=N`.
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-sluice-route");
+/// Requests naming the same session go to the same endpoint (`[models.NAME.routing]
+/// session_ttl`).
+const SESSION_HEADER: &str = "x-session-id";
+
+/// Phase: route. The model's router orders its endpoints: by its policy, with the
+/// request's session first when it has a fresh pin, and (prefix-aware) by the blocks of the
+/// prompt each endpoint's engine holds.
+fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
     ctx.enter(Phase::Route);
-    let Some(model) = ctx.model.clone() else {
-        return AttemptOrder::Ranked(Vec::new());
+    let model = ctx.model.clone()?;
+    let prompt = match model.tokenizer {
+        Some(tokenizer) if model.router.needs_prompt() => ctx
+            .body
+            .parsed()
+            .ok()
+            .map(|request| prompt_tokens(tokenizer, request)),
+        _ => None,
     };
+    let session = ctx
+        .head
+        .header(SESSION_HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok());
     let query = RouteQuery {
-        model: &model.name,
-        tenant: ctx.principal.tenant(),
+        session,
+        prompt: prompt.as_deref(),
     };
-    let order = model
-        .router
-        .attempt_order(&query, model.endpoint_labels.len());
-    ctx.decide(Phase::Route, model.router.name(), || {
-        order
+    let decision = model.router.route(&query, model.router.now_ms());
+    ctx.decide(Phase::Route, decision.reason.as_str(), || {
+        decision
+            .order
             .first()
             .and_then(|i| model.endpoint_labels.get(i).cloned())
     });
-    order
+    Some(decision)
+}
+
+fn prompt_tokens(
+    tokenizer: crate::config::routing::PromptTokenizer,
+    request: &sluice_api::ChatCompletionRequest,
+) -> Vec<u32> {
+    match tokenizer {
+        crate::config::routing::PromptTokenizer::Mock => {
+            sluice_api::mock_tokenizer::encode_chat(request)
+        }
+    }
 }
 
 /// Phase: call the upstream. Tries the endpoints in `order`, moving on only when a failure
@@ -692,7 +721,7 @@ fn route(ctx: &mut RequestCtx) -> AttemptOrder {
 async fn call_upstream(
     worker: &WorkerState,
     ctx: &mut RequestCtx,
-    order: &AttemptOrder,
+    route: &Option<RouteDecision>,
 ) -> Result<(Arc<UpstreamEndpoint>, Sent), GatewayError> {
     ctx.enter(Phase::Upstream);
     let endpoints = match &ctx.model {
@@ -705,8 +734,19 @@ async fn call_upstream(
     };
     let mut last_error = None;
     let mut answered = None;
-    for endpoint in order.iter().filter_map(|i| endpoints.get(i)) {
+    let order: Vec<usize> = route.iter().flat_map(|r| r.order.iter()).collect();
+    for (attempt, (i, endpoint)) in order
+        .iter()
+        .filter_map(|&i| endpoints.get(i).map(|e| (i, e)))
+        .enumerate()
+    {
         let body = outgoing.body_for(endpoint);
+        // Counted on the endpoint (and the prompt recorded there) from the moment it is sent.
+        let router = ctx.model.as_ref().map(|m| m.router.clone());
+        ctx.endpoint_load = match (&router, route) {
+            (Some(router), Some(decision)) => router.sent(i, decision, router.now_ms()),
+            _ => None,
+        };
         let trace_lines = match &mut ctx.trace {
             Some(trace) => trace.start_attempt(endpoint),
             None => Vec::new(),
@@ -725,6 +765,24 @@ async fn call_upstream(
         match result {
             Ok(sent) => {
                 flight.pool_wait += sent.pool_wait;
+                if let Some(decision) = route {
+                    let reason = if attempt == 0 {
+                        decision.reason.as_str()
+                    } else {
+                        "retry"
+                    };
+                    let matched = if attempt == 0 {
+                        decision.matched_blocks
+                    } else {
+                        0
+                    };
+                    if let Ok(v) = HeaderValue::from_str(&format!(
+                        "pod={}; reason={reason}; matched_blocks={matched}",
+                        endpoint.label
+                    )) {
+                        ctx.answer_headers.insert(ROUTE_HEADER, v);
+                    }
+                }
                 answered = Some((endpoint.clone(), sent));
                 break;
             }

@@ -269,6 +269,9 @@ impl StreamRelay {
         if !self.seen_token && chunk.carries_token {
             self.seen_token = true;
             flight.model.first_token(flight.received.elapsed());
+            if let Some(load) = &mut self.ctx.endpoint_load {
+                load.first_token();
+            }
         }
         if let Some(u) = chunk.usage {
             // Counted as reported, even if the client leaves before the stream's end.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub mod limits;
+pub mod routing;
 mod source;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -491,6 +492,8 @@ pub struct ModelConfig {
     pub cache: Option<ModelCacheConfig>,
     /// `[models.NAME.limits]`: rate limits and job types. Absent: unlimited.
     pub limits: Option<limits::ModelLimitsConfig>,
+    /// `[models.NAME.routing]`: how its endpoints are chosen. Absent: round robin.
+    pub routing: Option<routing::RoutingConfig>,
     /// Models that take a request this model's limits refuse, tried in order (a request's
     /// `x-sluice-fallback-models` replaces the list).
     #[serde(default)]
@@ -542,6 +545,13 @@ pub struct EndpointConfig {
     /// Present only so that a key pasted into the file gets a message saying where it belongs.
     #[serde(default)]
     pub api_key: Option<toml::Value>,
+    /// The engine's KV-event publisher (vLLM's `--kv-events-config` endpoint), as
+    /// `tcp://HOST:PORT`: prefix-aware routing follows what the engine caches.
+    pub kv_events: Option<String>,
+    /// The engine's KV-event replay socket, `tcp://HOST:PORT`: lost events are asked again.
+    pub kv_replay: Option<String>,
+    /// Only KV-event messages whose topic starts with this. Default: all.
+    pub kv_topic: Option<String>,
 }
 
 /// A duration written as a string with a unit: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"30d"`.
@@ -667,6 +677,8 @@ pub struct ResolvedModel {
     pub limits: Option<sluice_limits::ModelLimits>,
     /// `fallback_models`, each checked to be a configured model.
     pub fallback_models: Vec<String>,
+    /// `[models.NAME.routing]`.
+    pub routing: routing::ResolvedRouting,
 }
 
 /// `[cache]`, checked: present when any model has a `[models.NAME.cache]` table or `[cache]`
@@ -693,6 +705,8 @@ pub struct ResolvedEndpoint {
     pub upstream_model: Option<String>,
     pub timeouts: Timeouts,
     pub connections: ConnectionLimits,
+    /// Where the engine publishes its KV events, when it does.
+    pub kv: Option<sluice_routing::KvSource>,
 }
 
 impl fmt::Debug for ResolvedEndpoint {
@@ -705,6 +719,7 @@ impl fmt::Debug for ResolvedEndpoint {
             .field("upstream_model", &self.upstream_model)
             .field("timeouts", &self.timeouts)
             .field("connections", &self.connections)
+            .field("kv", &self.kv)
             .finish()
     }
 }
@@ -831,6 +846,9 @@ impl Config {
                 .limits
                 .as_ref()
                 .and_then(|l| limits::resolve(name, &key, l, &mut problems));
+            let has_kv_events = model.endpoints.iter().any(|e| e.kv_events.is_some());
+            let routing =
+                routing::resolve(&key, model.routing.as_ref(), has_kv_events, &mut problems);
             for fallback in &model.fallback_models {
                 if fallback == name || !self.models.contains_key(fallback) {
                     problem(
@@ -855,6 +873,7 @@ impl Config {
                     cache,
                     limits,
                     fallback_models: model.fallback_models.clone(),
+                    routing,
                 },
             );
         }
@@ -1307,6 +1326,27 @@ fn resolve_endpoint(
             "must not be empty; remove it to send the client's model name".into(),
         );
     }
+    for (k, v) in [(".kv_events", &ep.kv_events), (".kv_replay", &ep.kv_replay)] {
+        if let Some(v) = v {
+            if let Err(e) = sluice_routing::zmtp::tcp_address(v) {
+                push(k, format!("{e}, e.g. \"tcp://vllm-0:5557\""));
+            }
+        }
+    }
+    if ep.kv_replay.is_some() && ep.kv_events.is_none() {
+        push(
+            ".kv_replay",
+            "is the replay of kv_events; set kv_events (the engine's publisher) too".into(),
+        );
+    }
+    let kv = ep
+        .kv_events
+        .as_ref()
+        .map(|events| sluice_routing::KvSource {
+            events: events.clone(),
+            replay: ep.kv_replay.clone(),
+            topic: ep.kv_topic.clone().unwrap_or_default().into_bytes(),
+        });
     let timeouts = defaults.overridden_by(&ep.timeouts);
     check_timeouts(problems, &format!("{key}.timeouts"), &timeouts);
     let connections = connection_defaults.overridden_by(&ep.connections);
@@ -1328,6 +1368,7 @@ fn resolve_endpoint(
         upstream_model: ep.model.clone(),
         timeouts,
         connections,
+        kv,
     })
 }
 

@@ -1,0 +1,205 @@
+//! Routing through a real gateway in front of real mock engines that publish their KV
+//! events over ZMQ: a conversation's next turn goes to the engine holding its prefix, and
+//! says so in `x-sluice-route`; session affinity follows its TTL, changed at runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_mock::{KvEventOptions, MockOptions, MockServer};
+use sluice_testkit::{assert_eventually, start_mock, TestGateway};
+
+async fn engines(n: usize, kv_events: bool) -> Vec<MockServer> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            start_mock(MockOptions {
+                kv_events: kv_events.then(KvEventOptions::default),
+                ..MockOptions::zero_timing()
+            })
+            .await,
+        );
+    }
+    out
+}
+
+/// `[models.m]` over `engines`, with their KV events when they publish them.
+fn config(engines: &[MockServer], routing: &str) -> String {
+    let mut s =
+        String::from("[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[models.m]\n");
+    for (i, e) in engines.iter().enumerate() {
+        s.push_str(&format!(
+            "[[models.m.endpoints]]\nname = \"pod-{i}\"\nurl = \"{}\"\n",
+            e.base_url()
+        ));
+        if let Some(kv) = e.engine().kv_events() {
+            s.push_str(&format!(
+                "kv_events = \"{}\"\nkv_replay = \"{}\"\n",
+                kv.publish_endpoint,
+                kv.replay_endpoint.as_deref().unwrap()
+            ));
+        }
+    }
+    s.push_str(&format!("[models.m.routing]\n{routing}\n"));
+    s
+}
+
+/// A conversation's messages after `turns` user turns (each a long paragraph, several
+/// blocks) and the assistant's answers between them.
+fn conversation(topic: &str, turns: usize) -> Vec<Value> {
+    let mut messages = vec![
+        json!({"role": "system", "content": format!("You help with {topic}. {}", "Be brief and exact. ".repeat(10))}),
+    ];
+    for i in 0..turns {
+        if i > 0 {
+            messages
+                .push(json!({"role": "assistant", "content": format!("answer {i} about {topic}")}));
+        }
+        messages.push(json!({"role": "user", "content": format!("question {i} on {topic}: {}", "details follow here ".repeat(8))}));
+    }
+    messages
+}
+
+/// Sends the request; returns (the endpoint it went to, the reason, matched blocks).
+async fn ask(gw: &TestGateway, messages: &[Value], session: Option<&str>) -> (String, String, u32) {
+    let mut r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": messages, "max_tokens": 8}));
+    if let Some(s) = session {
+        r = r.header("x-session-id", s);
+    }
+    let resp = r.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let route = resp.headers()["x-sluice-route"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let field = |name: &str| {
+        route
+            .split("; ")
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {route}"))
+            .to_owned()
+    };
+    (
+        field("pod"),
+        field("reason"),
+        field("matched_blocks").parse().unwrap(),
+    )
+}
+
+/// Blocks the gateway's index holds per pod, from the engines' events.
+fn stored_blocks(gw: &TestGateway) -> Vec<u64> {
+    gw.shared.models["m"]
+        .router
+        .endpoints()
+        .iter()
+        .map(|e| e.index.as_ref().map_or(0, |p| p.stored_blocks))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
+    let mocks = engines(3, true).await;
+    // Routed prompts count for 1 ms only: what keeps a conversation in place is the
+    // engines' own events.
+    let gw = TestGateway::start_toml(&config(
+        &mocks,
+        "policy = \"prefix_aware\"\ntokenizer = \"mock\"\nrouted_ttl = \"1ms\"",
+    ))
+    .await;
+    let topics = [
+        "sailing",
+        "cooking",
+        "chess",
+        "gardening",
+        "astronomy",
+        "pottery",
+    ];
+    let mut home = Vec::new();
+    for topic in topics {
+        let (pod, reason, matched) = ask(&gw, &conversation(topic, 1), None).await;
+        assert_eq!(
+            (reason.as_str(), matched),
+            ("no_prefix_match", 0),
+            "{topic}"
+        );
+        home.push(pod);
+    }
+    let spread: BTreeSet<&String> = home.iter().collect();
+    assert_eq!(
+        spread.len(),
+        3,
+        "new conversations spread over the engines: {home:?}"
+    );
+    // The engines' events reach the index.
+    let total_cached = || {
+        mocks
+            .iter()
+            .map(|m| m.engine().cached_blocks() as u64)
+            .collect::<Vec<_>>()
+    };
+    assert_eventually!(stored_blocks(&gw) == total_cached());
+    tokio::time::sleep(Duration::from_millis(5)).await; // past routed_ttl
+    for turn in 2..=4 {
+        for (topic, pod) in topics.iter().zip(&home) {
+            let (to, reason, matched) = ask(&gw, &conversation(topic, turn), None).await;
+            assert_eq!(&to, pod, "{topic}, turn {turn}");
+            assert_eq!(reason, "prefix_match");
+            assert!(matched > 0);
+        }
+        assert_eventually!(stored_blocks(&gw) == total_cached());
+    }
+    // The engines served those turns from their caches.
+    let cached: u64 = mocks
+        .iter()
+        .map(|m| m.engine().stats().cached_tokens_total)
+        .sum();
+    assert!(cached > 0);
+    let decisions = gw.shared.models["m"].router.decisions();
+    let count = |r: &str| decisions.iter().find(|(x, _)| x.as_str() == r).unwrap().1;
+    assert_eq!((count("prefix_match"), count("no_prefix_match")), (18, 6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_events_the_routers_own_record_keeps_a_conversation_in_place() {
+    let mocks = engines(3, false).await;
+    let gw = TestGateway::start_toml(&config(
+        &mocks,
+        "policy = \"prefix_aware\"\ntokenizer = \"mock\"",
+    ))
+    .await;
+    let (pod, _, _) = ask(&gw, &conversation("rivers", 1), None).await;
+    for turn in 2..=3 {
+        let (to, reason, _) = ask(&gw, &conversation("rivers", turn), None).await;
+        assert_eq!(
+            (to.as_str(), reason.as_str()),
+            (pod.as_str(), "prefix_match")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_its_endpoint_until_its_ttl_changed_at_runtime() {
+    let mocks = engines(3, false).await;
+    let gw = TestGateway::start_toml(&config(&mocks, "session_ttl = \"10m\"")).await;
+    let hello = conversation("x", 1);
+    let (pod, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+    assert_eq!(reason, "round_robin");
+    for _ in 0..4 {
+        let (to, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+        assert_eq!((to.as_str(), reason.as_str()), (pod.as_str(), "session"));
+    }
+    // 200 ms from now on, for the pin made above too: once that has passed, the session
+    // routes by the policy again (waiting longer only makes that surer).
+    gw.shared.models["m"]
+        .router
+        .set_session_ttl(Some(Duration::from_millis(200)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+    assert_eq!(reason, "round_robin");
+    // Requests without a session are never pinned.
+    let (_, reason, _) = ask(&gw, &hello, None).await;
+    assert_eq!(reason, "round_robin");
+}

@@ -1,0 +1,508 @@
+//! [`ModelRouter`]: orders one model's endpoints for a request.
+//!
+//! The policy ranks the endpoints; session affinity, when the request names a session and
+//! the model keeps them, puts the session's endpoint first while its pin is fresh. Every
+//! decision says why ([`Reason`]) and, for prefix-aware routing, how many of the prompt's
+//! blocks the chosen endpoint holds.
+//!
+//! Policies:
+//! - `round_robin`: each request starts at the next endpoint.
+//! - `least_loaded`: fewest requests in flight, then fewest prompt tokens waiting for
+//!   prefill; ties go round robin.
+//! - `prefix_aware`: the lowest cost, `prefill_weight × (blocks of the prompt the endpoint
+//!   does not hold + blocks of prefill queued on it) + streams it is decoding`: a cached
+//!   prefix is worth its prefill, a busy engine costs what it is already doing. Guarded: when
+//!   the cheapest endpoint has more than `imbalance × (least in flight + 1)` requests in
+//!   flight, the least loaded takes the request instead, so one hot prefix cannot pile onto
+//!   one engine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use crate::blocks::{BlockHasher, OwnHash};
+use crate::kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
+use crate::load::{EndpointLoad, LoadGuard, LoadSnapshot};
+use crate::prefix_index::{PodId, PodSummary, PrefixIndex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    LeastLoaded,
+    PrefixAware,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastLoaded => "least_loaded",
+            Policy::PrefixAware => "prefix_aware",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingSettings {
+    pub policy: Policy,
+    /// The engines' KV block size, in tokens (prefix-aware routing).
+    pub block_size: usize,
+    /// See the module docs.
+    pub imbalance: f64,
+    pub prefill_weight: f64,
+    /// How long a prompt routed to an engine that publishes KV events counts as cached
+    /// there before the engine's own events say so.
+    pub routed_ttl: Duration,
+    /// How long a prompt routed to an engine that publishes no events counts as cached
+    /// there: routing is then all the index knows.
+    pub approximate_ttl: Duration,
+    /// Session affinity (`x-session-id`) and how long a pin lasts; `None`: off.
+    pub session_ttl: Option<Duration>,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            policy: Policy::RoundRobin,
+            block_size: 16,
+            imbalance: 2.0,
+            prefill_weight: 1.0,
+            routed_ttl: Duration::from_secs(2),
+            approximate_ttl: Duration::from_secs(300),
+            session_ttl: None,
+        }
+    }
+}
+
+/// Why the first endpoint of an order is first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    RoundRobin,
+    LeastLoaded,
+    /// Prefix-aware: the cheapest, holding part of the prompt.
+    PrefixMatch,
+    /// Prefix-aware: no endpoint holds any of the prompt; the least busy.
+    NoPrefixMatch,
+    /// Prefix-aware: the cheapest was too busy (see the module docs).
+    Imbalance,
+    /// The session's pinned endpoint.
+    Session,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::RoundRobin,
+        Reason::LeastLoaded,
+        Reason::PrefixMatch,
+        Reason::NoPrefixMatch,
+        Reason::Imbalance,
+        Reason::Session,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RoundRobin => "round_robin",
+            Reason::LeastLoaded => "least_loaded",
+            Reason::PrefixMatch => "prefix_match",
+            Reason::NoPrefixMatch => "no_prefix_match",
+            Reason::Imbalance => "imbalance",
+            Reason::Session => "session",
+        }
+    }
+}
+
+/// Endpoint indices (into the model's endpoint list) in the order to try them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOrder {
+    /// `start`, `start + 1`, ... wrapping around all `len` endpoints: round robin's order,
+    /// with no allocation.
+    Rotation { start: usize, len: usize },
+    /// An explicit order (a policy that ranks endpoints).
+    Ranked(Vec<usize>),
+}
+
+impl AttemptOrder {
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let (rotation, ranked) = match self {
+            AttemptOrder::Rotation { start, len } => (Some((*start, *len)), &[][..]),
+            AttemptOrder::Ranked(order) => (None, &order[..]),
+        };
+        let rotated = rotation
+            .into_iter()
+            .flat_map(|(start, len)| (0..len).map(move |i| (start + i) % len));
+        rotated.chain(ranked.iter().copied())
+    }
+
+    /// The endpoint tried first, if any.
+    pub fn first(&self) -> Option<usize> {
+        self.iter().next()
+    }
+}
+
+/// What a router may read of a request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteQuery<'a> {
+    /// `x-session-id`, when the request has one.
+    pub session: Option<&'a str>,
+    /// The prompt's tokens, as the engines tokenize it (prefix-aware routing only).
+    pub prompt: Option<&'a [u32]>,
+}
+
+/// A route: the order, why, and what sending needs to record.
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    pub order: AttemptOrder,
+    pub reason: Reason,
+    /// Blocks of the prompt the first endpoint holds (prefix-aware routing).
+    pub matched_blocks: u32,
+    /// The prompt's length in tokens, when the router was given it.
+    pub prompt_tokens: u64,
+    /// The prompt's block names, recorded under the endpoint it is sent to.
+    blocks: Vec<OwnHash>,
+    session: Option<String>,
+}
+
+/// One endpoint of the model, as configured.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub label: String,
+    /// Where its engine publishes KV events, if it does.
+    pub kv: Option<KvSource>,
+}
+
+struct RoutedEndpoint {
+    label: String,
+    load: Arc<EndpointLoad>,
+    pod: Option<PodId>,
+    kv: Option<KvSource>,
+}
+
+#[derive(Clone, Copy)]
+struct Pin {
+    endpoint: usize,
+    at_ms: u64,
+}
+
+/// At most this many sessions are pinned; beyond, new sessions go unpinned until expired
+/// pins are swept (a bound on memory, whatever the clients send).
+const MAX_SESSIONS: usize = 100_000;
+
+/// The longest `x-session-id` kept.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+pub struct ModelRouter {
+    settings: RoutingSettings,
+    /// Read on every lookup, so a change applies to pins already made.
+    session_ttl_ms: AtomicU64,
+    endpoints: Vec<RoutedEndpoint>,
+    index: Option<Arc<PrefixIndex>>,
+    sessions: Mutex<HashMap<String, Pin>>,
+    next: AtomicUsize,
+    decisions: [AtomicU64; 6],
+    subscribers: Mutex<Vec<(usize, KvSubscriber)>>,
+    epoch: Instant,
+}
+
+/// One endpoint as the admin view shows it.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    pub label: String,
+    pub load: LoadSnapshot,
+    pub index: Option<PodSummary>,
+    pub events: Option<Arc<SubscriberStats>>,
+}
+
+impl ModelRouter {
+    pub fn new(settings: RoutingSettings, endpoints: Vec<EndpointSpec>) -> ModelRouter {
+        let index = (settings.policy == Policy::PrefixAware)
+            .then(|| Arc::new(PrefixIndex::new(BlockHasher::new(settings.block_size))));
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| RoutedEndpoint {
+                pod: index.as_ref().map(|ix| ix.pod(&e.label)),
+                label: e.label,
+                load: Arc::new(EndpointLoad::default()),
+                kv: e.kv,
+            })
+            .collect();
+        ModelRouter {
+            session_ttl_ms: AtomicU64::new(
+                settings.session_ttl.map_or(0, |d| d.as_millis() as u64),
+            ),
+            settings,
+            endpoints,
+            index,
+            sessions: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            decisions: Default::default(),
+            subscribers: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Starts the KV-event subscribers and the sweeper of expired routed blocks and session
+    /// pins, on the current tokio runtime, for as long as the router lives.
+    pub fn start(self: &Arc<Self>, subscriber: SubscriberSettings) {
+        if let Some(index) = &self.index {
+            let mut subs = self
+                .subscribers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (i, e) in self.endpoints.iter().enumerate() {
+                if let (Some(kv), Some(pod)) = (&e.kv, e.pod) {
+                    subs.push((
+                        i,
+                        KvSubscriber::spawn(index.clone(), pod, kv.clone(), subscriber),
+                    ));
+                }
+            }
+        }
+        let weak: Weak<ModelRouter> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(router) = weak.upgrade() else { return };
+                router.sweep(router.now_ms());
+            }
+        });
+    }
+
+    pub fn settings(&self) -> &RoutingSettings {
+        &self.settings
+    }
+
+    /// The router's clock (ms since it was made); what `route` and `sent` take.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether `route` wants the prompt's tokens.
+    pub fn needs_prompt(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// Changes how long session pins last (`None` or zero: affinity off), for pins already
+    /// made too.
+    pub fn set_session_ttl(&self, ttl: Option<Duration>) {
+        self.session_ttl_ms
+            .store(ttl.map_or(0, |d| d.as_millis() as u64), Ordering::Relaxed);
+    }
+
+    pub fn session_ttl(&self) -> Option<Duration> {
+        match self.session_ttl_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn label(&self, endpoint: usize) -> Option<&str> {
+        self.endpoints.get(endpoint).map(|e| e.label.as_str())
+    }
+
+    /// Orders the endpoints for one request.
+    pub fn route(&self, q: &RouteQuery<'_>, now_ms: u64) -> RouteDecision {
+        let n = self.endpoints.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        let blocks = match (&self.index, q.prompt) {
+            (Some(ix), Some(prompt)) => ix.hasher().chain(None, prompt),
+            _ => Vec::new(),
+        };
+        let mut matched = vec![0u32; n];
+        let (mut order, mut reason) = match self.settings.policy {
+            Policy::RoundRobin => (AttemptOrder::Rotation { start, len: n }, Reason::RoundRobin),
+            Policy::LeastLoaded => (
+                AttemptOrder::Ranked(self.least_loaded(start)),
+                Reason::LeastLoaded,
+            ),
+            Policy::PrefixAware => {
+                if let Some(ix) = &self.index {
+                    let pods: Vec<PodId> = self.endpoints.iter().filter_map(|e| e.pod).collect();
+                    if pods.len() == n && !blocks.is_empty() {
+                        matched = ix.match_prefix(&blocks, &pods, now_ms);
+                    }
+                }
+                self.prefix_order(start, &blocks, &matched)
+            }
+        };
+        let session = q.session.filter(|s| {
+            !s.is_empty() && s.len() <= MAX_SESSION_ID_BYTES && self.session_ttl().is_some()
+        });
+        if let Some(pinned) = session.and_then(|s| self.pinned(s, now_ms)) {
+            let mut ranked: Vec<usize> = order.iter().filter(|&i| i != pinned).collect();
+            ranked.insert(0, pinned);
+            order = AttemptOrder::Ranked(ranked);
+            reason = Reason::Session;
+        }
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.decisions[i].fetch_add(1, Ordering::Relaxed);
+        }
+        RouteDecision {
+            prompt_tokens: q.prompt.map_or(0, |p| p.len() as u64),
+            matched_blocks: order
+                .first()
+                .and_then(|i| matched.get(i).copied())
+                .unwrap_or(0),
+            order,
+            reason,
+            blocks,
+            session: session.map(str::to_owned),
+        }
+    }
+
+    fn least_loaded(&self, start: usize) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let loads: Vec<LoadSnapshot> = self.endpoints.iter().map(|e| e.load.snapshot()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            (
+                loads[i].in_flight,
+                loads[i].prefill_tokens,
+                (i + n - start) % n,
+            )
+        });
+        order
+    }
+
+    fn prefix_order(
+        &self,
+        start: usize,
+        blocks: &[OwnHash],
+        matched: &[u32],
+    ) -> (AttemptOrder, Reason) {
+        let n = self.endpoints.len();
+        let loads: Vec<LoadSnapshot> = self.endpoints.iter().map(|e| e.load.snapshot()).collect();
+        let w = self.settings.prefill_weight;
+        let bs = self.settings.block_size.max(1) as f64;
+        let cost = |i: usize| {
+            let uncached = blocks.len() as f64 - matched[i] as f64;
+            w * (uncached + loads[i].prefill_tokens as f64 / bs) + loads[i].decoding as f64
+        };
+        let costs: Vec<f64> = (0..n).map(cost).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            costs[a]
+                .total_cmp(&costs[b])
+                .then(loads[a].in_flight.cmp(&loads[b].in_flight))
+                .then(((a + n - start) % n).cmp(&((b + n - start) % n)))
+        });
+        let Some(&best) = order.first() else {
+            return (AttemptOrder::Ranked(order), Reason::NoPrefixMatch);
+        };
+        let least = loads.iter().map(|l| l.in_flight).min().unwrap_or(0);
+        if loads[best].in_flight as f64 > self.settings.imbalance * (least + 1) as f64 {
+            return (
+                AttemptOrder::Ranked(self.least_loaded(start)),
+                Reason::Imbalance,
+            );
+        }
+        let reason = if matched[best] > 0 {
+            Reason::PrefixMatch
+        } else {
+            Reason::NoPrefixMatch
+        };
+        (AttemptOrder::Ranked(order), reason)
+    }
+
+    fn pinned(&self, session: &str, now_ms: u64) -> Option<usize> {
+        let ttl = self.session_ttl_ms.load(Ordering::Relaxed);
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let pin = sessions.get(session)?;
+        (ttl > 0 && now_ms.saturating_sub(pin.at_ms) < ttl && pin.endpoint < self.endpoints.len())
+            .then_some(pin.endpoint)
+    }
+
+    /// The request is being sent to `endpoint`: its prompt counts as cached there for a
+    /// while, its session is pinned there, and its load is counted until the returned
+    /// guard drops.
+    pub fn sent(
+        &self,
+        endpoint: usize,
+        decision: &RouteDecision,
+        now_ms: u64,
+    ) -> Option<LoadGuard> {
+        let e = self.endpoints.get(endpoint)?;
+        if let (Some(ix), Some(pod)) = (&self.index, e.pod) {
+            if !decision.blocks.is_empty() {
+                let ttl = if e.kv.is_some() {
+                    self.settings.routed_ttl
+                } else {
+                    self.settings.approximate_ttl
+                };
+                ix.insert_routed(pod, &decision.blocks, now_ms + ttl.as_millis() as u64);
+            }
+        }
+        if let Some(session) = &decision.session {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            if sessions.len() < MAX_SESSIONS || sessions.contains_key(session) {
+                sessions.insert(
+                    session.clone(),
+                    Pin {
+                        endpoint,
+                        at_ms: now_ms,
+                    },
+                );
+            }
+        }
+        Some(e.load.start(decision.prompt_tokens))
+    }
+
+    /// Forgets expired routed blocks and session pins.
+    pub fn sweep(&self, now_ms: u64) {
+        if let Some(ix) = &self.index {
+            ix.sweep(now_ms);
+        }
+        let ttl = self.session_ttl_ms.load(Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, pin| ttl > 0 && now_ms.saturating_sub(pin.at_ms) < ttl);
+    }
+
+    /// Decisions made so far, by reason.
+    pub fn decisions(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .zip(&self.decisions)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        let pods = self
+            .index
+            .as_ref()
+            .map(|ix| ix.summary())
+            .unwrap_or_default();
+        let subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EndpointView {
+                label: e.label.clone(),
+                load: e.load.snapshot(),
+                index: pods.iter().find(|p| p.name == e.label).cloned(),
+                events: subs
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, s)| s.stats.clone()),
+            })
+            .collect()
+    }
+
+    /// The prefix index (prefix-aware routing only): its size, for metrics.
+    pub fn index(&self) -> Option<&Arc<PrefixIndex>> {
+        self.index.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests;

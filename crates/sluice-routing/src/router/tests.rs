@@ -1,0 +1,170 @@
+use super::*;
+
+fn router(policy: Policy, n: usize) -> ModelRouter {
+    ModelRouter::new(
+        RoutingSettings {
+            policy,
+            block_size: 4,
+            session_ttl: Some(Duration::from_secs(60)),
+            ..RoutingSettings::default()
+        },
+        (0..n)
+            .map(|i| EndpointSpec {
+                label: format!("e{i}"),
+                kv: None,
+            })
+            .collect(),
+    )
+}
+
+fn firsts(r: &ModelRouter, q: &RouteQuery<'_>, times: usize) -> Vec<usize> {
+    (0..times)
+        .map(|_| r.route(q, 0).order.first().unwrap())
+        .collect()
+}
+
+#[test]
+fn round_robin_rotates_and_lists_every_endpoint() {
+    let r = router(Policy::RoundRobin, 3);
+    let d = r.route(&RouteQuery::default(), 0);
+    assert_eq!(d.order.iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(d.reason, Reason::RoundRobin);
+    assert_eq!(firsts(&r, &RouteQuery::default(), 3), vec![1, 2, 0]);
+    let none = router(Policy::RoundRobin, 0);
+    assert_eq!(none.route(&RouteQuery::default(), 0).order.first(), None);
+}
+
+#[test]
+fn least_loaded_takes_the_fewest_in_flight_then_turns() {
+    let r = router(Policy::LeastLoaded, 3);
+    let d = r.route(&RouteQuery::default(), 0);
+    let _a = r.sent(0, &d, 0);
+    let _b = r.sent(0, &d, 0);
+    let _c = r.sent(1, &d, 0);
+    assert_eq!(firsts(&r, &RouteQuery::default(), 3), vec![2, 2, 2]);
+    let _d = r.sent(2, &d, 0);
+    // 1 and 2 tie at one each: both take turns, 0 none.
+    let f = firsts(&r, &RouteQuery::default(), 6);
+    assert!(f.contains(&1) && f.contains(&2) && !f.contains(&0), "{f:?}");
+}
+
+#[test]
+fn prefix_aware_sends_a_prompt_where_its_prefix_was_sent_and_spreads_new_ones() {
+    let r = router(Policy::PrefixAware, 3);
+    let prompt: Vec<u32> = (0..40).collect();
+    let q = RouteQuery {
+        prompt: Some(&prompt),
+        ..RouteQuery::default()
+    };
+    // Nothing known: new prompts go round the endpoints.
+    let news: Vec<usize> = (0..3)
+        .map(|i| {
+            let other: Vec<u32> = (100 * i..100 * i + 40).collect();
+            let d = r.route(
+                &RouteQuery {
+                    prompt: Some(&other),
+                    ..RouteQuery::default()
+                },
+                0,
+            );
+            assert_eq!(d.reason, Reason::NoPrefixMatch);
+            d.order.first().unwrap()
+        })
+        .collect();
+    let mut sorted = news.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![0, 1, 2], "{news:?}");
+    // Sent to 2 (no events there: the router's own record, for its approximate TTL).
+    let d = r.route(&q, 0);
+    let guard = r.sent(2, &d, 0);
+    drop(guard);
+    // A longer prompt with that prefix (a conversation's next turn) goes to 2.
+    let next: Vec<u32> = (0..60).collect();
+    let d = r.route(
+        &RouteQuery {
+            prompt: Some(&next),
+            ..RouteQuery::default()
+        },
+        1_000,
+    );
+    assert_eq!(d.order.first(), Some(2));
+    assert_eq!(d.reason, Reason::PrefixMatch);
+    assert_eq!(d.matched_blocks, 10);
+    // After the approximate TTL, the record no longer counts.
+    let late = r.route(&q, 300_001);
+    assert_eq!(late.reason, Reason::NoPrefixMatch);
+}
+
+#[test]
+fn a_busy_holder_of_the_prefix_yields_to_the_least_loaded() {
+    let r = router(Policy::PrefixAware, 2);
+    let prompt: Vec<u32> = (0..40).collect();
+    let q = RouteQuery {
+        prompt: Some(&prompt),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    // Requests on 0 past their prefill (decoding): each costs 1 against the 10 blocks 1
+    // would have to prefill.
+    let decoding = || {
+        let mut g = r.sent(0, &d, 0).unwrap();
+        g.first_token();
+        g
+    };
+    let mut held = vec![decoding()];
+    assert_eq!(
+        r.route(&q, 0).order.first(),
+        Some(0),
+        "one in flight: still worth it"
+    );
+    // Three in flight on 0, none on 1: 3 > 2 × (0 + 1).
+    held.push(decoding());
+    held.push(decoding());
+    let d = r.route(&q, 0);
+    assert_eq!((d.order.first(), d.reason), (Some(1), Reason::Imbalance));
+    drop(held);
+}
+
+#[test]
+fn a_session_sticks_until_its_ttl_which_changes_at_runtime() {
+    let r = router(Policy::RoundRobin, 3);
+    let q = RouteQuery {
+        session: Some("s-1"),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    let to = d.order.first().unwrap();
+    drop(r.sent(to, &d, 0));
+    for now in [1, 10_000, 59_999] {
+        let d = r.route(&q, now);
+        assert_eq!((d.order.first(), d.reason), (Some(to), Reason::Session));
+        assert_eq!(d.order.iter().count(), 3, "the others follow");
+    }
+    // Shortened to 200 ms: the pin made at 0 is stale at 200, before any sweep.
+    r.set_session_ttl(Some(Duration::from_millis(200)));
+    assert_eq!(r.route(&q, 199).reason, Reason::Session);
+    assert_eq!(r.route(&q, 200).reason, Reason::RoundRobin);
+    // Off: no pins at all.
+    r.set_session_ttl(None);
+    assert_eq!(r.route(&q, 1).reason, Reason::RoundRobin);
+    // A session id too long to keep is not pinned.
+    r.set_session_ttl(Some(Duration::from_secs(1)));
+    let long = "x".repeat(MAX_SESSION_ID_BYTES + 1);
+    let q = RouteQuery {
+        session: Some(&long),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    drop(r.sent(0, &d, 0));
+    assert_eq!(r.route(&q, 1).reason, Reason::RoundRobin);
+}
+
+#[test]
+fn decisions_are_counted_by_reason() {
+    let r = router(Policy::RoundRobin, 2);
+    r.route(&RouteQuery::default(), 0);
+    r.route(&RouteQuery::default(), 0);
+    let counts = r.decisions();
+    assert!(counts.contains(&(Reason::RoundRobin, 2)));
+    assert!(counts.contains(&(Reason::Session, 0)));
+}
