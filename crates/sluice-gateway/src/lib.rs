@@ -25,6 +25,7 @@ pub mod openapi;
 mod ops;
 pub mod otel;
 pub mod request_id;
+pub mod routing_admin;
 pub mod server;
 pub mod services;
 pub mod state;

@@ -128,6 +128,106 @@ impl LimitsMetrics {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub model: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PodLabels {
+    pub model: String,
+    pub pod: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PodKindLabels {
+    pub model: String,
+    pub pod: String,
+    pub kind: &'static str,
+}
+
+/// The routers' decisions and the KV-event streams, read from the routers when metrics are
+/// scraped (the request path only bumps the routers' own atomics).
+pub struct RoutingMetrics {
+    decisions: Family<RouteLabels, Counter>,
+    events: Family<PodKindLabels, Counter>,
+    stream: Family<PodKindLabels, Counter>,
+    connected: Family<PodLabels, Gauge>,
+    index_blocks: Family<ModelLabels, Gauge>,
+    index_bytes: Family<ModelLabels, Gauge>,
+    routers: Vec<(String, Arc<sluice_routing::ModelRouter>)>,
+}
+
+/// Raises a counter read from elsewhere to `now` (counters only go up).
+fn catch_up(counter: &Counter, now: u64) {
+    let seen = counter.get();
+    if now > seen {
+        counter.inc_by(now - seen);
+    }
+}
+
+impl RoutingMetrics {
+    fn read(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (model, router) in &self.routers {
+            for (reason, n) in router.decisions() {
+                let labels = RouteLabels {
+                    model: model.clone(),
+                    reason: reason.as_str(),
+                };
+                catch_up(&self.decisions.get_or_create(&labels), n);
+            }
+            if let Some(ix) = router.index() {
+                let labels = ModelLabels {
+                    model: model.clone(),
+                };
+                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                self.index_blocks
+                    .get_or_create(&labels)
+                    .set(gauge(ix.blocks()));
+                self.index_bytes
+                    .get_or_create(&labels)
+                    .set(gauge(ix.memory_bytes()));
+            }
+            for e in router.endpoints() {
+                let Some(s) = &e.events else { continue };
+                let pod = |kind| PodKindLabels {
+                    model: model.clone(),
+                    pod: e.label.clone(),
+                    kind,
+                };
+                for (kind, n) in [
+                    ("block_stored", &s.stored_events),
+                    ("block_removed", &s.removed_events),
+                    ("all_blocks_cleared", &s.cleared_events),
+                    ("ignored", &s.ignored_events),
+                ] {
+                    catch_up(&self.events.get_or_create(&pod(kind)), n.load(Relaxed));
+                }
+                for (kind, n) in [
+                    ("decode_error", &s.decode_errors),
+                    ("rejected_event", &s.rejected_events),
+                    ("gap", &s.gaps),
+                    ("replay", &s.replays),
+                    ("replay_shortfall", &s.replay_shortfalls),
+                    ("replay_failure", &s.replay_failures),
+                    ("purge", &s.purges),
+                    ("connect_failure", &s.connect_failures),
+                ] {
+                    catch_up(&self.stream.get_or_create(&pod(kind)), n.load(Relaxed));
+                }
+                self.connected
+                    .get_or_create(&PodLabels {
+                        model: model.clone(),
+                        pod: e.label.clone(),
+                    })
+                    .set(i64::from(s.connected.load(Relaxed)));
+            }
+        }
+    }
+}
+
 /// The cache phases' counts.
 #[derive(Debug, Clone, Default)]
 pub struct CacheMetrics {
@@ -250,6 +350,7 @@ pub struct GatewayMetrics {
     pub client_connections_refused: Counter,
     pools: Mutex<Vec<WatchedPool>>,
     limits: Option<Arc<LimitsMetrics>>,
+    routing: Option<RoutingMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -369,6 +470,7 @@ impl GatewayMetrics {
             client_connections_refused,
             pools: Mutex::new(Vec::new()),
             limits: None,
+            routing: None,
         }
     }
 
@@ -551,11 +653,58 @@ impl GatewayMetrics {
         m
     }
 
+    /// Registers the routers' series, read from `routers` at each scrape.
+    pub fn register_routing(&mut self, routers: Vec<(String, Arc<sluice_routing::ModelRouter>)>) {
+        let m = RoutingMetrics {
+            decisions: Family::default(),
+            events: Family::default(),
+            stream: Family::default(),
+            connected: Family::default(),
+            index_blocks: Family::default(),
+            index_bytes: Family::default(),
+            routers,
+        };
+        self.registry.register(
+            "route_decisions",
+            "Routing decisions by model and reason (round_robin, least_loaded, prefix_match, no_prefix_match, imbalance, session)",
+            m.decisions.clone(),
+        );
+        self.registry.register(
+            "kv_events",
+            "KV events received from each engine (pod), by type",
+            m.events.clone(),
+        );
+        self.registry.register(
+            "kv_stream_events",
+            "What happened on each engine's KV-event stream: decode errors, refused events, gaps, replays (and those short of what was asked, or failed), purges (engine restarts), failed connects",
+            m.stream.clone(),
+        );
+        self.registry.register(
+            "kv_connected",
+            "1 while the gateway is subscribed to the engine's KV events",
+            m.connected.clone(),
+        );
+        self.registry.register(
+            "prefix_index_blocks",
+            "Distinct blocks in the model's prefix index",
+            m.index_blocks.clone(),
+        );
+        self.registry.register(
+            "prefix_index_bytes",
+            "Memory the model's prefix index takes",
+            m.index_bytes.clone(),
+        );
+        self.routing = Some(m);
+    }
+
     /// Prometheus/OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         self.read_pools();
         if let Some(limits) = &self.limits {
             limits.read();
+        }
+        if let Some(routing) = &self.routing {
+            routing.read();
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -229,6 +229,37 @@ pub const ROUTES: &[RouteDoc] = &[
         ],
     },
     RouteDoc {
+        method: "get",
+        path: "/v1/admin/prefix-index",
+        scope: Some(Scope::Admin),
+        operation_id: "getPrefixIndex",
+        summary: "Routing now (the global admin): per model its policy, decisions by reason and the prefix index's size; per endpoint the load the router counts, the blocks indexed for it and its KV-event stream (last sequence, lag, gaps, replays, purges)",
+        request: None,
+        query: &[],
+        responses: &[
+            ("200", "Every model's routing", Body::Json("PrefixIndexView")),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "Asked by a tenant's admin: endpoints are shared by every tenant", ERR),
+        ],
+    },
+    RouteDoc {
+        method: "patch",
+        path: "/v1/admin/routing/{model}",
+        scope: Some(Scope::Admin),
+        operation_id: "changeRouting",
+        summary: "Change a model's session TTL at runtime (for sessions already pinned too; until the gateway restarts)",
+        request: Some("RoutingChange"),
+        query: &[],
+        responses: &[
+            ("200", "The model's routing, changed", Body::Json("ModelRouting")),
+            ("400", "The body is not {\"session_ttl\": DURATION or null}", ERR),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "No such model, or asked by a tenant's admin", ERR),
+        ],
+    },
+    RouteDoc {
         method: "delete",
         path: "/v1/admin/cache",
         scope: Some(Scope::Admin),
@@ -447,6 +478,37 @@ fn limits_view_schema() -> Value {
     })
 }
 
+/// One model's routing (`GET /v1/admin/prefix-index`, `PATCH /v1/admin/routing/{model}`).
+fn model_routing_schema() -> Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    json!({
+        "type": "object",
+        "required": ["model", "policy", "block_size", "session_ttl_ms", "blocks", "memory_bytes", "decisions", "pods"],
+        "properties": {
+            "model": {"type": "string"},
+            "policy": {"enum": ["round_robin", "least_loaded", "prefix_aware"]},
+            "block_size": count,
+            "session_ttl_ms": {"type": ["integer", "null"], "description": "null: no session affinity"},
+            "blocks": {"type": ["integer", "null"], "description": "Distinct blocks in the prefix index (prefix_aware only)"},
+            "memory_bytes": {"type": ["integer", "null"]},
+            "decisions": {"type": "object", "additionalProperties": count, "description": "Routing decisions since start, by reason"},
+            "pods": {"type": "array", "items": {
+                "type": "object",
+                "required": ["pod", "in_flight", "prefill_tokens", "decoding", "stored_blocks", "routed_blocks", "events"],
+                "properties": {
+                    "pod": {"type": "string", "description": "The endpoint's name"},
+                    "in_flight": count,
+                    "prefill_tokens": count,
+                    "decoding": count,
+                    "stored_blocks": count,
+                    "routed_blocks": count,
+                    "events": {"type": ["object", "null"], "description": "null: the endpoint publishes no KV events"}
+                }
+            }}
+        }
+    })
+}
+
 fn schemas() -> Value {
     let u32_or_null =
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": 4_294_967_295u64});
@@ -603,6 +665,22 @@ fn schemas() -> Value {
             "properties": {"object": {"const": "cache.purge"}, "deleted": {"type": "integer", "minimum": 0}}
         },
         "LimitsView": limits_view_schema(),
+        "PrefixIndexView": {
+            "type": "object",
+            "required": ["object", "models"],
+            "properties": {
+                "object": {"const": "prefix_index"},
+                "models": {"type": "array", "items": {"$ref": "#/components/schemas/ModelRouting"}}
+            }
+        },
+        "ModelRouting": model_routing_schema(),
+        "RoutingChange": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "session_ttl": {"type": ["string", "null"], "description": "How long a session stays pinned: \"200ms\", \"10m\"; null or \"0s\": no affinity", "examples": ["10m"]}
+            }
+        },
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "NotReady": {
             "type": "object",

@@ -47,6 +47,11 @@ fn routes(state: Arc<WorkerState>) -> Router {
             get(crate::cache_admin::stats).delete(crate::cache_admin::purge),
         )
         .route("/v1/admin/limits", get(crate::limits_admin::view))
+        .route("/v1/admin/prefix-index", get(crate::routing_admin::view))
+        .route(
+            "/v1/admin/routing/{model}",
+            axum::routing::patch(crate::routing_admin::change),
+        )
         .route(
             "/v1/admin/keys/{name}",
             get(admin::get_key).delete(admin::revoke_key),

@@ -166,9 +166,26 @@ impl GatewayShared {
             .as_ref()
             .map(|c| metrics.register_cache(c.counters()));
         let limits_metrics = services.limiter.clone().map(|l| metrics.register_limits(l));
-        let metrics = Arc::new(metrics);
         let mut names: Vec<&String> = config.models.keys().collect();
         names.sort();
+        let routers: Vec<(String, Arc<sluice_routing::ModelRouter>)> = names
+            .iter()
+            .map(|name| {
+                let model = &config.models[*name];
+                let endpoints = model
+                    .endpoints
+                    .iter()
+                    .map(|e| sluice_routing::EndpointSpec {
+                        label: e.label.clone(),
+                        kv: e.kv.clone(),
+                    })
+                    .collect();
+                let router = sluice_routing::ModelRouter::new(model.routing.settings, endpoints);
+                ((*name).clone(), Arc::new(router))
+            })
+            .collect();
+        metrics.register_routing(routers.clone());
+        let metrics = Arc::new(metrics);
         let models = names
             .iter()
             .enumerate()
@@ -178,17 +195,7 @@ impl GatewayShared {
                     name: model.name.clone(),
                     index,
                     metrics: Arc::new(metrics.for_model(&model.name)),
-                    router: Arc::new(sluice_routing::ModelRouter::new(
-                        model.routing.settings,
-                        model
-                            .endpoints
-                            .iter()
-                            .map(|e| sluice_routing::EndpointSpec {
-                                label: e.label.clone(),
-                                kv: e.kv.clone(),
-                            })
-                            .collect(),
-                    )),
+                    router: routers[index].1.clone(),
                     tokenizer: model.routing.tokenizer,
                     endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
                     cache: model.cache,

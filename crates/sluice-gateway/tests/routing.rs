@@ -45,6 +45,17 @@ fn config(engines: &[MockServer], routing: &str) -> String {
     s
 }
 
+/// `toml` with API keys on, kept under `dir` (admin routes need a global admin's key).
+fn with_keys(toml: &str, dir: &std::path::Path) -> String {
+    toml.replace(
+        "[models.m]\n",
+        &format!(
+            "data_dir = \"{}\"\n[auth]\nmode = \"keys\"\n[models.m]\n",
+            dir.display()
+        ),
+    )
+}
+
 /// A conversation's messages after `turns` user turns (each a long paragraph, several
 /// blocks) and the assistant's answers between them.
 fn conversation(topic: &str, turns: usize) -> Vec<Value> {
@@ -63,9 +74,21 @@ fn conversation(topic: &str, turns: usize) -> Vec<Value> {
 
 /// Sends the request; returns (the endpoint it went to, the reason, matched blocks).
 async fn ask(gw: &TestGateway, messages: &[Value], session: Option<&str>) -> (String, String, u32) {
+    ask_as(gw, None, messages, session).await
+}
+
+async fn ask_as(
+    gw: &TestGateway,
+    key: Option<&str>,
+    messages: &[Value],
+    session: Option<&str>,
+) -> (String, String, u32) {
     let mut r = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .json(&json!({"model": "m", "messages": messages, "max_tokens": 8}));
+    if let Some(k) = key {
+        r = r.header("authorization", k);
+    }
     if let Some(s) = session {
         r = r.header("x-session-id", s);
     }
@@ -104,11 +127,17 @@ async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
     let mocks = engines(3, true).await;
     // Routed prompts count for 1 ms only: what keeps a conversation in place is the
     // engines' own events.
-    let gw = TestGateway::start_toml(&config(
-        &mocks,
-        "policy = \"prefix_aware\"\ntokenizer = \"mock\"\nrouted_ttl = \"1ms\"",
+    let dir = tempfile::tempdir().unwrap();
+    let admin = sluice_testkit::api_key(dir.path(), "ops", "*", "chat:write,admin");
+    let gw = TestGateway::start_toml(&with_keys(
+        &config(
+            &mocks,
+            "policy = \"prefix_aware\"\ntokenizer = \"mock\"\nrouted_ttl = \"1ms\"",
+        ),
+        dir.path(),
     ))
     .await;
+    let key = Some(admin.as_str());
     let topics = [
         "sailing",
         "cooking",
@@ -119,7 +148,7 @@ async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
     ];
     let mut home = Vec::new();
     for topic in topics {
-        let (pod, reason, matched) = ask(&gw, &conversation(topic, 1), None).await;
+        let (pod, reason, matched) = ask_as(&gw, key, &conversation(topic, 1), None).await;
         assert_eq!(
             (reason.as_str(), matched),
             ("no_prefix_match", 0),
@@ -144,7 +173,7 @@ async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
     tokio::time::sleep(Duration::from_millis(5)).await; // past routed_ttl
     for turn in 2..=4 {
         for (topic, pod) in topics.iter().zip(&home) {
-            let (to, reason, matched) = ask(&gw, &conversation(topic, turn), None).await;
+            let (to, reason, matched) = ask_as(&gw, key, &conversation(topic, turn), None).await;
             assert_eq!(&to, pod, "{topic}, turn {turn}");
             assert_eq!(reason, "prefix_match");
             assert!(matched > 0);
@@ -157,9 +186,48 @@ async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
         .map(|m| m.engine().stats().cached_tokens_total)
         .sum();
     assert!(cached > 0);
-    let decisions = gw.shared.models["m"].router.decisions();
-    let count = |r: &str| decisions.iter().find(|(x, _)| x.as_str() == r).unwrap().1;
-    assert_eq!((count("prefix_match"), count("no_prefix_match")), (18, 6));
+    // The operator's view: decisions by reason, and each pod's event stream.
+    let view: Value = reqwest::Client::new()
+        .get(gw.url("/v1/admin/prefix-index"))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let m = &view["models"][0];
+    assert_eq!(m["policy"], "prefix_aware");
+    assert_eq!(m["decisions"]["prefix_match"], 18);
+    assert_eq!(m["decisions"]["no_prefix_match"], 6);
+    for (pod, mock) in m["pods"].as_array().unwrap().iter().zip(&mocks) {
+        assert_eq!(pod["stored_blocks"], mock.engine().cached_blocks() as u64);
+        assert_eq!(pod["events"]["connected"], true);
+        assert_eq!(
+            pod["events"]["last_seq"],
+            mock.engine().kv_events().unwrap().next_seq() - 1
+        );
+        assert_eq!(pod["events"]["gaps"], 0);
+        assert_eq!(pod["in_flight"], 0, "every request's load was given back");
+    }
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sluice_route_decisions_total{model=\"m\",reason=\"prefix_match\"} 18",
+        "sluice_route_decisions_total{model=\"m\",reason=\"no_prefix_match\"} 6",
+        "sluice_kv_connected{model=\"m\",pod=\"pod-0\"} 1",
+        "sluice_kv_stream_events_total{model=\"m\",pod=\"pod-0\",kind=\"gap\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("sluice_kv_events_total{model=\"m\",pod=\"pod-1\",kind=\"block_stored\"}")
+    );
+    assert!(metrics.contains("sluice_prefix_index_blocks{model=\"m\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,23 +251,59 @@ async fn without_events_the_routers_own_record_keeps_a_conversation_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stays_on_its_endpoint_until_its_ttl_changed_at_runtime() {
     let mocks = engines(3, false).await;
-    let gw = TestGateway::start_toml(&config(&mocks, "session_ttl = \"10m\"")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = with_keys(&config(&mocks, "session_ttl = \"10m\""), dir.path());
+    let admin = sluice_testkit::api_key(dir.path(), "ops", "*", "chat:write,admin");
+    let tenant = sluice_testkit::api_key(dir.path(), "acme-ops", "acme", "chat:write,admin");
+    let gw = TestGateway::start_toml(&toml).await;
+    let key = Some(admin.as_str());
     let hello = conversation("x", 1);
-    let (pod, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+    let (pod, reason, _) = ask_as(&gw, key, &hello, Some("s-1")).await;
     assert_eq!(reason, "round_robin");
     for _ in 0..4 {
-        let (to, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+        let (to, reason, _) = ask_as(&gw, key, &hello, Some("s-1")).await;
         assert_eq!((to.as_str(), reason.as_str()), (pod.as_str(), "session"));
     }
     // 200 ms from now on, for the pin made above too: once that has passed, the session
     // routes by the policy again (waiting longer only makes that surer).
-    gw.shared.models["m"]
-        .router
-        .set_session_ttl(Some(Duration::from_millis(200)));
+    let client = reqwest::Client::new();
+    let patch = |k: &str, body: Value| {
+        client
+            .patch(gw.url("/v1/admin/routing/m"))
+            .header("authorization", k)
+            .json(&body)
+            .send()
+    };
+    let resp = patch(&admin, json!({"session_ttl": "200ms"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["session_ttl_ms"], 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, reason, _) = ask(&gw, &hello, Some("s-1")).await;
+    let (_, reason, _) = ask_as(&gw, key, &hello, Some("s-1")).await;
     assert_eq!(reason, "round_robin");
     // Requests without a session are never pinned.
-    let (_, reason, _) = ask(&gw, &hello, None).await;
+    let (_, reason, _) = ask_as(&gw, key, &hello, None).await;
     assert_eq!(reason, "round_robin");
+    // Bad values are named; a tenant's admin may not change shared endpoints.
+    let resp = patch(&admin, json!({"session_ttl": "soon"})).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "session_ttl");
+    assert_eq!(
+        patch(&tenant, json!({"session_ttl": null}))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let resp = client
+        .patch(gw.url("/v1/admin/routing/nope"))
+        .header("authorization", &admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }
