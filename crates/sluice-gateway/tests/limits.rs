@@ -52,6 +52,18 @@ fn limits_toml(table: &str) -> String {
     format!("[models.m.limits]\n{table}\n")
 }
 
+/// A mock that takes 3 s before answering: requests stay in flight while a test looks.
+async fn slow_mock() -> sluice_testkit::MockServer {
+    start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            added_latency_ms: 3_000,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await
+}
+
 /// A gateway in front of `mock` whose model `m` has the limits `table` sets.
 async fn limited(mock: &sluice_testkit::MockServer, table: &str) -> TestGateway {
     TestGateway::start_toml(&gateway_toml("m", &[mock.base_url()], &limits_toml(table))).await
@@ -247,14 +259,7 @@ async fn a_request_that_never_reached_an_upstream_costs_nothing_an_upstream_erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waits_up_to_max_wait_for_a_slot() {
-    let mock = start_mock(MockOptions {
-        faults: sluice_mock::Faults {
-            added_latency_ms: 3_000,
-            ..sluice_mock::Faults::default()
-        },
-        ..MockOptions::zero_timing()
-    })
-    .await;
+    let mock = slow_mock().await;
     let waits = TestGateway::start_toml(&gateway_toml(
         "m",
         &[mock.base_url()],
@@ -286,14 +291,7 @@ async fn a_request_waits_up_to_max_wait_for_a_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_types_come_from_the_header_and_keep_their_own_share() {
-    let mock = start_mock(MockOptions {
-        faults: sluice_mock::Faults {
-            added_latency_ms: 3_000,
-            ..sluice_mock::Faults::default()
-        },
-        ..MockOptions::zero_timing()
-    })
-    .await;
+    let mock = slow_mock().await;
     let gw = TestGateway::start_toml(&gateway_toml(
         "m",
         &[mock.base_url()],
@@ -338,14 +336,7 @@ async fn job_types_come_from_the_header_and_keep_their_own_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_budget_refuses_a_job_that_does_not_fit_beside_those_in_flight() {
-    let mock = start_mock(MockOptions {
-        faults: sluice_mock::Faults {
-            added_latency_ms: 3_000,
-            ..sluice_mock::Faults::default()
-        },
-        ..MockOptions::zero_timing()
-    })
-    .await;
+    let mock = slow_mock().await;
     let gw = TestGateway::start_toml(&gateway_toml(
         "m",
         &[mock.base_url()],
