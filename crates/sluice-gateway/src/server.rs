@@ -99,12 +99,6 @@ impl Gateway {
         services: Services,
     ) -> Result<Self, StartError> {
         let shared = Arc::new(GatewayShared::new(config, services));
-        // KV-event subscribers and the routers' sweepers, for as long as the gateway lives.
-        for model in shared.models.values() {
-            model
-                .router
-                .start(sluice_routing::SubscriberSettings::default());
-        }
         let worker = Arc::new(WorkerState::new(shared, config)?);
         let listener =
             TcpListener::bind(config.listen)

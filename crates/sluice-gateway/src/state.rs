@@ -185,6 +185,13 @@ impl GatewayShared {
             })
             .collect();
         metrics.register_routing(routers.clone());
+        // KV-event subscribers and the routers' sweepers, on the runtime building the
+        // gateway, for as long as each router lives.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for (_, router) in &routers {
+                router.start(sluice_routing::SubscriberSettings::default());
+            }
+        }
         let metrics = Arc::new(metrics);
         let models = names
             .iter()
