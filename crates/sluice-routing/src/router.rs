@@ -278,6 +278,11 @@ impl ModelRouter {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Whether `route` reads a session id (affinity is on).
+    pub fn keeps_sessions(&self) -> bool {
+        self.session_ttl_ms.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether `route` wants the prompt's tokens.
     pub fn needs_prompt(&self) -> bool {
         self.index.is_some()
@@ -313,7 +318,8 @@ impl ModelRouter {
             (Some(ix), Some(prompt)) => ix.hasher().chain(None, prompt),
             _ => Vec::new(),
         };
-        let mut matched = vec![0u32; n];
+        // Per endpoint, prefix-aware routing only (no allocation for the other policies).
+        let mut matched = Vec::new();
         let (mut order, mut reason) = match self.settings.policy {
             Policy::RoundRobin => (AttemptOrder::Rotation { start, len: n }, Reason::RoundRobin),
             Policy::LeastLoaded => (
@@ -321,12 +327,13 @@ impl ModelRouter {
                 Reason::LeastLoaded,
             ),
             Policy::PrefixAware => {
-                if let Some(ix) = &self.index {
-                    let pods: Vec<PodId> = self.endpoints.iter().filter_map(|e| e.pod).collect();
-                    if pods.len() == n && !blocks.is_empty() {
-                        matched = ix.match_prefix(&blocks, &pods, now_ms);
+                let pods: Vec<PodId> = self.endpoints.iter().filter_map(|e| e.pod).collect();
+                matched = match &self.index {
+                    Some(ix) if pods.len() == n && !blocks.is_empty() => {
+                        ix.match_prefix(&blocks, &pods, now_ms)
                     }
-                }
+                    _ => vec![0; n],
+                };
                 self.prefix_order(start, &blocks, &matched)
             }
         };

@@ -687,10 +687,14 @@ fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
             .map(|request| prompt_tokens(tokenizer, request)),
         _ => None,
     };
-    let session = ctx
-        .head
-        .header(SESSION_HEADER)
-        .and_then(|v| std::str::from_utf8(v).ok());
+    // The head is scanned for the session only when the model keeps sessions.
+    let session = if model.router.keeps_sessions() {
+        ctx.head
+            .header(SESSION_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    } else {
+        None
+    };
     let query = RouteQuery {
         session,
         prompt: prompt.as_deref(),
@@ -734,10 +738,10 @@ async fn call_upstream(
     };
     let mut last_error = None;
     let mut answered = None;
-    let order: Vec<usize> = route.iter().flat_map(|r| r.order.iter()).collect();
-    for (attempt, (i, endpoint)) in order
+    for (attempt, (i, endpoint)) in route
         .iter()
-        .filter_map(|&i| endpoints.get(i).map(|e| (i, e)))
+        .flat_map(|r| r.order.iter())
+        .filter_map(|i| endpoints.get(i).map(|e| (i, e)))
         .enumerate()
     {
         let body = outgoing.body_for(endpoint);
