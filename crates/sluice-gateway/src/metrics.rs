@@ -154,6 +154,10 @@ pub struct RoutingMetrics {
     events: Family<PodKindLabels, Counter>,
     stream: Family<PodKindLabels, Counter>,
     connected: Family<PodLabels, Gauge>,
+    retries: Family<RouteLabels, Counter>,
+    retries_refused: Family<RouteLabels, Counter>,
+    ejections: Family<PodLabels, Counter>,
+    ejected: Family<PodLabels, Gauge>,
     index_blocks: Family<ModelLabels, Gauge>,
     index_bytes: Family<ModelLabels, Gauge>,
     routers: Vec<(String, Arc<sluice_routing::ModelRouter>)>,
@@ -178,6 +182,24 @@ impl RoutingMetrics {
                 };
                 catch_up(&self.decisions.get_or_create(&labels), n);
             }
+            let counts = router.retries();
+            for (reason, n) in counts.made {
+                let labels = RouteLabels {
+                    model: model.clone(),
+                    reason: reason.as_str(),
+                };
+                catch_up(&self.retries.get_or_create(&labels), n);
+            }
+            for (reason, n) in [
+                ("attempts", counts.refused_attempts),
+                ("budget", counts.refused_budget),
+            ] {
+                let labels = RouteLabels {
+                    model: model.clone(),
+                    reason,
+                };
+                catch_up(&self.retries_refused.get_or_create(&labels), n);
+            }
             if let Some(ix) = router.index() {
                 let labels = ModelLabels {
                     model: model.clone(),
@@ -191,6 +213,14 @@ impl RoutingMetrics {
                     .set(gauge(ix.memory_bytes()));
             }
             for e in router.endpoints() {
+                let labels = PodLabels {
+                    model: model.clone(),
+                    pod: e.label.clone(),
+                };
+                catch_up(&self.ejections.get_or_create(&labels), e.ejections);
+                self.ejected
+                    .get_or_create(&labels)
+                    .set(i64::from(e.standing == sluice_routing::Standing::Ejected));
                 let Some(s) = &e.events else { continue };
                 let pod = |kind| PodKindLabels {
                     model: model.clone(),
@@ -660,6 +690,10 @@ impl GatewayMetrics {
             events: Family::default(),
             stream: Family::default(),
             connected: Family::default(),
+            retries: Family::default(),
+            retries_refused: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
             index_blocks: Family::default(),
             index_bytes: Family::default(),
             routers,
@@ -683,6 +717,26 @@ impl GatewayMetrics {
             "kv_connected",
             "1 while the gateway is subscribed to the engine's KV events",
             m.connected.clone(),
+        );
+        self.registry.register(
+            "route_retries",
+            "Requests sent to another endpoint after one failed them before anything reached the client, by reason (reset, status_429, status_5xx); connect failures move on without counting here",
+            m.retries.clone(),
+        );
+        self.registry.register(
+            "route_retries_refused",
+            "Failed requests not retried: the request had made max_attempts, or retries had used the retry budget",
+            m.retries_refused.clone(),
+        );
+        self.registry.register(
+            "endpoint_ejections",
+            "Times an endpoint was taken out of rotation after failures in a row",
+            m.ejections.clone(),
+        );
+        self.registry.register(
+            "endpoint_ejected",
+            "1 while the endpoint is out of rotation",
+            m.ejected.clone(),
         );
         self.registry.register(
             "prefix_index_blocks",

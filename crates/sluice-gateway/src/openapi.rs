@@ -397,8 +397,16 @@ pub fn document() -> Value {
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{request}")}}}
             });
         }
-        if route.path.contains('{') {
-            op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}]);
+        // Each `{param}` of the path template, as a required string.
+        let params: Vec<Value> = route
+            .path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}'))
+            .map(|(name, _)| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
         }
         if !route.query.is_empty() {
             op["parameters"] = route
@@ -494,9 +502,11 @@ fn model_routing_schema() -> Value {
             "decisions": {"type": "object", "additionalProperties": count, "description": "Routing decisions since start, by reason"},
             "pods": {"type": "array", "items": {
                 "type": "object",
-                "required": ["pod", "in_flight", "prefill_tokens", "decoding", "stored_blocks", "routed_blocks", "events"],
+                "required": ["pod", "standing", "ejections", "in_flight", "prefill_tokens", "decoding", "stored_blocks", "routed_blocks", "events"],
                 "properties": {
                     "pod": {"type": "string", "description": "The endpoint's name"},
+                    "standing": {"enum": ["healthy", "returning", "cooling", "ejected"]},
+                    "ejections": count,
                     "in_flight": count,
                     "prefill_tokens": count,
                     "decoding": count,

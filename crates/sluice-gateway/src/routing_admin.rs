@@ -84,6 +84,8 @@ fn pod_view(e: &EndpointView) -> Value {
         "in_flight": e.load.in_flight,
         "prefill_tokens": e.load.prefill_tokens,
         "decoding": e.load.decoding,
+        "standing": e.standing.as_str(),
+        "ejections": e.ejections,
         "stored_blocks": e.index.as_ref().map_or(0, |p| p.stored_blocks),
         "routed_blocks": e.index.as_ref().map_or(0, |p| p.routed_blocks),
         "events": events,

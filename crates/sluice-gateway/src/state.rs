@@ -178,6 +178,11 @@ impl GatewayShared {
                     .map(|e| sluice_routing::EndpointSpec {
                         label: e.label.clone(),
                         kv: e.kv.clone(),
+                        probe: e
+                            .base_url
+                            .host_str()
+                            .zip(e.base_url.port_or_known_default())
+                            .map(|(host, port)| format!("{host}:{port}")),
                     })
                     .collect();
                 let router = sluice_routing::ModelRouter::new(model.routing.settings, endpoints);

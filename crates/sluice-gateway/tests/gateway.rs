@@ -487,14 +487,16 @@ async fn round_robin_spreads_and_connect_failures_move_on() {
     }
     assert_eq!(live.engine().stats().requests_total, 6);
     let metrics = gw.metrics_text().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "sluice_upstream_errors_total",
-            &[("kind", "connect")]
-        ),
-        3.0,
-        "every other request tried the dead endpoint first"
+    let tried_dead = metric_value(
+        &metrics,
+        "sluice_upstream_errors_total",
+        &[("kind", "connect")],
+    );
+    // Its first failure cools the dead endpoint (1 s): the requests after it go to the live
+    // one first. A slow machine may see the cooldown end once or twice within the six.
+    assert!(
+        (1.0..=3.0).contains(&tried_dead),
+        "the dead endpoint was tried first {tried_dead} times"
     );
 }
 

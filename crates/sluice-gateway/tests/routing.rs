@@ -307,3 +307,119 @@ async fn a_session_stays_on_its_endpoint_until_its_ttl_changed_at_runtime() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_retried_around_cooled_and_ejected() {
+    let good = start_mock(MockOptions::zero_timing()).await;
+    let bad = start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let mocks = [good, bad];
+    // A long cooldown: after its first failure the bad endpoint is not first again here.
+    let gw = TestGateway::start_toml(&config(
+        &mocks,
+        "cooldown = \"1m\"\neject_after = 2\nejection = \"1m\"",
+    ))
+    .await;
+    let mut reasons = Vec::new();
+    for _ in 0..6 {
+        let (pod, reason, _) = ask(&gw, &conversation("x", 1), None).await;
+        assert_eq!(pod, "pod-0", "every answer came from the good endpoint");
+        reasons.push(reason);
+    }
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "retry").count(),
+        1,
+        "one request met the bad endpoint and was retried: {reasons:?}"
+    );
+    assert_eq!(mocks[1].engine().stats().requests_total, 1);
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains("sluice_route_retries_total{model=\"m\",reason=\"status_5xx\"} 1"),
+        "{metrics}"
+    );
+    // Failures in a row eject; the last resort is still tried when nothing else is left.
+    gw.shared.models["m"]
+        .router
+        .report(1, sluice_routing::Outcome::Failure, 0);
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains("sluice_endpoint_ejected{model=\"m\",pod=\"pod-1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_endpoint_ejections_total{model=\"m\",pod=\"pod-1\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_attempt_a_failure_reaches_the_client() {
+    let bad = start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            error_rate: 1.0,
+            error_status: 500,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await;
+    let good = start_mock(MockOptions::zero_timing()).await;
+    let mocks = [bad, good];
+    let gw = TestGateway::start_toml(&config(&mocks, "max_attempts = 1")).await;
+    let statuses: Vec<u16> = futures_util::future::join_all((0..4).map(|_| async {
+        reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": conversation("y", 1), "max_tokens": 4}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }))
+    .await;
+    assert!(
+        statuses.contains(&502) || statuses.contains(&500),
+        "{statuses:?}"
+    );
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains("sluice_route_retries_refused_total{model=\"m\",reason=\"attempts\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_eject_an_endpoint_that_no_longer_accepts_connections_without_traffic() {
+    let live = start_mock(MockOptions::zero_timing()).await;
+    // A port nothing listens on any more.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[models.m]\n\
+         [[models.m.endpoints]]\nname = \"live\"\nurl = \"{}\"\n\
+         [[models.m.endpoints]]\nname = \"dead\"\nurl = \"http://{dead}/v1\"\n\
+         [models.m.routing]\nhealth_check_interval = \"50ms\"\n",
+        live.base_url()
+    );
+    let gw = TestGateway::start_toml(&toml).await;
+    let standing = |i: usize| gw.shared.models["m"].router.endpoints()[i].standing;
+    assert_eventually!(standing(1) == sluice_routing::Standing::Ejected);
+    assert_eq!(
+        standing(0),
+        sluice_routing::Standing::Healthy,
+        "the live one passes its probes"
+    );
+    // Requests go to the live endpoint first from then on.
+    for _ in 0..4 {
+        assert_eq!(ask(&gw, &conversation("z", 1), None).await.0, "live");
+    }
+}

@@ -12,17 +12,21 @@
 //! - [`zmtp`]: the client side of ZeroMQ's wire protocol, for the engines' event sockets.
 
 pub mod blocks;
+mod health;
 mod kv_subscriber;
 mod load;
 mod prefix_index;
+mod retry_budget;
 mod router;
 pub mod zmtp;
 
 pub use blocks::{BlockHasher, OwnHash};
+pub use health::{EndpointHealth, HealthSettings, Outcome, Standing};
 pub use kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
 pub use load::{EndpointLoad, LoadGuard, LoadSnapshot};
 pub use prefix_index::{Applied, PodId, PodSummary, PrefixIndex, Rejected};
+pub use retry_budget::{RetryBudget, RetrySettings};
 pub use router::{
-    AttemptOrder, EndpointSpec, EndpointView, ModelRouter, Policy, Reason, RouteDecision,
-    RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
+    AttemptOrder, EndpointSpec, EndpointView, ModelRouter, Policy, Reason, RetryCounts,
+    RetryReason, RetryRefused, RouteDecision, RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
 };

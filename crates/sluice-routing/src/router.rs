@@ -22,9 +22,11 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::blocks::{BlockHasher, OwnHash};
+use crate::health::{EndpointHealth, HealthSettings, Outcome, Standing};
 use crate::kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
 use crate::load::{EndpointLoad, LoadGuard, LoadSnapshot};
 use crate::prefix_index::{PodId, PodSummary, PrefixIndex};
+use crate::retry_budget::{RetryBudget, RetrySettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -59,6 +61,12 @@ pub struct RoutingSettings {
     pub approximate_ttl: Duration,
     /// Session affinity (`x-session-id`) and how long a pin lasts; `None`: off.
     pub session_ttl: Option<Duration>,
+    /// Ejection, cooldown and return of endpoints that fail.
+    pub health: HealthSettings,
+    /// How many attempts a request may make, and the retry budget.
+    pub retry: RetrySettings,
+    /// How often each endpoint is probed (a TCP connect, 1 s at most); `None`: never.
+    pub health_check_interval: Option<Duration>,
 }
 
 impl Default for RoutingSettings {
@@ -71,6 +79,9 @@ impl Default for RoutingSettings {
             routed_ttl: Duration::from_secs(2),
             approximate_ttl: Duration::from_secs(300),
             session_ttl: None,
+            health: HealthSettings::default(),
+            retry: RetrySettings::default(),
+            health_check_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -169,6 +180,8 @@ pub struct EndpointSpec {
     pub label: String,
     /// Where its engine publishes KV events, if it does.
     pub kv: Option<KvSource>,
+    /// `HOST:PORT` to probe (a TCP connect) every `health_check_interval`.
+    pub probe: Option<String>,
 }
 
 struct RoutedEndpoint {
@@ -176,6 +189,50 @@ struct RoutedEndpoint {
     load: Arc<EndpointLoad>,
     pod: Option<PodId>,
     kv: Option<KvSource>,
+    probe: Option<String>,
+    health: EndpointHealth,
+}
+
+/// Why a failed attempt is tried again elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The connection was reset, or closed before an answer's head.
+    Reset,
+    Status429,
+    Status5xx,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 3] = [
+        RetryReason::Reset,
+        RetryReason::Status429,
+        RetryReason::Status5xx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Reset => "reset",
+            RetryReason::Status429 => "status_429",
+            RetryReason::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// Retries since start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryCounts {
+    pub made: Vec<(RetryReason, u64)>,
+    pub refused_attempts: u64,
+    pub refused_budget: u64,
+}
+
+/// Why a failed attempt is not tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// The request made `max_attempts` already.
+    Attempts,
+    /// Retries already add their share of the traffic.
+    Budget,
 }
 
 #[derive(Clone, Copy)]
@@ -201,6 +258,10 @@ pub struct ModelRouter {
     next: AtomicUsize,
     decisions: [AtomicU64; 6],
     subscribers: Mutex<Vec<(usize, KvSubscriber)>>,
+    budget: RetryBudget,
+    /// Retries made, by reason; retries refused (attempts, budget).
+    retries: [AtomicU64; 3],
+    refused: [AtomicU64; 2],
     epoch: Instant,
 }
 
@@ -211,6 +272,8 @@ pub struct EndpointView {
     pub load: LoadSnapshot,
     pub index: Option<PodSummary>,
     pub events: Option<Arc<SubscriberStats>>,
+    pub standing: Standing,
+    pub ejections: u64,
 }
 
 impl ModelRouter {
@@ -224,6 +287,8 @@ impl ModelRouter {
                 label: e.label,
                 load: Arc::new(EndpointLoad::default()),
                 kv: e.kv,
+                probe: e.probe,
+                health: EndpointHealth::default(),
             })
             .collect();
         ModelRouter {
@@ -237,6 +302,9 @@ impl ModelRouter {
             next: AtomicUsize::new(0),
             decisions: Default::default(),
             subscribers: Mutex::new(Vec::new()),
+            budget: RetryBudget::new(settings.retry),
+            retries: Default::default(),
+            refused: Default::default(),
             epoch: Instant::now(),
         }
     }
@@ -255,6 +323,13 @@ impl ModelRouter {
                         i,
                         KvSubscriber::spawn(index.clone(), pod, kv.clone(), subscriber),
                     ));
+                }
+            }
+        }
+        if let Some(every) = self.settings.health_check_interval {
+            for (i, e) in self.endpoints.iter().enumerate() {
+                if let Some(address) = e.probe.clone() {
+                    tokio::spawn(probe(Arc::downgrade(self), i, address, every));
                 }
             }
         }
@@ -337,10 +412,38 @@ impl ModelRouter {
                 self.prefix_order(start, &blocks, &matched)
             }
         };
+        self.budget.deposit(now_ms);
+        // Unwell endpoints go behind the well ones (order kept within each group).
+        let standings: Vec<Standing> = self
+            .endpoints
+            .iter()
+            .map(|e| e.health.standing(&self.settings.health, now_ms))
+            .collect();
+        let group = |i: usize| match standings.get(i) {
+            Some(Standing::Healthy) | None => 0,
+            // A returning endpoint keeps its place for a growing share of requests.
+            Some(Standing::Returning { per_mille }) => {
+                if (start as u64 * 7919 + i as u64 * 104_729) % 1000 < *per_mille {
+                    0
+                } else {
+                    1
+                }
+            }
+            Some(Standing::Cooling) => 1,
+            Some(Standing::Ejected) => 2,
+        };
+        if standings.iter().any(|s| *s != Standing::Healthy) {
+            let mut ranked: Vec<usize> = order.iter().collect();
+            ranked.sort_by_key(|&i| group(i));
+            order = AttemptOrder::Ranked(ranked);
+        }
         let session = q.session.filter(|s| {
             !s.is_empty() && s.len() <= MAX_SESSION_ID_BYTES && self.session_ttl().is_some()
         });
-        if let Some(pinned) = session.and_then(|s| self.pinned(s, now_ms)) {
+        let pinned = session
+            .and_then(|s| self.pinned(s, now_ms))
+            .filter(|&i| group(i) == 0);
+        if let Some(pinned) = pinned {
             let mut ranked: Vec<usize> = order.iter().filter(|&i| i != pinned).collect();
             ranked.insert(0, pinned);
             order = AttemptOrder::Ranked(ranked);
@@ -459,6 +562,55 @@ impl ModelRouter {
         Some(e.load.start(decision.prompt_tokens))
     }
 
+    /// What an attempt (or a probe) on `endpoint` met.
+    pub fn report(&self, endpoint: usize, outcome: Outcome, now_ms: u64) {
+        if let Some(e) = self.endpoints.get(endpoint) {
+            e.health.report(outcome, &self.settings.health, now_ms);
+        }
+    }
+
+    /// May a request whose `attempts` attempts all failed (the last for `reason`) try the
+    /// next endpoint? Counted either way.
+    pub fn retry(
+        &self,
+        attempts: u32,
+        reason: RetryReason,
+        now_ms: u64,
+    ) -> Result<(), RetryRefused> {
+        let refused = if attempts >= self.settings.retry.max_attempts {
+            Some(RetryRefused::Attempts)
+        } else if !self.budget.withdraw(now_ms) {
+            Some(RetryRefused::Budget)
+        } else {
+            None
+        };
+        match refused {
+            Some(r) => {
+                self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+                Err(r)
+            }
+            None => {
+                if let Some(i) = RetryReason::ALL.iter().position(|x| *x == reason) {
+                    self.retries[i].fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Retries made by reason, and refused.
+    pub fn retries(&self) -> RetryCounts {
+        RetryCounts {
+            made: RetryReason::ALL
+                .iter()
+                .zip(&self.retries)
+                .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+                .collect(),
+            refused_attempts: self.refused[0].load(Ordering::Relaxed),
+            refused_budget: self.refused[1].load(Ordering::Relaxed),
+        }
+    }
+
     /// Forgets expired routed blocks and session pins.
     pub fn sweep(&self, now_ms: u64) {
         if let Some(ix) = &self.index {
@@ -501,6 +653,8 @@ impl ModelRouter {
                     .iter()
                     .find(|(j, _)| *j == i)
                     .map(|(_, s)| s.stats.clone()),
+                standing: e.health.standing(&self.settings.health, self.now_ms()),
+                ejections: e.health.ejections_total.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -508,6 +662,30 @@ impl ModelRouter {
     /// The prefix index (prefix-aware routing only): its size, for metrics.
     pub fn index(&self) -> Option<&Arc<PrefixIndex>> {
         self.index.as_ref()
+    }
+}
+
+/// Active health checks of one endpoint: a TCP connect every `every`, for as long as the
+/// router lives. An engine that refuses or does not answer within a second fails it.
+async fn probe(router: Weak<ModelRouter>, endpoint: usize, address: String, every: Duration) {
+    // The first probe one interval after start: requests meet the endpoints first.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reached = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(address.as_str()),
+        )
+        .await;
+        let outcome = match reached {
+            Ok(Ok(_)) => Outcome::Success,
+            _ => Outcome::Failure,
+        };
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        router.report(endpoint, outcome, router.now_ms());
     }
 }
 

@@ -736,17 +736,27 @@ async fn call_upstream(
     let Some(flight) = ctx.flight.as_mut() else {
         return Err(GatewayError::invalid_request("no model resolved", None));
     };
+    let router = ctx.model.as_ref().map(|m| m.router.clone());
     let mut last_error = None;
     let mut answered = None;
-    for (attempt, (i, endpoint)) in route
+    // Attempts that reached an endpoint (a retry of one is bounded by attempts and budget);
+    // those that provably never did are not counted and always move on.
+    let mut reached = 0u32;
+    for (i, endpoint) in route
         .iter()
         .flat_map(|r| r.order.iter())
         .filter_map(|i| endpoints.get(i).map(|e| (i, e)))
-        .enumerate()
     {
+        if let (Some(router), Some(failed)) = (&router, &last_error) {
+            if let Some(reason) = retry_reason(failed) {
+                if let Err(refused) = router.retry(reached, reason, router.now_ms()) {
+                    tracing::debug!(request_id = ctx.id.as_str(), ?refused, "not retried");
+                    break;
+                }
+            }
+        }
         let body = outgoing.body_for(endpoint);
         // Counted on the endpoint (and the prompt recorded there) from the moment it is sent.
-        let router = ctx.model.as_ref().map(|m| m.router.clone());
         ctx.endpoint_load = match (&router, route) {
             (Some(router), Some(decision)) => router.sent(i, decision, router.now_ms()),
             _ => None,
@@ -766,20 +776,38 @@ async fn call_upstream(
                 Err(e) => trace.attempt_failed(e.upstream_kind().unwrap_or("error")),
             }
         }
+        // A 429 or 5xx answer is a failed attempt like a reset: nothing reached the client,
+        // so another endpoint may take the request.
+        let result = match result {
+            Ok(sent) if retried_status(sent.response.status()) => {
+                ctx.charge = Charge::Rejected;
+                let retry_after = retry_after(&sent.response);
+                learn_provider_limits(&ctx.shared, ctx.model.as_deref(), &sent.response);
+                let e = flight
+                    .wait_upstream(Box::pin(endpoint.rejection(sent.response)))
+                    .await;
+                Err((e, retry_after))
+            }
+            other => other.map_err(|e| (e, None)),
+        };
+        let outcome = match &result {
+            Ok(_) => sluice_routing::Outcome::Success,
+            Err((e, retry_after)) => health_outcome(e, *retry_after),
+        };
+        if let Some(router) = &router {
+            router.report(i, outcome, router.now_ms());
+        }
         match result {
             Ok(sent) => {
                 flight.pool_wait += sent.pool_wait;
                 if let Some(decision) = route {
-                    let reason = if attempt == 0 {
+                    let first = reached == 0 && last_error.is_none();
+                    let reason = if first {
                         decision.reason.as_str()
                     } else {
                         "retry"
                     };
-                    let matched = if attempt == 0 {
-                        decision.matched_blocks
-                    } else {
-                        0
-                    };
+                    let matched = if first { decision.matched_blocks } else { 0 };
                     if let Ok(v) = HeaderValue::from_str(&format!(
                         "pod={}; reason={reason}; matched_blocks={matched}",
                         endpoint.label
@@ -790,15 +818,19 @@ async fn call_upstream(
                 answered = Some((endpoint.clone(), sent));
                 break;
             }
-            Err(e) => {
+            Err((e, _)) => {
                 if let Some(kind) = e.upstream_kind() {
                     flight.model.upstream_error(&endpoint.label, kind);
                 }
                 tracing::warn!(request_id = ctx.id.as_str(), endpoint = %endpoint.label, error = %e, "upstream call failed");
                 if !e.retry_safe() {
-                    return Err(e);
+                    if retry_reason(&e).is_none() {
+                        return Err(e);
+                    }
+                    reached += 1;
+                } else {
+                    ctx.charge = Charge::NotSent;
                 }
-                ctx.charge = Charge::NotSent;
                 last_error = Some(e);
             }
         }
@@ -824,6 +856,57 @@ async fn call_upstream(
     }
     ctx.decide(Phase::Upstream, "answered", || Some(endpoint.label.clone()));
     Ok((endpoint, sent))
+}
+
+/// Answers another endpoint may be asked instead: rate limited, or failed on its side.
+fn retried_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// A 429's `retry-after` in whole seconds (what the endpoint's cooldown follows).
+fn retry_after(response: &UpstreamResponse) -> Option<std::time::Duration> {
+    let v = response.headers().get(http::header::RETRY_AFTER)?;
+    let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(secs))
+}
+
+/// Why a failed attempt that reached the endpoint may go to another (bounded by the
+/// model's attempts and retry budget); `None`: it may not (a timeout after sending, the
+/// client's own error).
+fn retry_reason(e: &GatewayError) -> Option<sluice_routing::RetryReason> {
+    use sluice_routing::RetryReason;
+    match e {
+        GatewayError::UpstreamProtocol { .. } => Some(RetryReason::Reset),
+        GatewayError::UpstreamFailed { .. } => Some(RetryReason::Status5xx),
+        GatewayError::UpstreamRejected { status, .. }
+            if *status == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            Some(RetryReason::Status429)
+        }
+        _ => None,
+    }
+}
+
+/// What a failed attempt says of the endpoint's health.
+fn health_outcome(
+    e: &GatewayError,
+    retry_after: Option<std::time::Duration>,
+) -> sluice_routing::Outcome {
+    use sluice_routing::Outcome;
+    match e {
+        GatewayError::UpstreamRejected { status, .. }
+            if *status == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            Outcome::RateLimited(retry_after)
+        }
+        // The client's own mistake says nothing about the endpoint.
+        GatewayError::UpstreamRejected { .. } => Outcome::Success,
+        GatewayError::UpstreamUnreachable { .. }
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. }
+        | GatewayError::UpstreamFailed { .. } => Outcome::Failure,
+        _ => Outcome::Success,
+    }
 }
 
 /// What the upstream's headers say about its limits, told to the limiter (limited models

@@ -17,7 +17,7 @@
 //! ```
 
 use serde::Deserialize;
-use sluice_routing::{Policy, RoutingSettings};
+use sluice_routing::{HealthSettings, Policy, RetrySettings, RoutingSettings};
 
 use super::{ConfigDuration, ConfigProblem};
 
@@ -44,6 +44,27 @@ pub struct RoutingConfig {
     /// How long a routed prompt counts as cached on an engine that publishes no events.
     /// Default 5m.
     pub approximate_ttl: Option<ConfigDuration>,
+    /// Attempts a request may make in all when endpoints fail it (a reset, a 429, a 5xx,
+    /// before anything reached the client). Default 2; 1 turns retries off.
+    pub max_attempts: Option<u32>,
+    /// Retries may add at most this share of the model's requests (over ten seconds).
+    /// Default 0.2.
+    pub retry_budget: Option<f64>,
+    /// Retries allowed a second whatever the traffic. Default 5.
+    pub min_retries_per_second: Option<f64>,
+    /// Failures in a row that take an endpoint out of rotation. Default 3.
+    pub eject_after: Option<u32>,
+    /// How long the first ejection lasts (each next one in a row twice as long, up to 2m).
+    /// Default 10s.
+    pub ejection: Option<ConfigDuration>,
+    /// How long a failed endpoint is kept from being first (a 429's retry-after instead,
+    /// up to 1m). Default 1s.
+    pub cooldown: Option<ConfigDuration>,
+    /// How long an endpoint back from an ejection takes to get its full share. Default 10s.
+    pub slow_start: Option<ConfigDuration>,
+    /// How often each endpoint is probed (a TCP connect to its host and port; a failed
+    /// probe counts as a failure). Default 5s; "0s": never.
+    pub health_check_interval: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -137,6 +158,43 @@ pub fn resolve(
     };
     let imbalance = positive("imbalance", c.imbalance, defaults.imbalance);
     let prefill_weight = positive("prefill_weight", c.prefill_weight, defaults.prefill_weight);
+    let retry_defaults = RetrySettings::default();
+    let min_per_second = positive(
+        "min_retries_per_second",
+        c.min_retries_per_second,
+        retry_defaults.min_per_second,
+    );
+    let ratio = match c.retry_budget {
+        None => retry_defaults.ratio,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(r) => {
+            push(
+                ".retry_budget",
+                format!("{r} is not a share between 0 and 1"),
+            );
+            retry_defaults.ratio
+        }
+    };
+    let max_attempts = match c.max_attempts {
+        None => retry_defaults.max_attempts,
+        Some(n @ 1..=10) => n,
+        Some(n) => {
+            push(
+                ".max_attempts",
+                format!("{n} is out of range; 1 (no retries) to 10"),
+            );
+            retry_defaults.max_attempts
+        }
+    };
+    let health_defaults = HealthSettings::default();
+    let eject_after = match c.eject_after {
+        None => health_defaults.consecutive_failures,
+        Some(0) => {
+            push(".eject_after", "must be at least 1".into());
+            health_defaults.consecutive_failures
+        }
+        Some(n) => n,
+    };
     ResolvedRouting {
         settings: RoutingSettings {
             policy,
@@ -146,6 +204,23 @@ pub fn resolve(
             routed_ttl: c.routed_ttl.map_or(defaults.routed_ttl, |d| d.0),
             approximate_ttl: c.approximate_ttl.map_or(defaults.approximate_ttl, |d| d.0),
             session_ttl: c.session_ttl.map(|d| d.0).filter(|d| !d.is_zero()),
+            health: HealthSettings {
+                consecutive_failures: eject_after,
+                ejection: c.ejection.map_or(health_defaults.ejection, |d| d.0),
+                cooldown: c.cooldown.map_or(health_defaults.cooldown, |d| d.0),
+                slow_start: c.slow_start.map_or(health_defaults.slow_start, |d| d.0),
+                ..health_defaults
+            },
+            retry: RetrySettings {
+                max_attempts,
+                ratio,
+                min_per_second,
+            },
+            health_check_interval: match c.health_check_interval {
+                None => defaults.health_check_interval,
+                Some(d) if d.0.is_zero() => None,
+                Some(d) => Some(d.0),
+            },
         },
         tokenizer,
     }

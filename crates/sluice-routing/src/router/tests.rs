@@ -1,4 +1,5 @@
 use super::*;
+use crate::health::{Outcome, Standing};
 
 fn router(policy: Policy, n: usize) -> ModelRouter {
     ModelRouter::new(
@@ -12,6 +13,7 @@ fn router(policy: Policy, n: usize) -> ModelRouter {
             .map(|i| EndpointSpec {
                 label: format!("e{i}"),
                 kv: None,
+                probe: None,
             })
             .collect(),
     )
@@ -167,4 +169,65 @@ fn decisions_are_counted_by_reason() {
     let counts = r.decisions();
     assert!(counts.contains(&(Reason::RoundRobin, 2)));
     assert!(counts.contains(&(Reason::Session, 0)));
+}
+
+#[test]
+fn an_ejected_endpoint_goes_last_and_its_sessions_move() {
+    let r = router(Policy::RoundRobin, 3);
+    let q = RouteQuery {
+        session: Some("s"),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    drop(r.sent(1, &d, 0));
+    for _ in 0..3 {
+        r.report(1, Outcome::Failure, 0);
+    }
+    for _ in 0..6 {
+        let d = r.route(&q, 1);
+        let order: Vec<usize> = d.order.iter().collect();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], 1, "ejected: last resort only");
+        assert_ne!(
+            d.reason,
+            Reason::Session,
+            "the pin does not hold on an ejected endpoint"
+        );
+    }
+    let view = r.endpoints();
+    assert_eq!(view[1].standing, Standing::Ejected);
+    assert_eq!(view[1].ejections, 1);
+    // Past the ejection and the slow start, it is first in its turn again.
+    let later = 10_000 + 10_000;
+    assert!((0..3).any(|_| r.route(&RouteQuery::default(), later).order.first() == Some(1)));
+}
+
+#[test]
+fn retries_stop_at_max_attempts_and_at_the_budget() {
+    let r = ModelRouter::new(
+        RoutingSettings {
+            retry: crate::retry_budget::RetrySettings {
+                max_attempts: 3,
+                ratio: 0.0,
+                min_per_second: 0.2,
+            },
+            ..RoutingSettings::default()
+        },
+        vec![EndpointSpec {
+            label: "e".into(),
+            kv: None,
+            probe: None,
+        }],
+    );
+    assert_eq!(
+        r.retry(3, RetryReason::Reset, 0),
+        Err(RetryRefused::Attempts)
+    );
+    // Two retries in ten seconds (0.2 a second), then no more.
+    assert_eq!(r.retry(1, RetryReason::Status5xx, 0), Ok(()));
+    assert_eq!(r.retry(1, RetryReason::Status429, 0), Ok(()));
+    assert_eq!(r.retry(1, RetryReason::Reset, 0), Err(RetryRefused::Budget));
+    let counts = r.retries();
+    assert!(counts.made.contains(&(RetryReason::Status5xx, 1)));
+    assert_eq!((counts.refused_attempts, counts.refused_budget), (1, 1));
 }
