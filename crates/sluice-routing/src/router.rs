@@ -67,6 +67,11 @@ pub struct RoutingSettings {
     pub retry: RetrySettings,
     /// How often each endpoint is probed (a TCP connect, 1 s at most); `None`: never.
     pub health_check_interval: Option<Duration>,
+    /// Prefix-aware: an endpoint sent more than `max_share` × the mean of the requests lately
+    /// (decaying over about ten seconds) is first only when no other endpoint is under it, so
+    /// a prefix every request shares (a common system prompt) cannot draw all the traffic
+    /// to the engine that cached it first.
+    pub max_share: f64,
 }
 
 impl Default for RoutingSettings {
@@ -82,6 +87,7 @@ impl Default for RoutingSettings {
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
             health_check_interval: Some(Duration::from_secs(5)),
+            max_share: 1.3,
         }
     }
 }
@@ -191,6 +197,24 @@ struct RoutedEndpoint {
     kv: Option<KvSource>,
     probe: Option<String>,
     health: EndpointHealth,
+    /// Requests sent lately, decaying (for `max_share`).
+    recent: Mutex<Recent>,
+}
+
+/// A count that halves every `RECENT_HALF_LIFE_MS`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Recent {
+    count: f64,
+    at_ms: u64,
+}
+
+const RECENT_HALF_LIFE_MS: f64 = 5_000.0;
+
+impl Recent {
+    fn at(self, now_ms: u64) -> f64 {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64;
+        self.count * (0.5f64).powf(elapsed / RECENT_HALF_LIFE_MS)
+    }
 }
 
 /// Why a failed attempt is tried again elsewhere.
@@ -289,6 +313,7 @@ impl ModelRouter {
                 kv: e.kv,
                 probe: e.probe,
                 health: EndpointHealth::default(),
+                recent: Mutex::new(Recent::default()),
             })
             .collect();
         ModelRouter {
@@ -409,7 +434,7 @@ impl ModelRouter {
                     }
                     _ => vec![0; n],
                 };
-                self.prefix_order(start, &blocks, &matched)
+                self.prefix_order(start, &blocks, &matched, now_ms)
             }
         };
         self.budget.deposit(now_ms);
@@ -484,6 +509,7 @@ impl ModelRouter {
         start: usize,
         blocks: &[OwnHash],
         matched: &[u32],
+        now_ms: u64,
     ) -> (AttemptOrder, Reason) {
         let n = self.endpoints.len();
         let loads: Vec<LoadSnapshot> = self.endpoints.iter().map(|e| e.load.snapshot()).collect();
@@ -510,6 +536,23 @@ impl ModelRouter {
                 AttemptOrder::Ranked(self.least_loaded(start)),
                 Reason::Imbalance,
             );
+        }
+        // Over its share of the recent traffic: the cheapest under it goes first instead.
+        let recent: Vec<f64> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.recent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .at(now_ms)
+            })
+            .collect();
+        let mean = recent.iter().sum::<f64>() / n as f64;
+        let over = |i: usize| mean >= 1.0 && recent[i] > self.settings.max_share * mean;
+        if over(best) && order.iter().any(|&i| !over(i)) {
+            order.sort_by_key(|&i| over(i));
+            return (AttemptOrder::Ranked(order), Reason::Imbalance);
         }
         let reason = if matched[best] > 0 {
             Reason::PrefixMatch
@@ -546,6 +589,14 @@ impl ModelRouter {
                 };
                 ix.insert_routed(pod, &decision.blocks, now_ms + ttl.as_millis() as u64);
             }
+        }
+        {
+            let mut recent = e.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = recent.at(now_ms) + 1.0;
+            *recent = Recent {
+                count,
+                at_ms: now_ms.max(recent.at_ms),
+            };
         }
         if let Some(session) = &decision.session {
             let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);

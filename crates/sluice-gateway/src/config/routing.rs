@@ -38,6 +38,9 @@ pub struct RoutingConfig {
     pub imbalance: Option<f64>,
     /// Prefix-aware: what one block of prefill costs against one stream decoding. Default 1.
     pub prefill_weight: Option<f64>,
+    /// Prefix-aware: an endpoint sent more than this many times the mean share of the
+    /// recent requests is first only when no other is under it. Default 1.3.
+    pub max_share: Option<f64>,
     /// How long a routed prompt counts as cached on an engine that publishes KV events,
     /// until its events say so. Default 2s.
     pub routed_ttl: Option<ConfigDuration>,
@@ -145,6 +148,17 @@ pub fn resolve(
             defaults.block_size
         }
     };
+    let max_share = match c.max_share {
+        None => defaults.max_share,
+        Some(x) if x.is_finite() && x >= 1.0 => x,
+        Some(x) => {
+            push(
+                ".max_share",
+                format!("{x} must be at least 1 (1: every endpoint its even share)"),
+            );
+            defaults.max_share
+        }
+    };
     let mut positive = |name: &str, v: Option<f64>, default: f64| match v {
         None => default,
         Some(x) if x.is_finite() && x > 0.0 => x,
@@ -216,6 +230,7 @@ pub fn resolve(
                 ratio,
                 min_per_second,
             },
+            max_share,
             health_check_interval: match c.health_check_interval {
                 None => defaults.health_check_interval,
                 Some(d) if d.0.is_zero() => None,

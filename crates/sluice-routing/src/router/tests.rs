@@ -231,3 +231,29 @@ fn retries_stop_at_max_attempts_and_at_the_budget() {
     assert!(counts.made.contains(&(RetryReason::Status5xx, 1)));
     assert_eq!((counts.refused_attempts, counts.refused_budget), (1, 1));
 }
+
+#[test]
+fn a_prefix_every_request_shares_does_not_draw_all_the_traffic() {
+    let r = router(Policy::PrefixAware, 4);
+    let mut sent = [0u32; 4];
+    for conversation in 0..200u32 {
+        // A shared 32-token system prompt, then the conversation's own 8 tokens.
+        let prompt: Vec<u32> = (0..32)
+            .chain(1000 + 8 * conversation..1008 + 8 * conversation)
+            .collect();
+        let q = RouteQuery {
+            prompt: Some(&prompt),
+            ..RouteQuery::default()
+        };
+        let now = u64::from(conversation) * 10;
+        let d = r.route(&q, now);
+        let to = d.order.first().unwrap();
+        drop(r.sent(to, &d, now));
+        sent[to] += 1;
+    }
+    let mean = 50.0;
+    assert!(
+        sent.iter().all(|&n| f64::from(n) <= 1.3 * mean + 2.0),
+        "each engine's share stays near the mean: {sent:?}"
+    );
+}
