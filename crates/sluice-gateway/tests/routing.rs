@@ -24,6 +24,19 @@ async fn engines(n: usize, kv_events: bool) -> Vec<MockServer> {
     out
 }
 
+/// A mock that answers every chat request with `status`.
+async fn failing_mock(status: u16) -> MockServer {
+    start_mock(MockOptions {
+        faults: sluice_mock::Faults {
+            error_rate: 1.0,
+            error_status: status,
+            ..sluice_mock::Faults::default()
+        },
+        ..MockOptions::zero_timing()
+    })
+    .await
+}
+
 /// `[models.m]` over `engines`, with their KV events when they publish them.
 fn config(engines: &[MockServer], routing: &str) -> String {
     let mut s =
@@ -311,15 +324,7 @@ async fn a_session_stays_on_its_endpoint_until_its_ttl_changed_at_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_retried_around_cooled_and_ejected() {
     let good = start_mock(MockOptions::zero_timing()).await;
-    let bad = start_mock(MockOptions {
-        faults: sluice_mock::Faults {
-            error_rate: 1.0,
-            error_status: 503,
-            ..sluice_mock::Faults::default()
-        },
-        ..MockOptions::zero_timing()
-    })
-    .await;
+    let bad = failing_mock(503).await;
     let mocks = [good, bad];
     // A long cooldown: after its first failure the bad endpoint is not first again here.
     let gw = TestGateway::start_toml(&config(
@@ -361,15 +366,7 @@ async fn a_failing_endpoint_is_retried_around_cooled_and_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_attempt_a_failure_reaches_the_client() {
-    let bad = start_mock(MockOptions {
-        faults: sluice_mock::Faults {
-            error_rate: 1.0,
-            error_status: 500,
-            ..sluice_mock::Faults::default()
-        },
-        ..MockOptions::zero_timing()
-    })
-    .await;
+    let bad = failing_mock(500).await;
     let good = start_mock(MockOptions::zero_timing()).await;
     let mocks = [bad, good];
     let gw = TestGateway::start_toml(&config(&mocks, "max_attempts = 1")).await;
