@@ -439,7 +439,8 @@ impl ModelRouter {
         };
         self.budget.deposit(now_ms);
         // Unwell endpoints go behind the well ones (order kept within each group).
-        let standings: Vec<Standing> = self
+        // On the stack for up to 8 endpoints: no allocation on the request path.
+        let standings: smallvec::SmallVec<[Standing; 8]> = self
             .endpoints
             .iter()
             .map(|e| e.health.standing(&self.settings.health, now_ms))

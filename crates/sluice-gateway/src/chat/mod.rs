@@ -863,11 +863,13 @@ fn retried_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// A 429's `retry-after` in whole seconds (what the endpoint's cooldown follows).
+/// A 429's `retry-after` (seconds or an HTTP date): what the endpoint's cooldown follows.
 fn retry_after(response: &UpstreamResponse) -> Option<std::time::Duration> {
     let v = response.headers().get(http::header::RETRY_AFTER)?;
-    let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;
-    Some(std::time::Duration::from_secs(secs))
+    sluice_api::ratelimit::provider::retry_after(
+        v.to_str().ok()?.trim(),
+        std::time::SystemTime::now(),
+    )
 }
 
 /// Why a failed attempt that reached the endpoint may go to another (bounded by the
