@@ -138,7 +138,7 @@ pub struct ModelEntry {
     pub metrics: Arc<ModelMetrics>,
     pub router: Arc<sluice_routing::ModelRouter>,
     /// How prompts are tokenized for prefix-aware routing (`[models.NAME.routing] tokenizer`).
-    pub tokenizer: Option<crate::config::routing::PromptTokenizer>,
+    pub tokenizer: Option<sluice_routing::PromptTokenizer>,
     /// The endpoints' labels, in config order: what errors, logs and metrics call them.
     pub endpoint_labels: Vec<String>,
     /// The model's default cache policy (`[models.NAME.cache]`; off without one).
@@ -208,7 +208,7 @@ impl GatewayShared {
                     index,
                     metrics: Arc::new(metrics.for_model(&model.name)),
                     router: routers[index].1.clone(),
-                    tokenizer: model.routing.tokenizer,
+                    tokenizer: model.routing.tokenizer.clone(),
                     endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
                     cache: model.cache,
                     cache_wait: model

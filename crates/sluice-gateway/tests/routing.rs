@@ -262,6 +262,53 @@ async fn without_events_the_routers_own_record_keeps_a_conversation_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_own_tokenizer_routes_a_long_conversation_by_its_prefix() {
+    // Qwen2.5's tokenizer and chat template; the engines publish no events, so the index
+    // holds what routing recorded, named from the gateway's Qwen tokens. The prompts are
+    // long enough (> 8 KiB) to be tokenized off the worker thread.
+    let qwen = sluice_testkit::tokenizer::qwen_model_dir().unwrap();
+    let mocks = engines(3, false).await;
+    let routing = format!(
+        "policy = \"prefix_aware\"\ntokenizer = \"{}\"",
+        qwen.path().display()
+    );
+    let gw = TestGateway::start_toml(&config(&mocks, &routing)).await;
+    let tokenizer = sluice_routing::PromptTokenizer::load(qwen.path().to_str().unwrap()).unwrap();
+    let long = |turns: usize| {
+        let mut messages = conversation("glaciers", turns);
+        messages[0]["content"] = json!(format!(
+            "You help with glaciers. {}",
+            "Ice flows downhill under its own weight; ".repeat(300)
+        ));
+        messages
+    };
+    let first = long(1);
+    let body = json!({"model": "m", "messages": first}).to_string();
+    assert!(body.len() > 8 * 1024);
+    let request = sluice_api::ChatCompletionRequest::from_slice(body.as_bytes()).unwrap();
+    let first_blocks = tokenizer.prompt_tokens(&request).unwrap().len() / 16;
+    assert!(first_blocks > 100, "{first_blocks}");
+
+    let (pod, _, _) = ask(&gw, &first, None).await;
+    for turn in 2..=3 {
+        let (to, reason, matched) = ask(&gw, &long(turn), None).await;
+        assert_eq!(
+            (to.as_str(), reason.as_str()),
+            (pod.as_str(), "prefix_match")
+        );
+        // Each turn's prompt starts with the whole previous prompt: at least the first
+        // turn's full blocks are matched.
+        assert!(
+            matched as usize >= first_blocks,
+            "turn {turn}: {matched} < {first_blocks}"
+        );
+    }
+    // Another conversation names its topic in its first block: nothing of it matches.
+    let (_, reason, matched) = ask(&gw, &conversation("volcanoes", 1), None).await;
+    assert_eq!((reason.as_str(), matched), ("no_prefix_match", 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stays_on_its_endpoint_until_its_ttl_changed_at_runtime() {
     let mocks = engines(3, false).await;
     let dir = tempfile::tempdir().unwrap();

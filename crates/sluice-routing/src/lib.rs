@@ -9,6 +9,8 @@
 //!   and on gaps, purge on restart, reconnect with backoff.
 //! - [`ModelRouter`]: a model's endpoints ranked per request by its policy (round robin,
 //!   least loaded, prefix aware) with session affinity on top; the load each endpoint carries.
+//! - [`PromptTokenizer`]: a chat request's prompt tokens as the engine computes them (the
+//!   model's tokenizer and chat template, or the mock engine's).
 //! - [`zmtp`]: the client side of ZeroMQ's wire protocol, for the engines' event sockets.
 
 pub mod blocks;
@@ -18,6 +20,7 @@ mod load;
 mod prefix_index;
 mod retry_budget;
 mod router;
+mod tokenize;
 pub mod zmtp;
 
 pub use blocks::{BlockHasher, OwnHash};
@@ -30,3 +33,4 @@ pub use router::{
     AttemptOrder, EndpointSpec, EndpointView, ModelRouter, Policy, Reason, RetryCounts,
     RetryReason, RetryRefused, RouteDecision, RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
 };
+pub use tokenize::{HfChatTokenizer, PromptTokenizer, TokenizeError, TokenizerLoadError};

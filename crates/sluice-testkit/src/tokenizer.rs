@@ -53,3 +53,22 @@ pub fn count(tokenizer: &Tokenizer, text: &str) -> usize {
         .map(|e| e.len())
         .unwrap_or_else(|e| panic!("encoding {text:?}: {e}"))
 }
+
+/// Qwen2.5's `tokenizer.json` and `tokenizer_config.json` (vendored under
+/// `tests/fixtures/tokenizers/qwen2.5`, the first kept gzipped) unpacked as a model directory,
+/// for tests that need a real model's tokenizer and chat template.
+pub fn qwen_model_dir() -> anyhow::Result<tempfile::TempDir> {
+    use std::io::Read;
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers/qwen2.5");
+    let dir = tempfile::tempdir()?;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(fixtures.join("tokenizer.json.gz"))?)
+        .read_to_end(&mut json)?;
+    std::fs::write(dir.path().join("tokenizer.json"), json)?;
+    std::fs::copy(
+        fixtures.join("tokenizer_config.json"),
+        dir.path().join("tokenizer_config.json"),
+    )?;
+    Ok(dir)
+}

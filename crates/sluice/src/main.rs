@@ -7,6 +7,7 @@ mod load_cmd;
 mod mock_cmd;
 mod proxy_cmd;
 mod serve_cmd;
+mod tokenize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,13 @@ enum Command {
   1  refused or failed: an unknown model, a taken name, no such key, an unreadable store
   2  usage error")]
     Keys(keys_cmd::KeysArgs),
+    /// Print a chat request's prompt token ids as prefix-aware routing computes them (the
+    /// model's tokenizer and chat template), to check them against the engine's.
+    #[command(after_help = "Exit status:
+  0  printed
+  1  the tokenizer could not be loaded, or the request not read or rendered
+  2  usage error")]
+    Tokenize(tokenize_cmd::TokenizeArgs),
 }
 
 /// mimalloc instead of the system allocator: the request path allocates and frees small
@@ -91,6 +99,7 @@ fn main() -> std::process::ExitCode {
             Command::Proxy(args) => proxy_cmd::run(args).await.map(|()| done),
             Command::CheckConfig { file } => serve_cmd::check_config(&file).map(|()| done),
             Command::Keys(args) => keys_cmd::run(args).map(|()| done),
+            Command::Tokenize(args) => tokenize_cmd::run(args).map(|()| done),
         }
     });
     match result {

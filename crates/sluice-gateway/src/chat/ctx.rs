@@ -238,6 +238,19 @@ impl RequestBody {
         Ok(self.parsed.insert(request))
     }
 
+    /// The whole request moved out (parsed now if need be), to lend to another thread;
+    /// [`RequestBody::restore`] gives it back.
+    pub fn take_parsed(&mut self) -> Result<Box<ChatCompletionRequest>, RequestError> {
+        match self.parsed.take() {
+            Some(request) => Ok(request),
+            None => Ok(Box::new(ChatCompletionRequest::from_slice(&self.raw)?)),
+        }
+    }
+
+    pub fn restore(&mut self, parsed: Box<ChatCompletionRequest>) {
+        self.parsed = Some(parsed);
+    }
+
     /// The parsed request, if a phase parsed it (without parsing now).
     pub fn parsed_if_any(&self) -> Option<&ChatCompletionRequest> {
         self.parsed.as_deref()

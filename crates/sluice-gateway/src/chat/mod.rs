@@ -48,7 +48,7 @@ use crate::services::{Admission, AuditRecord, CacheQuery, Charge, NotAdmitted, P
 use crate::state::WorkerState;
 use crate::upstream::{read_whole, Sent, UpstreamEndpoint, UpstreamResponse, WholeBodyError};
 use sluice_cache::{CacheKey, CacheMode, CachePolicy, RequestOverride};
-use sluice_routing::{RouteDecision, RouteQuery};
+use sluice_routing::{PromptTokenizer, RouteDecision, RouteQuery};
 
 /// Largest request body accepted. Long contexts with inline images reach megabytes; beyond
 /// this a request is more likely a mistake than a prompt.
@@ -203,7 +203,7 @@ async fn run_phases(
         return Ok(*reply);
     }
     admit(ctx).await?;
-    let route = route(ctx);
+    let route = route(ctx).await;
     let (endpoint, sent) = call_upstream(worker, ctx, &route).await?;
     respond(ctx, endpoint, sent).await
 }
@@ -676,15 +676,11 @@ const SESSION_HEADER: &str = "x-session-id";
 /// Phase: route. The model's router orders its endpoints: by its policy, with the
 /// request's session first when it has a fresh pin, and (prefix-aware) by the blocks of the
 /// prompt each endpoint's engine holds.
-fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
+async fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
     ctx.enter(Phase::Route);
     let model = ctx.model.clone()?;
-    let prompt = match model.tokenizer {
-        Some(tokenizer) if model.router.needs_prompt() => ctx
-            .body
-            .parsed()
-            .ok()
-            .map(|request| prompt_tokens(tokenizer, request)),
+    let prompt = match &model.tokenizer {
+        Some(tokenizer) if model.router.needs_prompt() => prompt_tokens(ctx, tokenizer).await,
         _ => None,
     };
     // The head is scanned for the session only when the model keeps sessions.
@@ -709,13 +705,34 @@ fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
     Some(decision)
 }
 
-fn prompt_tokens(
-    tokenizer: crate::config::routing::PromptTokenizer,
-    request: &sluice_api::ChatCompletionRequest,
-) -> Vec<u32> {
-    match tokenizer {
-        crate::config::routing::PromptTokenizer::Mock => {
-            sluice_api::mock_tokenizer::encode_chat(request)
+/// Bodies above this size are tokenized off the worker thread: a model's tokenizer spends
+/// about 1.7 µs a prompt token (docs/benchmarks.md, "Tokenizing prompts"), and a worker
+/// busy for milliseconds delays every stream it relays.
+const TOKENIZE_INLINE_MAX_BYTES: usize = 8 * 1024;
+
+/// The prompt's tokens as the engine computes them. A request the template refuses is
+/// routed without its prefix; the engine answers it.
+async fn prompt_tokens(ctx: &mut RequestCtx, tokenizer: &PromptTokenizer) -> Option<Vec<u32>> {
+    let tokens = if ctx.body.raw.len() <= TOKENIZE_INLINE_MAX_BYTES || !tokenizer.is_costly() {
+        tokenizer.prompt_tokens(ctx.body.parsed().ok()?)
+    } else {
+        // The request is lent to the blocking pool and given back, not copied.
+        let request = ctx.body.take_parsed().ok()?;
+        let tokenizer = tokenizer.clone();
+        let lent = tokio::task::spawn_blocking(move || {
+            let tokens = tokenizer.prompt_tokens(&request);
+            (request, tokens)
+        });
+        let (request, tokens) = lent.await.ok()?;
+        ctx.body.restore(request);
+        tokens
+    };
+    match tokens {
+        Ok(tokens) => Some(tokens),
+        Err(e) => {
+            let model = ctx.model.as_ref().map_or("", |m| m.name.as_str());
+            tracing::debug!(model, error = %e, "prompt not tokenized; routed without its prefix");
+            None
         }
     }
 }

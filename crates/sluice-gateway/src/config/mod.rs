@@ -1630,4 +1630,37 @@ mod tests {
         assert!(ConfigDuration::parse("s").is_err());
         assert!(ConfigDuration::parse("-1s").is_err());
     }
+
+    #[test]
+    fn routing_tokenizer_problems_name_the_key_and_the_fix() {
+        let config = |routing: &str| {
+            format!(
+                "[models.m]\n[[models.m.endpoints]]\nurl = \"http://127.0.0.1:9/v1\"\n\
+                 [models.m.routing]\n{routing}\n"
+            )
+        };
+        let p = problems(&config(
+            "policy = \"prefix_aware\"\ntokenizer = \"/no/such/dir\"",
+        ));
+        let t = p
+            .iter()
+            .find(|p| p.key == "models.m.routing.tokenizer")
+            .expect("tokenizer problem");
+        assert!(
+            t.message.contains("/no/such/dir") && t.message.contains("tokenizer.json"),
+            "{}",
+            t.message
+        );
+        let p = problems(&config("policy = \"prefix_aware\""));
+        let t = p
+            .iter()
+            .find(|p| p.key == "models.m.routing.tokenizer")
+            .expect("tokenizer problem");
+        assert!(t.message.contains("must tokenize prompts"), "{}", t.message);
+        let c = resolve(&config("policy = \"prefix_aware\"\ntokenizer = \"mock\"")).unwrap();
+        assert!(matches!(
+            c.models["m"].routing.tokenizer,
+            Some(sluice_routing::PromptTokenizer::Mock)
+        ));
+    }
 }

@@ -4,7 +4,7 @@
 //! ```toml
 //! [models.llama.routing]
 //! policy = "prefix_aware"      # or "round_robin" (default), "least_loaded"
-//! tokenizer = "mock"           # how the engines tokenize prompts (prefix_aware)
+//! tokenizer = "/models/llama"  # the model's tokenizer.json + tokenizer_config.json, or "mock"
 //! block_size = 16              # the engines' KV block size, in tokens
 //! session_ttl = "10m"          # pin x-session-id to its endpoint this long
 //! imbalance = 2.0
@@ -17,7 +17,7 @@
 //! ```
 
 use serde::Deserialize;
-use sluice_routing::{HealthSettings, Policy, RetrySettings, RoutingSettings};
+use sluice_routing::{HealthSettings, Policy, PromptTokenizer, RetrySettings, RoutingSettings};
 
 use super::{ConfigDuration, ConfigProblem};
 
@@ -26,7 +26,8 @@ use super::{ConfigDuration, ConfigProblem};
 pub struct RoutingConfig {
     pub policy: Option<PolicyName>,
     /// How the engines turn a chat request into prompt tokens; prefix-aware routing must
-    /// see the same tokens. `"mock"`: the mock engine's.
+    /// see the same tokens. The directory holding the model's `tokenizer.json` and
+    /// `tokenizer_config.json` (its chat template), or `"mock"`: the mock engine's.
     pub tokenizer: Option<String>,
     /// The engines' KV-cache block size in tokens (vLLM's default: 16).
     pub block_size: Option<u64>,
@@ -78,13 +79,6 @@ pub enum PolicyName {
     PrefixAware,
 }
 
-/// How the gateway tokenizes prompts for prefix matching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptTokenizer {
-    /// The mock engine's tokenizer and chat template (`sluice_api::mock_tokenizer`).
-    Mock,
-}
-
 /// `[models.NAME.routing]`, checked.
 #[derive(Debug, Clone, Default)]
 pub struct ResolvedRouting {
@@ -115,14 +109,20 @@ pub fn resolve(
     };
     let tokenizer = match c.tokenizer.as_deref() {
         None => None,
-        Some("mock") => Some(PromptTokenizer::Mock),
-        Some(other) => {
-            push(
-                ".tokenizer",
-                format!("`{other}` is not a known tokenizer; the one built in is \"mock\" (the mock engine's)"),
-            );
-            None
-        }
+        Some(spec) => match PromptTokenizer::load(spec) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                push(
+                    ".tokenizer",
+                    format!(
+                        "{e}; name the directory holding the model's tokenizer.json and \
+                         tokenizer_config.json (as downloaded from its repository), or \"mock\" \
+                         for sluice mock engines"
+                    ),
+                );
+                None
+            }
+        },
     };
     if policy == Policy::PrefixAware && tokenizer.is_none() && c.tokenizer.is_none() {
         push(
