@@ -16,6 +16,7 @@ pub mod config;
 mod differential;
 mod downstream;
 mod egress;
+pub mod endpoint_admin;
 pub mod error;
 mod http1;
 pub mod limiter;

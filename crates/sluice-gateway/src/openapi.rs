@@ -260,6 +260,52 @@ pub const ROUTES: &[RouteDoc] = &[
         ],
     },
     RouteDoc {
+        method: "get",
+        path: "/v1/admin/endpoints",
+        scope: Some(Scope::Admin),
+        operation_id: "listEndpoints",
+        summary: "Every model's endpoints as routing holds them now (the global admin): name, URL, KV events, standing, requests in flight",
+        request: None,
+        query: &[],
+        responses: &[
+            ("200", "The endpoints", Body::Json("EndpointList")),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "Asked by a tenant's admin: endpoints are shared by every tenant", ERR),
+        ],
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/admin/endpoints",
+        scope: Some(Scope::Admin),
+        operation_id: "addEndpoint",
+        summary: "Add an endpoint to a model at runtime (a pod came up); written as a [[models.NAME.endpoints]] table, with a name; until the gateway restarts",
+        request: Some("NewEndpoint"),
+        query: &[],
+        responses: &[
+            ("201", "The endpoint, added", Body::Json("Endpoint")),
+            ("400", "A field is invalid, or the model has an endpoint of that name", ERR),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "No such model, or asked by a tenant's admin", ERR),
+        ],
+    },
+    RouteDoc {
+        method: "delete",
+        path: "/v1/admin/endpoints/{model}/{name}",
+        scope: Some(Scope::Admin),
+        operation_id: "removeEndpoint",
+        summary: "Remove an endpoint (a pod went away): requests already there finish, no new one goes there, what the prefix index held for it is dropped",
+        request: None,
+        query: &[],
+        responses: &[
+            ("200", "Removed", Body::Json("EndpointRemoved")),
+            auth_refusals!()[0],
+            auth_refusals!()[1],
+            ("404", "No such model or endpoint, or asked by a tenant's admin", ERR),
+        ],
+    },
+    RouteDoc {
         method: "delete",
         path: "/v1/admin/cache",
         scope: Some(Scope::Admin),
@@ -689,6 +735,63 @@ fn schemas() -> Value {
             "additionalProperties": false,
             "properties": {
                 "session_ttl": {"type": ["string", "null"], "description": "How long a session stays pinned: \"200ms\", \"10m\"; null or \"0s\": no affinity", "examples": ["10m"]}
+            }
+        },
+        "Endpoint": {
+            "type": "object",
+            "required": ["object", "model", "name", "url", "standing", "in_flight", "ejections"],
+            "properties": {
+                "object": {"const": "endpoint"},
+                "model": {"type": "string"},
+                "name": {"type": "string"},
+                "url": {"type": "string"},
+                "upstream_model": {"type": ["string", "null"]},
+                "kv_events": {"type": ["string", "null"]},
+                "standing": {"enum": ["healthy", "returning", "cooling", "ejected"]},
+                "in_flight": {"type": "integer", "minimum": 0},
+                "ejections": {"type": "integer", "minimum": 0}
+            }
+        },
+        "EndpointList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Endpoint"}}
+            }
+        },
+        "NewEndpoint": {
+            "type": "object",
+            "required": ["model", "endpoint"],
+            "additionalProperties": false,
+            "properties": {
+                "model": {"type": "string"},
+                "endpoint": {
+                    "type": "object",
+                    "required": ["name", "url"],
+                    "description": "The keys of a [[models.NAME.endpoints]] table (docs/configuration.md)",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "url": {"type": "string", "description": "e.g. http://10.0.0.7:8000/v1"},
+                        "api_key_env": {"type": "string"},
+                        "model": {"type": "string"},
+                        "timeouts": {"type": "object"},
+                        "connections": {"type": "object"},
+                        "kv_events": {"type": "string"},
+                        "kv_replay": {"type": "string"},
+                        "kv_topic": {"type": "string"}
+                    }
+                }
+            }
+        },
+        "EndpointRemoved": {
+            "type": "object",
+            "required": ["object", "model", "name", "deleted"],
+            "properties": {
+                "object": {"const": "endpoint"},
+                "model": {"type": "string"},
+                "name": {"type": "string"},
+                "deleted": {"const": true}
             }
         },
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},

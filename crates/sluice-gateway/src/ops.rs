@@ -28,9 +28,12 @@ pub async fn ready(State(w): State<Arc<WorkerState>>) -> Response {
             .shared
             .models
             .get(name)
-            .map_or(&[][..], |model| w.endpoints(model));
+            .map(|model| w.endpoints(model, &model.router.table()));
         async move {
-            let probes = endpoints.iter().map(|e| reachable(e));
+            let probes = endpoints
+                .iter()
+                .flat_map(|e| e.iter().flatten())
+                .map(|e| reachable(e));
             let any = futures_util::future::join_all(probes)
                 .await
                 .into_iter()

@@ -53,6 +53,14 @@ fn routes(state: Arc<WorkerState>) -> Router {
             axum::routing::patch(crate::routing_admin::change),
         )
         .route(
+            "/v1/admin/endpoints",
+            get(crate::endpoint_admin::list).post(crate::endpoint_admin::add),
+        )
+        .route(
+            "/v1/admin/endpoints/{model}/{name}",
+            axum::routing::delete(crate::endpoint_admin::remove),
+        )
+        .route(
             "/v1/admin/keys/{name}",
             get(admin::get_key).delete(admin::revoke_key),
         )
@@ -99,7 +107,7 @@ impl Gateway {
         services: Services,
     ) -> Result<Self, StartError> {
         let shared = Arc::new(GatewayShared::new(config, services));
-        let worker = Arc::new(WorkerState::new(shared, config)?);
+        let worker = Arc::new(WorkerState::new(shared)?);
         let listener =
             TcpListener::bind(config.listen)
                 .await

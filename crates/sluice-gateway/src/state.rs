@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::auth::{KeyRing, KeyTable};
-use crate::config::{AuthMode, ClientLimits, ResolvedConfig};
+use parking_lot::Mutex;
+use sluice_routing::{EndpointId, EndpointTable};
+
+use crate::config::{AuthMode, ClientLimits, ResolvedConfig, ResolvedEndpoint};
 use crate::metrics::{GatewayMetrics, ModelMetrics};
 use crate::services::{AuditSink, CacheStore, KeyStore, Limiter};
 use crate::upstream::{ClientBuildError, UpstreamEndpoint};
@@ -33,6 +36,8 @@ pub struct GatewayShared {
     pub started_unix: u64,
     /// Log one line per chat request (`server.access_log`).
     pub access_log: bool,
+    /// What endpoints added at runtime inherit (`[defaults]`).
+    pub endpoint_defaults: crate::config::EndpointDefaults,
 }
 
 /// The services behind the phases; an empty slot is a phase that is not configured.
@@ -133,14 +138,14 @@ pub enum ServicesError {
 /// A configured model as every worker sees it.
 pub struct ModelEntry {
     pub name: String,
-    /// Position in [`WorkerState`]'s endpoint table.
+    /// Position in [`WorkerState`]'s per-model endpoints.
     pub index: usize,
     pub metrics: Arc<ModelMetrics>,
+    /// Ranks the model's endpoints, and holds them: added and removed at runtime through
+    /// it (`endpoint_admin`, a reload on SIGHUP).
     pub router: Arc<sluice_routing::ModelRouter>,
     /// How prompts are tokenized for prefix-aware routing (`[models.NAME.routing] tokenizer`).
     pub tokenizer: Option<sluice_routing::PromptTokenizer>,
-    /// The endpoints' labels, in config order: what errors, logs and metrics call them.
-    pub endpoint_labels: Vec<String>,
     /// The model's default cache policy (`[models.NAME.cache]`; off without one).
     pub cache: sluice_cache::CachePolicy,
     /// How long a miss waits for an identical request already upstream: the model's
@@ -172,19 +177,7 @@ impl GatewayShared {
             .iter()
             .map(|name| {
                 let model = &config.models[*name];
-                let endpoints = model
-                    .endpoints
-                    .iter()
-                    .map(|e| sluice_routing::EndpointSpec {
-                        label: e.label.clone(),
-                        kv: e.kv.clone(),
-                        probe: e
-                            .base_url
-                            .host_str()
-                            .zip(e.base_url.port_or_known_default())
-                            .map(|(host, port)| format!("{host}:{port}")),
-                    })
-                    .collect();
+                let endpoints = model.endpoints.iter().map(endpoint_spec).collect();
                 let router = sluice_routing::ModelRouter::new(model.routing.settings, endpoints);
                 ((*name).clone(), Arc::new(router))
             })
@@ -209,7 +202,6 @@ impl GatewayShared {
                     metrics: Arc::new(metrics.for_model(&model.name)),
                     router: routers[index].1.clone(),
                     tokenizer: model.routing.tokenizer.clone(),
-                    endpoint_labels: model.endpoints.iter().map(|e| e.label.clone()).collect(),
                     cache: model.cache,
                     cache_wait: model
                         .endpoints
@@ -237,6 +229,7 @@ impl GatewayShared {
             open_connections: AtomicUsize::new(0),
             started_unix,
             access_log: config.access_log,
+            endpoint_defaults: config.endpoint_defaults,
         }
     }
 
@@ -258,6 +251,21 @@ impl GatewayShared {
     }
 }
 
+/// How the router holds `e`: its label, KV events and probe address, and the resolved
+/// endpoint itself for the workers to reach it.
+pub fn endpoint_spec(e: &ResolvedEndpoint) -> sluice_routing::EndpointSpec {
+    sluice_routing::EndpointSpec {
+        label: e.label.clone(),
+        target: Some(Arc::new(e.clone())),
+        kv: e.kv.clone(),
+        probe: e
+            .base_url
+            .host_str()
+            .zip(e.base_url.port_or_known_default())
+            .map(|(host, port)| format!("{host}:{port}")),
+    }
+}
+
 /// One open client connection, counted against `max_connections` until dropped.
 pub struct ConnectionSlot(Arc<GatewayShared>);
 
@@ -272,9 +280,22 @@ impl Drop for ConnectionSlot {
 /// (each with its own connection pool, so a request never leaves the thread that took it).
 pub struct WorkerState {
     pub shared: Arc<GatewayShared>,
-    /// `endpoints[model.index][i]` serves `model.endpoint_labels[i]`.
-    endpoints: Vec<Vec<Arc<UpstreamEndpoint>>>,
+    /// `endpoints[model.index]`: the model's endpoints on this worker.
+    endpoints: Vec<Mutex<WorkerEndpoints>>,
 }
+
+/// A model's endpoints on one worker, lined up with the router's table of `version`: the
+/// positions of a route's order index `lined_up`.
+struct WorkerEndpoints {
+    version: u64,
+    lined_up: LinedUp,
+    /// Every endpoint built here and still in the table (kept across versions, pools and
+    /// all; dropped when the endpoint leaves the table).
+    by_id: HashMap<EndpointId, Arc<UpstreamEndpoint>>,
+}
+
+/// A table's endpoints in its order; `None` where one could not be built (logged).
+pub type LinedUp = Arc<[Option<Arc<UpstreamEndpoint>>]>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the HTTP client for model `{model}`: {source}")]
@@ -286,38 +307,85 @@ pub struct WorkerBuildError {
 impl WorkerState {
     /// Builds this worker's endpoints. Call from within the worker's runtime (the pools start
     /// their expiry sweep on it).
-    pub fn new(
-        shared: Arc<GatewayShared>,
-        config: &ResolvedConfig,
-    ) -> Result<Self, WorkerBuildError> {
+    pub fn new(shared: Arc<GatewayShared>) -> Result<Self, WorkerBuildError> {
         let mut endpoints = Vec::with_capacity(shared.model_names.len());
         for name in &shared.model_names {
-            let model = &config.models[name];
-            let built = model
-                .endpoints
-                .iter()
-                .map(|e| UpstreamEndpoint::new(e.clone(), &shared.metrics).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| WorkerBuildError {
-                    model: name.clone(),
-                    source,
-                })?;
-            endpoints.push(built);
+            let Some(model) = shared.models.get(name) else {
+                continue;
+            };
+            let table = model.router.table();
+            let mut by_id = HashMap::new();
+            for i in 0..table.len() {
+                let (Some(id), Some(config)) = (table.id(i), resolved(&table, i)) else {
+                    continue;
+                };
+                let built =
+                    UpstreamEndpoint::new(config.clone(), &shared.metrics).map_err(|source| {
+                        WorkerBuildError {
+                            model: name.clone(),
+                            source,
+                        }
+                    })?;
+                by_id.insert(id, Arc::new(built));
+            }
+            let lined_up = line_up(&table, &by_id);
+            endpoints.push(Mutex::new(WorkerEndpoints {
+                version: table.version,
+                lined_up,
+                by_id,
+            }));
         }
         Ok(WorkerState { shared, endpoints })
     }
 
-    /// `model`'s endpoints on this worker, in config order.
-    pub fn endpoints(&self, model: &ModelEntry) -> &[Arc<UpstreamEndpoint>] {
-        self.endpoints.get(model.index).map_or(&[], Vec::as_slice)
+    /// `model`'s endpoints on this worker in the order of `table` (a route's): built for an
+    /// endpoint this worker has not seen, dropped for those no longer in the table.
+    pub fn endpoints(&self, model: &ModelEntry, table: &EndpointTable) -> LinedUp {
+        let Some(slot) = self.endpoints.get(model.index) else {
+            return Arc::from(Vec::new());
+        };
+        let mut mine = slot.lock();
+        if mine.version == table.version {
+            return mine.lined_up.clone();
+        }
+        for i in 0..table.len() {
+            let (Some(id), Some(config)) = (table.id(i), resolved(table, i)) else {
+                continue;
+            };
+            if mine.by_id.contains_key(&id) {
+                continue;
+            }
+            match UpstreamEndpoint::new(config.clone(), &self.shared.metrics) {
+                Ok(built) => {
+                    mine.by_id.insert(id, Arc::new(built));
+                }
+                Err(e) => {
+                    tracing::error!(model = %model.name, endpoint = %config.label, error = %e, "cannot build the endpoint's client");
+                }
+            }
+        }
+        let lined_up = line_up(table, &mine.by_id);
+        // Only a newer table replaces what is kept (a route made just before a change may
+        // still ask for the older one).
+        if table.version > mine.version {
+            let current: std::collections::HashSet<EndpointId> =
+                table.entries().map(|(id, _)| id).collect();
+            mine.by_id.retain(|id, _| current.contains(id));
+            mine.version = table.version;
+            mine.lined_up = lined_up.clone();
+        }
+        lined_up
     }
+}
 
-    /// Every endpoint of every model, with its model's name.
-    pub fn all_endpoints(&self) -> impl Iterator<Item = (&str, &Arc<UpstreamEndpoint>)> {
-        self.shared
-            .model_names
-            .iter()
-            .zip(&self.endpoints)
-            .flat_map(|(name, eps)| eps.iter().map(move |e| (name.as_str(), e)))
-    }
+fn resolved(table: &EndpointTable, i: usize) -> Option<&ResolvedEndpoint> {
+    table.target(i)?.downcast_ref::<ResolvedEndpoint>()
+}
+
+fn line_up(table: &EndpointTable, by_id: &HashMap<EndpointId, Arc<UpstreamEndpoint>>) -> LinedUp {
+    table
+        .entries()
+        .map(|(id, _)| by_id.get(&id).cloned())
+        .collect::<Vec<_>>()
+        .into()
 }

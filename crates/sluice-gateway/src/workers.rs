@@ -167,7 +167,7 @@ impl Worker {
                     return Ok(());
                 }
             };
-            let worker = match WorkerState::new(shared, &config) {
+            let worker = match WorkerState::new(shared) {
                 Ok(w) => Arc::new(w),
                 Err(e) => {
                     let _ = ready.send(Err(e.into()));

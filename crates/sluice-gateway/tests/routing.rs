@@ -397,9 +397,9 @@ async fn a_failing_endpoint_is_retried_around_cooled_and_ejected() {
         "{metrics}"
     );
     // Failures in a row eject; the last resort is still tried when nothing else is left.
-    gw.shared.models["m"]
-        .router
-        .report(1, sluice_routing::Outcome::Failure, 0);
+    let router = &gw.shared.models["m"].router;
+    let decision = router.route(&sluice_routing::RouteQuery::default(), 0);
+    router.report(&decision, 1, sluice_routing::Outcome::Failure, 0);
     let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("sluice_endpoint_ejected{model=\"m\",pod=\"pod-1\"} 1"),
@@ -466,4 +466,180 @@ async fn probes_eject_an_endpoint_that_no_longer_accepts_connections_without_tra
     for _ in 0..4 {
         assert_eq!(ask(&gw, &conversation("z", 1), None).await.0, "live");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_come_and_go_through_the_admin_api() {
+    let mocks = engines(2, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = with_keys(&config(&mocks[..1], "policy = \"round_robin\""), dir.path());
+    let admin = sluice_testkit::api_key(dir.path(), "ops", "*", "chat:write,admin");
+    let tenant = sluice_testkit::api_key(dir.path(), "acme-ops", "acme", "chat:write,admin");
+    let gw = TestGateway::start_toml(&toml).await;
+    let client = reqwest::Client::new();
+    let key = Some(admin.as_str());
+    let hello = conversation("x", 1);
+    let post = |k: &str, body: Value| {
+        client
+            .post(gw.url("/v1/admin/endpoints"))
+            .header("authorization", k)
+            .json(&body)
+            .send()
+    };
+    let error = |v: Value| {
+        (
+            v["error"]["param"].clone(),
+            v["error"]["message"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+
+    let added = post(
+        &admin,
+        json!({"model": "m", "endpoint": {"name": "pod-new", "url": mocks[1].base_url()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(added.status(), 201);
+    let view: Value = added.json().await.unwrap();
+    assert_eq!(
+        (view["name"].as_str(), view["standing"].as_str()),
+        (Some("pod-new"), Some("healthy"))
+    );
+    let list: Value = client
+        .get(gw.url("/v1/admin/endpoints"))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pod-0", "pod-new"]);
+    let mut pods = BTreeSet::new();
+    for _ in 0..4 {
+        pods.insert(ask_as(&gw, key, &hello, None).await.0);
+    }
+    assert_eq!(
+        pods,
+        BTreeSet::from(["pod-0".to_owned(), "pod-new".to_owned()])
+    );
+    assert!(mocks[1].engine().stats().requests_total >= 2);
+
+    // Refusals say what to fix.
+    let again = post(
+        &admin,
+        json!({"model": "m", "endpoint": {"name": "pod-new", "url": mocks[1].base_url()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 400);
+    assert!(error(again.json().await.unwrap()).1.contains("pod-new"));
+    let unnamed = post(
+        &admin,
+        json!({"model": "m", "endpoint": {"url": mocks[1].base_url()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unnamed.status(), 400);
+    assert_eq!(error(unnamed.json().await.unwrap()).0, "endpoint.name");
+    let bad_url = post(
+        &admin,
+        json!({"model": "m", "endpoint": {"name": "x", "url": "ftp://h/v1"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad_url.status(), 400);
+    assert_eq!(error(bad_url.json().await.unwrap()).0, "endpoint.url");
+    let kv = post(&admin, json!({"model": "m", "endpoint": {"name": "x", "url": mocks[1].base_url(), "kv_events": "tcp://127.0.0.1:9"}})).await.unwrap();
+    assert_eq!(kv.status(), 400);
+    assert!(error(kv.json().await.unwrap()).1.contains("prefix_aware"));
+    let unknown = post(
+        &admin,
+        json!({"model": "nope", "endpoint": {"name": "x", "url": mocks[1].base_url()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let as_tenant = post(
+        &tenant,
+        json!({"model": "m", "endpoint": {"name": "x", "url": mocks[1].base_url()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(as_tenant.status(), 404);
+
+    // Removed: no request goes there any more.
+    let delete = |name: &str| {
+        client
+            .delete(gw.url(&format!("/v1/admin/endpoints/m/{name}")))
+            .header("authorization", &admin)
+            .send()
+    };
+    assert_eq!(delete("pod-0").await.unwrap().status(), 200);
+    assert_eq!(delete("pod-0").await.unwrap().status(), 404);
+    let before = mocks[0].engine().stats().requests_total;
+    for _ in 0..4 {
+        assert_eq!(ask_as(&gw, key, &hello, None).await.0, "pod-new");
+    }
+    assert_eq!(mocks[0].engine().stats().requests_total, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pod_is_purged_and_followed_again_when_it_returns() {
+    let mocks = engines(2, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = with_keys(
+        &config(&mocks, "policy = \"prefix_aware\"\ntokenizer = \"mock\""),
+        dir.path(),
+    );
+    let admin = sluice_testkit::api_key(dir.path(), "ops", "*", "chat:write,admin");
+    let gw = TestGateway::start_toml(&toml).await;
+    let key = Some(admin.as_str());
+    let (pod, _, _) = ask_as(&gw, key, &conversation("tides", 1), None).await;
+    let i: usize = pod.trim_start_matches("pod-").parse().unwrap();
+    assert_eventually!(
+        stored_blocks(&gw)[i] > 0,
+        std::time::Duration::from_secs(30)
+    );
+    let held = stored_blocks(&gw)[i];
+
+    let client = reqwest::Client::new();
+    let resp = client
+        .delete(gw.url(&format!("/v1/admin/endpoints/m/{pod}")))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let index = gw.shared.models["m"].router.index().unwrap().clone();
+    let pod_blocks = |name: &str| {
+        index
+            .summary()
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.stored_blocks + p.routed_blocks)
+    };
+    assert_eq!(pod_blocks(&pod), 0, "purged on removal");
+    let (to, _, _) = ask_as(&gw, key, &conversation("tides", 2), None).await;
+    assert_ne!(to, pod);
+
+    // Back with its KV events: replayed from 0, the engine's cache is indexed again.
+    let kv = mocks[i].engine().kv_events().unwrap();
+    let resp = client
+        .post(gw.url("/v1/admin/endpoints"))
+        .header("authorization", &admin)
+        .json(&json!({"model": "m", "endpoint": {
+            "name": pod, "url": mocks[i].base_url(),
+            "kv_events": kv.publish_endpoint, "kv_replay": kv.replay_endpoint}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eventually!(pod_blocks(&pod) >= held, std::time::Duration::from_secs(30));
 }

@@ -131,6 +131,7 @@ impl KvSubscriber {
     ) -> KvSubscriber {
         let stats = Arc::new(SubscriberStats::new());
         let follower = Follower {
+            epoch: index.epoch(pod),
             index,
             pod,
             stats: stats.clone(),
@@ -150,6 +151,9 @@ const RECENT: usize = 4096;
 struct Follower {
     index: Arc<PrefixIndex>,
     pod: PodId,
+    /// The pod's epoch when this follower started: once the pod is retired, what this
+    /// follower still applies is refused.
+    epoch: u64,
     stats: Arc<SubscriberStats>,
     settings: SubscriberSettings,
     /// The last batch applied.
@@ -266,7 +270,10 @@ impl Follower {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let applied = self.index.apply(self.pod, &batch.events);
+        let applied = self
+            .index
+            .apply_from(self.pod, self.epoch, &batch.events)
+            .unwrap_or_default();
         s.rejected_events
             .fetch_add(applied.rejected, Ordering::Relaxed);
         if let Some(e) = applied.first_rejection {
@@ -333,7 +340,7 @@ impl Follower {
 
     /// The engine is a new process: what the pod held is gone.
     fn restarted(&mut self) {
-        self.index.purge(self.pod);
+        self.index.purge_from(self.pod, self.epoch);
         self.stats.purges.fetch_add(1, Ordering::Relaxed);
         self.last = None;
         self.recent.clear();

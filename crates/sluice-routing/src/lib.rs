@@ -30,7 +30,8 @@ pub use load::{EndpointLoad, LoadGuard, LoadSnapshot};
 pub use prefix_index::{Applied, PodId, PodSummary, PrefixIndex, Rejected};
 pub use retry_budget::{RetryBudget, RetrySettings};
 pub use router::{
-    AttemptOrder, EndpointSpec, EndpointView, ModelRouter, Policy, Reason, RetryCounts,
-    RetryReason, RetryRefused, RouteDecision, RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
+    AttemptOrder, EndpointChangeError, EndpointId, EndpointSpec, EndpointTable, EndpointTarget,
+    EndpointView, ModelRouter, Policy, Reason, RetryCounts, RetryReason, RetryRefused,
+    RouteDecision, RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
 };
 pub use tokenize::{HfChatTokenizer, PromptTokenizer, TokenizeError, TokenizerLoadError};

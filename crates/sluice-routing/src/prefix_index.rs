@@ -54,6 +54,9 @@ struct Pod {
     engine: HashMap<BlockHash, OwnHash>,
     /// Blocks routed to the pod → until when they count.
     routed: HashMap<OwnHash, u64>,
+    /// Raised when the pod is retired (its endpoint removed): a follower of the old endpoint
+    /// still running cannot write into the pod after that ([`PrefixIndex::apply_from`]).
+    epoch: u64,
 }
 
 #[derive(Default)]
@@ -203,18 +206,65 @@ impl PrefixIndex {
             name: name.to_owned(),
             engine: HashMap::new(),
             routed: HashMap::new(),
+            epoch: 0,
         });
         state.by_name.insert(name.to_owned(), id);
         id
     }
 
+    /// The pod's epoch now: what a follower starting now passes to
+    /// [`PrefixIndex::apply_from`].
+    pub fn epoch(&self, pod: PodId) -> u64 {
+        self.state
+            .read()
+            .pods
+            .get(pod.0 as usize)
+            .map_or(0, |p| p.epoch)
+    }
+
+    /// Drops everything `pod` holds and refuses, from now on, what followers started before
+    /// (the pod's endpoint was removed; one re-added under its name starts afresh).
+    pub fn retire(&self, pod: PodId) {
+        let mut state = self.state.write();
+        if (pod.0 as usize) < state.pods.len() {
+            state.purge(pod);
+            state.pods[pod.0 as usize].epoch += 1;
+        }
+    }
+
+    /// Applies one batch's events from `pod`'s engine, unless the pod was retired since
+    /// `epoch` (then nothing, and `None`).
+    pub fn apply_from(&self, pod: PodId, epoch: u64, events: &[KvEvent]) -> Option<Applied> {
+        let mut state = self.state.write();
+        if state.pods.get(pod.0 as usize)?.epoch != epoch {
+            return None;
+        }
+        Some(self.apply_locked(&mut state, pod, events))
+    }
+
+    /// [`PrefixIndex::purge`], unless the pod was retired since `epoch`.
+    pub fn purge_from(&self, pod: PodId, epoch: u64) {
+        let mut state = self.state.write();
+        if state
+            .pods
+            .get(pod.0 as usize)
+            .is_some_and(|p| p.epoch == epoch)
+        {
+            state.purge(pod);
+        }
+    }
+
     /// Applies one batch's events from `pod`'s engine.
     pub fn apply(&self, pod: PodId, events: &[KvEvent]) -> Applied {
-        let mut applied = Applied::default();
         let mut state = self.state.write();
         if pod.0 as usize >= state.pods.len() {
-            return applied;
+            return Applied::default();
         }
+        self.apply_locked(&mut state, pod, events)
+    }
+
+    fn apply_locked(&self, state: &mut State, pod: PodId, events: &[KvEvent]) -> Applied {
+        let mut applied = Applied::default();
         for event in events {
             match event {
                 KvEvent::BlockStored(s) => {
@@ -222,7 +272,7 @@ impl PrefixIndex {
                         applied.ignored += 1;
                         continue;
                     }
-                    if let Err(e) = self.store(&mut state, pod, s, &mut applied) {
+                    if let Err(e) = self.store(state, pod, s, &mut applied) {
                         applied.rejected += 1;
                         applied.first_rejection.get_or_insert(e);
                     }

@@ -15,6 +15,12 @@
 //!   the cheapest endpoint has more than `imbalance × (least in flight + 1)` requests in
 //!   flight, the least loaded takes the request instead, so one hot prefix cannot pile onto
 //!   one engine.
+//!
+//! Endpoints come and go at runtime ([`ModelRouter::add_endpoint`],
+//! [`ModelRouter::remove_endpoint`]): the router's [`EndpointTable`] is replaced whole, and
+//! a decision keeps the table it was made from, so the positions in its order stay valid for
+//! the whole request. Endpoints keep an [`EndpointId`] across tables (what a session pin and
+//! a gateway's connection pools follow).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -175,15 +181,89 @@ pub struct RouteDecision {
     pub matched_blocks: u32,
     /// The prompt's length in tokens, when the router was given it.
     pub prompt_tokens: u64,
+    /// The endpoints as they were when the decision was made: `order` indexes them.
+    pub table: Arc<EndpointTable>,
     /// The prompt's block names, recorded under the endpoint it is sent to.
     blocks: Vec<OwnHash>,
     session: Option<String>,
 }
 
+/// Names an endpoint for as long as it is configured (its position changes as others come
+/// and go; a removed and re-added endpoint is a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(pub u64);
+
+/// The model's endpoints at one moment.
+pub struct EndpointTable {
+    /// Raised by every change: a table with a higher version replaced this one.
+    pub version: u64,
+    endpoints: Vec<Arc<RoutedEndpoint>>,
+}
+
+impl EndpointTable {
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn id(&self, endpoint: usize) -> Option<EndpointId> {
+        self.endpoints.get(endpoint).map(|e| e.id)
+    }
+
+    pub fn label(&self, endpoint: usize) -> Option<&str> {
+        self.endpoints.get(endpoint).map(|e| e.label.as_str())
+    }
+
+    /// What the caller attached to the endpoint at `endpoint` ([`EndpointSpec::target`]).
+    pub fn target(&self, endpoint: usize) -> Option<&EndpointTarget> {
+        self.endpoints.get(endpoint)?.target.as_ref()
+    }
+
+    /// (id, label) of each endpoint, in position order.
+    pub fn entries(&self) -> impl Iterator<Item = (EndpointId, &str)> {
+        self.endpoints.iter().map(|e| (e.id, e.label.as_str()))
+    }
+
+    fn position(&self, id: EndpointId) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.id == id)
+    }
+}
+
+impl std::fmt::Debug for EndpointTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTable")
+            .field("version", &self.version)
+            .field(
+                "labels",
+                &self.entries().map(|(_, l)| l).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// An endpoint change the router refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointChangeError {
+    #[error(
+        "the model has an endpoint named `{0}` already; remove it first or choose another name"
+    )]
+    Exists(String),
+    #[error("the model has no endpoint named `{0}`")]
+    NotFound(String),
+}
+
+/// What a router's caller needs to reach an endpoint (the gateway's resolved endpoint);
+/// carried in the table beside it, never read by the router.
+pub type EndpointTarget = Arc<dyn std::any::Any + Send + Sync>;
+
 /// One endpoint of the model, as configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EndpointSpec {
     pub label: String,
+    pub target: Option<EndpointTarget>,
     /// Where its engine publishes KV events, if it does.
     pub kv: Option<KvSource>,
     /// `HOST:PORT` to probe (a TCP connect) every `health_check_interval`.
@@ -191,7 +271,9 @@ pub struct EndpointSpec {
 }
 
 struct RoutedEndpoint {
+    id: EndpointId,
     label: String,
+    target: Option<EndpointTarget>,
     load: Arc<EndpointLoad>,
     pod: Option<PodId>,
     kv: Option<KvSource>,
@@ -261,7 +343,7 @@ pub enum RetryRefused {
 
 #[derive(Clone, Copy)]
 struct Pin {
-    endpoint: usize,
+    endpoint: EndpointId,
     at_ms: u64,
 }
 
@@ -276,12 +358,16 @@ pub struct ModelRouter {
     settings: RoutingSettings,
     /// Read on every lookup, so a change applies to pins already made.
     session_ttl_ms: AtomicU64,
-    endpoints: Vec<RoutedEndpoint>,
+    /// Replaced whole by every change; read (an `Arc` clone) once per request.
+    table: parking_lot::RwLock<Arc<EndpointTable>>,
+    next_id: AtomicU64,
+    /// Where `start` put the background tasks, for endpoints added later.
+    started: Mutex<Option<(tokio::runtime::Handle, SubscriberSettings)>>,
     index: Option<Arc<PrefixIndex>>,
     sessions: Mutex<HashMap<String, Pin>>,
     next: AtomicUsize,
     decisions: [AtomicU64; 6],
-    subscribers: Mutex<Vec<(usize, KvSubscriber)>>,
+    subscribers: Mutex<Vec<(EndpointId, KvSubscriber)>>,
     budget: RetryBudget,
     /// Retries made, by reason; retries refused (attempts, budget).
     retries: [AtomicU64; 3],
@@ -292,6 +378,7 @@ pub struct ModelRouter {
 /// One endpoint as the admin view shows it.
 #[derive(Debug, Clone)]
 pub struct EndpointView {
+    pub id: EndpointId,
     pub label: String,
     pub load: LoadSnapshot,
     pub index: Option<PodSummary>,
@@ -304,24 +391,17 @@ impl ModelRouter {
     pub fn new(settings: RoutingSettings, endpoints: Vec<EndpointSpec>) -> ModelRouter {
         let index = (settings.policy == Policy::PrefixAware)
             .then(|| Arc::new(PrefixIndex::new(BlockHasher::new(settings.block_size))));
-        let endpoints = endpoints
-            .into_iter()
-            .map(|e| RoutedEndpoint {
-                pod: index.as_ref().map(|ix| ix.pod(&e.label)),
-                label: e.label,
-                load: Arc::new(EndpointLoad::default()),
-                kv: e.kv,
-                probe: e.probe,
-                health: EndpointHealth::default(),
-                recent: Mutex::new(Recent::default()),
-            })
-            .collect();
-        ModelRouter {
+        let router = ModelRouter {
             session_ttl_ms: AtomicU64::new(
                 settings.session_ttl.map_or(0, |d| d.as_millis() as u64),
             ),
             settings,
-            endpoints,
+            table: parking_lot::RwLock::new(Arc::new(EndpointTable {
+                version: 0,
+                endpoints: Vec::new(),
+            })),
+            next_id: AtomicU64::new(0),
+            started: Mutex::new(None),
             index,
             sessions: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
@@ -331,32 +411,44 @@ impl ModelRouter {
             retries: Default::default(),
             refused: Default::default(),
             epoch: Instant::now(),
-        }
+        };
+        let endpoints: Vec<Arc<RoutedEndpoint>> =
+            endpoints.into_iter().map(|e| router.routed(e)).collect();
+        *router.table.write() = Arc::new(EndpointTable {
+            version: 0,
+            endpoints,
+        });
+        router
     }
 
-    /// Starts the KV-event subscribers and the sweeper of expired routed blocks and session
-    /// pins, on the current tokio runtime, for as long as the router lives.
+    fn routed(&self, e: EndpointSpec) -> Arc<RoutedEndpoint> {
+        Arc::new(RoutedEndpoint {
+            id: EndpointId(self.next_id.fetch_add(1, Ordering::Relaxed)),
+            pod: self.index.as_ref().map(|ix| ix.pod(&e.label)),
+            label: e.label,
+            target: e.target,
+            load: Arc::new(EndpointLoad::default()),
+            kv: e.kv,
+            probe: e.probe,
+            health: EndpointHealth::default(),
+            recent: Mutex::new(Recent::default()),
+        })
+    }
+
+    /// The endpoints now.
+    pub fn table(&self) -> Arc<EndpointTable> {
+        self.table.read().clone()
+    }
+
+    /// Starts the KV-event subscribers, the probes and the sweeper of expired routed blocks
+    /// and session pins, on the current tokio runtime, for as long as the router lives
+    /// (an endpoint's own tasks for as long as it is in the table).
     pub fn start(self: &Arc<Self>, subscriber: SubscriberSettings) {
-        if let Some(index) = &self.index {
-            let mut subs = self
-                .subscribers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (i, e) in self.endpoints.iter().enumerate() {
-                if let (Some(kv), Some(pod)) = (&e.kv, e.pod) {
-                    subs.push((
-                        i,
-                        KvSubscriber::spawn(index.clone(), pod, kv.clone(), subscriber),
-                    ));
-                }
-            }
-        }
-        if let Some(every) = self.settings.health_check_interval {
-            for (i, e) in self.endpoints.iter().enumerate() {
-                if let Some(address) = e.probe.clone() {
-                    tokio::spawn(probe(Arc::downgrade(self), i, address, every));
-                }
-            }
+        let handle = tokio::runtime::Handle::current();
+        *self.started.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((handle.clone(), subscriber));
+        for e in &self.table().endpoints {
+            self.start_endpoint(e, &handle, subscriber);
         }
         let weak: Weak<ModelRouter> = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -367,6 +459,86 @@ impl ModelRouter {
                 router.sweep(router.now_ms());
             }
         });
+    }
+
+    fn start_endpoint(
+        self: &Arc<Self>,
+        e: &Arc<RoutedEndpoint>,
+        handle: &tokio::runtime::Handle,
+        subscriber: SubscriberSettings,
+    ) {
+        let _on = handle.enter();
+        if let (Some(index), Some(kv), Some(pod)) = (&self.index, &e.kv, e.pod) {
+            let follower = KvSubscriber::spawn(index.clone(), pod, kv.clone(), subscriber);
+            self.subscribers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((e.id, follower));
+        }
+        if let (Some(every), Some(address)) = (self.settings.health_check_interval, &e.probe) {
+            let (router, endpoint) = (Arc::downgrade(self), Arc::downgrade(e));
+            handle.spawn(probe(router, endpoint, address.clone(), every));
+        }
+    }
+
+    /// Adds an endpoint (a pod came up). Its KV events are followed and it is probed from
+    /// now on if the router was started.
+    pub fn add_endpoint(
+        self: &Arc<Self>,
+        spec: EndpointSpec,
+    ) -> Result<EndpointId, EndpointChangeError> {
+        let added = {
+            let mut table = self.table.write();
+            if table.endpoints.iter().any(|e| e.label == spec.label) {
+                return Err(EndpointChangeError::Exists(spec.label));
+            }
+            let added = self.routed(spec);
+            let mut endpoints = table.endpoints.clone();
+            endpoints.push(added.clone());
+            *table = Arc::new(EndpointTable {
+                version: table.version + 1,
+                endpoints,
+            });
+            added
+        };
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((handle, subscriber)) = started {
+            self.start_endpoint(&added, &handle, subscriber);
+        }
+        Ok(added.id)
+    }
+
+    /// Removes the endpoint named `label` (a pod went away): no new request goes to it,
+    /// requests already there finish, its events are no longer followed and what the index
+    /// held for it is dropped; sessions pinned to it are pinned again elsewhere.
+    pub fn remove_endpoint(&self, label: &str) -> Result<EndpointId, EndpointChangeError> {
+        let removed = {
+            let mut table = self.table.write();
+            let Some(at) = table.endpoints.iter().position(|e| e.label == label) else {
+                return Err(EndpointChangeError::NotFound(label.to_owned()));
+            };
+            let mut endpoints = table.endpoints.clone();
+            let removed = endpoints.remove(at);
+            *table = Arc::new(EndpointTable {
+                version: table.version + 1,
+                endpoints,
+            });
+            removed
+        };
+        // Dropping the subscriber stops it at its next await; retiring the pod refuses
+        // whatever it still applies before then.
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(id, _)| *id != removed.id);
+        if let (Some(ix), Some(pod)) = (&self.index, removed.pod) {
+            ix.retire(pod);
+        }
+        Ok(removed.id)
     }
 
     pub fn settings(&self) -> &RoutingSettings {
@@ -402,13 +574,11 @@ impl ModelRouter {
         }
     }
 
-    pub fn label(&self, endpoint: usize) -> Option<&str> {
-        self.endpoints.get(endpoint).map(|e| e.label.as_str())
-    }
-
     /// Orders the endpoints for one request.
     pub fn route(&self, q: &RouteQuery<'_>, now_ms: u64) -> RouteDecision {
-        let n = self.endpoints.len();
+        let table = self.table();
+        let endpoints = &table.endpoints[..];
+        let n = endpoints.len();
         let start = if n == 0 {
             0
         } else {
@@ -423,25 +593,24 @@ impl ModelRouter {
         let (mut order, mut reason) = match self.settings.policy {
             Policy::RoundRobin => (AttemptOrder::Rotation { start, len: n }, Reason::RoundRobin),
             Policy::LeastLoaded => (
-                AttemptOrder::Ranked(self.least_loaded(start)),
+                AttemptOrder::Ranked(least_loaded(endpoints, start)),
                 Reason::LeastLoaded,
             ),
             Policy::PrefixAware => {
-                let pods: Vec<PodId> = self.endpoints.iter().filter_map(|e| e.pod).collect();
+                let pods: Vec<PodId> = endpoints.iter().filter_map(|e| e.pod).collect();
                 matched = match &self.index {
                     Some(ix) if pods.len() == n && !blocks.is_empty() => {
                         ix.match_prefix(&blocks, &pods, now_ms)
                     }
                     _ => vec![0; n],
                 };
-                self.prefix_order(start, &blocks, &matched, now_ms)
+                self.prefix_order(endpoints, start, &blocks, &matched, now_ms)
             }
         };
         self.budget.deposit(now_ms);
         // Unwell endpoints go behind the well ones (order kept within each group).
         // On the stack for up to 8 endpoints: no allocation on the request path.
-        let standings: smallvec::SmallVec<[Standing; 8]> = self
-            .endpoints
+        let standings: smallvec::SmallVec<[Standing; 8]> = endpoints
             .iter()
             .map(|e| e.health.standing(&self.settings.health, now_ms))
             .collect();
@@ -467,7 +636,7 @@ impl ModelRouter {
             !s.is_empty() && s.len() <= MAX_SESSION_ID_BYTES && self.session_ttl().is_some()
         });
         let pinned = session
-            .and_then(|s| self.pinned(s, now_ms))
+            .and_then(|s| self.pinned(s, &table, now_ms))
             .filter(|&i| group(i) == 0);
         if let Some(pinned) = pinned {
             let mut ranked: Vec<usize> = order.iter().filter(|&i| i != pinned).collect();
@@ -486,34 +655,22 @@ impl ModelRouter {
                 .unwrap_or(0),
             order,
             reason,
+            table,
             blocks,
             session: session.map(str::to_owned),
         }
     }
 
-    fn least_loaded(&self, start: usize) -> Vec<usize> {
-        let n = self.endpoints.len();
-        let loads: Vec<LoadSnapshot> = self.endpoints.iter().map(|e| e.load.snapshot()).collect();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| {
-            (
-                loads[i].in_flight,
-                loads[i].prefill_tokens,
-                (i + n - start) % n,
-            )
-        });
-        order
-    }
-
     fn prefix_order(
         &self,
+        endpoints: &[Arc<RoutedEndpoint>],
         start: usize,
         blocks: &[OwnHash],
         matched: &[u32],
         now_ms: u64,
     ) -> (AttemptOrder, Reason) {
-        let n = self.endpoints.len();
-        let loads: Vec<LoadSnapshot> = self.endpoints.iter().map(|e| e.load.snapshot()).collect();
+        let n = endpoints.len();
+        let loads: Vec<LoadSnapshot> = endpoints.iter().map(|e| e.load.snapshot()).collect();
         let w = self.settings.prefill_weight;
         let bs = self.settings.block_size.max(1) as f64;
         let cost = |i: usize| {
@@ -534,13 +691,12 @@ impl ModelRouter {
         let least = loads.iter().map(|l| l.in_flight).min().unwrap_or(0);
         if loads[best].in_flight as f64 > self.settings.imbalance * (least + 1) as f64 {
             return (
-                AttemptOrder::Ranked(self.least_loaded(start)),
+                AttemptOrder::Ranked(least_loaded(endpoints, start)),
                 Reason::Imbalance,
             );
         }
         // Over its share of the recent traffic: the cheapest under it goes first instead.
-        let recent: Vec<f64> = self
-            .endpoints
+        let recent: Vec<f64> = endpoints
             .iter()
             .map(|e| {
                 e.recent
@@ -563,12 +719,16 @@ impl ModelRouter {
         (AttemptOrder::Ranked(order), reason)
     }
 
-    fn pinned(&self, session: &str, now_ms: u64) -> Option<usize> {
+    /// The position in `table` of the session's pinned endpoint, while the pin is fresh and
+    /// the endpoint still there.
+    fn pinned(&self, session: &str, table: &EndpointTable, now_ms: u64) -> Option<usize> {
         let ttl = self.session_ttl_ms.load(Ordering::Relaxed);
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let pin = sessions.get(session)?;
-        (ttl > 0 && now_ms.saturating_sub(pin.at_ms) < ttl && pin.endpoint < self.endpoints.len())
-            .then_some(pin.endpoint)
+        if ttl == 0 || now_ms.saturating_sub(pin.at_ms) >= ttl {
+            return None;
+        }
+        table.position(pin.endpoint)
     }
 
     /// The request is being sent to `endpoint`: its prompt counts as cached there for a
@@ -580,7 +740,7 @@ impl ModelRouter {
         decision: &RouteDecision,
         now_ms: u64,
     ) -> Option<LoadGuard> {
-        let e = self.endpoints.get(endpoint)?;
+        let e = decision.table.endpoints.get(endpoint)?;
         if let (Some(ix), Some(pod)) = (&self.index, e.pod) {
             if !decision.blocks.is_empty() {
                 let ttl = if e.kv.is_some() {
@@ -605,7 +765,7 @@ impl ModelRouter {
                 sessions.insert(
                     session.clone(),
                     Pin {
-                        endpoint,
+                        endpoint: e.id,
                         at_ms: now_ms,
                     },
                 );
@@ -614,9 +774,9 @@ impl ModelRouter {
         Some(e.load.start(decision.prompt_tokens))
     }
 
-    /// What an attempt (or a probe) on `endpoint` met.
-    pub fn report(&self, endpoint: usize, outcome: Outcome, now_ms: u64) {
-        if let Some(e) = self.endpoints.get(endpoint) {
+    /// What an attempt on `decision`'s endpoint at position `endpoint` met.
+    pub fn report(&self, decision: &RouteDecision, endpoint: usize, outcome: Outcome, now_ms: u64) {
+        if let Some(e) = decision.table.endpoints.get(endpoint) {
             e.health.report(outcome, &self.settings.health, now_ms);
         }
     }
@@ -694,16 +854,17 @@ impl ModelRouter {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.endpoints
+        self.table()
+            .endpoints
             .iter()
-            .enumerate()
-            .map(|(i, e)| EndpointView {
+            .map(|e| EndpointView {
+                id: e.id,
                 label: e.label.clone(),
                 load: e.load.snapshot(),
                 index: pods.iter().find(|p| p.name == e.label).cloned(),
                 events: subs
                     .iter()
-                    .find(|(j, _)| *j == i)
+                    .find(|(id, _)| *id == e.id)
                     .map(|(_, s)| s.stats.clone()),
                 standing: e.health.standing(&self.settings.health, self.now_ms()),
                 ejections: e.health.ejections_total.load(Ordering::Relaxed),
@@ -717,9 +878,31 @@ impl ModelRouter {
     }
 }
 
+/// Endpoints in the order of their loads: fewest in flight, then fewest prompt tokens
+/// awaiting prefill; ties round robin from `start`.
+fn least_loaded(endpoints: &[Arc<RoutedEndpoint>], start: usize) -> Vec<usize> {
+    let n = endpoints.len();
+    let loads: Vec<LoadSnapshot> = endpoints.iter().map(|e| e.load.snapshot()).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| {
+        (
+            loads[i].in_flight,
+            loads[i].prefill_tokens,
+            (i + n - start) % n,
+        )
+    });
+    order
+}
+
 /// Active health checks of one endpoint: a TCP connect every `every`, for as long as the
-/// router lives. An engine that refuses or does not answer within a second fails it.
-async fn probe(router: Weak<ModelRouter>, endpoint: usize, address: String, every: Duration) {
+/// endpoint is in the router's table. An engine that refuses or does not answer within a
+/// second fails it.
+async fn probe(
+    router: Weak<ModelRouter>,
+    endpoint: Weak<RoutedEndpoint>,
+    address: String,
+    every: Duration,
+) {
     // The first probe one interval after start: requests meet the endpoints first.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -734,10 +917,15 @@ async fn probe(router: Weak<ModelRouter>, endpoint: usize, address: String, ever
             Ok(Ok(_)) => Outcome::Success,
             _ => Outcome::Failure,
         };
-        let Some(router) = router.upgrade() else {
+        let (Some(router), Some(endpoint)) = (router.upgrade(), endpoint.upgrade()) else {
             return;
         };
-        router.report(endpoint, outcome, router.now_ms());
+        if router.table().position(endpoint.id).is_none() {
+            return;
+        }
+        endpoint
+            .health
+            .report(outcome, &router.settings.health, router.now_ms());
     }
 }
 

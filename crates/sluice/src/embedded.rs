@@ -56,6 +56,12 @@ pub fn rewrite_for_check(config: &mut Config) {
     rewrite(config, &urls);
 }
 
+/// Points embedded endpoints at engines already running (a config re-read on SIGHUP);
+/// names without a running engine are left unresolved, and the check reports them.
+pub fn point_at(config: &mut Config, urls: &BTreeMap<String, String>) {
+    rewrite(config, urls);
+}
+
 /// Starts the embedded engines the config names and rewrites their URLs.
 pub async fn start_engines(config: &mut Config) -> anyhow::Result<Vec<(String, MockServer)>> {
     let mut engines = Vec::new();

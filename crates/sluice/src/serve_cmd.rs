@@ -64,7 +64,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  curl -s {scheme}://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
         );
     }
+    let reloads = tokio::spawn(reload_on_sighup(
+        args.config.clone(),
+        pool.shared().clone(),
+        engines
+            .iter()
+            .map(|(n, e)| (n.clone(), e.base_url()))
+            .collect(),
+    ));
     crate::shutdown_signal().await;
+    reloads.abort();
     pool.shutdown().await?;
     for (_, engine) in engines {
         engine.shutdown().await;
@@ -85,4 +94,55 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         resolved.listen
     );
     Ok(())
+}
+
+/// On every SIGHUP, the config file is read again and every model's endpoints brought in
+/// line with it (added, removed, replaced); the rest of the file takes effect at the next
+/// start. A file that does not check is refused whole, and the running endpoints stay.
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    shared: std::sync::Arc<sluice_gateway::state::GatewayShared>,
+    engines: std::collections::BTreeMap<String, String>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: endpoints change only through the admin API");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let Some(path) = &path else {
+                tracing::warn!("SIGHUP: the embedded default has no file to read again");
+                continue;
+            };
+            match reread(path, &engines) {
+                Ok(config) => {
+                    let r = sluice_gateway::endpoint_admin::reload(&shared, &config);
+                    tracing::info!(
+                        added = ?r.added,
+                        removed = ?r.removed,
+                        replaced = ?r.replaced,
+                        "SIGHUP: endpoints reloaded from {}",
+                        path.display()
+                    );
+                    for refused in &r.refused {
+                        tracing::warn!("SIGHUP: left as it was: {refused}");
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, shared, engines);
+}
+
+fn reread(
+    path: &Path,
+    engines: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<sluice_gateway::config::ResolvedConfig> {
+    let (mut config, path) = read_config(Some(path))?;
+    embedded::point_at(&mut config, engines);
+    Ok(config.resolve(&path, &env)?)
 }

@@ -1,7 +1,8 @@
 //! An engine killed under load, with real processes: three `sluice mock` engines behind a
 //! `sluice serve`; one engine is killed (SIGKILL) while it holds requests. The requests it
 //! held (non-streaming: nothing had reached their clients) are retried on the others, the
-//! requests after it do not wait on it, and it is ejected; no client sees a failure.
+//! requests after it do not wait on it, and it is ejected; no client sees a failure. And
+//! SIGHUP: the endpoints follow the file read again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -166,4 +167,96 @@ async fn an_engine_killed_under_load_costs_no_client_a_failure() {
         statuses.len(),
         killed.elapsed()
     );
+}
+
+/// Which endpoint answered (`x-sluice-route: pod=NAME; ...`).
+async fn answered_by(client: &reqwest::Client, gateway: &str) -> String {
+    let resp = client
+        .post(format!("{gateway}/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let route = resp.headers()["x-sluice-route"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    route
+        .split("; ")
+        .find_map(|kv| kv.strip_prefix("pod="))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_brings_the_endpoints_in_line_with_the_file() {
+    let engines: Vec<Proc> = (0..3)
+        .map(|_| spawn(&["mock", "--listen", "127.0.0.1:0", "--zero-timing"]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    let write = |pods: &[usize]| {
+        let mut toml =
+            String::from("[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[models.m]\n");
+        for &i in pods {
+            toml.push_str(&format!(
+                "[[models.m.endpoints]]\nname = \"pod-{i}\"\nurl = \"{}/v1\"\n",
+                engines[i].url
+            ));
+        }
+        std::fs::write(&config, toml).unwrap();
+    };
+    write(&[0, 1]);
+    let gateway = spawn(&["serve", "--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let seen = |n: usize| {
+        let (client, gw) = (client.clone(), gateway.url.clone());
+        async move {
+            let mut pods = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                pods.insert(answered_by(&client, &gw).await);
+            }
+            pods
+        }
+    };
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen(6).await, names(&["pod-0", "pod-1"]));
+
+    // pod-0 leaves, pod-2 arrives; pod-1 is unchanged.
+    write(&[1, 2]);
+    let hangup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hangup(gateway.child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pods = seen(6).await;
+        if pods == names(&["pod-1", "pod-2"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after SIGHUP still answered by {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A file that does not check changes nothing, and the gateway goes on serving.
+    std::fs::write(&config, "[models.m]\nnot_a_key = 1\n").unwrap();
+    hangup(gateway.child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(6).await, names(&["pod-1", "pod-2"]));
+    assert!(gateway_alive(&gateway));
+}
+
+fn gateway_alive(p: &Proc) -> bool {
+    Command::new("kill")
+        .args(["-0", &p.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }

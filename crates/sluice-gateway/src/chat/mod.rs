@@ -700,7 +700,7 @@ async fn route(ctx: &mut RequestCtx) -> Option<RouteDecision> {
         decision
             .order
             .first()
-            .and_then(|i| model.endpoint_labels.get(i).cloned())
+            .and_then(|i| decision.table.label(i).map(str::to_owned))
     });
     Some(decision)
 }
@@ -745,11 +745,12 @@ async fn call_upstream(
     route: &Option<RouteDecision>,
 ) -> Result<(Arc<UpstreamEndpoint>, Sent), GatewayError> {
     ctx.enter(Phase::Upstream);
-    let endpoints = match &ctx.model {
-        Some(model) => worker.endpoints(model),
-        None => &[],
+    let endpoints = match (&ctx.model, route) {
+        (Some(model), Some(decision)) => worker.endpoints(model, &decision.table),
+        _ => Arc::from(Vec::new()),
     };
-    let outgoing = OutgoingRequest::new(&mut ctx.body, endpoints).map_err(invalid)?;
+    let outgoing =
+        OutgoingRequest::new(&mut ctx.body, endpoints.iter().flatten()).map_err(invalid)?;
     let Some(flight) = ctx.flight.as_mut() else {
         return Err(GatewayError::invalid_request("no model resolved", None));
     };
@@ -762,7 +763,7 @@ async fn call_upstream(
     for (i, endpoint) in route
         .iter()
         .flat_map(|r| r.order.iter())
-        .filter_map(|i| endpoints.get(i).map(|e| (i, e)))
+        .filter_map(|i| endpoints.get(i)?.as_ref().map(|e| (i, e)))
     {
         if let (Some(router), Some(failed)) = (&router, &last_error) {
             if let Some(reason) = retry_reason(failed) {
@@ -811,8 +812,8 @@ async fn call_upstream(
             Ok(_) => sluice_routing::Outcome::Success,
             Err((e, retry_after)) => health_outcome(e, *retry_after),
         };
-        if let Some(router) = &router {
-            router.report(i, outcome, router.now_ms());
+        if let (Some(router), Some(decision)) = (&router, route) {
+            router.report(decision, i, outcome, router.now_ms());
         }
         match result {
             Ok(sent) => {

@@ -32,15 +32,13 @@ pub struct OutgoingRequest {
 impl OutgoingRequest {
     /// Fails only if a body the quick read accepted is refused by the full parse, which the
     /// two parsers' tests rule out.
-    pub fn new(
+    pub fn new<'a>(
         body: &mut RequestBody,
-        endpoints: &[std::sync::Arc<UpstreamEndpoint>],
+        mut endpoints: impl Iterator<Item = &'a std::sync::Arc<UpstreamEndpoint>>,
     ) -> Result<Self, RequestError> {
         let model = body.fields.model.clone();
         let adds_usage = body.fields.stream && !body.fields.include_usage;
-        let renames = endpoints
-            .iter()
-            .any(|e| e.upstream_model().is_some_and(|m| m != model));
+        let renames = endpoints.any(|e| e.upstream_model().is_some_and(|m| m != model));
         // A byte search first: the full parse only for a body that may carry the field.
         let strips = may_carry_gateway_options(&body.raw)
             && body.parsed()?.extra.contains_key(GATEWAY_OPTIONS);

@@ -648,6 +648,8 @@ fn list(problems: &[ConfigProblem]) -> String {
 #[derive(Debug, Clone)]
 pub struct ResolvedConfig {
     pub listen: SocketAddr,
+    /// What an endpoint added at runtime inherits (`[defaults]`).
+    pub endpoint_defaults: EndpointDefaults,
     pub workers: usize,
     pub drain_timeout: Duration,
     /// See [`ServerConfig::access_log`].
@@ -898,6 +900,10 @@ impl Config {
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ResolvedConfig {
                 listen,
+                endpoint_defaults: EndpointDefaults {
+                    timeouts: defaults,
+                    connections: connection_defaults,
+                },
                 workers,
                 drain_timeout: self.server.drain_timeout.0,
                 access_log: self.server.access_log.unwrap_or(true),
@@ -1223,6 +1229,58 @@ fn check_connections(problems: &mut Vec<ConfigProblem>, key: &str, c: &Connectio
                 .into(),
         });
     }
+}
+
+/// `[defaults.timeouts]` and `[defaults.connections]`, resolved: what an endpoint without its
+/// own values gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointDefaults {
+    pub timeouts: Timeouts,
+    pub connections: ConnectionLimits,
+}
+
+/// Checks one endpoint given at runtime (the admin API) as the file's endpoints are
+/// checked; its problems are keyed `endpoint.FIELD`. A runtime endpoint must be named: the
+/// name is how it is removed again.
+pub fn resolve_runtime_endpoint(
+    ep: &EndpointConfig,
+    defaults: EndpointDefaults,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ResolvedEndpoint, Vec<ConfigProblem>> {
+    let mut problems = Vec::new();
+    let Some(label) = ep.name.clone() else {
+        return Err(vec![ConfigProblem {
+            line: None,
+            key: "endpoint.name".into(),
+            message: "is required for an endpoint added at runtime: it is how the endpoint is \
+                      shown and removed"
+                .into(),
+        }]);
+    };
+    let resolved = resolve_endpoint(
+        &mut problems,
+        "endpoint",
+        label,
+        ep,
+        (defaults.timeouts, defaults.connections),
+        env,
+    );
+    match resolved {
+        Some(e) if problems.is_empty() => Ok(e),
+        _ => Err(problems),
+    }
+}
+
+/// Whether `a` and `b` reach the same engine the same way (a reload replaces an endpoint
+/// only when something changed).
+pub fn same_endpoint(a: &ResolvedEndpoint, b: &ResolvedEndpoint) -> bool {
+    a.label == b.label
+        && a.chat_url == b.chat_url
+        && a.api_key == b.api_key
+        && a.upstream_model == b.upstream_model
+        && a.timeouts == b.timeouts
+        && a.connections == b.connections
+        && a.kv == b.kv
 }
 
 fn resolve_endpoint(

@@ -55,6 +55,41 @@ fn a_multi_block_event_chains_each_block_on_the_one_before() {
 }
 
 #[test]
+fn a_retired_pod_refuses_what_followers_started_before_apply_but_not_new_ones() {
+    let ix = index();
+    let (a, b) = (ix.pod("a"), ix.pod("b"));
+    let p = prompt(8);
+    let old = ix.epoch(a);
+    assert!(ix
+        .apply_from(a, old, &[stored(&[1, 2], None, &p)])
+        .is_some());
+    ix.apply(b, &[stored(&[7], None, &p[..4])]);
+    ix.retire(a);
+    assert_eq!(
+        matched(&ix, &p, &[a, b]),
+        vec![0, 1],
+        "only a's blocks went"
+    );
+    // The old follower, still running a moment: refused, and its purge too.
+    assert_eq!(ix.apply_from(a, old, &[stored(&[1, 2], None, &p)]), None);
+    assert_eq!(matched(&ix, &p, &[a]), vec![0]);
+    // The endpoint back under its name: a new follower writes again.
+    let new = ix.epoch(a);
+    assert_ne!(new, old);
+    assert!(ix
+        .apply_from(a, new, &[stored(&[3, 4], None, &p)])
+        .is_some());
+    ix.purge_from(a, old);
+    assert_eq!(
+        matched(&ix, &p, &[a]),
+        vec![2],
+        "a stale purge leaves the new data"
+    );
+    ix.purge_from(a, new);
+    assert_eq!(matched(&ix, &p, &[a]), vec![0]);
+}
+
+#[test]
 fn removing_a_block_from_one_pod_leaves_the_others() {
     let ix = index();
     let (a, b) = (ix.pod("a"), ix.pod("b"));

@@ -11,6 +11,7 @@ fn router(policy: Policy, n: usize) -> ModelRouter {
         },
         (0..n)
             .map(|i| EndpointSpec {
+                target: None,
                 label: format!("e{i}"),
                 kv: None,
                 probe: None,
@@ -181,7 +182,7 @@ fn an_ejected_endpoint_goes_last_and_its_sessions_move() {
     let d = r.route(&q, 0);
     drop(r.sent(1, &d, 0));
     for _ in 0..3 {
-        r.report(1, Outcome::Failure, 0);
+        r.report(&d, 1, Outcome::Failure, 0);
     }
     for _ in 0..6 {
         let d = r.route(&q, 1);
@@ -214,6 +215,7 @@ fn retries_stop_at_max_attempts_and_at_the_budget() {
             ..RoutingSettings::default()
         },
         vec![EndpointSpec {
+            target: None,
             label: "e".into(),
             kv: None,
             probe: None,
@@ -256,4 +258,111 @@ fn a_prefix_every_request_shares_does_not_draw_all_the_traffic() {
         sent.iter().all(|&n| f64::from(n) <= 1.3 * mean + 2.0),
         "each engine's share stays near the mean: {sent:?}"
     );
+}
+
+fn spec(label: &str) -> EndpointSpec {
+    EndpointSpec {
+        target: None,
+        label: label.into(),
+        kv: None,
+        probe: None,
+    }
+}
+
+#[test]
+fn endpoints_added_and_removed_at_runtime_take_and_leave_traffic() {
+    let r = Arc::new(router(Policy::RoundRobin, 2));
+    let before = r.route(&RouteQuery::default(), 0);
+    let id = r.add_endpoint(spec("e2")).unwrap();
+    assert_eq!(
+        r.add_endpoint(spec("e2")),
+        Err(EndpointChangeError::Exists("e2".into()))
+    );
+    let table = r.table();
+    assert_eq!((table.version, table.len()), (1, 3));
+    assert_eq!(table.id(2), Some(id));
+    // Every endpoint of the new table takes its turn, the new one too.
+    let labels: std::collections::BTreeSet<String> = (0..3)
+        .map(|_| {
+            let d = r.route(&RouteQuery::default(), 0);
+            d.table.label(d.order.first().unwrap()).unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(labels.len(), 3, "{labels:?}");
+    // A decision made before the change still reads its own table.
+    assert_eq!(before.table.len(), 2);
+    assert_eq!(before.table.label(1), Some("e1"));
+
+    assert_eq!(r.remove_endpoint("e0").unwrap(), EndpointId(0));
+    assert_eq!(
+        r.remove_endpoint("e0"),
+        Err(EndpointChangeError::NotFound("e0".into()))
+    );
+    for _ in 0..6 {
+        let d = r.route(&RouteQuery::default(), 0);
+        let routed: Vec<&str> = d.order.iter().map(|i| d.table.label(i).unwrap()).collect();
+        assert_eq!(routed.len(), 2);
+        assert!(!routed.contains(&"e0"), "{routed:?}");
+    }
+    // The old decision's endpoint is still there for it (its request finishes).
+    assert!(r.sent(0, &before, 0).is_some());
+}
+
+#[test]
+fn a_session_pinned_to_a_removed_endpoint_is_pinned_again() {
+    let r = Arc::new(router(Policy::RoundRobin, 3));
+    let q = RouteQuery {
+        session: Some("s"),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    let first = d.order.first().unwrap();
+    let pinned_label = d.table.label(first).unwrap().to_owned();
+    drop(r.sent(first, &d, 0));
+    let d = r.route(&q, 1);
+    assert_eq!(d.reason, Reason::Session);
+    r.remove_endpoint(&pinned_label).unwrap();
+    let d = r.route(&q, 2);
+    assert_ne!(d.reason, Reason::Session);
+    let to = d.order.first().unwrap();
+    assert_ne!(d.table.label(to).unwrap(), pinned_label);
+    drop(r.sent(to, &d, 2));
+    let again = r.route(&q, 3);
+    assert_eq!(again.reason, Reason::Session);
+    assert_eq!(
+        again.table.label(again.order.first().unwrap()),
+        d.table.label(to)
+    );
+    // Re-added under the same name it is a new endpoint: the old pin does not follow it.
+    let id = r.add_endpoint(spec(&pinned_label)).unwrap();
+    assert!(id.0 >= 3);
+}
+
+#[test]
+fn removing_an_endpoint_drops_what_the_index_held_for_it() {
+    let r = Arc::new(router(Policy::PrefixAware, 2));
+    let prompt: Vec<u32> = (0..32).collect();
+    let q = RouteQuery {
+        prompt: Some(&prompt),
+        ..RouteQuery::default()
+    };
+    let d = r.route(&q, 0);
+    let to = d.order.first().unwrap();
+    let label = d.table.label(to).unwrap().to_owned();
+    drop(r.sent(to, &d, 0));
+    let d = r.route(&q, 1);
+    assert_eq!((d.reason, d.matched_blocks), (Reason::PrefixMatch, 8));
+    r.remove_endpoint(&label).unwrap();
+    let held: u64 = r
+        .index()
+        .unwrap()
+        .summary()
+        .iter()
+        .map(|p| p.routed_blocks)
+        .sum();
+    assert_eq!(held, 0);
+    // Back under the same name, it holds nothing of before.
+    r.add_endpoint(spec(&label)).unwrap();
+    let d = r.route(&q, 2);
+    assert_eq!((d.reason, d.matched_blocks), (Reason::NoPrefixMatch, 0));
 }
