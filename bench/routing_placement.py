@@ -16,7 +16,17 @@ own counters:
 
 The workload's `x-session-id` headers are ignored (no session_ttl): placement is the policy's.
 
+Two workloads: `--system-prompt-tokens 512` (the default: every conversation opens with the
+same system prompt, which every engine soon caches whatever the policy) and
+`--system-prompt-tokens 0` (conversations share nothing: only placement keeps a
+conversation's history cached).
+
+Each policy's `sluice load` report is kept beside the table (`routing-STAMP-POLICY.load.json`),
+`sluice load compare` judges prefix_aware against round robin, and with `--baseline FILE` the
+prefix_aware report against a baseline kept in the repository (exit 3 on a regression).
+
 Usage: bench/routing.sh [--rate 8] [--minutes 2] [--turns 6] [--cache-blocks 3000]
+                        [--system-prompt-tokens 512] [--baseline bench/baselines/FILE.json]
 """
 
 import argparse
@@ -55,7 +65,8 @@ def engine(sluice, args, procs, cache_blocks, events=True):
 
 def load(sluice, url, args, out):
     cmd = [sluice, "load", "--url", url, "--model", "m", "--workload", "multi-turn",
-           "--turns", str(args.turns), "--system-prompt-tokens", "512", "--input-tokens", "128",
+           "--turns", str(args.turns), "--system-prompt-tokens", str(args.system_prompt_tokens),
+           "--input-tokens", "128",
            "--output-tokens", "32", "--rate", str(args.rate), "--duration", f"{int(args.minutes * 60)}s",
            "--warmup", "0s", "--timeout", "60s", "--max-error-rate", "1", "--seed", "7",
            "--json", str(out)]
@@ -123,14 +134,33 @@ def main():
     ap.add_argument("--minutes", type=float, default=2)
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--cache-blocks", type=int, default=3000, help="each engine's prefix cache")
+    ap.add_argument("--system-prompt-tokens", type=int, default=512,
+                    help="a system prompt every conversation shares (0: none)")
+    ap.add_argument("--baseline", help="a prefix_aware load report to compare this run's against")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sluice-routing-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         best = ideal(args.sluice, work, args)
         results = [run_policy(args.sluice, work, args, p) for p in POLICIES]
+        for p in POLICIES:
+            shutil.copy(work / f"{p}.json", out / f"routing-{stamp}-{p}.load.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    compare = lambda base, new: subprocess.run(
+        [args.sluice, "load", "compare", str(base), str(new)], capture_output=True, text=True)
+    verdict = compare(out / f"routing-{stamp}-round_robin.load.json",
+                      out / f"routing-{stamp}-prefix_aware.load.json")
+    print("\nsluice load compare: round_robin (baseline) → prefix_aware\n" + verdict.stdout)
+    regressed = False
+    if args.baseline:
+        verdict = compare(args.baseline, out / f"routing-{stamp}-prefix_aware.load.json")
+        print(f"sluice load compare: {args.baseline} → this run's prefix_aware (exit {verdict.returncode})\n"
+              + verdict.stdout + verdict.stderr)
+        regressed = verdict.returncode == 3
     rr = next(r for r in results if r["policy"] == "round_robin")
     lines = ["| policy | TTFT p50 ms | TTFT p99 ms | cached-token ratio (ideal "
              f"{best['cached_ratio']:.3f}) | throughput req/s | busiest engine ÷ mean | errors |",
@@ -143,12 +173,10 @@ def main():
     table = "\n".join(lines)
     print()
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"routing-{stamp}.md").write_text(table + "\n")
     (out / f"routing-{stamp}.json").write_text(json.dumps({"args": vars(args), "ideal": best, "results": results}, indent=1))
     print(f"\nwritten to {out}/routing-{stamp}.md")
+    return 3 if regressed else 0
 
 
 if __name__ == "__main__":

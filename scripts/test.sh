@@ -99,6 +99,26 @@ else
   fi
 fi
 
+# The KV-event decoder (network bytes from engines) under libFuzzer for a bounded time
+# (fuzz/fuzz_targets/kv_events.rs). No sanitizer, so stable Rust builds it; cargo-fuzz is
+# installed when missing. The seeds are copied: what libFuzzer adds stays out of the tree.
+fuzz_seconds=${SLUICE_FUZZ_SECONDS:-60}
+step "fuzz smoke: the KV-event decoder, ${fuzz_seconds} s of libFuzzer"
+if ! command -v cargo-fuzz >/dev/null 2>&1 && ! cargo install --locked cargo-fuzz --version 0.13.2; then
+  not_run "fuzz smoke" "cargo-fuzz could not be installed"
+else
+  corpus=$(mktemp -d)
+  cp fuzz/corpus/kv_events/* "$corpus"/
+  if (cd fuzz && cargo fuzz run --sanitizer none kv_events "$corpus" -- \
+        -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1); then
+    summary+=("passed    fuzz smoke (${fuzz_seconds} s, no crash)")
+  else
+    summary+=("FAILED    fuzz smoke: the crashing input is under fuzz/artifacts/kv_events")
+    status=1
+  fi
+  rm -rf "$corpus"
+fi
+
 printf '\n== summary\n'
 printf '%s\n' "${summary[@]}"
 exit "$status"

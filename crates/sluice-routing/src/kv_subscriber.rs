@@ -50,6 +50,9 @@ pub struct SubscriberSettings {
     pub backoff_max: Duration,
     /// The most batches one replay may bring.
     pub max_replay_batches: u64,
+    /// The most payload bytes one replay may hold at once (each frame is bounded by the
+    /// connection's limit; this bounds their sum).
+    pub max_replay_bytes: u64,
 }
 
 impl Default for SubscriberSettings {
@@ -60,6 +63,7 @@ impl Default for SubscriberSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_replay_batches: 100_000,
+            max_replay_bytes: 256 << 20,
         }
     }
 }
@@ -379,6 +383,7 @@ impl Follower {
         let [empty, start] = frames::replay_request(from);
         conn.send(&[&empty, &start]).await?;
         let mut batches: Vec<(u64, Bytes)> = Vec::new();
+        let mut bytes = 0u64;
         loop {
             let message = conn.recv(self.settings.connection.io_timeout).await?;
             let parts: Vec<&[u8]> = message.iter().map(Bytes::as_ref).collect();
@@ -393,6 +398,13 @@ impl Follower {
                     }
                     if batches.last().is_some_and(|(prev, _)| seq <= *prev) {
                         return Err(ZmtpError::Protocol("a replay out of order".into()));
+                    }
+                    bytes += payload.len() as u64;
+                    if bytes > self.settings.max_replay_bytes {
+                        return Err(ZmtpError::Protocol(format!(
+                            "a replay of more than {} bytes",
+                            self.settings.max_replay_bytes
+                        )));
                     }
                     if seq >= from {
                         batches.push((seq, Bytes::copy_from_slice(payload)));

@@ -31,6 +31,12 @@ pub struct PodId(u32);
 /// until expired ones are swept (a bound on memory, whatever the traffic).
 const MAX_ROUTED_PER_POD: usize = 1 << 20;
 
+/// At most this many blocks an engine reported are held per pod (about 220 MB at 106 bytes
+/// a block; a large GPU's cache is some hundred thousand). Beyond it, new blocks are refused
+/// until the engine reports some removed: an engine that never does cannot grow the index
+/// without end.
+const MAX_STORED_PER_POD: usize = 1 << 21;
+
 #[derive(Debug, Clone, Copy)]
 struct Holder {
     pod: PodId,
@@ -163,6 +169,8 @@ pub enum Rejected {
     },
     #[error("the engine stores blocks of {engine} tokens but the index hashes blocks of {index}; set the model's block_size to {engine}")]
     BlockSize { engine: u32, index: usize },
+    #[error("the pod holds {limit} blocks already, the most kept per pod; new ones are refused until the engine reports some removed")]
+    PodFull { limit: usize },
 }
 
 /// A pod's part of the index.
@@ -178,6 +186,7 @@ pub struct PodSummary {
 pub struct PrefixIndex {
     hasher: BlockHasher,
     state: RwLock<State>,
+    max_stored_per_pod: usize,
 }
 
 impl PrefixIndex {
@@ -185,7 +194,14 @@ impl PrefixIndex {
         PrefixIndex {
             hasher,
             state: RwLock::new(State::default()),
+            max_stored_per_pod: MAX_STORED_PER_POD,
         }
+    }
+
+    /// The same index holding at most `blocks` engine blocks per pod (default 2 M).
+    pub fn with_max_stored_per_pod(mut self, blocks: usize) -> PrefixIndex {
+        self.max_stored_per_pod = blocks;
+        self
     }
 
     pub fn hasher(&self) -> BlockHasher {
@@ -325,6 +341,12 @@ impl PrefixIndex {
             .and_then(|p| state.pods[pod.0 as usize].engine.get(&p).copied())
             .unwrap_or_else(|| self.hasher.root(adapter.as_deref()));
         for (engine_hash, tokens) in s.block_hashes.iter().zip(s.token_ids.chunks_exact(size)) {
+            let engine = &state.pods[pod.0 as usize].engine;
+            if engine.len() >= self.max_stored_per_pod && !engine.contains_key(engine_hash) {
+                return Err(Rejected::PodFull {
+                    limit: self.max_stored_per_pod,
+                });
+            }
             let own = self.hasher.next(parent, tokens);
             applied.stored += state.store(pod, *engine_hash, own) as u64;
             parent = own;

@@ -83,7 +83,8 @@ fn stored(index: &PrefixIndex, name: &str) -> u64 {
 /// holds exactly what the engine's cache holds.
 async fn in_step(mock: &MockServer, index: &PrefixIndex, sub: &KvSubscriber, name: &str) {
     let kv = mock.engine().kv_events().unwrap();
-    for _ in 0..500 {
+    // Up to 30 s: a busy CI machine is slow, never wrong.
+    for _ in 0..1500 {
         let published = kv.next_seq();
         let caught_up = published == 0 || sub.stats.last_seq() == Some(published - 1);
         if caught_up && stored(index, name) == mock.engine().cached_blocks() as u64 {
@@ -223,4 +224,41 @@ async fn an_engine_that_goes_away_is_reconnected_with_backoff() {
     assert!(dead.stats.connect_failures.load(Ordering::Relaxed) >= 2);
     assert!(!dead.stats.connected.load(Ordering::Relaxed));
     assert!(sub.stats.connected.load(Ordering::Relaxed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_over_its_byte_bound_is_refused_and_counted() {
+    let mock = engine(KvEncoding::Current, 8192).await;
+    for topic in ["one", "two", "three"] {
+        chat(&mock, topic, 3).await;
+    }
+    let kv = mock.engine().kv_events().unwrap();
+    let index = Arc::new(PrefixIndex::new(BlockHasher::new(16)));
+    let sub = KvSubscriber::spawn(
+        index.clone(),
+        index.pod("a"),
+        KvSource {
+            events: kv.publish_endpoint.clone(),
+            replay: kv.replay_endpoint.clone(),
+            topic: Vec::new(),
+        },
+        SubscriberSettings {
+            // Less than the three batches already published hold.
+            max_replay_bytes: 256,
+            ..SubscriberSettings::default()
+        },
+    );
+    for _ in 0..1500 {
+        if sub.stats.replay_failures.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sub.stats.replay_failures.load(Ordering::Relaxed) > 0);
+    assert_eq!(sub.stats.replayed_batches.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stored(&index, "a"),
+        0,
+        "nothing of the refused replay was applied"
+    );
 }

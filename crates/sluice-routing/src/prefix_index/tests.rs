@@ -90,6 +90,25 @@ fn a_retired_pod_refuses_what_followers_started_before_apply_but_not_new_ones() 
 }
 
 #[test]
+fn a_pod_holds_at_most_its_bound_and_takes_more_once_some_are_removed() {
+    let ix = PrefixIndex::new(BlockHasher::new(BS)).with_max_stored_per_pod(3);
+    let (a, b) = (ix.pod("a"), ix.pod("b"));
+    let p = prompt(20);
+    let applied = ix.apply(a, &[stored(&[1, 2, 3, 4, 5], None, &p)]);
+    assert_eq!((applied.stored, applied.rejected), (3, 1));
+    assert!(matches!(
+        applied.first_rejection,
+        Some(Rejected::PodFull { limit: 3 })
+    ));
+    assert_eq!(matched(&ix, &p, &[a]), vec![3]);
+    // Another pod has its own bound; a block already held is no new one.
+    assert_eq!(ix.apply(b, &[stored(&[9], None, &p[..4])]).stored, 1);
+    assert_eq!(ix.apply(a, &[stored(&[1], None, &p[..4])]).rejected, 0);
+    ix.apply(a, &[removed(&[3])]);
+    assert_eq!(ix.apply(a, &[stored(&[6], Some(2), &p[8..12])]).stored, 1);
+}
+
+#[test]
 fn removing_a_block_from_one_pod_leaves_the_others() {
     let ix = index();
     let (a, b) = (ix.pod("a"), ix.pod("b"));
