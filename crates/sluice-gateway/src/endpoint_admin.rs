@@ -23,26 +23,22 @@ use crate::config::{
     resolve_runtime_endpoint, same_endpoint, EndpointConfig, ResolvedConfig, ResolvedEndpoint,
 };
 use crate::error::GatewayError;
+use crate::routing_admin::global_admin_only;
 use crate::services::Principal;
 use crate::state::{endpoint_spec, GatewayShared, ModelEntry, WorkerState};
 use crate::upstream::UpstreamEndpoint;
 
-fn global_admin_only(p: &Principal) -> Option<Response> {
-    p.administered_tenant().is_some().then(|| {
-        GatewayError::NotFound {
-            what: "endpoint list for a tenant's admin (endpoints are shared; ask the global admin)",
-            name: "endpoints".into(),
-        }
-        .into_response()
-    })
-}
+const ENDPOINTS: (&str, &str) = (
+    "endpoint list for a tenant's admin (endpoints are shared; ask the global admin)",
+    "endpoints",
+);
 
 /// `GET /v1/admin/endpoints`: every model's endpoints, as routing sees them.
 pub async fn list(
     State(w): State<Arc<WorkerState>>,
     Extension(p): Extension<Principal>,
 ) -> Response {
-    if let Some(refused) = global_admin_only(&p) {
+    if let Some(refused) = global_admin_only(&p, ENDPOINTS) {
         return refused;
     }
     let data: Vec<Value> = w
@@ -96,7 +92,7 @@ pub async fn add(
     Extension(p): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refused) = global_admin_only(&p) {
+    if let Some(refused) = global_admin_only(&p, ENDPOINTS) {
         return refused;
     }
     let new: NewEndpoint = match serde_json::from_slice(&body) {
@@ -152,7 +148,7 @@ pub async fn remove(
     Extension(p): Extension<Principal>,
     Path((model, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(refused) = global_admin_only(&p) {
+    if let Some(refused) = global_admin_only(&p, ENDPOINTS) {
         return refused;
     }
     let Some(entry) = w.shared.models.get(&model) else {

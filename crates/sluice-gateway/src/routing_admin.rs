@@ -17,22 +17,32 @@ use crate::error::GatewayError;
 use crate::services::Principal;
 use crate::state::WorkerState;
 
-fn global_admin_only(p: &Principal) -> Option<Response> {
+/// Endpoints are shared by every tenant: a tenant's admin is told `what` does not exist
+/// for them (as another tenant's key would be).
+pub(crate) fn global_admin_only(
+    p: &Principal,
+    (what, name): (&'static str, &str),
+) -> Option<Response> {
     p.administered_tenant().is_some().then(|| {
         GatewayError::NotFound {
-            what: "routing view for a tenant's admin (endpoints are shared; ask the global admin)",
-            name: "routing".into(),
+            what,
+            name: name.into(),
         }
         .into_response()
     })
 }
+
+const ROUTING_VIEW: (&str, &str) = (
+    "routing view for a tenant's admin (endpoints are shared; ask the global admin)",
+    "routing",
+);
 
 /// `GET /v1/admin/prefix-index`.
 pub async fn view(
     State(w): State<Arc<WorkerState>>,
     Extension(p): Extension<Principal>,
 ) -> Response {
-    if let Some(refused) = global_admin_only(&p) {
+    if let Some(refused) = global_admin_only(&p, ROUTING_VIEW) {
         return refused;
     }
     let mut names: Vec<&String> = w.shared.models.keys().collect();
@@ -108,7 +118,7 @@ pub async fn change(
     Path(model): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refused) = global_admin_only(&p) {
+    if let Some(refused) = global_admin_only(&p, ROUTING_VIEW) {
         return refused;
     }
     let Some(entry) = w.shared.models.get(&model) else {

@@ -125,6 +125,19 @@ async fn ask_as(
     )
 }
 
+/// An admin route's JSON, read with `key`.
+async fn admin_get(gw: &TestGateway, key: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(gw.url(path))
+        .header("authorization", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Blocks the gateway's index holds per pod, from the engines' events.
 fn stored_blocks(gw: &TestGateway) -> Vec<u64> {
     gw.shared.models["m"]
@@ -200,15 +213,7 @@ async fn a_conversations_turns_follow_the_engine_that_holds_its_prefix() {
         .sum();
     assert!(cached > 0);
     // The operator's view: decisions by reason, and each pod's event stream.
-    let view: Value = reqwest::Client::new()
-        .get(gw.url("/v1/admin/prefix-index"))
-        .header("authorization", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = admin_get(&gw, &admin, "/v1/admin/prefix-index").await;
     let m = &view["models"][0];
     assert_eq!(m["policy"], "prefix_aware");
     assert_eq!(m["decisions"]["prefix_match"], 18);
@@ -505,15 +510,7 @@ async fn endpoints_come_and_go_through_the_admin_api() {
         (view["name"].as_str(), view["standing"].as_str()),
         (Some("pod-new"), Some("healthy"))
     );
-    let list: Value = client
-        .get(gw.url("/v1/admin/endpoints"))
-        .header("authorization", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = admin_get(&gw, &admin, "/v1/admin/endpoints").await;
     let names: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
