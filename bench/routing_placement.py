@@ -66,7 +66,7 @@ def engine(sluice, args, procs, cache_blocks, events=True):
 def load(sluice, url, args, out):
     cmd = [sluice, "load", "--url", url, "--model", "m", "--workload", "multi-turn",
            "--turns", str(args.turns), "--system-prompt-tokens", str(args.system_prompt_tokens),
-           "--input-tokens", "128",
+           "--input-tokens", str(args.input_tokens),
            "--output-tokens", "32", "--rate", str(args.rate), "--duration", f"{int(args.minutes * 60)}s",
            "--warmup", "0s", "--timeout", "60s", "--max-error-rate", "1", "--seed", "7",
            "--json", str(out)]
@@ -136,6 +136,8 @@ def main():
     ap.add_argument("--cache-blocks", type=int, default=3000, help="each engine's prefix cache")
     ap.add_argument("--system-prompt-tokens", type=int, default=512,
                     help="a system prompt every conversation shares (0: none)")
+    ap.add_argument("--input-tokens", type=int, default=128, help="each turn's new prompt tokens")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     ap.add_argument("--baseline", help="a prefix_aware load report to compare this run's against")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
@@ -145,8 +147,9 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         best = ideal(args.sluice, work, args)
-        results = [run_policy(args.sluice, work, args, p) for p in POLICIES]
-        for p in POLICIES:
+        policies = [p for p in args.policies.split(",") if p in POLICIES]
+        results = [run_policy(args.sluice, work, args, p) for p in policies]
+        for p in policies:
             shutil.copy(work / f"{p}.json", out / f"routing-{stamp}-{p}.load.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
