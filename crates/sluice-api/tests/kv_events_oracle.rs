@@ -124,7 +124,9 @@ proptest! {
         }
         match reference {
             Ok((v, left)) if depth(&v) < 32 => {
-                prop_assert_eq!(read, Some((v, left)));
+                // Compared as printed: a NaN (e.g. the f32 0x7f800001) is not equal to
+                // itself, but prints the same.
+                prop_assert_eq!(format!("{read:?}"), format!("{:?}", Some((v, left))));
                 prop_assert_eq!(skipped, Ok(left));
             }
             Ok(_) => {} // deeper than our bound: ours refuses, by design
@@ -448,6 +450,12 @@ proptest! {
         if matches!(ours, Err(KvEventError::Msgpack(MsgpackError::Reserved { .. }))) {
             return Ok(()); // rmpv reads the reserved 0xc1 as nil (see above)
         }
-        prop_assert_eq!(ours.clone().map_err(|_| ()), reference(&bytes), "{:?}", ours);
+        // Compared as printed: damage can make `ts` a NaN, equal to nothing, itself included.
+        prop_assert_eq!(
+            format!("{:?}", ours.clone().map_err(|_| ())),
+            format!("{:?}", reference(&bytes)),
+            "{:?}",
+            ours
+        );
     }
 }
