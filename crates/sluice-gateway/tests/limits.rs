@@ -54,9 +54,15 @@ fn limits_toml(table: &str) -> String {
 
 /// A mock that takes 3 s before answering: requests stay in flight while a test looks.
 async fn slow_mock() -> sluice_testkit::MockServer {
+    mock_holding_ms(3_000).await
+}
+
+/// A mock that holds every answer `ms` milliseconds: the window in which a test sees its
+/// requests in flight.
+async fn mock_holding_ms(ms: u64) -> sluice_testkit::MockServer {
     start_mock(MockOptions {
         faults: sluice_mock::Faults {
-            added_latency_ms: 3_000,
+            added_latency_ms: ms,
             ..sluice_mock::Faults::default()
         },
         ..MockOptions::zero_timing()
@@ -291,7 +297,9 @@ async fn a_request_waits_up_to_max_wait_for_a_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_types_come_from_the_header_and_keep_their_own_share() {
-    let mock = slow_mock().await;
+    // Held 10 s: both batch requests must be seen in flight at once, and a busy machine
+    // (the whole suite running beside) once missed a 3 s window.
+    let mock = mock_holding_ms(10_000).await;
     let gw = TestGateway::start_toml(&gateway_toml(
         "m",
         &[mock.base_url()],
