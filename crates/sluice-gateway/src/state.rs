@@ -348,6 +348,11 @@ impl WorkerState {
         if mine.version == table.version {
             return mine.lined_up.clone();
         }
+        // A route made just before a change: only endpoints still kept take its attempts
+        // (a removed one gets no new request, and no client is built for it again).
+        if table.version < mine.version {
+            return line_up(table, &mine.by_id);
+        }
         for i in 0..table.len() {
             let (Some(id), Some(config)) = (table.id(i), resolved(table, i)) else {
                 continue;
@@ -364,16 +369,12 @@ impl WorkerState {
                 }
             }
         }
+        let current: std::collections::HashSet<EndpointId> =
+            table.entries().map(|(id, _)| id).collect();
+        mine.by_id.retain(|id, _| current.contains(id));
         let lined_up = line_up(table, &mine.by_id);
-        // Only a newer table replaces what is kept (a route made just before a change may
-        // still ask for the older one).
-        if table.version > mine.version {
-            let current: std::collections::HashSet<EndpointId> =
-                table.entries().map(|(id, _)| id).collect();
-            mine.by_id.retain(|id, _| current.contains(id));
-            mine.version = table.version;
-            mine.lined_up = lined_up.clone();
-        }
+        mine.version = table.version;
+        mine.lined_up = lined_up.clone();
         lined_up
     }
 }
