@@ -64,6 +64,9 @@ if cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$rust_log"; then
 else
   failed_targets=$(grep -oE '`-p [^`]+`' "$rust_log" | tr -d '`' | paste -sd ',' - | sed 's/,/, /g')
   summary+=("FAILED    cargo test: ${failed_targets:-see the output above}")
+  # The failing tests by name, so the summary alone (the tail of a CI log) says which.
+  while IFS= read -r line; do summary+=("          $line"); done \
+    < <(grep -E '^test .* \.\.\. FAILED$' "$rust_log" | head -20)
   status=1
 fi
 
@@ -95,6 +98,8 @@ else
     summary+=("passed    SDK tests (pytest): $(tail -1 "$py_log")")
   else
     summary+=("FAILED    SDK tests (pytest): $(tail -1 "$py_log")")
+    while IFS= read -r line; do summary+=("          ${line:0:300}"); done \
+      < <(grep -E '^(FAILED|ERROR) ' "$py_log" | head -20)
     status=1
   fi
 fi
