@@ -66,8 +66,8 @@ def engine(sluice, args, procs, cache_blocks, events=True):
 def load(sluice, url, args, out):
     cmd = [sluice, "load", "--url", url, "--model", "m", "--workload", "multi-turn",
            "--turns", str(args.turns), "--system-prompt-tokens", str(args.system_prompt_tokens),
-           "--input-tokens", str(args.input_tokens),
-           "--output-tokens", "32", "--rate", str(args.rate), "--duration", f"{int(args.minutes * 60)}s",
+           "--input-tokens", str(args.input_tokens), "--think-time", args.think_time,
+           "--output-tokens", str(args.output_tokens), "--rate", str(args.rate), "--duration", f"{int(args.minutes * 60)}s",
            "--warmup", "0s", "--timeout", "60s", "--max-error-rate", "1", "--seed", "7",
            "--json", str(out)]
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -137,6 +137,9 @@ def main():
     ap.add_argument("--system-prompt-tokens", type=int, default=512,
                     help="a system prompt every conversation shares (0: none)")
     ap.add_argument("--input-tokens", type=int, default=128, help="each turn's new prompt tokens")
+    ap.add_argument("--output-tokens", type=int, default=32, help="each answer's tokens")
+    ap.add_argument("--think-time", default="0",
+                    help="a user's pause between turns (sluice load --think-time: 0, 5s, exp:5s)")
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     ap.add_argument("--baseline", help="a prefix_aware load report to compare this run's against")
     ap.add_argument("--out", default="bench/results")

@@ -10,6 +10,7 @@
 //! tenant, so only the global admin sees or changes them. Changes last until the gateway
 //! restarts: the config file is what it starts with.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -74,6 +75,12 @@ fn endpoint_view(model: &str, config: &ResolvedEndpoint, view: &EndpointView) ->
         "standing": view.standing.as_str(),
         "in_flight": view.load.in_flight,
         "ejections": view.ejections,
+        "health_check": view.health_check.as_ref().map(|check| json!({
+            "check": check,
+            "passed": view.checks.passed.load(Ordering::Relaxed),
+            "failed": view.checks.failed.load(Ordering::Relaxed),
+            "last_failure": view.checks.last_failure(),
+        })),
     })
 }
 
@@ -195,7 +202,7 @@ fn add_endpoint(
     let label = endpoint.label.clone();
     model
         .router
-        .add_endpoint(endpoint_spec(&endpoint))
+        .add_endpoint(endpoint_spec(&endpoint, model.health_check_path.as_deref()))
         .map_err(|e| e.to_string())?;
     tracing::info!(model = %model.name, endpoint = %label, "endpoint added");
     Ok(())

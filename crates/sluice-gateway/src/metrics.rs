@@ -157,6 +157,7 @@ pub struct RoutingMetrics {
     retries: Family<RouteLabels, Counter>,
     retries_refused: Family<RouteLabels, Counter>,
     ejections: Family<PodLabels, Counter>,
+    health_checks: Family<PodKindLabels, Counter>,
     ejected: Family<PodLabels, Gauge>,
     index_blocks: Family<ModelLabels, Gauge>,
     index_bytes: Family<ModelLabels, Gauge>,
@@ -218,6 +219,16 @@ impl RoutingMetrics {
                     pod: e.label.clone(),
                 };
                 catch_up(&self.ejections.get_or_create(&labels), e.ejections);
+                if e.health_check.is_some() {
+                    for (kind, n) in [("passed", &e.checks.passed), ("failed", &e.checks.failed)] {
+                        let labels = PodKindLabels {
+                            model: model.clone(),
+                            pod: e.label.clone(),
+                            kind,
+                        };
+                        catch_up(&self.health_checks.get_or_create(&labels), n.load(Relaxed));
+                    }
+                }
                 self.ejected
                     .get_or_create(&labels)
                     .set(i64::from(e.standing == sluice_routing::Standing::Ejected));
@@ -693,6 +704,7 @@ impl GatewayMetrics {
             retries: Family::default(),
             retries_refused: Family::default(),
             ejections: Family::default(),
+            health_checks: Family::default(),
             ejected: Family::default(),
             index_blocks: Family::default(),
             index_bytes: Family::default(),
@@ -732,6 +744,11 @@ impl GatewayMetrics {
             "endpoint_ejections",
             "Times an endpoint was taken out of rotation after failures in a row",
             m.ejections.clone(),
+        );
+        self.registry.register(
+            "endpoint_health_checks",
+            "Active health checks of each endpoint (health_check_path's GET, else a TCP connect), passed or failed",
+            m.health_checks.clone(),
         );
         self.registry.register(
             "endpoint_ejected",

@@ -749,7 +749,8 @@ fn schemas() -> Value {
                 "kv_events": {"type": ["string", "null"]},
                 "standing": {"enum": ["healthy", "returning", "cooling", "ejected"]},
                 "in_flight": {"type": "integer", "minimum": 0},
-                "ejections": {"type": "integer", "minimum": 0}
+                "ejections": {"type": "integer", "minimum": 0},
+                "health_check": {"type": ["object", "null"], "description": "Its active health check (null: not checked) and what it found: check (GET http://host:port/health, or tcp host:port), passed, failed, last_failure (why the last check failed; null once one passes)"}
             }
         },
         "EndpointList": {

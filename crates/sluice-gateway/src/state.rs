@@ -146,15 +146,27 @@ pub struct ModelEntry {
     pub router: Arc<sluice_routing::ModelRouter>,
     /// How prompts are tokenized for prefix-aware routing (`[models.NAME.routing] tokenizer`).
     pub tokenizer: Option<sluice_routing::PromptTokenizer>,
+    /// `[models.NAME.routing] health_check_path`, for endpoints added at runtime too.
+    pub health_check_path: Option<String>,
     /// The model's default cache policy (`[models.NAME.cache]`; off without one).
     pub cache: sluice_cache::CachePolicy,
-    /// How long a miss waits for an identical request already upstream: the model's
-    /// longest total timeout.
-    pub cache_wait: std::time::Duration,
     /// Whether the model has `[models.NAME.limits]` (else the admit phase is skipped).
     pub limited: bool,
     /// `fallback_models`: tried in order when this model's limits refuse a request.
     pub fallback_models: Vec<String>,
+}
+
+impl ModelEntry {
+    /// How long a cache miss waits for an identical request already upstream: the longest
+    /// total timeout of the model's endpoints now (they change at runtime).
+    pub fn cache_wait(&self) -> std::time::Duration {
+        let table = self.router.table();
+        (0..table.len())
+            .filter_map(|i| table.target(i)?.downcast_ref::<ResolvedEndpoint>())
+            .map(|e| e.timeouts.total)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 impl GatewayShared {
@@ -177,7 +189,12 @@ impl GatewayShared {
             .iter()
             .map(|name| {
                 let model = &config.models[*name];
-                let endpoints = model.endpoints.iter().map(endpoint_spec).collect();
+                let path = model.routing.health_check_path.as_deref();
+                let endpoints = model
+                    .endpoints
+                    .iter()
+                    .map(|e| endpoint_spec(e, path))
+                    .collect();
                 let router = sluice_routing::ModelRouter::new(model.routing.settings, endpoints);
                 ((*name).clone(), Arc::new(router))
             })
@@ -202,13 +219,8 @@ impl GatewayShared {
                     metrics: Arc::new(metrics.for_model(&model.name)),
                     router: routers[index].1.clone(),
                     tokenizer: model.routing.tokenizer.clone(),
+                    health_check_path: model.routing.health_check_path.clone(),
                     cache: model.cache,
-                    cache_wait: model
-                        .endpoints
-                        .iter()
-                        .map(|e| e.timeouts.total)
-                        .max()
-                        .unwrap_or_default(),
                     limited: model.limits.is_some(),
                     fallback_models: model.fallback_models.clone(),
                 };
@@ -251,18 +263,37 @@ impl GatewayShared {
     }
 }
 
-/// How the router holds `e`: its label, KV events and probe address, and the resolved
+/// How the router holds `e`: its label, KV events and health check (`GET
+/// health_check_path` when the model has one, else a TCP connect), and the resolved
 /// endpoint itself for the workers to reach it.
-pub fn endpoint_spec(e: &ResolvedEndpoint) -> sluice_routing::EndpointSpec {
+pub fn endpoint_spec(
+    e: &ResolvedEndpoint,
+    health_check_path: Option<&str>,
+) -> sluice_routing::EndpointSpec {
+    let tcp = || -> Option<Arc<dyn sluice_routing::HealthCheck>> {
+        let (host, port) = e
+            .base_url
+            .host_str()
+            .zip(e.base_url.port_or_known_default())?;
+        Some(Arc::new(sluice_routing::TcpConnect {
+            address: format!("{host}:{port}"),
+        }))
+    };
+    let probe = match health_check_path {
+        None => tcp(),
+        Some(path) => match crate::upstream::HttpHealthCheck::new(e, path) {
+            Ok(check) => Some(Arc::new(check) as Arc<dyn sluice_routing::HealthCheck>),
+            Err(error) => {
+                tracing::warn!(endpoint = %e.label, %error, "cannot check the endpoint over HTTP; a TCP connect checks it instead");
+                tcp()
+            }
+        },
+    };
     sluice_routing::EndpointSpec {
         label: e.label.clone(),
         target: Some(Arc::new(e.clone())),
         kv: e.kv.clone(),
-        probe: e
-            .base_url
-            .host_str()
-            .zip(e.base_url.port_or_known_default())
-            .map(|(host, port)| format!("{host}:{port}")),
+        probe,
     }
 }
 

@@ -473,6 +473,103 @@ async fn probes_eject_an_endpoint_that_no_longer_accepts_connections_without_tra
     }
 }
 
+/// Turns a mock's `unhealthy` fault on or off: its `/health` answers 503, its port still
+/// accepts and its chat answers still come.
+async fn set_unhealthy(mock: &MockServer, unhealthy: bool) {
+    let r = reqwest::Client::new()
+        .patch(mock.base_url().replace("/v1", "/admin/faults"))
+        .json(&json!({ "unhealthy": unhealthy }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_checks_eject_an_engine_whose_health_fails_while_its_port_accepts() {
+    let mocks = engines(2, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The same two engines behind two models: `m` checks GET /health, `t` a TCP connect.
+    let checks = "health_check_interval = \"50ms\"\neject_after = 2\nslow_start = \"0s\"\n\
+                  ejection = \"200ms\"\n";
+    let mut toml = with_keys(
+        &config(
+            &mocks,
+            &format!("{checks}health_check_path = \"/health\"\nhealth_check_timeout = \"2s\"\n"),
+        ),
+        dir.path(),
+    );
+    for (i, m) in mocks.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[models.t.endpoints]]\nname = \"pod-{i}\"\nurl = \"{}\"\n",
+            m.base_url()
+        ));
+    }
+    toml.push_str(&format!("[models.t.routing]\n{checks}"));
+    let key = sluice_testkit::api_key(dir.path(), "ops", "*", "chat:write,admin");
+    let gw = TestGateway::start_toml(&toml).await;
+    let view = |model: &str, i: usize| gw.shared.models[model].router.endpoints()[i].clone();
+    let passed = |model: &str, i: usize| {
+        view(model, i)
+            .checks
+            .passed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eventually!(passed("m", 0) >= 2 && passed("m", 1) >= 2 && passed("t", 1) >= 2);
+    assert_eq!(
+        view("m", 1).health_check.as_deref(),
+        Some(format!("GET {}/health", mocks[1].base_url().trim_end_matches("/v1")).as_str())
+    );
+
+    set_unhealthy(&mocks[1], true).await;
+    // No traffic at all: the HTTP check alone ejects it, and says why.
+    assert_eventually!(view("m", 1).standing == sluice_routing::Standing::Ejected);
+    let why = view("m", 1).checks.last_failure().unwrap();
+    assert!(why.contains("503"), "{why}");
+    assert_eq!(view("m", 0).standing, sluice_routing::Standing::Healthy);
+    // A TCP connect cannot see it: the same engine passes the other model's checks.
+    let tcp_passed = passed("t", 1);
+    assert_eventually!(passed("t", 1) >= tcp_passed + 3);
+    assert_eq!(view("t", 1).standing, sluice_routing::Standing::Healthy);
+    assert_eq!(view("t", 1).checks.last_failure(), None);
+    // Requests go to the well engine.
+    for _ in 0..4 {
+        assert_eq!(
+            ask_as(&gw, Some(&key), &conversation("h", 1), None).await.0,
+            "pod-0"
+        );
+    }
+    // The admin view and the metrics show the checks.
+    let pods = admin_get(&gw, &key, "/v1/admin/endpoints").await;
+    let sick = pods["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["model"] == "m" && p["name"] == "pod-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(sick["standing"], "ejected", "{sick}");
+    assert!(
+        sick["health_check"]["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{sick}"
+    );
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains(
+            "sluice_endpoint_health_checks_total{model=\"m\",pod=\"pod-1\",kind=\"failed\"}"
+        ),
+        "{metrics}"
+    );
+
+    // Well again: its checks pass and it is back in rotation.
+    set_unhealthy(&mocks[1], false).await;
+    assert_eventually!(view("m", 1).standing == sluice_routing::Standing::Healthy);
+    assert_eq!(view("m", 1).checks.last_failure(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_come_and_go_through_the_admin_api() {
     let mocks = engines(2, false).await;
@@ -500,11 +597,17 @@ async fn endpoints_come_and_go_through_the_admin_api() {
 
     let added = post(
         &admin,
-        json!({"model": "m", "endpoint": {"name": "pod-new", "url": mocks[1].base_url()}}),
+        json!({"model": "m", "endpoint": {"name": "pod-new", "url": mocks[1].base_url(),
+                                          "timeouts": {"total": "17m"}}}),
     )
     .await
     .unwrap();
     assert_eq!(added.status(), 201);
+    // A cache miss waits as long as the slowest endpoint's answer may take, added ones too.
+    assert_eq!(
+        gw.shared.models["m"].cache_wait(),
+        Duration::from_secs(17 * 60)
+    );
     let view: Value = added.json().await.unwrap();
     assert_eq!(
         (view["name"].as_str(), view["standing"].as_str()),

@@ -1,11 +1,13 @@
 //! Token-length distributions for synthetic prompts and answers: `128` (fixed),
 //! `uniform:64-256` (inclusive), `normal:200,50` (mean, standard deviation; rounded and
-//! clamped to at least 1).
+//! clamped to at least 1). And [`PauseDist`], a user's think time between two turns.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::prng::Rng;
+use crate::units::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LengthDist {
@@ -119,9 +121,108 @@ impl serde::Serialize for LengthDist {
     }
 }
 
+/// How long a user takes between an answer and their next question: `0` (no pause: the
+/// next turn is sent as soon as a request slot comes), `5s` (fixed) or `exp:5s`
+/// (exponential with that mean: most replies come quickly, a few much later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PauseDist {
+    #[default]
+    None,
+    Fixed(Duration),
+    Exponential {
+        mean: Duration,
+    },
+}
+
+impl PauseDist {
+    pub fn sample(&self, rng: &mut Rng) -> Duration {
+        match *self {
+            PauseDist::None => Duration::ZERO,
+            PauseDist::Fixed(d) => d,
+            PauseDist::Exponential { mean } => {
+                Duration::try_from_secs_f64(rng.exponential(mean.as_secs_f64()))
+                    .unwrap_or(Duration::MAX)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("think time `{text}`: {problem} (expected `0`, `5s` or `exp:5s`)")]
+pub struct PauseError {
+    pub text: String,
+    pub problem: String,
+}
+
+impl FromStr for PauseDist {
+    type Err = PauseError;
+
+    fn from_str(text: &str) -> Result<Self, PauseError> {
+        let err = |problem: String| PauseError {
+            text: text.to_owned(),
+            problem,
+        };
+        let t = text.trim();
+        if t == "0" {
+            return Ok(PauseDist::None);
+        }
+        let (exponential, duration) = match t.strip_prefix("exp:") {
+            Some(rest) => (true, rest),
+            None if t.contains(':') => return Err(err("unknown distribution".into())),
+            None => (false, t),
+        };
+        let d = parse_duration(duration).map_err(|e| err(e.to_string()))?;
+        Ok(match (exponential, d.is_zero()) {
+            (_, true) => PauseDist::None,
+            (true, false) => PauseDist::Exponential { mean: d },
+            (false, false) => PauseDist::Fixed(d),
+        })
+    }
+}
+
+impl fmt::Display for PauseDist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PauseDist::None => write!(f, "0"),
+            PauseDist::Fixed(d) => write!(f, "{}s", d.as_secs_f64()),
+            PauseDist::Exponential { mean } => write!(f, "exp:{}s", mean.as_secs_f64()),
+        }
+    }
+}
+
+impl serde::Serialize for PauseDist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_parse_print_and_sample() {
+        assert_eq!("0".parse::<PauseDist>().unwrap(), PauseDist::None);
+        assert_eq!("0s".parse::<PauseDist>().unwrap(), PauseDist::None);
+        let fixed: PauseDist = "1.5s".parse().unwrap();
+        assert_eq!(fixed, PauseDist::Fixed(Duration::from_millis(1500)));
+        assert_eq!(fixed.to_string(), "1.5s");
+        let exp: PauseDist = " exp:200ms ".parse().unwrap();
+        assert_eq!(exp.to_string(), "exp:0.2s");
+        assert_eq!(exp.to_string().parse::<PauseDist>().unwrap(), exp);
+        for bad in ["5", "exp:", "gamma:5s", "-1s", "exp:xs"] {
+            let e = bad.parse::<PauseDist>().unwrap_err();
+            assert!(e.to_string().contains(bad.trim()), "{e}");
+        }
+        let mut rng = Rng::new(3);
+        assert_eq!(fixed.sample(&mut rng), Duration::from_millis(1500));
+        let n = 20_000;
+        let mean = (0..n)
+            .map(|_| exp.sample(&mut rng).as_secs_f64())
+            .sum::<f64>()
+            / f64::from(n);
+        assert!((mean - 0.2).abs() < 0.01, "mean {mean}");
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -48,7 +48,7 @@ pub mod workload;
 
 pub use arrival::Arrival;
 pub use config::{ConnectionReuse, LoadConfig, Mode};
-pub use dist::LengthDist;
+pub use dist::{LengthDist, PauseDist};
 pub use error::{LoadError, ReportError};
 pub use gate::Outcome;
 pub use load_test::{run, run_interruptible, LoadTestResult};

@@ -6,7 +6,7 @@ mod common;
 
 use common::capture::capture_server;
 use common::{config, zero_mock};
-use sluice_load::{Bound, LengthDist, Mode, WorkloadSpec};
+use sluice_load::{Bound, LengthDist, Mode, PauseDist, WorkloadSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthetic_requests_carry_lengths_headers_and_usage_options() {
@@ -54,6 +54,7 @@ async fn multi_turn_resends_history_with_the_real_answers() {
         system_prompt_tokens: 10,
         input_tokens: LengthDist::Fixed(5),
         output_tokens: LengthDist::Fixed(8),
+        think_time: PauseDist::None,
     };
     c.mode = Mode::Concurrency { concurrency: 2 };
     c.bound.requests = Some(12);

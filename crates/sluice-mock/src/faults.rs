@@ -31,6 +31,9 @@ pub struct Faults {
     pub disconnect_after_chunks: u32,
     /// Share of tool-call answers whose arguments are not valid JSON.
     pub invalid_tool_args_rate: f64,
+    /// `/health` answers 503, as vLLM's does once its engine has died while its HTTP server
+    /// still accepts connections; chat requests are answered as the other knobs say.
+    pub unhealthy: bool,
     pub seed: u64,
 }
 
@@ -47,6 +50,7 @@ impl Default for Faults {
             disconnect_rate: 0.0,
             disconnect_after_chunks: 2,
             invalid_tool_args_rate: 0.0,
+            unhealthy: false,
             seed: 0,
         }
     }

@@ -739,6 +739,25 @@ async fn api_key_models_health_and_request_ids() {
         health.json::<Value>().await.unwrap(),
         json!({"status": "ok"})
     );
+    // A dead engine behind a live HTTP server: /health says so, chat is still served.
+    let patched = client
+        .patch(format!("{}/admin/faults", root(&server)))
+        .json(&json!({"unhealthy": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let health = client
+        .get(format!("{}/health", root(&server)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "unhealthy"})
+    );
+    server.engine().set_faults(sluice_mock::Faults::default());
 
     let s = stats(&server).await;
     assert_eq!(s.recent_request_ids, ["req-123", "req-456"]);

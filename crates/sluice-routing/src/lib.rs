@@ -9,12 +9,14 @@
 //!   and on gaps, purge on restart, reconnect with backoff.
 //! - [`ModelRouter`]: a model's endpoints ranked per request by its policy (round robin,
 //!   least loaded, prefix aware) with session affinity on top; the load each endpoint carries.
+//! - [`HealthCheck`]: how an endpoint is checked while no traffic reaches it.
 //! - [`PromptTokenizer`]: a chat request's prompt tokens as the engine computes them (the
 //!   model's tokenizer and chat template, or the mock engine's).
 //! - [`zmtp`]: the client side of ZeroMQ's wire protocol, for the engines' event sockets.
 
 pub mod blocks;
 mod health;
+mod health_check;
 mod kv_subscriber;
 mod load;
 mod prefix_index;
@@ -25,6 +27,7 @@ pub mod zmtp;
 
 pub use blocks::{BlockHasher, OwnHash};
 pub use health::{EndpointHealth, HealthSettings, Outcome, Standing};
+pub use health_check::{CheckRecord, HealthCheck, TcpConnect};
 pub use kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
 pub use load::{EndpointLoad, LoadGuard, LoadSnapshot};
 pub use prefix_index::{Applied, PodId, PodSummary, PrefixIndex, Rejected};

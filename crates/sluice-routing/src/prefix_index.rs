@@ -12,11 +12,12 @@
 //! another holds.
 //!
 //! One lock over the whole index: a match takes it shared once for the whole prompt; an event
-//! batch takes it exclusively for as long as applying the batch takes (microseconds for the
-//! batches engines send, see `docs/benchmarks.md`), so a read waits at most that long.
+//! batch takes it exclusively, but hands it to waiting readers every [`YIELD_EVERY`] blocks
+//! ([`Exclusive`]), so a match waits for at most that many blocks of work, however large the
+//! batch (a long prompt's chain, a replay), and never behind a run of batches.
 
 use hashbrown::HashMap;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use sluice_api::kv_events::{BlockHash, BlockStored, KvEvent};
 use smallvec::SmallVec;
 use thiserror::Error;
@@ -36,6 +37,39 @@ const MAX_ROUTED_PER_POD: usize = 1 << 20;
 /// until the engine reports some removed: an engine that never does cannot grow the index
 /// without end.
 const MAX_STORED_PER_POD: usize = 1 << 21;
+
+/// Blocks of work done under the write lock between two hand-overs to waiting readers: about
+/// 100 µs when the index is far larger than the CPU caches (docs/benchmarks.md, "At scale").
+const YIELD_EVERY: u32 = 48;
+
+/// The write lock held over work of many blocks, handed to waiting threads every
+/// [`YIELD_EVERY`] blocks. Whoever got it meanwhile may have changed anything: after a
+/// hand-over the work re-checks what it relies on (the pod's epoch).
+struct Exclusive<'a> {
+    guard: RwLockWriteGuard<'a, State>,
+    since_yield: u32,
+}
+
+impl<'a> Exclusive<'a> {
+    fn new(guard: RwLockWriteGuard<'a, State>) -> Self {
+        Exclusive {
+            guard,
+            since_yield: 0,
+        }
+    }
+
+    /// Counts one block of work; returns whether the lock was handed over just now.
+    fn step(&mut self) -> bool {
+        self.since_yield += 1;
+        if self.since_yield < YIELD_EVERY {
+            return false;
+        }
+        self.since_yield = 0;
+        // Unlocks fairly (to a waiting thread, if any) and locks again.
+        RwLockWriteGuard::bump(&mut self.guard);
+        true
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Holder {
@@ -250,12 +284,16 @@ impl PrefixIndex {
 
     /// Applies one batch's events from `pod`'s engine, unless the pod was retired since
     /// `epoch` (then nothing, and `None`).
+    /// (Retired while the batch was being applied: what was applied is purged, and
+    /// `None`.)
     pub fn apply_from(&self, pod: PodId, epoch: u64, events: &[KvEvent]) -> Option<Applied> {
-        let mut state = self.state.write();
-        if state.pods.get(pod.0 as usize)?.epoch != epoch {
+        let current =
+            |state: &State| state.pods.get(pod.0 as usize).map(|p| p.epoch) == Some(epoch);
+        let mut ex = Exclusive::new(self.state.write());
+        if !current(&ex.guard) {
             return None;
         }
-        Some(self.apply_locked(&mut state, pod, events))
+        self.apply_locked(&mut ex, pod, events, current)
     }
 
     /// [`PrefixIndex::purge`], unless the pod was retired since `epoch`.
@@ -272,14 +310,24 @@ impl PrefixIndex {
 
     /// Applies one batch's events from `pod`'s engine.
     pub fn apply(&self, pod: PodId, events: &[KvEvent]) -> Applied {
-        let mut state = self.state.write();
-        if pod.0 as usize >= state.pods.len() {
+        let mut ex = Exclusive::new(self.state.write());
+        if pod.0 as usize >= ex.guard.pods.len() {
             return Applied::default();
         }
-        self.apply_locked(&mut state, pod, events)
+        // Pods are never dropped from the index: it stays valid.
+        self.apply_locked(&mut ex, pod, events, |_| true)
+            .unwrap_or_default()
     }
 
-    fn apply_locked(&self, state: &mut State, pod: PodId, events: &[KvEvent]) -> Applied {
+    /// `valid` is asked again after each hand-over of the lock; once it says no, the rest
+    /// of the batch is dropped and `None` returned.
+    fn apply_locked(
+        &self,
+        ex: &mut Exclusive<'_>,
+        pod: PodId,
+        events: &[KvEvent],
+        valid: impl Fn(&State) -> bool,
+    ) -> Option<Applied> {
         let mut applied = Applied::default();
         for event in events {
             match event {
@@ -288,9 +336,13 @@ impl PrefixIndex {
                         applied.ignored += 1;
                         continue;
                     }
-                    if let Err(e) = self.store(state, pod, s, &mut applied) {
-                        applied.rejected += 1;
-                        applied.first_rejection.get_or_insert(e);
+                    match self.store(ex, pod, s, &mut applied, &valid) {
+                        Ok(true) => {}
+                        Ok(false) => return None,
+                        Err(e) => {
+                            applied.rejected += 1;
+                            applied.first_rejection.get_or_insert(e);
+                        }
                     }
                 }
                 KvEvent::BlockRemoved(r) => {
@@ -299,26 +351,31 @@ impl PrefixIndex {
                         continue;
                     }
                     for h in &r.block_hashes {
-                        applied.removed += state.remove(pod, *h) as u64;
+                        applied.removed += ex.guard.remove(pod, *h) as u64;
+                        if ex.step() && !valid(&ex.guard) {
+                            return None;
+                        }
                     }
                 }
                 KvEvent::AllBlocksCleared => {
-                    state.purge(pod);
+                    ex.guard.purge(pod);
                     applied.cleared += 1;
                 }
                 KvEvent::Other(_) => applied.ignored += 1,
             }
         }
-        applied
+        Some(applied)
     }
 
+    /// `Ok(false)`: `valid` said no after a hand-over of the lock (the rest is dropped).
     fn store(
         &self,
-        state: &mut State,
+        ex: &mut Exclusive<'_>,
         pod: PodId,
         s: &BlockStored,
         applied: &mut Applied,
-    ) -> Result<(), Rejected> {
+        valid: impl Fn(&State) -> bool,
+    ) -> Result<bool, Rejected> {
         let size = self.hasher.block_size();
         if s.block_size as usize != size {
             return Err(Rejected::BlockSize {
@@ -338,20 +395,23 @@ impl PrefixIndex {
         // buffer): the chain is stored as a new root rather than dropped.
         let mut parent = s
             .parent_block_hash
-            .and_then(|p| state.pods[pod.0 as usize].engine.get(&p).copied())
+            .and_then(|p| ex.guard.pods[pod.0 as usize].engine.get(&p).copied())
             .unwrap_or_else(|| self.hasher.root(adapter.as_deref()));
         for (engine_hash, tokens) in s.block_hashes.iter().zip(s.token_ids.chunks_exact(size)) {
-            let engine = &state.pods[pod.0 as usize].engine;
+            let engine = &ex.guard.pods[pod.0 as usize].engine;
             if engine.len() >= self.max_stored_per_pod && !engine.contains_key(engine_hash) {
                 return Err(Rejected::PodFull {
                     limit: self.max_stored_per_pod,
                 });
             }
             let own = self.hasher.next(parent, tokens);
-            applied.stored += state.store(pod, *engine_hash, own) as u64;
+            applied.stored += ex.guard.store(pod, *engine_hash, own) as u64;
             parent = own;
+            if ex.step() && !valid(&ex.guard) {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Drops everything `pod` holds (its engine restarted or cleared its cache, or the pod
@@ -378,27 +438,37 @@ impl PrefixIndex {
         }
     }
 
-    /// Forgets routed blocks whose time has passed.
+    /// Forgets routed blocks whose time has passed. A pod's routed blocks are looked
+    /// through under the shared lock; only the expired ones are dropped under the exclusive
+    /// one, handing it over as a batch does.
     pub fn sweep(&self, now_ms: u64) {
-        let mut state = self.state.write();
-        for i in 0..state.pods.len() {
+        let pods = self.state.read().pods.len();
+        for i in 0..pods {
             let pod = PodId(i as u32);
-            let routed = &mut state.pods[i].routed;
-            let expired: Vec<OwnHash> = routed
+            let expired: Vec<OwnHash> = self.state.read().pods[i]
+                .routed
                 .iter()
                 .filter(|(_, &until)| until <= now_ms)
                 .map(|(&own, _)| own)
                 .collect();
-            for own in &expired {
-                routed.remove(own);
+            if expired.is_empty() {
+                continue;
             }
+            let mut ex = Exclusive::new(self.state.write());
             for own in expired {
-                state.forget(own, pod, |h| {
+                // Routed again since it was looked at: it counts on.
+                let routed = &mut ex.guard.pods[i].routed;
+                if routed.get(&own).is_none_or(|&until| until > now_ms) {
+                    continue;
+                }
+                routed.remove(&own);
+                ex.guard.forget(own, pod, |h| {
                     if h.routed_until <= now_ms {
                         h.routed_until = 0;
                     }
                     h.stored > 0 || h.routed_until > 0
                 });
+                ex.step();
             }
         }
     }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::blocks::{BlockHasher, OwnHash};
 use crate::health::{EndpointHealth, HealthSettings, Outcome, Standing};
+use crate::health_check::{CheckRecord, HealthCheck};
 use crate::kv_subscriber::{KvSource, KvSubscriber, SubscriberSettings, SubscriberStats};
 use crate::load::{EndpointLoad, LoadGuard, LoadSnapshot};
 use crate::prefix_index::{PodId, PodSummary, PrefixIndex};
@@ -71,8 +72,10 @@ pub struct RoutingSettings {
     pub health: HealthSettings,
     /// How many attempts a request may make, and the retry budget.
     pub retry: RetrySettings,
-    /// How often each endpoint is probed (a TCP connect, 1 s at most); `None`: never.
+    /// How often each endpoint's health check runs; `None`: never.
     pub health_check_interval: Option<Duration>,
+    /// How long one health check may take before it counts as failed.
+    pub health_check_timeout: Duration,
     /// Prefix-aware: an endpoint sent more than `max_share` × the mean of the requests lately
     /// (decaying over about ten seconds) is first only when no other endpoint is under it, so
     /// a prefix every request shares (a common system prompt) cannot draw all the traffic
@@ -93,6 +96,7 @@ impl Default for RoutingSettings {
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
             health_check_interval: Some(Duration::from_secs(5)),
+            health_check_timeout: Duration::from_secs(1),
             max_share: 1.3,
         }
     }
@@ -266,8 +270,8 @@ pub struct EndpointSpec {
     pub target: Option<EndpointTarget>,
     /// Where its engine publishes KV events, if it does.
     pub kv: Option<KvSource>,
-    /// `HOST:PORT` to probe (a TCP connect) every `health_check_interval`.
-    pub probe: Option<String>,
+    /// Its active health check, run every `health_check_interval`.
+    pub probe: Option<Arc<dyn HealthCheck>>,
 }
 
 struct RoutedEndpoint {
@@ -277,7 +281,8 @@ struct RoutedEndpoint {
     load: Arc<EndpointLoad>,
     pod: Option<PodId>,
     kv: Option<KvSource>,
-    probe: Option<String>,
+    probe: Option<Arc<dyn HealthCheck>>,
+    checks: Arc<CheckRecord>,
     health: EndpointHealth,
     /// Requests sent lately, decaying (for `max_share`).
     recent: Mutex<Recent>,
@@ -385,6 +390,9 @@ pub struct EndpointView {
     pub events: Option<Arc<SubscriberStats>>,
     pub standing: Standing,
     pub ejections: u64,
+    /// What its health check checks (`None`: not checked), and what the checks found.
+    pub health_check: Option<String>,
+    pub checks: Arc<CheckRecord>,
 }
 
 impl ModelRouter {
@@ -430,6 +438,7 @@ impl ModelRouter {
             load: Arc::new(EndpointLoad::default()),
             kv: e.kv,
             probe: e.probe,
+            checks: Arc::default(),
             health: EndpointHealth::default(),
             recent: Mutex::new(Recent::default()),
         })
@@ -475,9 +484,9 @@ impl ModelRouter {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((e.id, follower));
         }
-        if let (Some(every), Some(address)) = (self.settings.health_check_interval, &e.probe) {
+        if let (Some(every), Some(check)) = (self.settings.health_check_interval, &e.probe) {
             let (router, endpoint) = (Arc::downgrade(self), Arc::downgrade(e));
-            handle.spawn(probe(router, endpoint, address.clone(), every));
+            handle.spawn(probe(router, endpoint, check.clone(), every));
         }
     }
 
@@ -868,6 +877,12 @@ impl ModelRouter {
                     .map(|(_, s)| s.stats.clone()),
                 standing: e.health.standing(&self.settings.health, self.now_ms()),
                 ejections: e.health.ejections_total.load(Ordering::Relaxed),
+                health_check: e
+                    .probe
+                    .as_ref()
+                    .filter(|_| self.settings.health_check_interval.is_some())
+                    .map(|p| p.describe()),
+                checks: e.checks.clone(),
             })
             .collect()
     }
@@ -894,28 +909,26 @@ fn least_loaded(endpoints: &[Arc<RoutedEndpoint>], start: usize) -> Vec<usize> {
     order
 }
 
-/// Active health checks of one endpoint: a TCP connect every `every`, for as long as the
-/// endpoint is in the router's table. An engine that refuses or does not answer within a
-/// second fails it.
+/// Active health checks of one endpoint: its check every `every`, for as long as the
+/// endpoint is in the router's table. A check that fails or does not finish within
+/// `health_check_timeout` counts as a failure.
 async fn probe(
     router: Weak<ModelRouter>,
     endpoint: Weak<RoutedEndpoint>,
-    address: String,
+    check: Arc<dyn HealthCheck>,
     every: Duration,
 ) {
-    // The first probe one interval after start: requests meet the endpoints first.
+    // The first check one interval after start: requests meet the endpoints first.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(limit) = router.upgrade().map(|r| r.settings.health_check_timeout) else {
+        return;
+    };
     loop {
         tick.tick().await;
-        let reached = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(address.as_str()),
-        )
-        .await;
-        let outcome = match reached {
-            Ok(Ok(_)) => Outcome::Success,
-            _ => Outcome::Failure,
+        let result = match tokio::time::timeout(limit, check.check()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("{}: no answer within {limit:?}", check.describe())),
         };
         let (Some(router), Some(endpoint)) = (router.upgrade(), endpoint.upgrade()) else {
             return;
@@ -923,6 +936,14 @@ async fn probe(
         if router.table().position(endpoint.id).is_none() {
             return;
         }
+        if let Err(why) = &result {
+            tracing::debug!(endpoint = %endpoint.label, %why, "health check failed");
+        }
+        endpoint.checks.record(&result);
+        let outcome = match result {
+            Ok(()) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
         endpoint
             .health
             .report(outcome, &router.settings.health, router.now_ms());

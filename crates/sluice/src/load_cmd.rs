@@ -17,7 +17,7 @@ use sluice_load::report::{
 use sluice_load::target::parse_weights;
 use sluice_load::units::{parse_duration, parse_fraction, parse_threshold};
 use sluice_load::{
-    Arrival, Bound, ConnectionReuse, LengthDist, LoadConfig, LoadError, Mode, Outcome,
+    Arrival, Bound, ConnectionReuse, LengthDist, LoadConfig, LoadError, Mode, Outcome, PauseDist,
     RepeatedPrompts, Slo, Warmup, WorkloadSpec,
 };
 
@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// multi-turn: turns per conversation.
     #[arg(long, default_value_t = 4)]
     pub turns: u32,
+    /// multi-turn: a user's pause between an answer and their next question: 0 (none),
+    /// 5s (fixed) or exp:5s (exponential, that mean). With a pause many conversations are
+    /// open at once and their turns arrive interleaved, as from real users.
+    #[arg(long, default_value = "0", value_parser = pause, value_name = "PAUSE")]
+    pub think_time: PauseDist,
     /// Share of requests (0–1) that repeat one of --repeat-prompts popular requests, the
     /// rest each their own: traffic for an inference cache. Synthetic and shared-prefix
     /// workloads.
@@ -325,6 +330,11 @@ fn threshold(s: &str) -> Result<f64, String> {
 fn length(s: &str) -> Result<LengthDist, String> {
     s.parse()
         .map_err(|e: sluice_load::dist::DistError| e.to_string())
+}
+
+fn pause(s: &str) -> Result<PauseDist, String> {
+    s.parse()
+        .map_err(|e: sluice_load::dist::PauseError| e.to_string())
 }
 
 fn header(s: &str) -> Result<(String, String), String> {
@@ -542,6 +552,7 @@ fn config_from(a: &RunArgs) -> Result<LoadConfig, String> {
             system_prompt_tokens: a.system_prompt_tokens.unwrap_or(0),
             input_tokens: a.input_tokens,
             output_tokens: a.output_tokens,
+            think_time: a.think_time,
         },
         WorkloadArg::File => WorkloadSpec::File {
             path: a

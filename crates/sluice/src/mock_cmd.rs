@@ -109,6 +109,10 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0.0)]
     pub invalid_tool_args_rate: f64,
 
+    /// `/health` answers 503 (an engine that died behind a live HTTP server).
+    #[arg(long)]
+    pub unhealthy: bool,
+
     /// Seed of the fault draws: the same seed fails the same requests.
     #[arg(long, default_value_t = 0)]
     pub fault_seed: u64,
@@ -193,6 +197,7 @@ impl MockArgs {
             disconnect_rate: self.disconnect_rate,
             disconnect_after_chunks: self.disconnect_after_chunks,
             invalid_tool_args_rate: self.invalid_tool_args_rate,
+            unhealthy: self.unhealthy,
             seed: self.fault_seed,
         };
         // The knobs are named in the message as JSON fields; map them back to flags.

@@ -289,7 +289,7 @@ async fn cache_lookup(ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
             match flights.join(key) {
                 sluice_cache::Role::Leader(leader) => ctx.cache_leader = Some(leader),
                 sluice_cache::Role::Waiter(waiter) => {
-                    let waited = waiter.wait(model.cache_wait).await;
+                    let waited = waiter.wait(model.cache_wait()).await;
                     let served = match waited {
                         sluice_cache::Waited::Served(entry) => hit_answer(&entry, stream),
                         sluice_cache::Waited::GoUpstream => None,

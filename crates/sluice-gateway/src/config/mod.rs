@@ -1721,4 +1721,50 @@ mod tests {
             Some(sluice_routing::PromptTokenizer::Mock)
         ));
     }
+
+    #[test]
+    fn health_check_settings_are_checked() {
+        let config = |routing: &str| {
+            format!(
+                "[models.m]\n[[models.m.endpoints]]\nurl = \"http://127.0.0.1:9/v1\"\n\
+                 [models.m.routing]\n{routing}\n"
+            )
+        };
+        let c = resolve(&config(
+            "health_check_path = \"/health?deep=1\"\nhealth_check_timeout = \"300ms\"",
+        ))
+        .unwrap();
+        let routing = &c.models["m"].routing;
+        assert_eq!(routing.health_check_path.as_deref(), Some("/health?deep=1"));
+        assert_eq!(
+            routing.settings.health_check_timeout,
+            Duration::from_millis(300)
+        );
+        let c = resolve(&config("")).unwrap();
+        assert_eq!(c.models["m"].routing.health_check_path, None);
+        for (routing, key, says) in [
+            (
+                "health_check_path = \"health\"",
+                "health_check_path",
+                "\"/health\"",
+            ),
+            (
+                "health_check_path = \"/a b\"",
+                "health_check_path",
+                "not a URL path",
+            ),
+            (
+                "health_check_timeout = \"0s\"",
+                "health_check_timeout",
+                "longer than 0s",
+            ),
+        ] {
+            let p = problems(&config(routing));
+            let found = p
+                .iter()
+                .find(|p| p.key == format!("models.m.routing.{key}"))
+                .unwrap_or_else(|| panic!("{routing}: {p:?}"));
+            assert!(found.message.contains(says), "{}", found.message);
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! session_ttl = "10m"          # pin x-session-id to its endpoint this long
 //! imbalance = 2.0
 //! prefill_weight = 1.0
+//! health_check_path = "/health" # GET it on each endpoint's host; absent: a TCP connect
 //!
 //! [[models.llama.endpoints]]
 //! url = "http://vllm-0:8000/v1"
@@ -66,9 +67,15 @@ pub struct RoutingConfig {
     pub cooldown: Option<ConfigDuration>,
     /// How long an endpoint back from an ejection takes to get its full share. Default 10s.
     pub slow_start: Option<ConfigDuration>,
-    /// How often each endpoint is probed (a TCP connect to its host and port; a failed
-    /// probe counts as a failure). Default 5s; "0s": never.
+    /// How often each endpoint's health is checked (a failed check counts as a failure).
+    /// Default 5s; "0s": never.
     pub health_check_interval: Option<ConfigDuration>,
+    /// The check: `GET` this path on the endpoint's host and port (not under its base URL's
+    /// path), which must answer 2xx — vLLM's `/health` answers 500 once its engine died while
+    /// its port still accepts. Absent: a TCP connect to the host and port.
+    pub health_check_path: Option<String>,
+    /// How long one check may take before it fails. Default 1s.
+    pub health_check_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,6 +91,8 @@ pub enum PolicyName {
 pub struct ResolvedRouting {
     pub settings: RoutingSettings,
     pub tokenizer: Option<PromptTokenizer>,
+    /// `health_check_path`: endpoints are checked over HTTP, else by a TCP connect.
+    pub health_check_path: Option<String>,
 }
 
 pub fn resolve(
@@ -209,6 +218,32 @@ pub fn resolve(
         }
         Some(n) => n,
     };
+    let health_check_path = c.health_check_path.and_then(|path| {
+        match path.parse::<http::uri::PathAndQuery>() {
+            Ok(p) if path.starts_with('/') => Some(p.to_string()),
+            _ => {
+                push(
+                    ".health_check_path",
+                    format!(
+                        "`{path}` is not a URL path; write the path the engine answers health                          checks on, from the root of its host (vLLM: \"/health\")"
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let health_check_timeout = match c.health_check_timeout {
+        None => defaults.health_check_timeout,
+        Some(d) if !d.0.is_zero() => d.0,
+        Some(_) => {
+            push(
+                ".health_check_timeout",
+                "must be longer than 0s (to turn checks off, set health_check_interval = \"0s\")"
+                    .into(),
+            );
+            defaults.health_check_timeout
+        }
+    };
     ResolvedRouting {
         settings: RoutingSettings {
             policy,
@@ -236,7 +271,9 @@ pub fn resolve(
                 Some(d) if d.0.is_zero() => None,
                 Some(d) => Some(d.0),
             },
+            health_check_timeout,
         },
         tokenizer,
+        health_check_path,
     }
 }

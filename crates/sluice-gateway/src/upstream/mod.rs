@@ -13,6 +13,7 @@
 //! the gateway's own work.)
 
 pub(crate) mod h1;
+mod health;
 mod pool;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 pub use h1::ResponseError;
+pub use health::HttpHealthCheck;
 use pool::{ConnectError, ConnectionPool};
 pub use pool::{PoolStats, PooledBody};
 

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::dist::LengthDist;
+use crate::dist::{LengthDist, PauseDist};
 use crate::prng::Rng;
 use crate::tokenizer::TokenCounter;
 
@@ -53,6 +53,8 @@ pub enum WorkloadSpec {
         system_prompt_tokens: u32,
         input_tokens: LengthDist,
         output_tokens: LengthDist,
+        /// A user's pause between an answer and the next question.
+        think_time: PauseDist,
     },
     File {
         path: PathBuf,
@@ -186,12 +188,14 @@ impl Workload {
                 system_prompt_tokens,
                 input_tokens,
                 output_tokens,
+                think_time,
             } => WorkloadKind::MultiTurn(ConversationPool::new(
                 shape,
                 *turns,
                 *system_prompt_tokens,
                 *input_tokens,
                 *output_tokens,
+                *think_time,
             )),
             WorkloadSpec::File {
                 path,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, Uri};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -120,8 +120,16 @@ async fn models(State(engine): State<Arc<MockEngine>>, headers: HeaderMap) -> Re
     Json(list).into_response()
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// 200 while well; 503 with the `unhealthy` fault, as vLLM answers once its engine died.
+async fn health(State(engine): State<Arc<MockEngine>>) -> (StatusCode, Json<serde_json::Value>) {
+    if engine.faults().unhealthy {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy"})),
+        )
+    } else {
+        (StatusCode::OK, Json(json!({"status": "ok"})))
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -89,6 +89,68 @@ fn a_retired_pod_refuses_what_followers_started_before_apply_but_not_new_ones() 
     assert_eq!(matched(&ix, &p, &[a]), vec![0]);
 }
 
+/// A chain of `blocks` blocks named `first..`, its tokens distinct from every other chain's.
+fn long_chain(first: u64, blocks: usize) -> KvEvent {
+    let tokens: Vec<u32> = (0..(blocks * BS) as u32)
+        .map(|t| t + first as u32)
+        .collect();
+    let hashes: Vec<u64> = (first..first + blocks as u64).collect();
+    stored(&hashes, None, &tokens)
+}
+
+#[test]
+fn a_long_batch_stops_where_a_hand_over_of_the_lock_made_it_invalid() {
+    let ix = index();
+    let a = ix.pod("a");
+    let blocks = 10 * YIELD_EVERY as usize;
+    // Valid until the first hand-over, as if the pod were retired while the lock was away.
+    let asked = std::cell::Cell::new(0);
+    let mut ex = Exclusive::new(ix.state.write());
+    let out = ix.apply_locked(&mut ex, a, &[long_chain(1, blocks)], |_| {
+        asked.set(asked.get() + 1);
+        false
+    });
+    drop(ex);
+    assert_eq!(out, None);
+    assert_eq!(asked.get(), 1, "asked once, at the first hand-over");
+    assert_eq!(ix.summary()[0].stored_blocks, u64::from(YIELD_EVERY));
+    // Removals hand over too.
+    let hashes: Vec<u64> = (1..=u64::from(YIELD_EVERY)).collect();
+    let mut ex = Exclusive::new(ix.state.write());
+    let out = ix.apply_locked(&mut ex, a, &[removed(&hashes)], |_| false);
+    drop(ex);
+    assert_eq!(out, None);
+    assert_eq!(ix.summary()[0].stored_blocks, 0);
+    // Valid throughout: the whole batch.
+    let applied = ix.apply(a, &[long_chain(1, blocks)]);
+    assert_eq!(applied.stored, blocks as u64);
+}
+
+#[test]
+fn a_pod_retired_while_its_long_batches_apply_keeps_nothing_of_them() {
+    // Whenever the retire lands (before, between or inside batches, at a hand-over of the
+    // lock), nothing the old follower applied survives it.
+    for round in 0..20u64 {
+        let ix = std::sync::Arc::new(index());
+        let a = ix.pod("a");
+        let epoch = ix.epoch(a);
+        let follower = {
+            let ix = ix.clone();
+            std::thread::spawn(move || {
+                for batch in 0..20u64 {
+                    let first = (round * 100 + batch) * 100_000;
+                    ix.apply_from(a, epoch, &[long_chain(first, 2_000)]);
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_micros(round * 500));
+        ix.retire(a);
+        follower.join().unwrap();
+        assert_eq!(ix.summary()[0].stored_blocks, 0, "round {round}");
+        assert_eq!(ix.blocks(), 0, "round {round}");
+    }
+}
+
 #[test]
 fn a_pod_holds_at_most_its_bound_and_takes_more_once_some_are_removed() {
     let ix = PrefixIndex::new(BlockHasher::new(BS)).with_max_stored_per_pod(3);
