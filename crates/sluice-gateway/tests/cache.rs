@@ -315,17 +315,8 @@ fn streamed_text(events: &[String]) -> (String, bool) {
     (text, events.last().map(String::as_str) == Some("[DONE]"))
 }
 
-fn patch_faults(mock: &MockServer, faults: Value) -> impl std::future::Future<Output = ()> {
-    let url = mock.base_url().replace("/v1", "/admin/faults");
-    async move {
-        let r = reqwest::Client::new()
-            .patch(url)
-            .json(&faults)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
+async fn patch_faults(mock: &MockServer, faults: Value) {
+    sluice_testkit::patch_mock_faults(mock, faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

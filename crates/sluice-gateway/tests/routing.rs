@@ -476,13 +476,7 @@ async fn probes_eject_an_endpoint_that_no_longer_accepts_connections_without_tra
 /// Turns a mock's `unhealthy` fault on or off: its `/health` answers 503, its port still
 /// accepts and its chat answers still come.
 async fn set_unhealthy(mock: &MockServer, unhealthy: bool) {
-    let r = reqwest::Client::new()
-        .patch(mock.base_url().replace("/v1", "/admin/faults"))
-        .json(&json!({ "unhealthy": unhealthy }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    sluice_testkit::patch_mock_faults(mock, json!({ "unhealthy": unhealthy })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,21 @@ pub async fn start_mock(opts: MockOptions) -> MockServer {
         .expect("mock engine starts")
 }
 
+/// Changes the named fault settings of a running mock (`PATCH /admin/faults`).
+pub async fn patch_mock_faults(mock: &MockServer, faults: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .patch(mock.base_url().replace("/v1", "/admin/faults"))
+        .json(&faults)
+        .send()
+        .await
+        .expect("the mock's admin API answers");
+    assert!(
+        r.status().is_success(),
+        "PATCH /admin/faults: {}",
+        r.status()
+    );
+}
+
 /// The base URL of a loopback port nothing listens on (bound, then released): connections
 /// to it are refused.
 pub fn refused_url() -> String {
