@@ -17,7 +17,9 @@
 //! batch (a long prompt's chain, a replay), and never behind a run of batches.
 
 use hashbrown::HashMap;
-use parking_lot::{RwLock, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use sluice_api::kv_events::{BlockHash, BlockStored, KvEvent};
 use smallvec::SmallVec;
 use thiserror::Error;
@@ -42,22 +44,16 @@ const MAX_STORED_PER_POD: usize = 1 << 21;
 /// 100 µs when the index is far larger than the CPU caches (docs/benchmarks.md, "At scale").
 const YIELD_EVERY: u32 = 48;
 
-/// The write lock held over work of many blocks, handed to waiting threads every
-/// [`YIELD_EVERY`] blocks. Whoever got it meanwhile may have changed anything: after a
-/// hand-over the work re-checks what it relies on (the pod's epoch).
+/// The write lock held over work of many blocks, handed to waiting readers every
+/// [`YIELD_EVERY`] blocks and when the work ends. Whoever got it meanwhile may have changed
+/// anything: after a hand-over the work re-checks what it relies on (the pod's epoch).
 struct Exclusive<'a> {
     guard: RwLockWriteGuard<'a, State>,
+    readers_waiting: &'a AtomicU32,
     since_yield: u32,
 }
 
-impl<'a> Exclusive<'a> {
-    fn new(guard: RwLockWriteGuard<'a, State>) -> Self {
-        Exclusive {
-            guard,
-            since_yield: 0,
-        }
-    }
-
+impl Exclusive<'_> {
     /// Counts one block of work; returns whether the lock was handed over just now.
     fn step(&mut self) -> bool {
         self.since_yield += 1;
@@ -65,9 +61,30 @@ impl<'a> Exclusive<'a> {
             return false;
         }
         self.since_yield = 0;
-        // Unlocks fairly (to a waiting thread, if any) and locks again.
-        RwLockWriteGuard::bump(&mut self.guard);
+        self.hand_over();
         true
+    }
+
+    /// A parked reader gets the lock from a fair unlock. A reader still spinning has not
+    /// parked yet, and it may share this thread's core (a thread waking from sleep is often
+    /// put beside the one that runs): unless this thread gives up the core while the lock
+    /// is free, that reader waits out a whole time slice of batches (4 ms measured,
+    /// docs/benchmarks.md, "At scale").
+    fn hand_over(&mut self) {
+        if self.readers_waiting.load(Ordering::Relaxed) > 0 {
+            RwLockWriteGuard::unlocked_fair(&mut self.guard, std::thread::yield_now);
+        } else {
+            RwLockWriteGuard::bump(&mut self.guard);
+        }
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    /// The work's end is a hand-over too: otherwise the next batch's writer can take the
+    /// lock again before a waiting reader runs, and a run of short batches would keep it.
+    /// Costs one load when no reader waits.
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 
@@ -220,6 +237,8 @@ pub struct PodSummary {
 pub struct PrefixIndex {
     hasher: BlockHasher,
     state: RwLock<State>,
+    /// Readers blocked on the lock (or about to be), for the writer's hand-over.
+    readers_waiting: AtomicU32,
     max_stored_per_pod: usize,
 }
 
@@ -228,6 +247,7 @@ impl PrefixIndex {
         PrefixIndex {
             hasher,
             state: RwLock::new(State::default()),
+            readers_waiting: AtomicU32::new(0),
             max_stored_per_pod: MAX_STORED_PER_POD,
         }
     }
@@ -242,9 +262,28 @@ impl PrefixIndex {
         self.hasher
     }
 
+    /// The lock, shared; a reader that has to wait says so, for [`Exclusive::hand_over`].
+    fn shared(&self) -> RwLockReadGuard<'_, State> {
+        if let Some(state) = self.state.try_read() {
+            return state;
+        }
+        self.readers_waiting.fetch_add(1, Ordering::Relaxed);
+        let state = self.state.read();
+        self.readers_waiting.fetch_sub(1, Ordering::Relaxed);
+        state
+    }
+
+    fn exclusive(&self) -> Exclusive<'_> {
+        Exclusive {
+            guard: self.state.write(),
+            readers_waiting: &self.readers_waiting,
+            since_yield: 0,
+        }
+    }
+
     /// The pod named `name` (an endpoint's label), known from now on.
     pub fn pod(&self, name: &str) -> PodId {
-        if let Some(&id) = self.state.read().by_name.get(name) {
+        if let Some(&id) = self.shared().by_name.get(name) {
             return id;
         }
         let mut state = self.state.write();
@@ -289,7 +328,7 @@ impl PrefixIndex {
     pub fn apply_from(&self, pod: PodId, epoch: u64, events: &[KvEvent]) -> Option<Applied> {
         let current =
             |state: &State| state.pods.get(pod.0 as usize).map(|p| p.epoch) == Some(epoch);
-        let mut ex = Exclusive::new(self.state.write());
+        let mut ex = self.exclusive();
         if !current(&ex.guard) {
             return None;
         }
@@ -310,7 +349,7 @@ impl PrefixIndex {
 
     /// Applies one batch's events from `pod`'s engine.
     pub fn apply(&self, pod: PodId, events: &[KvEvent]) -> Applied {
-        let mut ex = Exclusive::new(self.state.write());
+        let mut ex = self.exclusive();
         if pod.0 as usize >= ex.guard.pods.len() {
             return Applied::default();
         }
@@ -442,10 +481,10 @@ impl PrefixIndex {
     /// through under the shared lock; only the expired ones are dropped under the exclusive
     /// one, handing it over as a batch does.
     pub fn sweep(&self, now_ms: u64) {
-        let pods = self.state.read().pods.len();
+        let pods = self.shared().pods.len();
         for i in 0..pods {
             let pod = PodId(i as u32);
-            let expired: Vec<OwnHash> = self.state.read().pods[i]
+            let expired: Vec<OwnHash> = self.shared().pods[i]
                 .routed
                 .iter()
                 .filter(|(_, &until)| until <= now_ms)
@@ -454,7 +493,7 @@ impl PrefixIndex {
             if expired.is_empty() {
                 continue;
             }
-            let mut ex = Exclusive::new(self.state.write());
+            let mut ex = self.exclusive();
             for own in expired {
                 // Routed again since it was looked at: it counts on.
                 let routed = &mut ex.guard.pods[i].routed;
@@ -477,7 +516,7 @@ impl PrefixIndex {
     /// holds in a row from the first.
     pub fn match_prefix(&self, blocks: &[OwnHash], candidates: &[PodId], now_ms: u64) -> Vec<u32> {
         let mut matched = vec![0u32; candidates.len()];
-        let state = self.state.read();
+        let state = self.shared();
         for (chunk, out) in candidates.chunks(64).zip(matched.chunks_mut(64)) {
             // Bit i: candidate i has held every block so far.
             let mut alive: u64 = u64::MAX >> (64 - chunk.len());
@@ -506,11 +545,11 @@ impl PrefixIndex {
 
     /// Distinct blocks held by any pod.
     pub fn blocks(&self) -> usize {
-        self.state.read().blocks.len()
+        self.shared().blocks.len()
     }
 
     pub fn summary(&self) -> Vec<PodSummary> {
-        let state = self.state.read();
+        let state = self.shared();
         state
             .pods
             .iter()
@@ -524,7 +563,7 @@ impl PrefixIndex {
 
     /// Bytes the index's tables take (allocated capacity; the pods' names aside).
     pub fn memory_bytes(&self) -> usize {
-        let state = self.state.read();
+        let state = self.shared();
         let table = |capacity: usize, entry: usize| capacity * (entry + 1);
         let mut bytes = table(
             state.blocks.capacity(),

@@ -105,7 +105,7 @@ fn a_long_batch_stops_where_a_hand_over_of_the_lock_made_it_invalid() {
     let blocks = 10 * YIELD_EVERY as usize;
     // Valid until the first hand-over, as if the pod were retired while the lock was away.
     let asked = std::cell::Cell::new(0);
-    let mut ex = Exclusive::new(ix.state.write());
+    let mut ex = ix.exclusive();
     let out = ix.apply_locked(&mut ex, a, &[long_chain(1, blocks)], |_| {
         asked.set(asked.get() + 1);
         false
@@ -116,7 +116,7 @@ fn a_long_batch_stops_where_a_hand_over_of_the_lock_made_it_invalid() {
     assert_eq!(ix.summary()[0].stored_blocks, u64::from(YIELD_EVERY));
     // Removals hand over too.
     let hashes: Vec<u64> = (1..=u64::from(YIELD_EVERY)).collect();
-    let mut ex = Exclusive::new(ix.state.write());
+    let mut ex = ix.exclusive();
     let out = ix.apply_locked(&mut ex, a, &[removed(&hashes)], |_| false);
     drop(ex);
     assert_eq!(out, None);
@@ -124,6 +124,34 @@ fn a_long_batch_stops_where_a_hand_over_of_the_lock_made_it_invalid() {
     // Valid throughout: the whole batch.
     let applied = ix.apply(a, &[long_chain(1, blocks)]);
     assert_eq!(applied.stored, blocks as u64);
+}
+
+#[test]
+fn a_reader_waiting_on_endless_work_gets_the_lock_at_a_hand_over() {
+    // The writer steps through work that only ends once the reader is through; without
+    // hand-overs the reader could never get in. The bound is far above what a hand-over
+    // every YIELD_EVERY steps needs, whatever the scheduling: a parked reader is given the
+    // lock by the fair unlock, a spinning one parks after a few spins.
+    let ix = std::sync::Arc::new(index());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ex = ix.exclusive();
+    let reader = {
+        let (ix, done) = (ix.clone(), done.clone());
+        std::thread::spawn(move || {
+            let blocks = ix.blocks();
+            done.store(true, Ordering::Release);
+            blocks
+        })
+    };
+    let mut steps = 0u64;
+    while !done.load(Ordering::Acquire) {
+        assert!(steps < 50_000_000, "the reader never got the lock");
+        ex.step();
+        steps += 1;
+    }
+    drop(ex);
+    assert_eq!(reader.join().unwrap(), 0);
+    assert_eq!(ix.readers_waiting.load(Ordering::Relaxed), 0);
 }
 
 #[test]
