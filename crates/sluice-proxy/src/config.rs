@@ -166,7 +166,22 @@ pub struct ProxyConfig {
     /// answers its identical requests from index 0 again. `None`: only a restart or
     /// `POST /_sluice/reset` restarts them.
     pub reset_repeats_when_idle: Option<Duration>,
+    /// The most of one upstream answer held in memory: a whole body relayed or compared
+    /// (larger ones are answered with a 502 `upstream_body_too_large`), or an event stream
+    /// being recorded (a larger one is still relayed in full, but not recorded).
+    pub max_response_bytes: usize,
+    /// How long an upstream may stay silent, waiting for its answer's head or between two
+    /// reads of its body, before the call fails (a 502, or a cut stream).
+    pub upstream_read_timeout: Duration,
 }
+
+/// [`ProxyConfig::max_response_bytes`] unless set: far above any LLM answer, well below
+/// what would hurt the machine.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// [`ProxyConfig::upstream_read_timeout`] unless set: a reasoning model answering without
+/// streaming can think for minutes before its first byte (OpenAI's SDKs wait 10 minutes).
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ProxyConfig {
     /// A reverse proxy to one upstream (every path goes to `upstream` + path), with
@@ -196,6 +211,8 @@ impl ProxyConfig {
                 .collect(),
             record_statuses: Vec::new(),
             reset_repeats_when_idle: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            upstream_read_timeout: DEFAULT_UPSTREAM_READ_TIMEOUT,
         }
     }
 }

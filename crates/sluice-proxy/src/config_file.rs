@@ -40,6 +40,10 @@ pub struct ProxyFile {
     pub record_statuses: Vec<u16>,
     /// A duration (`5s`): see [`crate::ProxyConfig::reset_repeats_when_idle`].
     pub reset_repeats_when_idle: Option<String>,
+    /// See [`crate::ProxyConfig::max_response_bytes`].
+    pub max_response_bytes: Option<usize>,
+    /// A duration (`10m`): see [`crate::ProxyConfig::upstream_read_timeout`].
+    pub upstream_read_timeout: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
 }
@@ -161,6 +165,12 @@ impl ProxyFile {
                 ));
             }
         }
+        if self.max_response_bytes == Some(0) {
+            return Err(invalid(
+                "max_response_bytes".to_owned(),
+                "must be at least 1 (the default is 67108864, 64 MiB)".to_owned(),
+            ));
+        }
         for (key, paths) in [
             ("ignore_paths", &self.ignore_paths),
             ("diff_ignore", &self.diff_ignore),
@@ -241,5 +251,6 @@ mod tests {
         assert!(err("diff_ignore = [\"id\", \" \"]").contains("`diff_ignore[1]`"));
         assert!(err("ignore_paths = [\"\"]").contains("`ignore_paths[0]`"));
         assert!(err("record_statuses = [429, 700]").contains("`record_statuses[1]`"));
+        assert!(err("max_response_bytes = 0").contains("`max_response_bytes`"));
     }
 }

@@ -35,10 +35,18 @@ pub struct UpstreamClient {
     /// arrives carrying it has come back around a loop (the proxy's own `HTTPS_PROXY`
     /// points at itself).
     pub via: String,
+    /// [`crate::ProxyConfig::max_response_bytes`].
+    pub max_response_bytes: usize,
+    /// [`crate::ProxyConfig::upstream_read_timeout`], set on `http`; kept for messages.
+    pub read_timeout: std::time::Duration,
 }
 
 impl UpstreamClient {
-    pub fn new(http: reqwest::Client, started_at_unix_ms: u64) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        started_at_unix_ms: u64,
+        config: &crate::ProxyConfig,
+    ) -> Self {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         h.update(std::process::id().to_le_bytes());
@@ -49,6 +57,8 @@ impl UpstreamClient {
         UpstreamClient {
             http,
             via: format!("1.1 sluice-proxy-{hex}"),
+            max_response_bytes: config.max_response_bytes,
+            read_timeout: config.upstream_read_timeout,
         }
     }
 
@@ -218,6 +228,19 @@ async fn send_upstream(
         .await;
     sent.map_err(|e| {
         let chain = error_chain(&e);
+        if e.is_timeout() && !e.is_connect() {
+            tracing::warn!("upstream {url} did not answer in time: {chain}");
+            return proxy_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "upstream {url} sent no answer within upstream_read_timeout ({:?}): {chain}",
+                    client.read_timeout
+                ),
+                Map::new(),
+                ReplayOutcome::Passthrough,
+            );
+        }
         let hint = if looks_like_tls_trust(&chain) {
             "; if the upstream's certificate is signed by a private or corporate CA, pass that CA's certificate with --upstream-ca FILE"
         } else {
@@ -258,6 +281,44 @@ fn upstream_body_failed(url: &str, e: &reqwest::Error) -> Response {
         Map::new(),
         ReplayOutcome::Passthrough,
     )
+}
+
+fn upstream_body_too_large(url: &str, limit: usize) -> Response {
+    tracing::warn!("upstream {url} sent an answer over max_response_bytes ({limit} bytes)");
+    proxy_error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_body_too_large",
+        format!(
+            "upstream {url} sent an answer over {limit} bytes (max_response_bytes); \
+             raise it if such answers are expected"
+        ),
+        Map::new(),
+        ReplayOutcome::Passthrough,
+    )
+}
+
+/// Reads a whole answer, refusing one over `limit` bytes rather than holding whatever an
+/// upstream sends (decompressed size: a small compressed body can be a large one).
+async fn read_body(
+    mut upstream: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Bytes, Response> {
+    if upstream.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(upstream_body_too_large(url, limit));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = upstream
+        .chunk()
+        .await
+        .map_err(|e| upstream_body_failed(url, &e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(upstream_body_too_large(url, limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Sends the request to `url`, relays the answer, and records it under `plan` when it is a
@@ -307,15 +368,22 @@ pub async fn forward(
             }
         };
         let file = plan.as_ref().map(RecordPlan::file_name);
-        let body = relay_stream(upstream_resp, url, head_at, recorded_head, plan);
+        let body = relay_stream(
+            upstream_resp,
+            url,
+            head_at,
+            recorded_head,
+            plan,
+            client.max_response_bytes,
+        );
         return client_response(status, &headers, body, outcome, file);
     }
 
-    let bytes = match upstream_resp.bytes().await {
+    let bytes = match read_body(upstream_resp, url, client.max_response_bytes).await {
         Ok(b) => b,
-        Err(e) => {
+        Err(failed) => {
             usage.outcome(ReplayOutcome::Passthrough, None);
-            return upstream_body_failed(url, &e);
+            return failed;
         }
     };
     let (outcome, file) = match plan {
@@ -375,10 +443,7 @@ pub async fn fetch_whole(
     let upstream_resp = send_upstream(client, url, parts, body).await?;
     let status = upstream_resp.status();
     let headers = upstream_resp.headers().clone();
-    let bytes = upstream_resp
-        .bytes()
-        .await
-        .map_err(|e| upstream_body_failed(url, &e))?;
+    let bytes = read_body(upstream_resp, url, client.max_response_bytes).await?;
     let mut response = RecordedResponse {
         status: status.as_u16(),
         headers: recordable_response_headers(&headers),
@@ -437,7 +502,8 @@ fn relay_stream(
     url: &str,
     head_at: Instant,
     recorded_head: RecordedResponse,
-    plan: Option<RecordPlan>,
+    mut plan: Option<RecordPlan>,
+    max_recorded_bytes: usize,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let url = url.to_owned();
@@ -446,11 +512,26 @@ fn relay_stream(
         let mut parsed: Vec<SseEvent> = Vec::new();
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut clean = true;
+        let mut recorded_bytes = 0usize;
         let mut body = upstream.bytes_stream();
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(bytes) => {
                     let offset_ms = head_at.elapsed().as_secs_f64() * 1000.0;
+                    recorded_bytes = recorded_bytes.saturating_add(bytes.len());
+                    if recorded_bytes > max_recorded_bytes {
+                        // The client still gets every byte; only the recording stops.
+                        if let Some(plan) = plan.take() {
+                            tracing::warn!(
+                                "not recording {}: the stream is over max_response_bytes ({max_recorded_bytes} bytes)",
+                                plan.file_name()
+                            );
+                            plan.usage.refusal(RefusalReason::ResponseTooLarge);
+                            plan.usage.outcome(ReplayOutcome::Passthrough, None);
+                            events = Vec::new();
+                            parser = SseParser::new();
+                        }
+                    }
                     if plan.is_some() {
                         if parser.push(&bytes, &mut parsed).is_err() {
                             clean = false;

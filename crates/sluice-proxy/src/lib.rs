@@ -41,7 +41,10 @@ mod tunnel;
 pub mod usage;
 
 pub use ca::CertificateAuthority;
-pub use config::{KeyOptions, Mode, ProxyConfig, ReplayTiming, UnknownMode, DEFAULT_DIFF_IGNORE};
+pub use config::{
+    KeyOptions, Mode, ProxyConfig, ReplayTiming, UnknownMode, DEFAULT_DIFF_IGNORE,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_UPSTREAM_READ_TIMEOUT,
+};
 pub use config_file::ProxyFile;
 pub use drift::{DriftItem, DriftReport, DriftVerdict};
 pub use entry::Entry;

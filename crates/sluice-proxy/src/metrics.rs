@@ -20,14 +20,17 @@ pub enum RefusalReason {
     IncompleteStream,
     /// The request body was over the size limit or unreadable.
     RequestTooLarge,
+    /// A live event stream grew past `max_response_bytes`: relayed in full, not recorded.
+    ResponseTooLarge,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 4] = [
+    pub const ALL: [RefusalReason; 5] = [
         RefusalReason::Secret,
         RefusalReason::StoreError,
         RefusalReason::IncompleteStream,
         RefusalReason::RequestTooLarge,
+        RefusalReason::ResponseTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl RefusalReason {
             RefusalReason::StoreError => "store_error",
             RefusalReason::IncompleteStream => "incomplete_stream",
             RefusalReason::RequestTooLarge => "request_too_large",
+            RefusalReason::ResponseTooLarge => "response_too_large",
         }
     }
 }

@@ -173,7 +173,9 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     let store = ReplayStore::open(&config.dir)
         .map_err(io::Error::other)?
         .reset_repeats_when_idle(config.reset_repeats_when_idle);
-    let mut client = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    let mut client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(config.upstream_read_timeout);
     if let Some(path) = &config.upstream_ca {
         for cert in upstream_roots(path)? {
             client = client.add_root_certificate(cert);
@@ -190,12 +192,13 @@ fn build_state(config: ProxyConfig) -> io::Result<Arc<ProxyState>> {
     let started_at_unix_ms = now_unix_ms();
     let prefixes = config.routes.iter().map(|r| r.prefix.clone()).collect();
     let usage = RunUsage::begin(&config.dir, config.mode, started_at_unix_ms, prefixes);
+    let client = UpstreamClient::new(client, started_at_unix_ms, &config);
     Ok(Arc::new(ProxyState {
         diff_ignore: Arc::new(config.diff_ignore.clone()),
         record_statuses: config.record_statuses.iter().copied().collect(),
         config,
         store: Arc::new(store),
-        client: UpstreamClient::new(client, started_at_unix_ms),
+        client,
         ca,
         started_at_unix_ms,
         usage: Arc::new(usage),

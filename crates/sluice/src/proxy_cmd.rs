@@ -11,7 +11,7 @@ use sluice_proxy::ca::default_ca_dir;
 use sluice_proxy::config_file::ReplayTimingName;
 use sluice_proxy::{
     CertificateAuthority, KeyOptions, Mode, ProxyConfig, ProxyFile, PruneOptions, ReplayTiming,
-    Route, DEFAULT_DIFF_IGNORE,
+    Route, DEFAULT_DIFF_IGNORE, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_UPSTREAM_READ_TIMEOUT,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -191,6 +191,18 @@ pub struct ProxyServeArgs {
     /// recording of every repeated request. `POST /_sluice/reset` restarts them at once.
     #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
     pub reset_repeats_when_idle: Option<Duration>,
+
+    /// The most of one upstream answer held in memory (default 64 MiB): a larger body is
+    /// answered with a 502, a larger event stream is relayed but not recorded. Overrides
+    /// `max_response_bytes` in --config.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_response_bytes: Option<u64>,
+
+    /// How long an upstream may stay silent (before its answer's head, or between two
+    /// reads of its body) before the call fails (default 10m). Overrides
+    /// `upstream_read_timeout` in --config.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub upstream_read_timeout: Option<Duration>,
 }
 
 fn parse_idle(s: &str) -> Result<Duration, String> {
@@ -298,6 +310,19 @@ impl ProxyServeArgs {
                     anyhow::anyhow!("invalid config: `reset_repeats_when_idle`: {text:?}: {e}")
                 })?),
                 (None, None) => None,
+            },
+            max_response_bytes: match self.max_response_bytes {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => file
+                    .max_response_bytes
+                    .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            },
+            upstream_read_timeout: match (self.upstream_read_timeout, &file.upstream_read_timeout) {
+                (Some(d), _) => d,
+                (None, Some(text)) => parse_idle(text).map_err(|e| {
+                    anyhow::anyhow!("invalid config: `upstream_read_timeout`: {text:?}: {e}")
+                })?,
+                (None, None) => DEFAULT_UPSTREAM_READ_TIMEOUT,
             },
         };
         Ok((config, listen))
@@ -476,6 +501,46 @@ mod tests {
             .collect();
         expected.extend(["usage".to_owned(), "choices[*].logprobs".to_owned()]);
         assert_eq!(config.diff_ignore, expected);
+    }
+
+    #[test]
+    fn upstream_bounds_come_from_the_file_unless_a_flag_overrides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            "dir = \"rec\"\nmax_response_bytes = 1000\nupstream_read_timeout = \"30s\"\n",
+        )
+        .unwrap();
+        let config = |extra: &[&str]| {
+            let mut args = vec!["proxy", "--config", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| cli.proxy.serve.config())
+        };
+        let (from_file, _) = config(&[]).unwrap().unwrap();
+        assert_eq!(from_file.max_response_bytes, 1000);
+        assert_eq!(from_file.upstream_read_timeout, Duration::from_secs(30));
+        let (flagged, _) = config(&["--max-response-bytes", "5", "--upstream-read-timeout", "2m"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(flagged.max_response_bytes, 5);
+        assert_eq!(flagged.upstream_read_timeout, Duration::from_secs(120));
+        assert!(config(&["--max-response-bytes", "0"]).is_err());
+        assert!(config(&["--upstream-read-timeout", "0s"]).is_err());
+        std::fs::write(&file, "dir = \"rec\"\nupstream_read_timeout = \"soon\"\n").unwrap();
+        let err = config(&[]).unwrap().unwrap_err().to_string();
+        assert!(err.contains("`upstream_read_timeout`"), "{err}");
+        let (defaults, _) = Cli::try_parse_from(["proxy", "--dir", "rec"])
+            .unwrap()
+            .proxy
+            .serve
+            .config()
+            .unwrap();
+        assert_eq!(defaults.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(
+            defaults.upstream_read_timeout,
+            DEFAULT_UPSTREAM_READ_TIMEOUT
+        );
     }
 
     #[test]
