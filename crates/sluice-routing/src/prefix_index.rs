@@ -25,6 +25,9 @@ use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::blocks::{BlockHasher, OwnHash};
+use sharded::ShardedMap;
+
+mod sharded;
 
 /// A pod (one engine's cache) as the index knows it. Never reused within an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +46,13 @@ const MAX_STORED_PER_POD: usize = 1 << 21;
 /// Blocks of work done under the write lock between two hand-overs to waiting readers: about
 /// 100 µs when the index is far larger than the CPU caches (docs/benchmarks.md, "At scale").
 const YIELD_EVERY: u32 = 48;
+
+/// Tables the index's map of blocks is split into: at 2.3 M blocks (50 engines), one
+/// reorganised in one insert holds some 2 300 (docs/benchmarks.md, "At scale").
+const BLOCK_SHARDS: usize = 1024;
+
+/// Tables each pod's maps are split into: a pod of 50 000 blocks has some 200 a table.
+const POD_SHARDS: usize = 256;
 
 /// The write lock held over work of many blocks, handed to waiting readers every
 /// [`YIELD_EVERY`] blocks and when the work ends. Whoever got it meanwhile may have changed
@@ -108,24 +118,33 @@ type Holders = SmallVec<[Holder; 2]>;
 struct Pod {
     name: String,
     /// The engine's hash of each block it reported stored → the block's name here.
-    engine: HashMap<BlockHash, OwnHash>,
+    engine: ShardedMap<BlockHash, OwnHash>,
     /// Blocks routed to the pod → until when they count.
-    routed: HashMap<OwnHash, u64>,
+    routed: ShardedMap<OwnHash, u64>,
     /// Raised when the pod is retired (its endpoint removed): a follower of the old endpoint
     /// still running cannot write into the pod after that ([`PrefixIndex::apply_from`]).
     epoch: u64,
 }
 
-#[derive(Default)]
 struct State {
-    blocks: HashMap<OwnHash, Holders>,
+    blocks: ShardedMap<OwnHash, Holders>,
     pods: Vec<Pod>,
     by_name: HashMap<String, PodId>,
 }
 
+impl Default for State {
+    fn default() -> State {
+        State {
+            blocks: ShardedMap::new(BLOCK_SHARDS),
+            pods: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+}
+
 impl State {
     fn holders(&mut self, own: OwnHash, pod: PodId) -> &mut Holder {
-        let holders = self.blocks.entry(own).or_default();
+        let holders = self.blocks.get_or_insert_with(own, Holders::new);
         let at = match holders.iter().position(|h| h.pod == pod) {
             Some(at) => at,
             None => {
@@ -191,13 +210,13 @@ impl State {
 /// stays.
 fn purge_pod(ex: &mut Exclusive<'_>, pod: PodId) {
     let p = &mut ex.guard.pods[pod.0 as usize];
-    let engine = std::mem::take(&mut p.engine);
-    let routed = std::mem::take(&mut p.routed);
-    for own in engine.into_values() {
+    let engine = p.engine.take();
+    let routed = p.routed.take();
+    for (_, own) in engine {
         ex.guard.release(pod, own);
         ex.step();
     }
-    for own in routed.into_keys() {
+    for (own, _) in routed {
         if !ex.guard.pods[pod.0 as usize].routed.contains_key(&own) {
             ex.guard.forget(own, pod, |h| {
                 h.routed_until = 0;
@@ -308,8 +327,8 @@ impl PrefixIndex {
         let id = PodId(state.pods.len() as u32);
         state.pods.push(Pod {
             name: name.to_owned(),
-            engine: HashMap::new(),
-            routed: HashMap::new(),
+            engine: ShardedMap::new(POD_SHARDS),
+            routed: ShardedMap::new(POD_SHARDS),
             epoch: 0,
         });
         state.by_name.insert(name.to_owned(), id);
@@ -538,7 +557,16 @@ impl PrefixIndex {
     pub fn match_prefix(&self, blocks: &[OwnHash], candidates: &[PodId], now_ms: u64) -> Vec<u32> {
         let mut matched = vec![0u32; candidates.len()];
         let state = self.shared();
+        // Each pod's bits among the candidates, by pod id (ids are places in `pods`): a
+        // holder's bit is one load, not a search of the candidates for every block.
+        let mut bits_of: SmallVec<[u64; 64]> = SmallVec::from_elem(0, state.pods.len());
         for (chunk, out) in candidates.chunks(64).zip(matched.chunks_mut(64)) {
+            bits_of.iter_mut().for_each(|b| *b = 0);
+            for (i, c) in chunk.iter().enumerate() {
+                if let Some(b) = bits_of.get_mut(c.0 as usize) {
+                    *b |= 1 << i;
+                }
+            }
             // Bit i: candidate i has held every block so far.
             let mut alive: u64 = u64::MAX >> (64 - chunk.len());
             let mut depth = 0u32;
@@ -546,9 +574,7 @@ impl PrefixIndex {
                 let mut present = 0u64;
                 if let Some(holders) = state.blocks.get(own) {
                     for h in holders.iter().filter(|h| h.holds(now_ms)) {
-                        if let Some(i) = chunk.iter().position(|&c| c == h.pod) {
-                            present |= 1 << i;
-                        }
+                        present |= bits_of[h.pod.0 as usize];
                     }
                 }
                 let dropped = alive & !present;
@@ -582,14 +608,11 @@ impl PrefixIndex {
             .collect()
     }
 
-    /// Bytes the index's tables take (allocated capacity; the pods' names aside).
+    /// Bytes the index's tables take (allocated, spare room included; the pods' names
+    /// aside).
     pub fn memory_bytes(&self) -> usize {
         let state = self.shared();
-        let table = |capacity: usize, entry: usize| capacity * (entry + 1);
-        let mut bytes = table(
-            state.blocks.capacity(),
-            std::mem::size_of::<(OwnHash, Holders)>(),
-        );
+        let mut bytes = state.blocks.allocation_size();
         bytes += state
             .blocks
             .values()
@@ -597,7 +620,7 @@ impl PrefixIndex {
             .map(|h| h.capacity() * std::mem::size_of::<Holder>())
             .sum::<usize>();
         for p in &state.pods {
-            bytes += table(p.engine.capacity(), 16) + table(p.routed.capacity(), 16);
+            bytes += p.engine.allocation_size() + p.routed.allocation_size();
         }
         bytes
     }

@@ -190,12 +190,12 @@ fn assert_consistent(ix: &PrefixIndex) {
         for own in p.engine.values() {
             expected.entry((*own, pod)).or_default().0 += 1;
         }
-        for (own, until) in &p.routed {
+        for (own, until) in p.routed.iter() {
             expected.entry((*own, pod)).or_default().1 = *until;
         }
     }
     let mut actual = StdMap::new();
-    for (own, holders) in &state.blocks {
+    for (own, holders) in state.blocks.iter() {
         assert!(!holders.is_empty(), "an empty holder list is kept");
         for h in holders {
             actual.insert((*own, h.pod), (h.stored, h.routed_until));
@@ -514,6 +514,8 @@ proptest! {
     fn the_index_matches_what_a_plain_model_of_held_prefixes_says(
         ops in prop::collection::vec(op(), 1..40),
         probes in prop::collection::vec(prop::collection::vec(0u32..2, 0..20), 8),
+        // The candidates as a request names them: any order, some left out, some twice.
+        asked in prop::collection::vec(0usize..3, 1..6),
     ) {
         let ix = index();
         let pods: Vec<PodId> = (0..3).map(|i| ix.pod(&format!("p{i}"))).collect();
@@ -529,6 +531,9 @@ proptest! {
             for probe in &probes {
                 let want: Vec<u32> = (0..3).map(|p| plain.matched(p, probe)).collect();
                 prop_assert_eq!(matched(&ix, probe, &pods), want, "after {:?} on {}, probe {:?}", op, pod, probe);
+                let candidates: Vec<PodId> = asked.iter().map(|&p| pods[p]).collect();
+                let want: Vec<u32> = asked.iter().map(|&p| plain.matched(p, probe)).collect();
+                prop_assert_eq!(matched(&ix, probe, &candidates), want, "candidates {:?}", asked);
             }
         }
         // Every pod purged: nothing is left anywhere.
