@@ -8,14 +8,15 @@
 # the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
 # counters are dumped.
 #
-# Five rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
+# Seven rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
 # log); sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
 # `snippet`, scrubbed) — the cost of knowing who calls and writing it down; sluice with
 # OpenTelemetry traces on, every request sampled, exported to a collector that accepts
 # everything (a few lines of Python, outside the measurement); and sluice answering every
 # request from its cache (one question asked over and over; the warm-up stores it, so every
-# measured request is a hit from memory). Every thread of the process counts, the audit
-# writer's and the span exporter's included.
+# measured request is a hit from memory); and sluice routing by prefix (`prefix_aware` over
+# two endpoints, with the mock's tokenizer and with Qwen2.5's). Every thread of the process
+# counts, the audit writer's and the span exporter's included.
 #
 # Usage: bench/instructions-per-request.sh [REQUESTS=2000]
 # Needs valgrind (apt) and nginx (apt nginx-light); installs them when missing.
@@ -118,6 +119,26 @@ CACHE_RESULT=$(measure sluice-cache-hit "$GWC" "$!" "http://127.0.0.1:$GWC/healt
 HITS=$(curl -s "http://127.0.0.1:$GWC/metrics" | awk '/^sluice_cache_lookups_total\{outcome="hit"\}/ {print int($2)}')
 [ "${HITS:-0}" -ge "$REQUESTS" ] || { echo "only ${HITS:-0} cache hits for $REQUESTS requests" >&2; exit 1; }
 
+# The same gateway routing by prefix over two endpoints (the one mock under two names):
+# every request's prompt tokenized as the engine would, its blocks named and matched
+# against the index, and the routed prefix recorded. Once with the mock's own tokenizer,
+# once with Qwen2.5's (the vendored test fixture: a real BPE vocabulary and chat template).
+mkdir -p "$WORK/qwen"
+gunzip -c tests/fixtures/tokenizers/qwen2.5/tokenizer.json.gz >"$WORK/qwen/tokenizer.json"
+cp tests/fixtures/tokenizers/qwen2.5/tokenizer_config.json "$WORK/qwen/"
+prefix_aware() { # name tokenizer
+  local port
+  port=$(free_port)
+  printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[models.m.routing]\npolicy = "prefix_aware"\ntokenizer = "%s"\n[[models.m.endpoints]]\nname = "a"\nurl = "http://127.0.0.1:%s/v1"\n[[models.m.endpoints]]\nname = "b"\nurl = "http://127.0.0.1:%s/v1"\n' "$port" "$2" "$MOCK" "$MOCK" >"$WORK/$1.toml"
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$1.cg" "$BIN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 & PIDS+=($!)
+  measure "$1" "$port" "$!" "http://127.0.0.1:$port/health"
+  local routed
+  routed=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^sluice_route_decisions_total/ {n += $2} END {print int(n)}')
+  [ "${routed:-0}" -ge "$REQUESTS" ] || { echo "$1: only ${routed:-0} routing decisions for $REQUESTS requests" >&2; exit 1; }
+}
+PA_MOCK_RESULT=$(prefix_aware sluice-prefix-aware-mock mock)
+PA_QWEN_RESULT=$(prefix_aware sluice-prefix-aware-qwen "$WORK/qwen")
+
 NG=$(free_port)
 mkdir -p "$WORK/tmp"
 cat >"$WORK/nginx.conf" <<EOF
@@ -146,7 +167,8 @@ EOF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WORK/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
 NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
 
-python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$CACHE_RESULT" "$NGINX_RESULT" <<'EOF'
+python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$CACHE_RESULT" \
+  "$PA_MOCK_RESULT" "$PA_QWEN_RESULT" "$NGINX_RESULT" <<'EOF'
 import sys
 n = int(sys.argv[1])
 rows = dict(r.split() for r in sys.argv[2:])
@@ -154,7 +176,8 @@ per = {k: int(v) / n for k, v in rows.items()}
 print(f"user-space instructions per proxied request ({n} requests, one worker each):")
 print("| proxy | instructions per request |")
 print("|---|---|")
-for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel", "sluice-cache-hit"):
+for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel", "sluice-cache-hit",
+          "sluice-prefix-aware-mock", "sluice-prefix-aware-qwen"):
     print(f"| {k} | {per[k]:,.0f} |")
 print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
 print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['nginx']:.2f}"
@@ -162,4 +185,7 @@ print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['ng
 print(f"sluice with traces ÷ nginx: {per['sluice-otel'] / per['nginx']:.2f}"
       f" (traces add {per['sluice-otel'] - per['sluice']:,.0f} per request)")
 print(f"a cache hit ÷ a pass-through request (plain sluice): {per['sluice-cache-hit'] / per['sluice']:.2f}")
+for k, what in (("sluice-prefix-aware-mock", "the mock's tokenizer"), ("sluice-prefix-aware-qwen", "Qwen2.5's")):
+    print(f"prefix_aware routing with {what} adds {per[k] - per['sluice']:,.0f} per request"
+          f" ({per[k] / per['sluice']:.2f}× plain sluice)")
 EOF
