@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_limits::Dimension;
 use sluice_testkit::redis::RedisServer;
+use sluice_testkit::relay::TcpRelay;
 use sluice_testkit::{assert_eventually, start_mock, MockOptions, MockServer, TestGateway};
 
 const FLEET: &str = "[limits]\nheartbeat = \"200ms\"\ninstance_timeout = \"1s\"\n";
@@ -161,6 +162,35 @@ async fn a_providers_retry_after_pauses_the_model_on_every_instance() {
     assert_eq!(mock.engine().stats().requests_total, 1);
 }
 
+/// Subscribers to the fleet's events, as Redis counts them.
+fn subscribers(redis: &RedisServer) -> usize {
+    redis
+        .query(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .lines()
+        .filter(|l| l.contains("sub=1"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_replaced() {
+    let redis = RedisServer::start();
+    let relay = TcpRelay::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let mock = start_mock(MockOptions::zero_timing()).await;
+    let config = toml(&mock, Some(&redis), "requests_per_minute = 1000")
+        .replace(&redis.url(), &format!("redis://{}", relay.addr()));
+    let gw = TestGateway::start_toml(&config).await;
+    assert_eventually!(subscribers(&redis) == 1);
+    // The path to Redis goes silent without closing: Redis still counts the old
+    // subscription, which will never deliver anything again.
+    relay.silence_open_connections();
+    // Quiet for the instance timeout (1 s), the subscription is pinged, gets no pong within
+    // 2 s, and is made again over a new connection (Redis then counts both: the old one's
+    // close never reached it).
+    assert_eventually!(subscribers(&redis) == 2, Duration::from_secs(20));
+    assert_eq!(redis.commands_executed().get("subscribe"), Some(&2));
+    assert_eq!(ask(&gw, &question(5)).await.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_path_makes_no_redis_round_trip() {
     let redis = RedisServer::start();
@@ -217,11 +247,13 @@ async fn a_heartbeat_costs_redis_six_commands_however_many_models() {
             >= before.get("evalsha").copied().unwrap_or(0) + 10
     );
     let after = redis.commands_executed();
-    let delta: BTreeMap<&str, u64> = after
+    let mut delta: BTreeMap<&str, u64> = after
         .iter()
         .map(|(name, n)| (name.as_str(), n - before.get(name).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect();
+    // A subscription quiet for the instance timeout is pinged: not part of a heartbeat.
+    delta.remove("ping");
     let beats = delta["evalsha"];
     // Register, read the members, read every report, read the pauses, write this
     // instance's reports: the same five for three models as for one.

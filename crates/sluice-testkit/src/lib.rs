@@ -5,6 +5,7 @@
 
 pub mod otlp;
 pub mod redis;
+pub mod relay;
 pub mod tls;
 pub mod tokenizer;
 

@@ -422,19 +422,53 @@ async fn heartbeats(
     }
 }
 
+/// Follows the fleet's published events while the coordinator lives. Events only hasten
+/// what heartbeats do anyway (the pauses are read on every heartbeat too), so one missed is
+/// late, not lost; a subscription that is gone for good would make every event late, so a
+/// quiet one is asked for a pong, and a new one is followed by a heartbeat at once to catch
+/// up with what was published meanwhile.
 async fn subscription(coordinator: std::sync::Weak<RedisCoordinator>) {
     use futures_util::StreamExt;
+    let mut resubscribed = false;
     loop {
         let Some(c) = coordinator.upgrade() else {
             return;
         };
         let store = c.store.clone();
         let retry = c.settings.heartbeat;
+        // As long as an instance may stay silent before the others count it gone: a
+        // connection whose peer vanished without closing it is found about as fast.
+        let quiet = c.settings.instance_timeout;
         drop(c);
         match store.subscribe(EVENTS).await {
             Ok(pubsub) => {
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
+                let (mut sink, mut messages) = pubsub.split();
+                if resubscribed {
+                    if let Some(c) = coordinator.upgrade() {
+                        c.wake.notify_one();
+                    }
+                }
+                resubscribed = true;
+                loop {
+                    let message = match tokio::time::timeout(quiet, messages.next()).await {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        Err(_) => {
+                            let pong = tokio::time::timeout(
+                                sluice_store::IO_TIMEOUT,
+                                sink.ping::<redis::Value>(),
+                            )
+                            .await;
+                            if matches!(pong, Ok(Ok(_))) {
+                                continue;
+                            }
+                            tracing::warn!(
+                                "limits: the subscription to the fleet's events did not answer a ping within {:?}; subscribing again",
+                                sluice_store::IO_TIMEOUT
+                            );
+                            break;
+                        }
+                    };
                     let Some(c) = coordinator.upgrade() else {
                         return;
                     };
