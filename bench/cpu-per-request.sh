@@ -3,9 +3,7 @@
 # Installs nginx from apt when it is missing. Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq nginx-light >/dev/null; fi
-fi
+. bench/need.sh
+need nginx nginx-light
 cargo build --release --locked -p sluice
 exec python3 bench/cpu-per-request.py --sluice target/release/sluice "$@"

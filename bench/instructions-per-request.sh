@@ -25,11 +25,7 @@ cd "$(dirname "$0")/.."
 REQUESTS=${1:-2000}
 RATE=200
 
-need() {
-  command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] && return
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq "$2" >/dev/null; fi
-}
+. bench/need.sh
 need valgrind valgrind
 need nginx nginx-light
 cargo build --release --locked -p sluice

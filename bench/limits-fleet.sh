@@ -5,9 +5,7 @@
 # apt when it is missing. Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
-fi
+. bench/need.sh
+need redis-server redis-server
 cargo build --release --locked -p sluice
 exec python3 bench/limits_fleet.py --sluice target/release/sluice "$@"
