@@ -271,12 +271,15 @@ async fn spread_reuse_shares_requests_over_every_connection_and_recent_reuse_doe
 
     // Recent reuse keeps going back to the connection that came back last: on an idle
     // machine one carries nearly everything; on a busy one a request can find it still
-    // busy and take a second. Either way a few connections carry the run, each far more
+    // busy and take another (how many others it touches once each depends on the machine,
+    // 9 of them seen in CI). Either way a few connections carry the run, each far more
     // than spread gives any one.
     let recent = requests_per_connection(ConnectionReuse::Recent).await;
     eprintln!("recent: {} connections, {recent:?}", recent.len());
-    assert!(recent.len() <= spread.len() / 4, "{recent:?}");
+    let over_fair_share = recent.iter().filter(|&&n| n > 256 / 32).count();
+    assert!(over_fair_share <= 4, "{recent:?}");
     assert!(recent[0] >= 256 / 4, "{recent:?}");
+    assert!(recent[0] >= 4 * spread[0], "{recent:?} against {spread:?}");
 }
 
 /// A target with `served` connections that answer each request after `service`, and no
