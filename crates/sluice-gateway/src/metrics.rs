@@ -161,7 +161,22 @@ pub struct RoutingMetrics {
     ejected: Family<PodLabels, Gauge>,
     index_blocks: Family<ModelLabels, Gauge>,
     index_bytes: Family<ModelLabels, Gauge>,
-    routers: Vec<(String, Arc<sluice_routing::ModelRouter>)>,
+    tokenizer_lookups: Family<ResultLabels, Counter>,
+    tokenizer_cache_bytes: Family<ModelLabels, Gauge>,
+    routers: Vec<RoutedModel>,
+}
+
+/// A model as the routing series see it.
+pub struct RoutedModel {
+    pub name: String,
+    pub router: Arc<sluice_routing::ModelRouter>,
+    pub tokenizer: Option<sluice_routing::PromptTokenizer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    model: String,
+    result: &'static str,
 }
 
 /// Raises a counter read from elsewhere to `now` (counters only go up).
@@ -175,7 +190,26 @@ fn catch_up(counter: &Counter, now: u64) {
 impl RoutingMetrics {
     fn read(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        for (model, router) in &self.routers {
+        for RoutedModel {
+            name: model,
+            router,
+            tokenizer,
+        } in &self.routers
+        {
+            if let Some(stats) = tokenizer.as_ref().and_then(|t| t.cache_stats()) {
+                for (result, n) in [("hit", stats.hits), ("miss", stats.misses)] {
+                    let labels = ResultLabels {
+                        model: model.clone(),
+                        result,
+                    };
+                    catch_up(&self.tokenizer_lookups.get_or_create(&labels), n);
+                }
+                self.tokenizer_cache_bytes
+                    .get_or_create(&ModelLabels {
+                        model: model.clone(),
+                    })
+                    .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            }
             for (reason, n) in router.decisions() {
                 let labels = RouteLabels {
                     model: model.clone(),
@@ -695,7 +729,7 @@ impl GatewayMetrics {
     }
 
     /// Registers the routers' series, read from `routers` at each scrape.
-    pub fn register_routing(&mut self, routers: Vec<(String, Arc<sluice_routing::ModelRouter>)>) {
+    pub fn register_routing(&mut self, routers: Vec<RoutedModel>) {
         let m = RoutingMetrics {
             decisions: Family::default(),
             events: Family::default(),
@@ -708,6 +742,8 @@ impl GatewayMetrics {
             ejected: Family::default(),
             index_blocks: Family::default(),
             index_bytes: Family::default(),
+            tokenizer_lookups: Family::default(),
+            tokenizer_cache_bytes: Family::default(),
             routers,
         };
         self.registry.register(
@@ -764,6 +800,16 @@ impl GatewayMetrics {
             "prefix_index_bytes",
             "Memory the model's prefix index takes",
             m.index_bytes.clone(),
+        );
+        self.registry.register(
+            "tokenizer_cache_lookups",
+            "Pieces of prompts (the text between two special tokens: one message, mostly) the model's tokenizer found tokenized already (hit) or tokenized (miss)",
+            m.tokenizer_lookups.clone(),
+        );
+        self.registry.register(
+            "tokenizer_cache_bytes",
+            "Memory the model's tokenizer keeps for the token ids of prompt pieces it has seen (tokenizer_cache_bytes bounds it)",
+            m.tokenizer_cache_bytes.clone(),
         );
         self.routing = Some(m);
     }

@@ -199,7 +199,16 @@ impl GatewayShared {
                 ((*name).clone(), Arc::new(router))
             })
             .collect();
-        metrics.register_routing(routers.clone());
+        metrics.register_routing(
+            routers
+                .iter()
+                .map(|(name, router)| crate::metrics::RoutedModel {
+                    name: name.clone(),
+                    router: router.clone(),
+                    tokenizer: config.models[name].routing.tokenizer.clone(),
+                })
+                .collect(),
+        );
         // KV-event subscribers and the routers' sweepers, on the runtime building the
         // gateway, for as long as each router lives.
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -278,7 +278,8 @@ async fn a_models_own_tokenizer_routes_a_long_conversation_by_its_prefix() {
         qwen.path().display()
     );
     let gw = TestGateway::start_toml(&config(&mocks, &routing)).await;
-    let tokenizer = sluice_routing::PromptTokenizer::load(qwen.path().to_str().unwrap()).unwrap();
+    let tokenizer =
+        sluice_routing::PromptTokenizer::load(qwen.path().to_str().unwrap(), 0).unwrap();
     let long = |turns: usize| {
         let mut messages = conversation("glaciers", turns);
         messages[0]["content"] = json!(format!(
@@ -311,6 +312,19 @@ async fn a_models_own_tokenizer_routes_a_long_conversation_by_its_prefix() {
     // Another conversation names its topic in its first block: nothing of it matches.
     let (_, reason, matched) = ask(&gw, &conversation("volcanoes", 1), None).await;
     assert_eq!((reason.as_str(), matched), ("no_prefix_match", 0));
+
+    // Each turn tokenized only its new messages. Qwen's template writes
+    // `<|im_start|>ROLE\nCONTENT<|im_end|>\n` a message, then `<|im_start|>assistant\n`:
+    // the pieces between special tokens are the messages, "\n" and "assistant\n". Turn 1
+    // tokenized 4 (its 2 messages, "\n", the generation prompt; its second "\n" was kept),
+    // turns 2 and 3 their 2 new messages each, the other conversation its 2.
+    let metrics = gw.metrics_text().await;
+    for line in [
+        "sluice_tokenizer_cache_lookups_total{model=\"m\",result=\"miss\"} 10",
+        "sluice_tokenizer_cache_lookups_total{model=\"m\",result=\"hit\"} 22",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,4 +37,7 @@ pub use router::{
     EndpointView, ModelRouter, Policy, Reason, RetryCounts, RetryReason, RetryRefused,
     RouteDecision, RouteQuery, RoutingSettings, MAX_SESSION_ID_BYTES,
 };
-pub use tokenize::{HfChatTokenizer, PromptTokenizer, TokenizeError, TokenizerLoadError};
+pub use tokenize::{
+    HfChatTokenizer, PromptTokenizer, SegmentCacheStats, TokenizeError, TokenizerLoadError,
+    DEFAULT_TOKENIZER_CACHE_BYTES,
+};

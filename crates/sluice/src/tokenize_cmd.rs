@@ -24,7 +24,10 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
-    let tokenizer = PromptTokenizer::load(&args.tokenizer)?;
+    let tokenizer = PromptTokenizer::load(
+        &args.tokenizer,
+        sluice_routing::DEFAULT_TOKENIZER_CACHE_BYTES,
+    )?;
     if args.requests.is_empty() {
         let mut body = Vec::new();
         std::io::stdin()

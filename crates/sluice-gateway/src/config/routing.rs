@@ -30,6 +30,10 @@ pub struct RoutingConfig {
     /// see the same tokens. The directory holding the model's `tokenizer.json` and
     /// `tokenizer_config.json` (its chat template), or `"mock"`: the mock engine's.
     pub tokenizer: Option<String>,
+    /// Memory the tokenizer keeps for the token ids of prompt pieces it has seen (the
+    /// messages of a conversation's earlier turns, which every turn sends again). Default
+    /// 64 MiB; 0 turns it off.
+    pub tokenizer_cache_bytes: Option<u64>,
     /// The engines' KV-cache block size in tokens (vLLM's default: 16).
     pub block_size: Option<u64>,
     /// Session affinity: requests with the same `x-session-id` go to the same endpoint for
@@ -118,7 +122,11 @@ pub fn resolve(
     };
     let tokenizer = match c.tokenizer.as_deref() {
         None => None,
-        Some(spec) => match PromptTokenizer::load(spec) {
+        Some(spec) => match PromptTokenizer::load(
+            spec,
+            c.tokenizer_cache_bytes
+                .unwrap_or(sluice_routing::DEFAULT_TOKENIZER_CACHE_BYTES),
+        ) {
             Ok(t) => Some(t),
             Err(e) => {
                 push(

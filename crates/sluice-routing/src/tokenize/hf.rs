@@ -27,6 +27,7 @@ use sluice_api::chat::{ChatMessage, Tool};
 use sluice_api::ChatCompletionRequest;
 
 use super::python_json::{dumps, DumpOptions};
+use super::segments::{Piece, SegmentCache, SegmentCacheStats, SegmentSplitter};
 use super::{TokenizeError, TokenizerLoadError};
 
 const TEMPLATE: &str = "chat";
@@ -51,7 +52,15 @@ pub struct HfChatTokenizer {
     has_tool_template: bool,
     /// `bos_token`, `eos_token`, ... and `additional_special_tokens`, for the template.
     special_tokens: Vec<(String, Value)>,
+    /// The ids of prompt pieces seen before (`None`: off, or this tokenizer's pieces could
+    /// tokenize differently apart; see `segments`).
+    segments: Option<Segments>,
     source: PathBuf,
+}
+
+struct Segments {
+    splitter: SegmentSplitter,
+    cache: SegmentCache,
 }
 
 impl std::fmt::Debug for HfChatTokenizer {
@@ -66,7 +75,10 @@ impl HfChatTokenizer {
     /// Loads a model's tokenizer from the directory that holds its `tokenizer.json` and
     /// `tokenizer_config.json` (a Hugging Face model repository, or a copy of those two
     /// files), or from the path of its `tokenizer.json` with the config beside it.
-    pub fn load(path: &Path) -> Result<Self, TokenizerLoadError> {
+    ///
+    /// `cache_bytes`: memory for the ids of prompt pieces already tokenized (a chat's
+    /// earlier turns); 0 turns the cache off.
+    pub fn load(path: &Path, cache_bytes: u64) -> Result<Self, TokenizerLoadError> {
         let fail = |message: String| TokenizerLoadError {
             path: path.to_owned(),
             message,
@@ -138,11 +150,30 @@ impl HfChatTokenizer {
             special_tokens.push(("additional_special_tokens".into(), Value::from(tokens)));
         }
 
+        let segments = if cache_bytes == 0 {
+            None
+        } else {
+            match SegmentSplitter::new(&tokenizer) {
+                Ok(splitter) => Some(Segments {
+                    splitter,
+                    cache: SegmentCache::new(cache_bytes),
+                }),
+                Err(why) => {
+                    tracing::info!(
+                        tokenizer = %path.display(),
+                        "every prompt is tokenized whole (no cache of earlier turns): {why}"
+                    );
+                    None
+                }
+            }
+        };
+
         Ok(HfChatTokenizer {
             tokenizer,
             env,
             has_tool_template,
             special_tokens,
+            segments,
             source: path.to_owned(),
         })
     }
@@ -195,12 +226,46 @@ impl HfChatTokenizer {
     }
 
     /// The token ids of `text`, special tokens written in it read as such, none added.
+    /// Pieces between added tokens seen before come from the cache.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        let Some(segments) = &self.segments else {
+            return self.encode_whole(text);
+        };
+        // About four bytes of text a token.
+        let mut ids = Vec::with_capacity(text.len() / 4 + 8);
+        for piece in segments.splitter.pieces(text) {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => {
+                    segments
+                        .cache
+                        .get_or_tokenize(t, |t| self.encode_whole(t), &mut ids)?
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `text` through the tokenizer, whole.
+    fn encode_whole(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         let encoding = self
             .tokenizer
             .encode_fast(text, false)
             .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The cache of prompt pieces' counts; `None` when it is off.
+    pub fn cache_stats(&self) -> Option<SegmentCacheStats> {
+        self.segments.as_ref().map(|s| s.cache.stats())
+    }
+
+    /// Empties the cache of prompt pieces (benchmarks measure a turn against a cache that
+    /// holds only the turn before).
+    pub fn clear_cache(&self) {
+        if let Some(s) = &self.segments {
+            s.cache.clear();
+        }
     }
 
     /// The prompt token ids the engine computes for `request`.
@@ -374,7 +439,7 @@ mod tests {
         let dir = tokenizer_dir(
             "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
         );
-        let t = HfChatTokenizer::load(dir.path()).unwrap();
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
         let r = request(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(t.render(&r).unwrap(), "<s>user: hi\nassistant:");
         assert_eq!(t.prompt_tokens(&r).unwrap(), vec![0, 4, 6, 3, 5, 6]);
@@ -388,7 +453,7 @@ mod tests {
         let dir = tokenizer_dir(
             "{% for m in messages %}{% for c in m.tool_calls %}{{ c.function.arguments | tojson }}{{ c.function.arguments.city }}{% endfor %}{% endfor %}",
         );
-        let t = HfChatTokenizer::load(dir.path()).unwrap();
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
         let r = request(json!({"model": "m", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
@@ -404,7 +469,7 @@ mod tests {
         let dir = tokenizer_dir(
             "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0].content.strip() }}{% if enable_thinking is defined and not enable_thinking %}/no_think{% endif %}",
         );
-        let t = HfChatTokenizer::load(dir.path()).unwrap();
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
         let r = request(
             json!({"model": "m", "chat_template_kwargs": {"enable_thinking": false},
             "messages": [{"role": "user", "content": "  hi  "}]}),
@@ -427,7 +492,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let t = HfChatTokenizer::load(dir.path()).unwrap();
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
         let plain = request(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(t.render(&plain).unwrap(), "plain");
         let tools = request(
@@ -441,7 +506,7 @@ mod tests {
     fn a_template_file_beside_the_config_wins() {
         let dir = tokenizer_dir("from config");
         std::fs::write(dir.path().join("chat_template.jinja"), "from file\n").unwrap();
-        let t = HfChatTokenizer::load(&dir.path().join("tokenizer.json")).unwrap();
+        let t = HfChatTokenizer::load(&dir.path().join("tokenizer.json"), 1 << 20).unwrap();
         let r = request(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(t.render(&r).unwrap(), "from file");
     }
@@ -449,23 +514,83 @@ mod tests {
     #[test]
     fn load_errors_name_the_file_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let err = HfChatTokenizer::load(dir.path()).unwrap_err().to_string();
+        let err = HfChatTokenizer::load(dir.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("tokenizer.json") && err.contains("cannot read"),
             "{err}"
         );
         std::fs::write(dir.path().join("tokenizer.json"), "{not json").unwrap();
-        let err = HfChatTokenizer::load(dir.path()).unwrap_err().to_string();
+        let err = HfChatTokenizer::load(dir.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a Hugging Face tokenizer.json"), "{err}");
         std::fs::write(dir.path().join("tokenizer.json"), word_level_tokenizer()).unwrap();
-        let err = HfChatTokenizer::load(dir.path()).unwrap_err().to_string();
+        let err = HfChatTokenizer::load(dir.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no chat_template"), "{err}");
         std::fs::write(
             dir.path().join("tokenizer_config.json"),
             json!({"chat_template": "{% for %}"}).to_string(),
         )
         .unwrap();
-        let err = HfChatTokenizer::load(dir.path()).unwrap_err().to_string();
+        let err = HfChatTokenizer::load(dir.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not parse"), "{err}");
+    }
+    /// A tokenizer.json with a word-level model, given added tokens and pre-tokenizer.
+    fn tokenizer_with(added: Json, pre_tokenizer: Json, vocab: Json) -> tempfile::TempDir {
+        let dir = tokenizer_dir("{{ messages[0].content }}");
+        let json = json!({
+            "version": "1.0", "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": pre_tokenizer, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        dir
+    }
+
+    fn added(content: &str, lstrip: bool) -> Json {
+        json!({"id": 0, "content": content, "single_word": false, "lstrip": lstrip,
+            "rstrip": false, "normalized": false, "special": true})
+    }
+
+    #[test]
+    fn pieces_that_tokenize_by_where_they_stand_are_tokenized_whole() {
+        // Metaspace "first" prepends `▁` to the piece at the start of the text only: the
+        // second "a" is "a", where tokenized alone it would be "▁a".
+        let dir = tokenizer_with(
+            json!([added("<s>", false)]),
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true}),
+            json!({"<s>": 0, "▁a": 1, "a": 2, "[UNK]": 3}),
+        );
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
+        assert_eq!(t.cache_stats(), None);
+        assert_eq!(t.encode("a<s>a").unwrap(), vec![1, 0, 2]);
+
+        // An lstrip token takes the spaces before it: "a " is "a" then "<s>".
+        let dir = tokenizer_with(
+            json!([added("<s>", true)]),
+            json!(null),
+            json!({"<s>": 0, "a": 1, "a ": 2, "[UNK]": 3}),
+        );
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
+        assert_eq!(t.cache_stats(), None);
+        assert_eq!(t.encode("a <s>").unwrap(), vec![1, 0]);
+
+        // The same without lstrip: cut into pieces, kept, and the same ids the second time.
+        let dir = tokenizer_with(
+            json!([added("<s>", false)]),
+            json!(null),
+            json!({"<s>": 0, "a": 1, "a ": 2, "[UNK]": 3}),
+        );
+        let t = HfChatTokenizer::load(dir.path(), 1 << 20).unwrap();
+        assert_eq!(t.encode("a <s>a <s>").unwrap(), vec![2, 0, 2, 0]);
+        assert_eq!(t.encode("a <s>a <s>").unwrap(), vec![2, 0, 2, 0]);
+        let stats = t.cache_stats().unwrap();
+        assert_eq!((stats.misses, stats.hits), (1, 3));
     }
 }

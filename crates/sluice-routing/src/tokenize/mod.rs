@@ -8,6 +8,7 @@
 
 mod hf;
 mod python_json;
+mod segments;
 mod strftime;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,11 @@ use std::sync::Arc;
 use sluice_api::ChatCompletionRequest;
 
 pub use hf::HfChatTokenizer;
+pub use segments::SegmentCacheStats;
+
+/// Memory a model's tokenizer keeps for the ids of prompt pieces it has tokenized, by
+/// default: 64 MiB holds about 15 M tokens of conversations' earlier turns.
+pub const DEFAULT_TOKENIZER_CACHE_BYTES: u64 = 64 << 20;
 
 /// How a model's engines tokenize chat requests.
 #[derive(Debug, Clone)]
@@ -25,12 +31,14 @@ pub enum PromptTokenizer {
 }
 
 impl PromptTokenizer {
-    /// `"mock"`, or the path of a model's tokenizer files (see [`HfChatTokenizer::load`]).
-    pub fn load(spec: &str) -> Result<Self, TokenizerLoadError> {
+    /// `"mock"`, or the path of a model's tokenizer files (see [`HfChatTokenizer::load`]),
+    /// with `cache_bytes` for the pieces of prompts already tokenized (0: none kept).
+    pub fn load(spec: &str, cache_bytes: u64) -> Result<Self, TokenizerLoadError> {
         if spec == "mock" {
             return Ok(PromptTokenizer::Mock);
         }
-        HfChatTokenizer::load(Path::new(spec)).map(|t| PromptTokenizer::HuggingFace(Arc::new(t)))
+        HfChatTokenizer::load(Path::new(spec), cache_bytes)
+            .map(|t| PromptTokenizer::HuggingFace(Arc::new(t)))
     }
 
     /// The request's prompt token ids.
@@ -48,6 +56,14 @@ impl PromptTokenizer {
     /// off a thread that serves other requests. The mock's takes nanoseconds.
     pub fn is_costly(&self) -> bool {
         matches!(self, PromptTokenizer::HuggingFace(_))
+    }
+
+    /// The counts of the cache of prompt pieces (the mock's tokenizer keeps none).
+    pub fn cache_stats(&self) -> Option<SegmentCacheStats> {
+        match self {
+            PromptTokenizer::Mock => None,
+            PromptTokenizer::HuggingFace(t) => t.cache_stats(),
+        }
     }
 
     /// The prompt text the chat template makes of the request (the mock has none: `None`).
