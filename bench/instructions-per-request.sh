@@ -8,14 +8,15 @@
 # the connections, the counters are zeroed, N requests are sent at a low fixed rate, and the
 # counters are dumped.
 #
-# Seven rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
+# Nine rows: nginx; sluice as the overhead benchmark runs it (no auth, no audit, no access
 # log); sluice with API keys (`auth.mode = "keys"`) and the audit log on (a file, content
 # `snippet`, scrubbed) — the cost of knowing who calls and writing it down; sluice with
 # OpenTelemetry traces on, every request sampled, exported to a collector that accepts
 # everything (a few lines of Python, outside the measurement); and sluice answering every
 # request from its cache (one question asked over and over; the warm-up stores it, so every
 # measured request is a hit from memory); and sluice routing by prefix (`prefix_aware` over
-# two endpoints, with the mock's tokenizer and with Qwen2.5's). Every thread of the process
+# two endpoints, with the mock's tokenizer and with Qwen2.5's, then Qwen2.5's on multi-turn
+# conversations with and without its cache of earlier turns). Every thread of the process
 # counts, the audit writer's and the span exporter's included.
 #
 # Usage: bench/instructions-per-request.sh [REQUESTS=2000]
@@ -54,19 +55,22 @@ MOCK=$(free_port)
 "$BIN" mock --listen "127.0.0.1:$MOCK" --zero-timing >/dev/null 2>&1 & PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK/v1/models"
 
+# RATE and N (default: REQUESTS) may be set per row: a row whose requests cost millions of
+# instructions needs a rate valgrind keeps up with. The warm-up sends other prompts (seed 1)
+# than the measurement, so that nothing a row caches is reused from the warm-up.
 measure() { # name port pid url-for-readiness [extra sluice load flags]
   local name=$1 port=$2 pid=$3
   wait_http "$4"
-  load "http://127.0.0.1:$port/v1" 50 100 "${@:5}"     # warm-up: connections open, pools filled
+  load "http://127.0.0.1:$port/v1" "$(( RATE < 50 ? RATE : 50 ))" 100 --seed 1 "${@:5}" # warm-up: connections open, pools filled
   callgrind_control -z "$pid" >/dev/null 2>&1
-  load "http://127.0.0.1:$port/v1" "$RATE" "$REQUESTS" "${@:5}"
+  load "http://127.0.0.1:$port/v1" "$RATE" "${N:-$REQUESTS}" "${@:5}"
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   local file
   file=$(ls -t "$WORK/$name".cg.* | head -1)
   local ir
   ir=$(total_ir "$file")
-  echo "$name $ir"
+  echo "$name $ir ${N:-$REQUESTS}"
 }
 
 GW=$(free_port)
@@ -122,18 +126,25 @@ HITS=$(curl -s "http://127.0.0.1:$GWC/metrics" | awk '/^sluice_cache_lookups_tot
 mkdir -p "$WORK/qwen"
 gunzip -c tests/fixtures/tokenizers/qwen2.5/tokenizer.json.gz >"$WORK/qwen/tokenizer.json"
 cp tests/fixtures/tokenizers/qwen2.5/tokenizer_config.json "$WORK/qwen/"
-prefix_aware() { # name tokenizer
+prefix_aware() { # name tokenizer tokenizer_cache_bytes [extra sluice load flags]
   local port
   port=$(free_port)
-  printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[models.m.routing]\npolicy = "prefix_aware"\ntokenizer = "%s"\n[[models.m.endpoints]]\nname = "a"\nurl = "http://127.0.0.1:%s/v1"\n[[models.m.endpoints]]\nname = "b"\nurl = "http://127.0.0.1:%s/v1"\n' "$port" "$2" "$MOCK" "$MOCK" >"$WORK/$1.toml"
+  printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\n[models.m.routing]\npolicy = "prefix_aware"\ntokenizer = "%s"\ntokenizer_cache_bytes = %s\n[[models.m.endpoints]]\nname = "a"\nurl = "http://127.0.0.1:%s/v1"\n[[models.m.endpoints]]\nname = "b"\nurl = "http://127.0.0.1:%s/v1"\n' "$port" "$2" "$3" "$MOCK" "$MOCK" >"$WORK/$1.toml"
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$1.cg" "$BIN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 & PIDS+=($!)
-  measure "$1" "$port" "$!" "http://127.0.0.1:$port/health"
+  measure "$1" "$port" "$!" "http://127.0.0.1:$port/health" "${@:4}"
   local routed
   routed=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^sluice_route_decisions_total/ {n += $2} END {print int(n)}')
-  [ "${routed:-0}" -ge "$REQUESTS" ] || { echo "$1: only ${routed:-0} routing decisions for $REQUESTS requests" >&2; exit 1; }
+  [ "${routed:-0}" -ge "${N:-$REQUESTS}" ] || { echo "$1: only ${routed:-0} routing decisions for ${N:-$REQUESTS} requests" >&2; exit 1; }
 }
-PA_MOCK_RESULT=$(prefix_aware sluice-prefix-aware-mock mock)
-PA_QWEN_RESULT=$(prefix_aware sluice-prefix-aware-qwen "$WORK/qwen")
+PA_MOCK_RESULT=$(prefix_aware sluice-prefix-aware-mock mock 0)
+PA_QWEN_RESULT=$(prefix_aware sluice-prefix-aware-qwen "$WORK/qwen" 0)
+# Conversations of 8 turns under a 512-token system prompt, each turn resending its history
+# (about 1 100 tokens on average): Qwen's tokenizer without and with its cache of pieces.
+# Tokenized whole, such a prompt costs millions of instructions: 3 requests a second under
+# valgrind, 300 of them.
+TURNS=(--workload multi-turn --turns 8 --system-prompt-tokens 512)
+PA_TURNS_WHOLE_RESULT=$(RATE=3 N=300 prefix_aware sluice-prefix-aware-qwen-turns-whole "$WORK/qwen" 0 "${TURNS[@]}")
+PA_TURNS_CACHED_RESULT=$(RATE=3 N=300 prefix_aware sluice-prefix-aware-qwen-turns-cached "$WORK/qwen" 67108864 "${TURNS[@]}")
 
 NG=$(free_port)
 mkdir -p "$WORK/tmp"
@@ -164,17 +175,21 @@ valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -c "$WO
 NGINX_RESULT=$(measure nginx "$NG" "$!" "http://127.0.0.1:$NG/v1/models")
 
 python3 - "$REQUESTS" "$SLUICE_RESULT" "$AUTH_RESULT" "$OTEL_RESULT" "$CACHE_RESULT" \
-  "$PA_MOCK_RESULT" "$PA_QWEN_RESULT" "$NGINX_RESULT" <<'EOF'
+  "$PA_MOCK_RESULT" "$PA_QWEN_RESULT" "$PA_TURNS_WHOLE_RESULT" "$PA_TURNS_CACHED_RESULT" \
+  "$NGINX_RESULT" <<'EOF'
 import sys
 n = int(sys.argv[1])
-rows = dict(r.split() for r in sys.argv[2:])
-per = {k: int(v) / n for k, v in rows.items()}
-print(f"user-space instructions per proxied request ({n} requests, one worker each):")
+rows = {name: (int(ir), int(count)) for name, ir, count in (r.split() for r in sys.argv[2:])}
+per = {k: ir / count for k, (ir, count) in rows.items()}
+print(f"user-space instructions per proxied request ({n} requests a row unless said, one worker each):")
 print("| proxy | instructions per request |")
 print("|---|---|")
 for k in ("nginx", "sluice", "sluice-auth-audit", "sluice-otel", "sluice-cache-hit",
-          "sluice-prefix-aware-mock", "sluice-prefix-aware-qwen"):
-    print(f"| {k} | {per[k]:,.0f} |")
+          "sluice-prefix-aware-mock", "sluice-prefix-aware-qwen",
+          "sluice-prefix-aware-qwen-turns-whole", "sluice-prefix-aware-qwen-turns-cached"):
+    count = rows[k][1]
+    note = f" ({count} requests)" if count != n else ""
+    print(f"| {k} | {per[k]:,.0f}{note} |")
 print(f"sluice ÷ nginx: {per['sluice'] / per['nginx']:.2f}")
 print(f"sluice with keys and audit ÷ nginx: {per['sluice-auth-audit'] / per['nginx']:.2f}"
       f" (keys and audit add {per['sluice-auth-audit'] - per['sluice']:,.0f} per request)")
@@ -184,4 +199,7 @@ print(f"a cache hit ÷ a pass-through request (plain sluice): {per['sluice-cache
 for k, what in (("sluice-prefix-aware-mock", "the mock's tokenizer"), ("sluice-prefix-aware-qwen", "Qwen2.5's")):
     print(f"prefix_aware routing with {what} adds {per[k] - per['sluice']:,.0f} per request"
           f" ({per[k] / per['sluice']:.2f}× plain sluice)")
+whole, cached = per["sluice-prefix-aware-qwen-turns-whole"], per["sluice-prefix-aware-qwen-turns-cached"]
+print(f"8-turn conversations with Qwen2.5's tokenizer: earlier turns kept {cached:,.0f}"
+      f" against every prompt tokenized whole {whole:,.0f} ({whole / cached:.1f}× fewer)")
 EOF
