@@ -163,3 +163,43 @@ fn the_cache_serves_a_conversation_s_earlier_turns() {
     assert_eq!(after_second.misses - after_first.misses, 2);
     assert!(after_second.bytes > after_first.bytes);
 }
+
+#[test]
+fn threads_sharing_the_cache_get_the_whole_s_ids() {
+    // The gateway's workers and its blocking pool share one tokenizer: conversations that
+    // overlap (the same system prompt, the same early turns), tokenized from four threads
+    // in different orders through a cache small enough to turn over meanwhile.
+    let (whole, pieces) = qwen_pair();
+    let conversations: Vec<ChatCompletionRequest> = (0..24)
+        .map(|i| {
+            let mut messages = vec![serde_json::json!({"role": "system",
+                "content": format!("You are assistant {}. Answer briefly.", i % 3)})];
+            for t in 0..=(i % 6) {
+                messages.push(serde_json::json!({"role": "user",
+                    "content": format!("Question {t} about café prices in 日本, {}?", t * 7)}));
+                messages.push(serde_json::json!({"role": "assistant",
+                    "content": format!("Answer {t}:\n\n  {} yen.", t * 130)}));
+            }
+            let body = serde_json::json!({"model": "qwen", "messages": messages});
+            ChatCompletionRequest::from_slice(body.to_string().as_bytes()).unwrap()
+        })
+        .collect();
+    let want: Vec<Vec<u32>> = conversations
+        .iter()
+        .map(|c| whole.prompt_tokens(c).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        for thread in 0..4 {
+            let (conversations, want) = (&conversations, &want);
+            s.spawn(move || {
+                for round in 0..5 {
+                    for k in 0..conversations.len() {
+                        let i = (k * (thread * 2 + 1) + round) % conversations.len();
+                        let ids = pieces.prompt_tokens(&conversations[i]).unwrap();
+                        assert_eq!(ids, want[i], "thread {thread}, conversation {i}");
+                    }
+                }
+            });
+        }
+    });
+}
