@@ -161,7 +161,7 @@ pub struct RoutingMetrics {
     ejected: Family<PodLabels, Gauge>,
     index_blocks: Family<ModelLabels, Gauge>,
     index_bytes: Family<ModelLabels, Gauge>,
-    tokenizer_lookups: Family<ResultLabels, Counter>,
+    tokenizer_lookups: Family<ModelOutcomeLabels, Counter>,
     tokenizer_cache_bytes: Family<ModelLabels, Gauge>,
     routers: Vec<RoutedModel>,
 }
@@ -174,9 +174,10 @@ pub struct RoutedModel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
+struct ModelOutcomeLabels {
     model: String,
-    result: &'static str,
+    /// `hit` or `miss`, as the inference cache's lookups are labelled.
+    outcome: &'static str,
 }
 
 /// Raises a counter read from elsewhere to `now` (counters only go up).
@@ -197,10 +198,10 @@ impl RoutingMetrics {
         } in &self.routers
         {
             if let Some(stats) = tokenizer.as_ref().and_then(|t| t.cache_stats()) {
-                for (result, n) in [("hit", stats.hits), ("miss", stats.misses)] {
-                    let labels = ResultLabels {
+                for (outcome, n) in [("hit", stats.hits), ("miss", stats.misses)] {
+                    let labels = ModelOutcomeLabels {
                         model: model.clone(),
-                        result,
+                        outcome,
                     };
                     catch_up(&self.tokenizer_lookups.get_or_create(&labels), n);
                 }

@@ -320,8 +320,8 @@ async fn a_models_own_tokenizer_routes_a_long_conversation_by_its_prefix() {
     // turns 2 and 3 their 2 new messages each, the other conversation its 2.
     let metrics = gw.metrics_text().await;
     for line in [
-        "sluice_tokenizer_cache_lookups_total{model=\"m\",result=\"miss\"} 10",
-        "sluice_tokenizer_cache_lookups_total{model=\"m\",result=\"hit\"} 22",
+        "sluice_tokenizer_cache_lookups_total{model=\"m\",outcome=\"miss\"} 10",
+        "sluice_tokenizer_cache_lookups_total{model=\"m\",outcome=\"hit\"} 22",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

@@ -260,14 +260,6 @@ impl HfChatTokenizer {
         self.segments.as_ref().map(|s| s.cache.stats())
     }
 
-    /// Empties the cache of prompt pieces (benchmarks measure a turn against a cache that
-    /// holds only the turn before).
-    pub fn clear_cache(&self) {
-        if let Some(s) = &self.segments {
-            s.cache.clear();
-        }
-    }
-
     /// The prompt token ids the engine computes for `request`.
     pub fn prompt_tokens(
         &self,
@@ -541,6 +533,7 @@ mod tests {
             .to_string();
         assert!(err.contains("does not parse"), "{err}");
     }
+
     /// A tokenizer.json with a word-level model, given added tokens and pre-tokenizer.
     fn tokenizer_with(added: Json, pre_tokenizer: Json, vocab: Json) -> tempfile::TempDir {
         let dir = tokenizer_dir("{{ messages[0].content }}");

@@ -261,13 +261,6 @@ impl SegmentCache {
         Ok(())
     }
 
-    /// Drops every kept piece (the counts stay).
-    pub fn clear(&self) {
-        for shard in self.shards.iter() {
-            *shard.lock() = Generations::default();
-        }
-    }
-
     pub fn stats(&self) -> SegmentCacheStats {
         let bytes = self
             .shards
